@@ -1,0 +1,77 @@
+"""Read a prediction file: one SQL per line (the Spider convention) or JSONL records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from exspin.data import Split
+from exspin.errors import UserError
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"prediction file not found: {path}") from None
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path} is not UTF-8 text (byte {error.start})") from None
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {error.strerror}") from None
+
+
+def _read_lines(path: Path, text: str, split: Split) -> dict[int, str]:
+    lines = text.splitlines()
+    while len(lines) > len(split.examples) and not lines[-1].strip():
+        lines.pop()
+    if len(lines) != len(split.examples):
+        raise UserError(
+            f"{path} has {len(lines)} lines but {split.dataset} {split.name} has {len(split.examples)} "
+            "questions; a text prediction file needs one SQL per question, in order"
+        )
+    # Official Spider files may carry "SQL<TAB>db_id"; the SQL is the part before the tab.
+    return {i: line.split("\t")[0].strip() for i, line in enumerate(lines)}
+
+
+def _read_jsonl(path: Path, text: str, split: Split) -> dict[int, str]:
+    by_question: dict[tuple[str, str], list[int]] = {}
+    for e in split.examples:
+        by_question.setdefault((e.db_id, e.question), []).append(e.index)
+    predictions: dict[int, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path} line {number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise UserError(f"{where}: malformed JSON ({error.msg})") from None
+        sql = record.get("sql", record.get("pred")) if isinstance(record, dict) else None
+        if not isinstance(sql, str):
+            raise UserError(f"{where}: expected an object with a string 'sql' (or 'pred')")
+        if isinstance(record.get("index"), int):
+            index = record["index"]
+            if not 0 <= index < len(split.examples):
+                raise UserError(f"{where}: index {index} is outside 0..{len(split.examples) - 1}")
+        elif isinstance(record.get("db_id"), str) and isinstance(record.get("question"), str):
+            candidates = [i for i in by_question.get((record["db_id"], record["question"].strip()), [])
+                          if i not in predictions]
+            if not candidates:
+                raise UserError(f"{where}: no question {record['question'][:60]!r} on db_id {record['db_id']!r}")
+            index = candidates[0]
+        else:
+            raise UserError(f"{where}: needs 'index', or 'db_id' and 'question'")
+        if index in predictions:
+            raise UserError(f"{where}: a second prediction for index {index}")
+        predictions[index] = sql
+    return predictions
+
+
+def read_predictions(path: str | Path, split: Split) -> dict[int, str]:
+    """Map example index -> predicted SQL; raises UserError (one line) on a bad file."""
+    path = Path(path)
+    text = _read_text(path)
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    if path.suffix == ".jsonl" or first.lstrip().startswith("{"):
+        return _read_jsonl(path, text, split)
+    return _read_lines(path, text, split)

@@ -1,0 +1,179 @@
+"""Execute and judge many queries in parallel, with gold results cached on disk.
+
+Work is sent to a process pool (one SQLite connection per database per worker). A crash or
+a stuck C call in one worker cannot take the caller down, and the sandbox's own deadline
+bounds every statement. Gold results are cached across runs, keyed by the database file's
+identity and the normalised SQL, so re-evaluating a split only executes the predictions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import pickle
+import sqlite3
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from exspin.execution import sandbox
+from exspin.execution.compare import Semantics, normalize, results_match
+from exspin.records import Execution, Judgement
+
+# Below this many tasks a pool costs more to start than it saves.
+MIN_TASKS_FOR_POOL = 64
+
+
+@dataclass(frozen=True, slots=True)
+class JudgeTask:
+    """One prediction to check against its gold query on one database."""
+
+    db_path: str
+    gold_sql: str
+    pred_sql: str
+    semantics: Semantics
+    gold: Execution | None = None  # a cached gold result, if the caller has one
+
+
+def _judge(task: JudgeTask, timeout_s: float, max_rows: int) -> Judgement:
+    gold_sql = normalize(task.gold_sql, task.semantics)
+    gold = task.gold or sandbox.execute(task.db_path, gold_sql, timeout_s, max_rows)
+    pred = sandbox.execute(task.db_path, normalize(task.pred_sql, task.semantics), timeout_s, max_rows)
+    match = (
+        gold.ok
+        and pred.ok
+        and not pred.truncated
+        and not gold.truncated
+        and results_match(gold.rows, pred.rows, task.semantics, gold_sql)
+    )
+    return Judgement(match=match, pred=pred, gold=gold)
+
+
+def _judge_chunk(chunk: list[JudgeTask], timeout_s: float, max_rows: int) -> list[Judgement]:
+    return [_judge(task, timeout_s, max_rows) for task in chunk]
+
+
+def _execute_chunk(chunk: list[tuple[str, str]], timeout_s: float, max_rows: int) -> list[Execution]:
+    return [sandbox.execute(db, sql, timeout_s, max_rows) for db, sql in chunk]
+
+
+def _chunks(items: Sequence, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+class GoldCache:
+    """Gold executions on disk, in one SQLite file, keyed by database identity and SQL."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(self.path, isolation_level=None)
+        self._conn.execute("CREATE TABLE IF NOT EXISTS gold (key TEXT PRIMARY KEY, value BLOB)")
+
+    @staticmethod
+    def key(db_path: str, sql: str, semantics: Semantics, max_rows: int) -> str:
+        stat = os.stat(db_path)
+        identity = f"{os.path.realpath(db_path)}|{stat.st_size}|{stat.st_mtime_ns}|{max_rows}|{semantics}|{sql}"
+        return hashlib.sha256(identity.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Execution]:
+        found: dict[str, Execution] = {}
+        for chunk in _chunks(list(set(keys)), 500):
+            marks = ",".join("?" * len(chunk))
+            for key, value in self._conn.execute(f"SELECT key, value FROM gold WHERE key IN ({marks})", chunk):
+                found[key] = pickle.loads(value)
+        return found
+
+    def put_many(self, items: dict[str, Execution]) -> None:
+        # Timeouts depend on the machine and its load, so they are never cached.
+        rows = [(k, pickle.dumps(v)) for k, v in items.items() if v.outcome != "timeout"]
+        with self._conn:
+            self._conn.executemany("INSERT OR REPLACE INTO gold VALUES (?, ?)", rows)
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _start_method() -> str:
+    # Forking a process that holds torch's threads can deadlock; fork is fastest otherwise.
+    return "forkserver" if "torch" in sys.modules else "fork"
+
+
+class SqlRunner:
+    """Runs queries in a sandbox, in parallel when there is enough work to repay a pool."""
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        timeout_s: float = sandbox.DEFAULT_TIMEOUT_S,
+        max_rows: int = sandbox.DEFAULT_MAX_ROWS,
+        cache: GoldCache | None = None,
+    ):
+        self.workers = workers or os.cpu_count() or 1
+        self.timeout_s = timeout_s
+        self.max_rows = max_rows
+        self.cache = cache
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> SqlRunner:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+    def _map(self, function: Callable, items: Sequence, progress: Callable[[int], None] | None) -> list:
+        """Apply a chunk function to items, keeping their order and reporting progress."""
+        if self.workers <= 1 or len(items) < MIN_TASKS_FOR_POOL:
+            results = []
+            for chunk in _chunks(items, 16):
+                results.extend(function(chunk, self.timeout_s, self.max_rows))
+                if progress:
+                    progress(len(chunk))
+            return results
+        if self._pool is None:
+            context = multiprocessing.get_context(_start_method())
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
+        size = max(1, min(64, len(items) // (self.workers * 8)))
+        futures = [
+            self._pool.submit(function, chunk, self.timeout_s, self.max_rows) for chunk in _chunks(items, size)
+        ]
+        results = []
+        for future in futures:
+            part = future.result()
+            results.extend(part)
+            if progress:
+                progress(len(part))
+        return results
+
+    def execute_many(
+        self, queries: Sequence[tuple[str, str]], progress: Callable[[int], None] | None = None
+    ) -> list[Execution]:
+        """Execute (db_path, sql) pairs as written, without normalisation."""
+        return self._map(_execute_chunk, list(queries), progress)
+
+    def judge_many(
+        self, tasks: Sequence[JudgeTask], progress: Callable[[int], None] | None = None
+    ) -> list[Judgement]:
+        """Judge predictions against gold queries; gold results come from the cache when present."""
+        keys = [GoldCache.key(t.db_path, normalize(t.gold_sql, t.semantics), t.semantics, self.max_rows)
+                for t in tasks] if self.cache else []
+        cached = self.cache.get_many(keys) if self.cache else {}
+        if cached:
+            tasks = [
+                JudgeTask(t.db_path, t.gold_sql, t.pred_sql, t.semantics, cached.get(k)) if k in cached else t
+                for t, k in zip(tasks, keys, strict=True)
+            ]
+        judgements = self._map(_judge_chunk, list(tasks), progress)
+        if self.cache:
+            fresh = {k: j.gold for k, j in zip(keys, judgements, strict=True) if k not in cached}
+            self.cache.put_many(fresh)
+        return judgements

@@ -1,0 +1,139 @@
+"""Run model-written SQL against a SQLite database without letting it write, hang or blow up.
+
+Defences, each independent of the others:
+- the database is opened read-only (``mode=ro``);
+- an authorizer allows only reads: no writes, ATTACH, writing PRAGMA or extension loading;
+- a progress handler interrupts any statement past its deadline (in-process, no threads);
+- rows are fetched up to a cap, and SQLite's heap and string sizes are limited.
+
+No torch import here, so worker processes start fast.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from exspin.records import Execution, Outcome
+
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_MAX_ROWS = 100_000
+HEAP_LIMIT_BYTES = 1 << 30  # per process; SQLite fails a statement rather than grow past it
+MAX_VALUE_BYTES = 10_000_000  # longest string or blob a statement may build
+PROGRESS_EVERY = 1_000  # VM instructions between deadline checks
+
+_OK, _DENY = sqlite3.SQLITE_OK, sqlite3.SQLITE_DENY
+_READ_ACTIONS = {
+    sqlite3.SQLITE_SELECT,
+    sqlite3.SQLITE_READ,
+    sqlite3.SQLITE_FUNCTION,
+    getattr(sqlite3, "SQLITE_RECURSIVE", 33),
+}
+# PRAGMAs that only report (their argument is a name, never a setting); all others are denied.
+_READ_PRAGMAS = {
+    "table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo",
+    "foreign_key_list", "database_list", "collation_list", "function_list", "pragma_list",
+}
+_DENIED_FUNCTIONS = {"load_extension", "readfile", "writefile", "edit", "fts3_tokenizer"}
+
+
+def _authorize(action: int, arg1: str | None, arg2: str | None, _db: str | None, _src: str | None) -> int:
+    if action == sqlite3.SQLITE_FUNCTION:
+        return _DENY if (arg2 or "").lower() in _DENIED_FUNCTIONS else _OK
+    if action in _READ_ACTIONS:
+        return _OK
+    if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() in _READ_PRAGMAS:
+        return _OK
+    return _DENY
+
+
+def _decode_text(raw: bytes) -> str:
+    # Some databases hold bytes that are not UTF-8; never let them fail a query.
+    return raw.decode("utf-8", errors="replace")
+
+
+def open_readonly(db_path: str | Path) -> sqlite3.Connection:
+    """A read-only connection with the sandbox's authorizer and limits installed."""
+    path = Path(db_path).resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"database not found: {path}")
+    conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+    conn.text_factory = _decode_text
+    conn.execute(f"PRAGMA hard_heap_limit={HEAP_LIMIT_BYTES}")
+    conn.execute("PRAGMA query_only = ON")  # a second lock on writes, behind mode=ro
+    conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
+    conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+    conn.set_authorizer(_authorize)
+    return conn
+
+
+# One connection per database per process: opening costs more than most Spider queries.
+_connections: dict[str, sqlite3.Connection] = {}
+
+
+def _connection(db_path: str) -> sqlite3.Connection:
+    conn = _connections.get(db_path)
+    if conn is None:
+        conn = _connections[db_path] = open_readonly(db_path)
+    return conn
+
+
+def classify_error(message: str) -> Outcome:
+    """Map a SQLite error message to an outcome."""
+    text = message.lower()
+    if any(s in text for s in ("not authorized", "authorization denied", "readonly database", "prohibited")):
+        return "forbidden"
+    if "syntax error" in text or "incomplete input" in text or "unrecognized token" in text:
+        return "syntax_error"
+    if "interrupted" in text:
+        return "timeout"
+    return "runtime_error"
+
+
+def execute(
+    db_path: str | Path,
+    sql: str,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_rows: int = DEFAULT_MAX_ROWS,
+) -> Execution:
+    """Run one statement and return its outcome; never raises for anything the SQL does."""
+    start = time.monotonic()
+    deadline = start + timeout_s
+    try:
+        conn = _connection(str(db_path))
+    except (OSError, sqlite3.Error) as error:
+        return Execution("runtime_error", message=f"cannot open database: {error}")
+
+    conn.set_progress_handler(lambda: time.monotonic() > deadline, PROGRESS_EVERY)
+    cursor = None
+    try:
+        cursor = conn.execute(sql)
+        rows = cursor.fetchmany(max_rows + 1)
+    except (sqlite3.Error, sqlite3.Warning, ValueError, OverflowError, MemoryError) as error:
+        outcome = classify_error(str(error))
+        if outcome == "timeout" or time.monotonic() > deadline:
+            outcome, message = "timeout", f"timed out after {timeout_s:g} s"
+        else:
+            message = str(error)
+        return Execution(outcome, message=message, seconds=time.monotonic() - start)
+    finally:
+        if cursor is not None:
+            cursor.close()
+        conn.set_progress_handler(None, 0)
+
+    truncated = len(rows) > max_rows
+    return Execution(
+        "ok",
+        rows=tuple(rows[:max_rows]),
+        seconds=time.monotonic() - start,
+        truncated=truncated,
+        message=f"result cut at {max_rows} rows" if truncated else "",
+    )
+
+
+def close_all() -> None:
+    """Close this process's cached connections (tests use it to release files)."""
+    for conn in _connections.values():
+        conn.close()
+    _connections.clear()

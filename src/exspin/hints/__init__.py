@@ -1,0 +1,1 @@
+"""Schema hints: what the prompt tells the model about the database."""

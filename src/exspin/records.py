@@ -1,0 +1,62 @@
+"""The shared vocabulary of the pipeline. Imports nothing else from exspin.
+
+Records that cross module boundaries live here, so that every stage speaks the same
+language and every record keeps the example id that one grep can follow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+Dataset = Literal["spider", "bird"]
+
+# What happened when one SQL string ran in the sandbox.
+Outcome = Literal["ok", "syntax_error", "runtime_error", "timeout", "forbidden"]
+OUTCOMES: tuple[Outcome, ...] = ("ok", "syntax_error", "runtime_error", "timeout", "forbidden")
+
+
+class Example(BaseModel):
+    """One question over one database, with its gold SQL."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dataset: Dataset
+    split: str
+    index: int  # position in the split file
+    db_id: str
+    question: str
+    gold_sql: str
+    evidence: str | None = None  # BIRD's hint
+    difficulty: str | None = None  # BIRD's simple/moderate/challenging
+    question_id: int | None = None  # BIRD's own id
+
+    @property
+    def id(self) -> str:
+        return f"{self.dataset}/{self.split}/{self.index}"
+
+
+@dataclass(frozen=True, slots=True)
+class Execution:
+    """The result of running one SQL string: rows when ok, otherwise a message."""
+
+    outcome: Outcome
+    rows: tuple[tuple, ...] = ()
+    message: str = ""
+    seconds: float = 0.0
+    truncated: bool = False  # more rows than the cap; only the first `cap` are kept
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "ok"
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """A prediction judged against the gold query by execution."""
+
+    match: bool
+    pred: Execution
+    gold: Execution

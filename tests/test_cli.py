@@ -1,0 +1,105 @@
+"""The command line: results on disk, and one-line errors (never a traceback) for bad input."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_db
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "exspin.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], result.stderr
+
+
+def test_eval_gold_as_pred_on_bird_layout(bird_dir, tmp_path):
+    out = tmp_path / "out"
+    result = run_cli("eval", "--data", bird_dir, "--gold-as-pred", "--out", out)
+    assert result.returncode == 0, result.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["ex"] == 100.0 and results["n"] == 2
+    assert results["skipped"]["by_reason"] == {"missing_database": 1}
+    assert {e["level"] for e in results["examples"]} == {"simple", "moderate"}
+    assert "BIRD difficulty" in (out / "report.md").read_text()
+
+
+def test_eval_jsonl_by_db_id_and_question(bird_dir, tmp_path):
+    pred = tmp_path / "pred.jsonl"
+    pred.write_text("\n".join(json.dumps(r) for r in [
+        {"db_id": "shop", "question": "How many customers are there?", "sql": "SELECT count(*) FROM orders"},
+        {"index": 1, "sql": "SELECT sum(amount) FROM orders WHERE status = 'paid'"},
+    ]))
+    result = run_cli("eval", "--data", bird_dir, "--pred", pred, "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    verdicts = {e["index"]: e["ex"] for e in json.loads((tmp_path / "out" / "results.json").read_text())["examples"]}
+    assert verdicts == {0: 0, 1: 0}
+
+
+@pytest.mark.parametrize(("content", "fragment"), [
+    ('{"index": 0, "sql": "SELECT 1"}\n{"index": 1, "sql": ', "malformed JSON"),
+    ('{"db_id": "unknown_db", "question": "How many customers are there?", "sql": "SELECT 1"}', "no question"),
+    ('{"index": 99, "sql": "SELECT 1"}', "outside"),
+    ('{"index": 0}', "string 'sql'"),
+    ('{"index": 0, "sql": "SELECT 1"}\n{"index": 0, "sql": "SELECT 2"}', "second prediction"),
+    ("SELECT 1\nSELECT 2\n", "has 2 lines but bird dev has 3"),
+])
+def test_bad_prediction_files(bird_dir, tmp_path, content, fragment):
+    pred = tmp_path / ("pred.jsonl" if content.startswith("{") else "pred.sql")
+    pred.write_text(content)
+    assert_one_line_error(run_cli("eval", "--data", bird_dir, "--pred", pred, "--out", tmp_path / "o"), fragment)
+
+
+def test_non_utf8_prediction_file(bird_dir, tmp_path):
+    pred = tmp_path / "pred.sql"
+    pred.write_bytes(b"SELECT 1\nSELECT '\xff'\nSELECT 3\n")
+    assert_one_line_error(run_cli("eval", "--data", bird_dir, "--pred", pred, "--out", tmp_path / "o"), "not UTF-8")
+
+
+def test_missing_files_and_options(bird_dir, tmp_path):
+    assert_one_line_error(run_cli("eval", "--data", bird_dir, "--pred", tmp_path / "none.sql", "--out", tmp_path),
+                          "not found")
+    assert_one_line_error(run_cli("eval", "--data", tmp_path / "nowhere", "--gold-as-pred", "--out", tmp_path),
+                          "not found")
+    assert_one_line_error(run_cli("eval", "--data", bird_dir, "--out", tmp_path), "exactly one of")
+    assert_one_line_error(run_cli("eval", "--data", bird_dir, "--gold-as-pred", "--timeout", "0",
+                                  "--out", tmp_path), "must be positive")
+    assert_one_line_error(run_cli("data", "check", tmp_path / "nowhere"), "not found")
+
+
+def test_non_utf8_bytes_in_a_database_are_a_verdict_not_a_crash(tmp_path):
+    data = tmp_path / "data"
+    db = make_db(data / "database" / "latin" / "latin.sqlite", "CREATE TABLE t (name TEXT);")
+    conn = sqlite3.connect(db)
+    conn.execute("INSERT INTO t VALUES (CAST(X'436166E9' AS TEXT))")
+    conn.commit()
+    conn.close()
+    (data / "tables.json").write_text("[]")
+    (data / "dev.json").write_text(json.dumps([
+        {"question": "Names?", "query": "SELECT name FROM t", "db_id": "latin"},
+        {"question": "Count?", "query": "SELECT count(*) FROM t", "db_id": "latin"},
+    ]))
+    pred = tmp_path / "pred.sql"
+    pred.write_text("SELECT name FROM t\nSELECT name FROM t\n")
+    result = run_cli("eval", "--data", data, "--pred", pred, "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert [e["ex"] for e in json.loads((tmp_path / "out" / "results.json").read_text())["examples"]] == [1, 0]
+
+
+def test_data_check_reports_missing_databases(spider_dir):
+    result = run_cli("data", "check", spider_dir)
+    assert result.returncode == 0, result.stderr
+    assert "wta_1" in result.stdout and "972 of 972" in result.stdout
+    assert "baseball_1" in result.stdout and "soccer_1" in result.stdout

@@ -1,0 +1,97 @@
+"""Loaders and the schema reader, on the real Spider data and on a BIRD layout built here."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from exspin.data import load_split
+from exspin.errors import UserError
+from exspin.hints.schema import read_schema
+
+
+def test_spider_dev_counts_and_missing_database(spider_dir):
+    split = load_split(spider_dir, "dev")
+    assert split.dataset == "spider" and len(split.examples) == 1034
+    assert split.missing_dbs == ["wta_1"]
+    assert split.skipped_counts() == {"wta_1": 62}
+    assert len(split.executable) == 972
+    first = split.examples[0]
+    assert first.id == "spider/dev/0" and first.gold_sql.startswith("SELECT")
+
+
+def test_spider_train_uses_the_minimal_file(spider_dir):
+    split = load_split(spider_dir, "train")
+    assert len(split.examples) == 7000
+    assert set(split.missing_dbs) == {"baseball_1", "soccer_1"}
+
+
+def test_bird_layout(bird_dir):
+    split = load_split(bird_dir, "dev")
+    assert split.dataset == "bird"
+    assert [e.difficulty for e in split.examples] == ["simple", "moderate", "challenging"]
+    assert split.examples[1].evidence == "paid refers to status = 'paid'"
+    assert split.examples[1].question_id == 1
+    assert split.missing_dbs == ["gone"] and len(split.executable) == 2
+
+
+def test_bird_schema_reads_descriptions_in_any_encoding(bird_dir):
+    split = load_split(bird_dir, "dev")
+    schema = read_schema("shop", split.db_path("shop"), split.tables["shop"])
+    orders = schema.table("orders")
+    assert orders.column("status").description == "payment status (café rules)"
+    assert orders.column("status").value_description == "paid / open"
+    assert schema.table("customer").column("city").values == ("London", "New York", "Helsinki")
+    assert schema.foreign_keys[0].ref_table == "customer"
+    assert schema.table("customer").primary_key == ("id",)
+
+
+def test_spider_schema_merges_file_and_tables_json(spider_dir):
+    split = load_split(spider_dir, "dev")
+    schema = read_schema("concert_singer", split.db_path("concert_singer"), split.tables["concert_singer"])
+    singer = schema.table("singer")
+    assert singer.primary_key == ("Singer_ID",)
+    assert singer.column("Song_Name").natural_name == "song name"
+    assert len(singer.column("Country").values) == 3
+    assert ("concert", "Stadium_ID", "stadium", "Stadium_ID") in {
+        (k.table, k.column, k.ref_table, k.ref_column) for k in schema.foreign_keys}
+
+
+def test_schema_of_a_missing_database_comes_from_tables_json(spider_dir):
+    split = load_split(spider_dir, "dev")
+    schema = read_schema("wta_1", split.db_path("wta_1"), split.tables["wta_1"])
+    assert schema.table("players") is not None
+    assert all(not c.values for t in schema.tables for c in t.columns)
+    with pytest.raises(ValueError):
+        read_schema("unknown_db")
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"[{\"question\": ", "malformed JSON"),
+    (b"\xff\xfe not utf-8", "not UTF-8"),
+    (b"{\"a\": 1}", "JSON list"),
+    (b"[{\"question\": \"q\"}]", "lacks db_id, query/SQL"),
+])
+def test_bad_question_files_give_one_line_errors(tmp_path, content, message):
+    (tmp_path / "tables.json").write_text("[]")
+    (tmp_path / "dev.json").write_bytes(content)
+    with pytest.raises(UserError, match=message) as error:
+        load_split(tmp_path, "dev")
+    assert "\n" not in str(error.value)
+
+
+def test_unknown_directory_and_split(tmp_path, spider_dir):
+    with pytest.raises(UserError, match="not found"):
+        load_split(tmp_path / "nope", "dev")
+    with pytest.raises(UserError, match="neither Spider"):
+        load_split(tmp_path, "dev")
+    with pytest.raises(UserError, match="unknown spider split"):
+        load_split(spider_dir, "validation")
+
+
+def test_unknown_db_id_is_counted_missing(tmp_path):
+    (tmp_path / "tables.json").write_text("[]")
+    (tmp_path / "dev.json").write_text(json.dumps([{"question": "q", "query": "SELECT 1", "db_id": "nowhere"}]))
+    split = load_split(tmp_path, "dev")
+    assert split.missing_dbs == ["nowhere"] and split.executable == []

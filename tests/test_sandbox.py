@@ -1,0 +1,117 @@
+"""The sandbox: read-only, no writes of any kind, bounded time and memory, clear outcomes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from exspin.execution import sandbox
+from exspin.execution.pool import SqlRunner
+from tests.conftest import SHOP_SQL, SPIDER_DIR, make_db
+
+HOSTILE = [json.loads(line) for line in (Path(__file__).parent / "data" / "hostile_sql.jsonl").open()]
+TIMEOUT_S = 2.0
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def writable_flight_db(tmp_path, spider_dir) -> Path:
+    # A writable copy of the database with Spider's largest table (routes, 67k rows): the
+    # shared original is read-only on disk, which would hide a write the sandbox let through.
+    path = tmp_path / "flight_4.sqlite"
+    shutil.copyfile(SPIDER_DIR / "database" / "flight_4" / "flight_4.sqlite", path)
+    path.chmod(0o644)
+    return path
+
+
+def test_hostile_corpus_is_large_enough():
+    assert len(HOSTILE) >= 30
+
+
+def test_hostile_queries_leave_database_untouched_and_return_in_time(writable_flight_db, tmp_path):
+    attach_target = tmp_path / "attached.db"
+    before = _digest(writable_flight_db)
+    for case in HOSTILE:
+        sql = case["sql"].format(attach=attach_target)
+        start = time.monotonic()
+        result = sandbox.execute(writable_flight_db, sql, timeout_s=TIMEOUT_S, max_rows=10_000)
+        elapsed = time.monotonic() - start
+        assert elapsed <= TIMEOUT_S + 1.0, (sql, elapsed)
+        got = "truncated" if result.ok and result.truncated else result.outcome
+        assert got in case["expect"], (sql, result)
+    sandbox.close_all()
+    assert _digest(writable_flight_db) == before
+    assert not attach_target.exists()
+    assert sorted(p.name for p in writable_flight_db.parent.iterdir()) == ["flight_4.sqlite"]
+
+
+def test_hostile_queries_in_worker_pool_keep_memory_bounded(writable_flight_db, tmp_path):
+    queries = [(str(writable_flight_db), c["sql"].format(attach=tmp_path / "x.db")) for c in HOSTILE]
+    queries = queries * 2  # enough work for the pool to start
+    with SqlRunner(workers=2, timeout_s=TIMEOUT_S, max_rows=100_000) as runner:
+        start = time.monotonic()
+        results = runner.execute_many(queries)
+        elapsed = time.monotonic() - start
+    assert len(results) == len(queries)
+    # Two workers, each call bounded by the timeout: the whole batch is bounded too.
+    assert elapsed <= len(queries) * (TIMEOUT_S + 1.0) / 2 + 5
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert peak_kib < 2 * 1024 * 1024, f"a worker peaked at {peak_kib / 1024:.0f} MiB"
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_outcomes_are_classified(tmp_path):
+    db = make_db(tmp_path / "shop.sqlite", SHOP_SQL)
+    assert sandbox.execute(db, "SELECT name FROM customer ORDER BY id").rows == (("Ada",), ("Grace",), ("Linus",))
+    assert sandbox.execute(db, "SELEC name FROM customer").outcome == "syntax_error"
+    assert sandbox.execute(db, "SELECT name FROM customer WHERE").outcome == "syntax_error"
+    assert sandbox.execute(db, "SELECT nope FROM customer").outcome == "runtime_error"
+    assert sandbox.execute(db, "SELECT * FROM nowhere").outcome == "runtime_error"
+    assert sandbox.execute(db, "DELETE FROM customer").outcome == "forbidden"
+    slow = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+    result = sandbox.execute(db, slow, timeout_s=0.3)
+    assert result.outcome == "timeout" and result.seconds < 1.3
+    # Read-only PRAGMAs stay usable; the connection keeps working after every failure.
+    assert sandbox.execute(db, "PRAGMA table_info(customer)").ok
+    assert sandbox.execute(db, "SELECT count(*) FROM orders").rows == ((4,),)
+
+
+def test_reindex_of_a_real_index_is_forbidden(tmp_path):
+    # flight_4 has no index, so REINDEX there is a no-op that SQLite never asks about.
+    db = make_db(tmp_path / "indexed.sqlite", "CREATE TABLE t (x TEXT); CREATE INDEX t_x ON t(x);")
+    assert sandbox.execute(db, "REINDEX t").outcome == "forbidden"
+    assert sandbox.execute(db, "REINDEX").outcome == "forbidden"
+
+
+def test_row_cap_marks_truncation(tmp_path):
+    db = make_db(tmp_path / "shop.sqlite", SHOP_SQL)
+    result = sandbox.execute(db, "SELECT * FROM customer", max_rows=2)
+    assert result.ok and result.truncated and len(result.rows) == 2
+    assert not sandbox.execute(db, "SELECT * FROM customer", max_rows=3).truncated
+
+
+def test_missing_database_is_an_outcome_not_an_exception(tmp_path):
+    result = sandbox.execute(tmp_path / "absent.sqlite", "SELECT 1")
+    assert result.outcome == "runtime_error" and "not found" in result.message
+    assert not (tmp_path / "absent.sqlite").exists()
+
+
+def test_non_utf8_text_in_database_is_read(tmp_path):
+    db = tmp_path / "latin.sqlite"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE t (name TEXT)")
+    conn.execute("INSERT INTO t VALUES (CAST(X'436166E9' AS TEXT))")  # 'Café' in Latin-1
+    conn.commit()
+    conn.close()
+    result = sandbox.execute(db, "SELECT name FROM t")
+    assert result.ok and result.rows[0][0].startswith("Caf")
