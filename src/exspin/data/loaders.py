@@ -20,16 +20,21 @@ from exspin.errors import UserError
 from exspin.records import Dataset, Example
 
 
-def read_json(path: Path) -> object:
-    """Parse a JSON file, turning every way it can be broken into one clear line."""
+def read_text(path: Path, what: str = "file") -> str:
+    """Read a UTF-8 user file, turning every way it can fail into one clear line."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UserError(f"file not found: {path}") from None
+        raise UserError(f"{what} not found: {path}") from None
     except UnicodeDecodeError as error:
         raise UserError(f"{path} is not UTF-8 text (byte {error.start})") from None
     except OSError as error:
         raise UserError(f"cannot read {path}: {error.strerror}") from None
+
+
+def read_json(path: Path) -> object:
+    """Parse a JSON file, turning every way it can be broken into one clear line."""
+    text = read_text(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:

@@ -5,19 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from exspin.data import Split
+from exspin.data import Split, read_text
 from exspin.errors import UserError
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"prediction file not found: {path}") from None
-    except UnicodeDecodeError as error:
-        raise UserError(f"{path} is not UTF-8 text (byte {error.start})") from None
-    except OSError as error:
-        raise UserError(f"cannot read {path}: {error.strerror}") from None
 
 
 def _read_lines(path: Path, text: str, split: Split) -> dict[int, str]:
@@ -70,7 +59,7 @@ def _read_jsonl(path: Path, text: str, split: Split) -> dict[int, str]:
 def read_predictions(path: str | Path, split: Split) -> dict[int, str]:
     """Map example index -> predicted SQL; raises UserError (one line) on a bad file."""
     path = Path(path)
-    text = _read_text(path)
+    text = read_text(path, "prediction file")
     first = next((line for line in text.splitlines() if line.strip()), "")
     if path.suffix == ".jsonl" or first.lstrip().startswith("{"):
         return _read_jsonl(path, text, split)
