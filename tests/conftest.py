@@ -84,3 +84,15 @@ def bird_dir(tmp_path) -> Path:
                "primary_keys": [1, 4], "foreign_keys": [[5, 1]]}]
     (root / "dev_tables.json").write_text(json.dumps(tables), encoding="utf-8")
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random Qwen2 whose tokenizer was trained on Spider's SQL and questions."""
+    from tests.tiny_model import build_tiny_model
+
+    corpus = ["SELECT count(*) FROM singer WHERE age > 30", "CREATE TABLE customer (id integer PRIMARY KEY);"]
+    if (SPIDER_DIR / "dev.json").is_file():
+        entries = json.loads((SPIDER_DIR / "dev.json").read_text())[:300]
+        corpus += [e["query"] for e in entries] + [e["question"] for e in entries]
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", corpus)

@@ -16,6 +16,10 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="Text-to-SQL by self-play fine-tuning with execution feedback.")
 data_app = typer.Typer(no_args_is_help=True, help="Inspect benchmark data.")
 app.add_typer(data_app, name="data")
+train_app = typer.Typer(no_args_is_help=True, help="One training stage, e.g. under `accelerate launch`.")
+app.add_typer(train_app, name="train")
+hints_app = typer.Typer(no_args_is_help=True, help="Schema hints: train the classifier, measure recall.")
+app.add_typer(hints_app, name="hints")
 console = Console()
 
 DataDir = Annotated[Path, typer.Option("--data", help="Spider or BIRD data directory.")]
@@ -107,6 +111,210 @@ def eval_command(
     console.print(f"EX [bold]{result.ex:.2f}%[/bold] on {result.n} questions "
                   f"({len(result.skipped)} skipped: {result.to_json()['skipped']['by_reason'] or 'none'})")
     console.print(f"wrote {results_path} and {report_path}")
+
+
+@hints_app.command("train")
+def hints_train(
+    data: DataDir,
+    out: Annotated[Path, typer.Option(help="Folder for the trained classifier.")],
+    split: Annotated[str, typer.Option(help="Training split.")] = "train",
+    epochs: Annotated[int, typer.Option(help="Passes over the training questions.")] = 8,
+) -> None:
+    """Train the schema-item classifier on labels derived from the gold SQL."""
+    from exspin.data import load_split
+    from exspin.hints import load_hinter
+    from exspin.hints.report import train_on_split
+    from exspin.progress import progress_bar
+
+    loaded = load_split(data, split)
+    with progress_bar(len(loaded.executable), f"features {loaded.dataset} {split}", "questions") as advance:
+        classifier, stats = train_on_split(loaded, load_hinter(loaded), advance, epochs)
+    classifier.save(out)
+    console.print(f"trained on {stats['questions']} questions in {stats['features_s'] + stats['train_s']:.1f} s; "
+                  f"saved to {out}")
+
+
+@hints_app.command("eval")
+def hints_eval(
+    data: DataDir,
+    split: Annotated[str, typer.Option(help="Split to measure.")] = "dev",
+    classifier: Annotated[Path | None, typer.Option(help="Trained classifier; the lexical fallback if absent.")]
+        = None,
+    top_tables: Annotated[int, typer.Option(help="k1: tables kept.")] = 6,
+    top_columns: Annotated[int, typer.Option(help="k2: columns kept per table.")] = 10,
+    tokenizer: Annotated[str | None, typer.Option(help="Tokenizer for prompt lengths ('none' to skip).")] =
+        "qwen2.5-coder-0.5b-instruct",
+    out: Annotated[Path | None, typer.Option(help="Also write the numbers to this JSON file.")] = None,
+) -> None:
+    """Table and column recall, value recall, prompt length and timing of the hints."""
+    from exspin.artifacts import write_json
+    from exspin.data import load_split
+    from exspin.hints import HintsConfig, load_hinter
+    from exspin.hints.report import evaluate_hints
+    from exspin.progress import progress_bar
+
+    loaded = load_split(data, split)
+    try:
+        config = HintsConfig(top_tables=top_tables, top_columns=top_columns)
+    except ValueError:
+        raise UserError("--top-tables and --top-columns must be at least 1") from None
+    tok = None
+    if tokenizer and tokenizer != "none":
+        from exspin.models import load_tokenizer
+
+        tok = load_tokenizer(tokenizer)
+    hinter = load_hinter(loaded, classifier, config)
+    with progress_bar(len(loaded.executable), f"hints {loaded.dataset} {split}", "questions") as advance:
+        result = evaluate_hints(loaded, hinter, tok, advance)
+    table = Table(title=f"schema hints on {loaded.dataset} {split} ({result['scorer']}, "
+                        f"{top_tables} tables x {top_columns} columns)")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("questions", str(result["questions"]))
+    table.add_row(f"table recall@{top_tables}", f"{result['table_recall']:.4f}")
+    table.add_row(f"column recall@{top_columns}", f"{result['column_recall']:.4f}")
+    table.add_row("value recall", f"{result['value_recall']:.4f} of {result['gold_literals_in_database']} literals")
+    for name, lengths in result.get("prompt_tokens", {}).items():
+        table.add_row(f"prompt tokens, {name.replace('_', ' ')}: median / p95",
+                      f"{lengths['median']:.0f} / {lengths['p95']:.0f}")
+    table.add_row("build value indexes", f"{result['index_build_s']:.2f} s")
+    table.add_row("score all questions", f"{result['score_s']:.2f} s")
+    console.print(table)
+    if out:
+        write_json(out, result)
+
+
+@app.command("predict")
+def predict_command(
+    data: DataDir,
+    out: Annotated[Path, typer.Option(help="Folder for prompts, predictions, results and report.")],
+    model: Annotated[str, typer.Option(help="Hugging Face id, local folder, or the built-in default.")] =
+        "qwen2.5-coder-0.5b-instruct",
+    split: Annotated[str, typer.Option(help="Split name: dev, train, mini_dev, test.")] = "dev",
+    limit: Annotated[int | None, typer.Option(help="Only the first N questions whose database exists.")] = None,
+    hints: Annotated[str, typer.Option(help="on: filtered schema with matched values; off: full schema.")] = "off",
+    classifier: Annotated[Path | None, typer.Option(help="Trained schema classifier (hints on).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest completion in tokens.")] = 256,
+    backend: Annotated[str, typer.Option(help="auto, hf or vllm.")] = "auto",
+    timeout: Timeout = 30.0,
+    workers: Workers = 0,
+) -> None:
+    """Generate SQL for a split's questions, then score it by execution."""
+    from exspin.data import load_split
+    from exspin.generation import GenerationConfig, Generator
+    from exspin.models import load_model, load_tokenizer, resolve_model
+    from exspin.predict import predict
+    from exspin.progress import progress_bar
+
+    if hints not in ("on", "off"):
+        raise UserError("--hints must be on or off")
+    if limit is not None and limit <= 0:
+        raise UserError("--limit must be positive")
+    loaded = load_split(data, split)
+    examples = loaded.executable[:limit]
+    try:
+        config = GenerationConfig(backend=backend, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    except ValueError as error:
+        raise UserError(f"invalid generation option: {error.errors()[0]['msg']}") from None
+    model_path = resolve_model(model)
+    hint_function = None
+    if hints == "on":
+        from exspin.hints import load_hinter
+
+        hint_function = load_hinter(loaded, classifier)
+    from exspin.generation.generate import use_vllm
+
+    generator = Generator(None, load_tokenizer(model_path)) if use_vllm(config) else Generator(*load_model(model_path))
+    with _runner(timeout, workers, 100_000) as runner, \
+            progress_bar(len(examples), f"generating {loaded.dataset} {split}", "prompts") as advance:
+        result = predict(model_path, loaded, examples, out, runner, generator, config,
+                         hints=hint_function, progress=lambda n, _tokens: advance(n))
+    stats = generator.stats
+    rate = stats["tokens"] / stats["seconds"] if stats["seconds"] else 0.0
+    console.print(f"EX [bold]{result.ex:.2f}%[/bold] on {result.n} questions; "
+                  f"{stats['tokens']} tokens at {rate:.1f} tokens/s")
+    console.print(f"wrote {out}")
+
+
+def _train_settings(settings_cls, config: Path | None, section: str):
+    """Settings for one trainer: the run config's section when a YAML file is given, else defaults."""
+    if config is None:
+        return settings_cls()
+    from exspin.config import load_config
+
+    stage = getattr(load_config(config), section)
+    return stage.train
+
+
+@train_app.command("sft")
+def train_sft_command(
+    model: Annotated[str, typer.Option(help="Model to fine-tune.")],
+    records: Annotated[Path, typer.Option(help="JSONL with prompt and completion.")],
+    out: Annotated[Path, typer.Option(help="Output folder (model/, adapter/, train_log.jsonl).")],
+    config: Annotated[Path | None, typer.Option(help="Run config whose sft.train settings to use.")] = None,
+) -> None:
+    """Supervised fine-tuning on prompt/completion records."""
+    from exspin.models import resolve_model
+    from exspin.training.sft import SFTSettings, train_sft
+
+    rows = _read_records(records, ("prompt", "completion"))
+    path = train_sft(resolve_model(model), rows, _train_settings(SFTSettings, config, "sft"), out)
+    console.print(f"saved {path}")
+
+
+@train_app.command("selfplay")
+def train_selfplay_command(
+    model: Annotated[str, typer.Option(help="The opponent: the model of the previous iteration.")],
+    pairs: Annotated[Path, typer.Option(help="JSONL with prompt, chosen (gold) and rejected (opponent's).")],
+    out: Annotated[Path, typer.Option(help="Output folder (model/, adapter/, train_log.jsonl).")],
+    config: Annotated[Path | None, typer.Option(help="Run config whose selfplay.train settings to use.")] = None,
+) -> None:
+    """One self-play iteration's training with the SPIN loss."""
+    from exspin.models import resolve_model
+    from exspin.training.selfplay import SelfPlaySettings, train_selfplay
+
+    rows = _read_records(pairs, ("prompt", "chosen", "rejected"))
+    path, _ = train_selfplay(resolve_model(model), rows, _train_settings(SelfPlaySettings, config, "selfplay"), out)
+    console.print(f"saved {path}")
+
+
+def _read_records(path: Path, fields: tuple[str, ...]) -> list[dict]:
+    import json
+
+    from exspin.data import read_text
+
+    rows = []
+    for number, line in enumerate(read_text(path, "records file").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise UserError(f"{path} line {number}: malformed JSON ({error.msg})") from None
+        if not isinstance(row, dict) or not all(isinstance(row.get(f), str) for f in fields):
+            raise UserError(f"{path} line {number}: needs string fields {', '.join(fields)}")
+        rows.append(row)
+    if not rows:
+        raise UserError(f"{path} holds no records")
+    return rows
+
+
+@app.command("run")
+def run_command(
+    config: Annotated[Path, typer.Argument(help="Run configuration (YAML).")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="Overrides such as selfplay.iterations=1.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue a run from its last finished stage.")] = False,
+) -> None:
+    """SFT, then self-play iterations with execution feedback, evaluated after every stage."""
+    from exspin.config import load_config
+    from exspin.pipeline import run_pipeline
+
+    settings = load_config(config, overrides or [])
+    summary = run_pipeline(settings, resume=resume, log=console.print)
+    console.print(f"kept [bold]{summary['best']}[/bold]: {summary['final_model']}")
+    console.print(f"stopped: {summary['stop_reason']}")
+    console.print(f"report: {settings.run_dir / 'report' / 'report.md'}")
 
 
 def main() -> None:

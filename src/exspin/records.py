@@ -60,3 +60,15 @@ class Judgement:
     match: bool
     pred: Execution
     gold: Execution
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaHints:
+    """What the schema hints keep for one question: tables, their columns, and matched values.
+
+    ``columns`` maps each kept table to its kept columns; None means the full schema.
+    ``values`` maps (table, column) to cell values retrieved for the question.
+    """
+
+    columns: dict[str, tuple[str, ...]] | None = None
+    values: dict[tuple[str, str], tuple[str, ...]] | None = None

@@ -1,0 +1,131 @@
+"""The run configuration: one pydantic model per stage, composed, loaded from YAML.
+
+Unknown keys are errors, values are validated, and dotted overrides such as
+``selfplay.iterations=2`` are applied before validation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from exspin.errors import UserError
+from exspin.generation import GenerationConfig
+from exspin.hints import HintsConfig
+from exspin.prompts import PromptConfig
+from exspin.training.selfplay import SelfPlaySettings
+from exspin.training.sft import SFTSettings
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSettings(_Section):
+    path: Path = Path("../shared/data/spider")
+    train_split: str = "train"
+    train_size: int | None = Field(None, ge=1)  # a fixed random subset of train questions; None: all
+    validation_size: int = Field(100, ge=1)  # carved from train, never from dev: it picks the best iterate
+    eval_split: str = "dev"
+    eval_size: int | None = Field(200, ge=1)  # the first N dev questions whose database exists
+
+
+class HintsSettings(_Section):
+    enabled: bool = True
+    classifier: Path | Literal["train"] | None = None  # "train": fit one on the train split first
+    options: HintsConfig = HintsConfig()
+
+
+class SFTStage(_Section):
+    enabled: bool = True
+    train: SFTSettings = SFTSettings()
+
+
+class SelfPlayStage(_Section):
+    method: Literal["exspin", "spin", "dpo"] = "exspin"
+    iterations: int = Field(2, ge=0)
+    samples_per_question: int = Field(1, ge=1)  # 1: greedy; more: sampling at `temperature`
+    temperature: float = Field(0.8, gt=0.0)
+    mix_previous_pairs: bool = False  # SPIN's recipe: also train on the previous iteration's pairs
+    train: SelfPlaySettings = SelfPlaySettings()
+
+
+class ControlSettings(_Section):
+    patience: int = Field(1, ge=0)  # stages without a validation gain before stopping
+    min_gain: float = 0.0  # EX points a stage must add to count as a gain
+
+
+class GuardSettings(_Section):
+    chosen_logp_drop: float = Field(5.0, gt=0.0)  # warn when the gold SQL's log-prob falls this much (nats)
+    length_drift: float = Field(0.5, gt=0.0)  # warn when mean validation completion length moves this much
+
+
+class ExecutionSettings(_Section):
+    timeout_s: float = Field(30.0, gt=0.0)
+    workers: int = Field(0, ge=0)  # 0: one per core
+    max_rows: int = Field(100_000, ge=1)
+
+
+class LauncherSettings(_Section):
+    """How training stages run: in this process, or through `accelerate launch` (multi-GPU, DeepSpeed, FSDP)."""
+
+    accelerate_config: Path | None = None  # e.g. configs/accelerate/deepspeed_zero3.yaml
+    num_processes: int = Field(1, ge=1)
+
+
+class RunConfig(_Section):
+    run_dir: Path = Path("runs/quickstart")
+    model: str = "qwen2.5-coder-0.5b-instruct"
+    seed: int = 0
+    data: DataSettings = DataSettings()
+    hints: HintsSettings = HintsSettings()
+    prompt: PromptConfig = PromptConfig()
+    generation: GenerationConfig = GenerationConfig()
+    sft: SFTStage = SFTStage()
+    selfplay: SelfPlayStage = SelfPlayStage()
+    control: ControlSettings = ControlSettings()
+    guards: GuardSettings = GuardSettings()
+    execution: ExecutionSettings = ExecutionSettings()
+    launcher: LauncherSettings = LauncherSettings()
+
+
+def _set_dotted(tree: dict, dotted: str, value: object) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise UserError(f"override {dotted}: {key} is not a section")
+    node[keys[-1]] = value
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read YAML, apply ``key.sub=value`` overrides, validate; one-line errors for anything wrong."""
+    path = Path(path)
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise UserError(f"config not found: {path}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"malformed YAML in {path}{where}") from None
+    if not isinstance(tree, dict):
+        raise UserError(f"{path} should hold a mapping of settings")
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key:
+            raise UserError(f"override {override!r} should look like section.key=value")
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise UserError(f"invalid config {path}: {where}: {first['msg']}"
+                        + (f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else "")) from None

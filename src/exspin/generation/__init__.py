@@ -1,0 +1,6 @@
+"""Text generation behind one function, on transformers (CPU or GPU) or vLLM (GPU)."""
+
+from exspin.generation.extract import extract_sql
+from exspin.generation.generate import GenerationConfig, Generator, generate
+
+__all__ = ["GenerationConfig", "Generator", "extract_sql", "generate"]

@@ -1,0 +1,65 @@
+"""Turn a question into schema hints: kept tables and columns, and the values it mentions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from exspin.data import Split
+from exspin.hints.classifier import LexicalScorer, SchemaClassifier, select_schema_items
+from exspin.hints.schema import DatabaseSchema
+from exspin.hints.values import ValueIndex, ValueMatch
+from exspin.paths import cache_dir
+from exspin.records import Example, SchemaHints
+
+
+class HintsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    filter_schema: bool = True  # keep only the top tables and columns
+    top_tables: int = Field(6, ge=1)  # k1, as in CodeS
+    top_columns: int = Field(10, ge=1)  # k2, per kept table
+    match_values: bool = True  # retrieve cell values the question mentions
+    values_per_question: int = Field(10, ge=0)
+
+
+class Hinter:
+    """Callable (example, schema) -> SchemaHints, with per-database value indexes cached on disk."""
+
+    def __init__(self, split: Split, scorer: SchemaClassifier | LexicalScorer, config: HintsConfig | None = None):
+        self.split = split
+        self.scorer = scorer
+        self.config = config or HintsConfig()
+        self._indexes: dict[str, ValueIndex] = {}
+
+    def value_index(self, schema: DatabaseSchema) -> ValueIndex:
+        if schema.db_id not in self._indexes:
+            db_path = self.split.db_path(schema.db_id)
+            self._indexes[schema.db_id] = (ValueIndex.build(db_path, schema, cache_dir() / "value_index")
+                                           if db_path else ValueIndex([]))
+        return self._indexes[schema.db_id]
+
+    def matches(self, example: Example, schema: DatabaseSchema) -> list[ValueMatch]:
+        if not self.config.match_values:
+            return []
+        text = f"{example.question} {example.evidence or ''}".strip()
+        return self.value_index(schema).search(text, limit=self.config.values_per_question)
+
+    def __call__(self, example: Example, schema: DatabaseSchema) -> SchemaHints:
+        matches = self.matches(example, schema)
+        columns = None
+        if self.config.filter_schema:
+            table_scores, column_scores = self.scorer.score(example.question, schema, matches)
+            columns = select_schema_items(schema, table_scores, column_scores, self.config.top_tables,
+                                          self.config.top_columns)
+        values: dict[tuple[str, str], tuple[str, ...]] = {}
+        for m in matches:
+            values[(m.table, m.column)] = (*values.get((m.table, m.column), ()), m.value)
+        return SchemaHints(columns=columns, values=values or None)
+
+
+def load_hinter(split: Split, classifier: str | Path | None = None, config: HintsConfig | None = None) -> Hinter:
+    """A Hinter over the trained classifier at `classifier`, or the lexical fallback when None."""
+    scorer = SchemaClassifier.load(classifier) if classifier else LexicalScorer()
+    return Hinter(split, scorer, config)

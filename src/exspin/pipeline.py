@@ -1,0 +1,279 @@
+"""`exspin run CONFIG.yaml`: data -> prompts -> start -> SFT -> self-play iterations -> report.
+
+Each stage writes into its own numbered folder under the run directory and marks itself done
+last (done.json, holding its summary), so a killed run resumes with ``--resume`` from the last
+finished stage. After every model-producing stage the model is scored on the validation split
+(carved from train) and on the evaluation split; validation EX alone picks the iterate that
+the next stage starts from and the one the run hands over.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from exspin import __version__
+from exspin.artifacts import read_jsonl, write_json, write_jsonl, write_text
+from exspin.config import RunConfig
+from exspin.data import Split, load_split
+from exspin.errors import UserError
+from exspin.execution.pool import GoldCache, SqlRunner
+from exspin.feedback import count_labels, label_samples, make_pairs
+from exspin.generation import GenerationConfig, Generator, generate
+from exspin.guards import chosen_logp_warning, control, length_drift_warning, reference_logps
+from exspin.paths import cache_dir
+from exspin.predict import SchemaBook, build_prompts, predict_prompts
+from exspin.records import Example
+from exspin.report import write_report
+
+SETS = ("train", "validation", "eval")
+
+
+class Run:
+    """The state of one run: its config, folder, loaded splits and finished stage summaries."""
+
+    def __init__(self, config: RunConfig, resume: bool):
+        self.config = config
+        self.dir = config.run_dir
+        manifest_path = self.dir / "manifest.json"
+        if manifest_path.is_file() and not resume:
+            raise UserError(f"{self.dir} already holds a run; pass --resume to continue it, or choose another "
+                            "run_dir (nothing was overwritten)")
+        self.manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {
+            "version": __version__, "stages": {}, "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+        write_json(self.dir / "config.json", config.model_dump(mode="json"))
+        self.splits: dict[str, Split] = {}
+        self.runner = SqlRunner(workers=config.execution.workers or None, timeout_s=config.execution.timeout_s,
+                                max_rows=config.execution.max_rows, cache=GoldCache(cache_dir() / "gold_results.sqlite"))
+
+    def save_manifest(self) -> None:
+        write_json(self.dir / "manifest.json", self.manifest)
+
+    def split(self, name: str) -> Split:
+        if name not in self.splits:
+            self.splits[name] = load_split(self.config.data.path, name)
+        return self.splits[name]
+
+    def examples(self, which: str) -> list[Example]:
+        return [Example.model_validate(r) for r in read_jsonl(self.dir / "00_data" / f"{which}.jsonl")]
+
+    def prompts(self, which: str) -> dict[int, str]:
+        return {r["index"]: r["prompt"] for r in read_jsonl(self.dir / "01_prompts" / f"{which}.jsonl")}
+
+    def split_of(self, which: str) -> Split:
+        return self.split(self.config.data.eval_split if which == "eval" else self.config.data.train_split)
+
+    def stage(self, name: str, function) -> dict:
+        """Run a stage unless it finished before; its folder is rebuilt from scratch if it was cut short."""
+        folder = self.dir / name
+        done = folder / "done.json"
+        if done.is_file():
+            return json.loads(done.read_text())
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        from transformers import set_seed
+
+        set_seed(self.config.seed)
+        start = time.perf_counter()
+        summary = function(folder) or {}
+        summary["seconds"] = round(time.perf_counter() - start, 2)
+        write_json(done, summary)  # last: marks the stage finished
+        self.manifest["stages"][name] = {"status": "done", "seconds": summary["seconds"]}
+        self.save_manifest()
+        return summary
+
+
+def _data_stage(run: Run, folder: Path) -> dict:
+    settings = run.config.data
+    train = run.split(settings.train_split)
+    evaluation = run.split(settings.eval_split)
+    pool = list(train.executable)
+    random.Random(run.config.seed).shuffle(pool)
+    validation = sorted(pool[: settings.validation_size], key=lambda e: e.index)
+    rest = pool[settings.validation_size :]
+    train_set = sorted(rest[: settings.train_size] if settings.train_size else rest, key=lambda e: e.index)
+    eval_set = evaluation.executable[: settings.eval_size] if settings.eval_size else evaluation.executable
+    for which, examples in (("train", train_set), ("validation", validation), ("eval", eval_set)):
+        write_jsonl(folder / f"{which}.jsonl", (e.model_dump() for e in examples))
+    return {"train": len(train_set), "validation": len(validation), "eval": len(eval_set),
+            "skipped_train": train.skipped_counts(), "skipped_eval": evaluation.skipped_counts()}
+
+
+def _prompts_stage(run: Run, folder: Path) -> dict:
+    from exspin.hints import load_hinter
+    from exspin.models import load_tokenizer, resolve_model
+
+    tokenizer = load_tokenizer(resolve_model(run.config.model))
+    summary = {"hints": run.config.hints.enabled}
+    for which in SETS:
+        split = run.split_of(which)
+        hinter = None
+        if run.config.hints.enabled:
+            classifier = run.config.hints.classifier
+            if classifier == "train":
+                classifier = folder / "classifier"
+                if not classifier.exists():
+                    from exspin.hints.report import train_on_split
+
+                    trained, _ = train_on_split(run.split(run.config.data.train_split), load_hinter(split))
+                    trained.save(classifier)
+            hinter = load_hinter(split, classifier, run.config.hints.options)
+            summary["scorer"] = hinter.scorer.name
+        examples = run.examples(which)
+        prompts = build_prompts(examples, SchemaBook(split), tokenizer, run.config.prompt, hinter)
+        write_jsonl(folder / f"{which}.jsonl", ({"index": e.index, "db_id": e.db_id, "prompt": p}
+                                                 for e, p in zip(examples, prompts, strict=True)))
+    return summary
+
+
+def _evaluate_model(run: Run, model_path: str, folder: Path) -> dict:
+    from exspin.models import load_model
+
+    generator = Generator(*load_model(model_path))
+    scores = {}
+    for which in ("validation", "eval"):
+        examples = run.examples(which)
+        prompts = run.prompts(which)
+        result = predict_prompts(model_path, run.split_of(which), examples, [prompts[e.index] for e in examples],
+                                 folder / f"eval_{which}", run.runner, generator, run.config.generation)
+        scores[f"{which}_ex"] = round(result.ex, 4)
+    generation = json.loads((folder / "eval_validation" / "generation.json").read_text())
+    scores["mean_completion_chars"] = generation["mean_completion_chars"]
+    scores["tokens_per_s"] = generation["tokens_per_s"]
+    return scores
+
+
+def _launch_training(run: Run, kind: str, model_path: str, records: Path, folder: Path) -> list[dict]:
+    """Train in a child process group through `accelerate launch`; returns the step log."""
+    launcher = run.config.launcher
+    config_path = write_text(run.dir / "config.yaml", yaml.safe_dump(run.config.model_dump(mode="json")))
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(launcher.num_processes)]
+    if launcher.accelerate_config:
+        command += ["--config_file", str(launcher.accelerate_config)]
+    command += ["-m", "exspin.cli", "train", kind, "--model", model_path,
+                "--records" if kind == "sft" else "--pairs", str(records), "--out", str(folder),
+                "--config", str(config_path)]
+    if subprocess.run(command).returncode != 0:
+        raise UserError(f"training stage {folder.name} failed under accelerate launch; see the output above")
+    log = folder / "train_log.jsonl"
+    return read_jsonl(log) if log.is_file() else []
+
+
+def _use_launcher(run: Run) -> bool:
+    return run.config.launcher.accelerate_config is not None or run.config.launcher.num_processes > 1
+
+
+def _sft_stage(run: Run, model_path: str, folder: Path) -> dict:
+    from exspin.training.sft import train_sft
+
+    prompts = run.prompts("train")
+    records = [{"prompt": prompts[e.index], "completion": e.gold_sql} for e in run.examples("train")]
+    records_path = write_jsonl(folder / "sft_records.jsonl", records)
+    if _use_launcher(run):
+        _launch_training(run, "sft", model_path, records_path, folder)
+        model = folder / "model"
+    else:
+        model = train_sft(model_path, records, run.config.sft.train, folder)
+    return {"model": str(model), **_evaluate_model(run, str(model), folder)}
+
+
+def _iteration_stage(run: Run, number: int, opponent: str, folder: Path, previous_pairs: Path | None) -> dict:
+    from exspin.models import load_model
+    from exspin.training.selfplay import train_selfplay
+
+    settings = run.config.selfplay
+    examples = run.examples("train")
+    prompts = run.prompts("train")
+    sampling = settings.samples_per_question > 1
+    config = GenerationConfig(**{**run.config.generation.model_dump(), "num_samples": settings.samples_per_question,
+                                 "temperature": settings.temperature if sampling else 0.0,
+                                 "seed": run.config.seed + number})
+    completions = generate(opponent, [prompts[e.index] for e in examples], config,
+                           generator=Generator(*load_model(opponent)))
+    labelled = label_samples(run.split_of("train"), examples, completions, run.runner)
+    write_jsonl(folder / "generations.jsonl", labelled)
+    pairs = make_pairs(settings.method, examples, prompts, labelled)
+    if settings.mix_previous_pairs and previous_pairs is not None and previous_pairs.is_file():
+        pairs += read_jsonl(previous_pairs)
+    pairs_path = write_jsonl(folder / "pairs.jsonl", pairs)
+    summary = {"opponent": opponent, "labels": count_labels(labelled), "pairs": len(pairs),
+               "pairs_by_label": {k: sum(p["rejected_label"] == k for p in pairs) for k in count_labels(labelled)}}
+    if not pairs:
+        summary.update(model=opponent, note="no pairs: the opponent got every training question right")
+        return {**summary, **_evaluate_model(run, opponent, folder)}
+    if _use_launcher(run):
+        steps = _launch_training(run, "selfplay", opponent, pairs_path, folder)
+        model = folder / "model"
+    else:
+        model, steps = train_selfplay(opponent, pairs, settings.train, folder)
+    write_jsonl(folder / "logps.jsonl", reference_logps(steps, settings.train.beta))
+    warning = chosen_logp_warning(steps, settings.train.beta, run.config.guards.chosen_logp_drop)
+    summary.update(model=str(model), warnings=[warning] if warning else [],
+                   final_loss=next((r["loss"] for r in reversed(steps) if "loss" in r), None))
+    return {**summary, **_evaluate_model(run, str(model), folder)}
+
+
+def run_pipeline(config: RunConfig, resume: bool = False, log=print) -> dict:
+    """Run (or resume) every stage and write the report; returns the final summary."""
+    from exspin.models import resolve_model
+
+    run = Run(config, resume)
+    try:
+        run.stage("00_data", lambda folder: _data_stage(run, folder))
+        run.stage("01_prompts", lambda folder: _prompts_stage(run, folder))
+        start_model = resolve_model(config.model)
+        stages: dict[str, dict] = {}
+        stages["start"] = run.stage("02_start", lambda folder: {"model": start_model,
+                                                                **_evaluate_model(run, start_model, folder)})
+        log(f"start: validation EX {stages['start']['validation_ex']:.2f}%, eval EX {stages['start']['eval_ex']:.2f}%")
+        history = [("start", stages["start"]["validation_ex"])]
+        decision = control(history, config.control.patience, config.control.min_gain)
+        number = 3
+        if config.sft.enabled:
+            current = stages[decision.best]["model"]
+            stages["sft"] = run.stage(f"{number:02d}_sft", lambda folder: _sft_stage(run, current, folder))
+            number += 1
+            history.append(("sft", stages["sft"]["validation_ex"]))
+            decision = control(history, config.control.patience, config.control.min_gain)
+            log(f"sft: validation EX {stages['sft']['validation_ex']:.2f}%; {decision.reason}")
+        previous_pairs = None
+        stop_reason = f"finished all {config.selfplay.iterations} self-play iterations"
+        for iteration in range(1, config.selfplay.iterations + 1):
+            if decision.stop:
+                stop_reason = decision.reason
+                break
+            name = f"{config.selfplay.method}-{iteration}"
+            opponent = stages[decision.best]["model"]  # roll back to the best iterate, never build on a worse one
+            folder_name = f"{number:02d}_iter{iteration}"
+            stages[name] = run.stage(folder_name, lambda folder, i=iteration, o=opponent, p=previous_pairs:
+                                     _iteration_stage(run, i, o, folder, p))
+            previous_pairs = run.dir / folder_name / "pairs.jsonl"
+            number += 1
+            drift = length_drift_warning(stages["start"]["mean_completion_chars"],
+                                         stages[name]["mean_completion_chars"], config.guards.length_drift)
+            if drift:
+                stages[name].setdefault("warnings", []).append(drift)
+            for warning in stages[name].get("warnings", []):
+                log(f"warning ({name}): {warning}")
+            history.append((name, stages[name]["validation_ex"]))
+            decision = control(history, config.control.patience, config.control.min_gain)
+            log(f"{name}: {stages[name].get('pairs', 0)} pairs, validation EX {stages[name]['validation_ex']:.2f}%; "
+                f"{decision.reason}")
+        if decision.stop:
+            stop_reason = decision.reason
+        summary = {"stages": stages, "best": decision.best, "final_model": stages[decision.best]["model"],
+                   "stop_reason": stop_reason, "history": history}
+        run.manifest.update(best=decision.best, final_model=summary["final_model"], stop_reason=stop_reason)
+        run.save_manifest()
+        write_report(run.dir, summary)
+        return summary
+    finally:
+        run.runner.close()

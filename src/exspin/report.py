@@ -1,0 +1,96 @@
+"""The run report: metrics.json, report.md and plots of EX per stage and of self-play log-probs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from exspin.artifacts import read_jsonl, write_json, write_text
+
+
+def _plot_ex(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary["stages"])
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for key, label in (("validation_ex", "validation (from train)"), ("eval_ex", "evaluation")):
+        axis.plot(names, [summary["stages"][n][key] for n in names], marker="o", label=label)
+    axis.axvline(names.index(summary["best"]), color="grey", linestyle=":", label=f"kept: {summary['best']}")
+    axis.set_ylabel("execution accuracy (%)")
+    axis.set_title("EX per stage")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def _plot_logps(run_dir: Path, path: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    logs = sorted(run_dir.glob("*_iter*/logps.jsonl"))
+    if not logs:
+        return False
+    figure, axis = plt.subplots(figsize=(7, 4))
+    offset = 0
+    for log in logs:
+        rows = read_jsonl(log)
+        if not rows:
+            continue
+        steps = [offset + i for i in range(len(rows))]
+        for key, style in (("policy_chosen", "-"), ("policy_rejected", "-"), ("reference_chosen", ":"),
+                           ("reference_rejected", ":")):
+            color = "tab:green" if "chosen" in key else "tab:red"
+            axis.plot(steps, [r[key] for r in rows], style, color=color,
+                      label=key.replace("_", " ") if offset == 0 else None)
+        offset += len(rows)
+        axis.axvline(offset - 0.5, color="grey", linewidth=0.5)
+    axis.set_xlabel("training step (all iterations)")
+    axis.set_ylabel("summed log-prob of the SQL")
+    axis.set_title("gold (chosen) and opponent (rejected) log-probs")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
+def write_report(run_dir: Path, summary: dict) -> Path:
+    folder = run_dir / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "metrics.json", summary)
+    _plot_ex(summary, folder / "ex_per_stage.png")
+    has_logps = _plot_logps(run_dir, folder / "logps.png")
+    config = json.loads((run_dir / "config.json").read_text())
+    lines = [
+        f"# exspin run: {run_dir.name}",
+        "",
+        f"Model `{config['model']}`, self-play method **{config['selfplay']['method']}**, data `{config['data']['path']}`.",
+        "",
+        "| stage | validation EX % | eval EX % | pairs | wall time (s) | warnings |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for name, stage in summary["stages"].items():
+        marker = " (kept)" if name == summary["best"] else ""
+        lines.append(f"| {name}{marker} | {stage['validation_ex']:.2f} | {stage['eval_ex']:.2f} | "
+                     f"{stage.get('pairs', '')} | {stage.get('seconds', 0):.0f} | {'; '.join(stage.get('warnings', []))} |")
+    lines += ["", f"**Kept:** `{summary['best']}` -> `{summary['final_model']}`", "",
+              f"**Stopped:** {summary['stop_reason']}", ""]
+    labelled = {n: s["labels"] for n, s in summary["stages"].items() if "labels" in s}
+    if labelled:
+        labels = list(next(iter(labelled.values())))
+        lines += ["## Opponent's training answers by feedback label", "",
+                  "| iteration | " + " | ".join(labels) + " | pairs kept |", "|---|" + "---:|" * (len(labels) + 1)]
+        for name, counts in labelled.items():
+            lines.append(f"| {name} | " + " | ".join(str(counts[k]) for k in labels)
+                         + f" | {summary['stages'][name]['pairs']} |")
+        lines.append("")
+    lines += ["![EX per stage](ex_per_stage.png)", ""]
+    if has_logps:
+        lines += ["![log-probs](logps.png)", ""]
+    return write_text(folder / "report.md", "\n".join(lines))

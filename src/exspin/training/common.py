@@ -1,0 +1,121 @@
+"""What SFT and self-play training share: settings, LoRA, trl arguments, saving, step logs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+from transformers import TrainerCallback
+
+
+class LoraSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class TrainSettings(BaseModel):
+    """Optimisation settings common to every trainer."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    learning_rate: float = Field(1e-4, gt=0.0)
+    epochs: float = Field(1.0, gt=0.0)
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = Field(4, ge=1)
+    gradient_accumulation: int = Field(1, ge=1)
+    max_length: int = Field(1024, ge=16)
+    warmup_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    lora: LoraSettings | None = LoraSettings()  # None: full fine-tuning
+    gradient_checkpointing: bool = True
+    bf16: bool | None = None  # None: where the hardware has it natively
+    seed: int = 0
+    logging_steps: int = Field(1, ge=1)
+
+
+def trainer_arguments(settings: TrainSettings, output_dir: Path) -> dict:
+    """Keyword arguments that every trl config (SFTConfig, DPOConfig) accepts."""
+    import torch
+
+    from exspin.models import default_dtype
+
+    bf16 = settings.bf16 if settings.bf16 is not None else default_dtype() == torch.bfloat16
+    return dict(
+        output_dir=str(output_dir),
+        learning_rate=settings.learning_rate,
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation,
+        warmup_steps=settings.warmup_ratio,  # a float below 1 is a fraction of all steps
+        lr_scheduler_type="cosine",
+        bf16=bf16,
+        gradient_checkpointing=settings.gradient_checkpointing,
+        seed=settings.seed,
+        logging_steps=settings.logging_steps,
+        save_strategy="no",
+        report_to=[],
+        max_length=settings.max_length,
+        disable_tqdm=False,
+        dataloader_num_workers=0,
+    )
+
+
+def lora_config(settings: TrainSettings):
+    if settings.lora is None:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=settings.lora.r, lora_alpha=settings.lora.alpha, lora_dropout=settings.lora.dropout,
+                      target_modules=list(settings.lora.target_modules), task_type="CAUSAL_LM")
+
+
+def load_for_training(model_path: str, settings: TrainSettings):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from exspin.models import default_dtype, load_tokenizer
+
+    dtype = torch.bfloat16 if (settings.bf16 or (settings.bf16 is None and default_dtype() == torch.bfloat16)) \
+        else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    return model, load_tokenizer(model_path)
+
+
+def save_trained(trainer, tokenizer, output_dir: Path) -> Path:
+    """Merge any adapter, restore the KV cache setting, and save a plain model folder (main process only)."""
+    from exspin.models import merge_adapter, save_model
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if trainer.accelerator.is_main_process:
+        if hasattr(model, "peft_config"):
+            save_model(model, tokenizer, output_dir / "adapter")
+        merged = merge_adapter(model)
+        # Gradient checkpointing switches the cache off in the config; generation needs it back on.
+        merged.config.use_cache = True
+        if getattr(merged, "generation_config", None) is not None:
+            merged.generation_config.use_cache = True
+        save_model(merged, tokenizer, output_dir / "model")
+    trainer.accelerator.wait_for_everyone()
+    return output_dir / "model"
+
+
+class StepLog(TrainerCallback):
+    """Appends every logged training step to a JSONL file (loss, log-probs, rewards, lr)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or not state.is_world_process_zero:
+            return
+        row = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, int | float)}}
+        self.rows.append(row)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")

@@ -1,0 +1,33 @@
+"""Configs: every shipped YAML parses; overrides apply before validation; unknown keys are errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from exspin.config import RunConfig, load_config
+from exspin.errors import UserError
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+def test_there_are_shipped_configs():
+    assert {p.name for p in CONFIGS} >= {"quickstart.yaml"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_config_parses(path):
+    assert isinstance(load_config(path), RunConfig)
+
+
+def test_dotted_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("selfplay:\n  iterations: 3\n")
+    config = load_config(path, ["selfplay.iterations=1", "selfplay.train.beta=0.5", "run_dir=/tmp/x"])
+    assert config.selfplay.iterations == 1 and config.selfplay.train.beta == 0.5
+    assert str(config.run_dir) == "/tmp/x"
+    with pytest.raises(UserError, match="section.key=value"):
+        load_config(path, ["selfplay.iterations"])
+    with pytest.raises(UserError, match="unknown_key"):
+        load_config(path, ["unknown_key=1"])

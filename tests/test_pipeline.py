@@ -1,0 +1,87 @@
+"""`exspin run` end to end on the tiny model: every artifact, and resume after a kill mid-iteration."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SPIDER_DIR
+
+
+def _config(tmp_path: Path, tiny_model_dir: Path) -> Path:
+    text = (Path(__file__).parent / "data" / "tiny_run.yaml").read_text()
+    path = tmp_path / "tiny_run.yaml"
+    path.write_text(text.replace("MODEL_DIR", str(tiny_model_dir)).replace("DATA_DIR", str(SPIDER_DIR)))
+    return path
+
+
+def _command(config: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "exspin.cli", "run", str(config), f"run_dir={run_dir}", *extra]
+
+
+def _metrics(run_dir: Path) -> dict:
+    summary = json.loads((run_dir / "report" / "metrics.json").read_text())
+    return {name: (stage["validation_ex"], stage["eval_ex"], stage.get("pairs"), stage.get("labels"))
+            for name, stage in summary["stages"].items()}
+
+
+@pytest.mark.slow
+def test_full_run_then_kill_and_resume(spider_dir, tiny_model_dir, tmp_path):
+    config = _config(tmp_path, tiny_model_dir)
+    whole = tmp_path / "whole"
+    result = subprocess.run(_command(config, whole), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    for path in ["manifest.json", "config.json", "00_data/train.jsonl", "00_data/validation.jsonl",
+                 "01_prompts/train.jsonl", "02_start/eval_eval/results.json", "03_sft/model/config.json",
+                 "03_sft/adapter/adapter_config.json", "03_sft/eval_validation/report.md",
+                 "04_iter1/generations.jsonl", "04_iter1/pairs.jsonl", "04_iter1/model/config.json",
+                 "04_iter1/logps.jsonl", "05_iter2/pairs.jsonl", "report/report.md", "report/metrics.json",
+                 "report/ex_per_stage.png", "report/logps.png"]:
+        assert (whole / path).is_file(), path
+    summary = json.loads((whole / "report" / "metrics.json").read_text())
+    assert list(summary["stages"]) == ["start", "sft", "exspin-1", "exspin-2"]
+    assert summary["final_model"] == summary["stages"][summary["best"]]["model"]
+    validation = {json.loads(line)["index"] for line in (whole / "00_data" / "validation.jsonl").open()}
+    train = {json.loads(line)["index"] for line in (whole / "00_data" / "train.jsonl").open()}
+    assert validation and not validation & train  # validation is carved from train, disjoint from it
+    generations = [json.loads(line) for line in (whole / "04_iter1" / "generations.jsonl").open()]
+    pairs = [json.loads(line) for line in (whole / "04_iter1" / "pairs.jsonl").open()]
+    assert len(pairs) == sum(g["label"] != "correct" for g in generations)  # ExSPIN drops correct answers
+
+    # Kill a second run in the middle of its first self-play iteration, then resume it.
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(_command(config, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.time() + 600
+    while not (killed / "04_iter1" / "generations.jsonl").exists():
+        assert process.poll() is None and time.time() < deadline, "run ended before the kill"
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed / "04_iter1" / "done.json").exists()
+    refused = subprocess.run(_command(config, killed), capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "--resume" in refused.stderr  # never overwrites a run silently
+    resumed = subprocess.run(_command(config, killed, "--resume"), capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _metrics(killed) == _metrics(whole)
+
+
+def test_bad_config_is_one_line_error(tmp_path):
+    from tests.test_cli import assert_one_line_error, run_cli
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("selfplay:\n  iterations: -1\n")
+    assert_one_line_error(run_cli("run", bad), "selfplay.iterations")
+    bad.write_text("selfplay:\n  lambda: 0.1\n")
+    assert_one_line_error(run_cli("run", bad), "selfplay.lambda")
+    bad.write_text("selfplay: [\n")
+    assert_one_line_error(run_cli("run", bad), "malformed YAML")
+    assert_one_line_error(run_cli("run", tmp_path / "absent.yaml"), "config not found")

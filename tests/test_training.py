@@ -1,0 +1,189 @@
+"""The SPIN loss (formula, gradient, and trl's trainer), the NLL guard, feedback labels and pairs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from exspin.data import load_split
+from exspin.execution.pool import SqlRunner
+from exspin.feedback import count_labels, label_samples, make_pairs
+from exspin.training.loss import nll_term, spin_loss
+
+POLICY_CHOSEN = torch.tensor([-12.0, -30.5, -7.25, -50.0])
+POLICY_REJECTED = torch.tensor([-15.0, -20.0, -9.0, -49.0])
+REFERENCE_CHOSEN = torch.tensor([-13.0, -31.0, -7.0, -52.0])
+REFERENCE_REJECTED = torch.tensor([-14.0, -21.5, -9.5, -45.0])
+
+
+def test_spin_loss_equals_the_formula_and_its_gradient():
+    beta = 0.1
+    policy_chosen = POLICY_CHOSEN.clone().requires_grad_(True)
+    policy_rejected = POLICY_REJECTED.clone().requires_grad_(True)
+    loss = spin_loss(policy_chosen, policy_rejected, REFERENCE_CHOSEN, REFERENCE_REJECTED, beta)
+    margin = (POLICY_CHOSEN - REFERENCE_CHOSEN) - (POLICY_REJECTED - REFERENCE_REJECTED)
+    direct = -torch.log(1 / (1 + torch.exp(-beta * margin)))
+    assert torch.allclose(loss, direct, atol=1e-6)
+    loss.sum().backward()
+    # d/d(chosen) of -log sigmoid(beta m) = -beta * sigmoid(-beta m); the rejected side is its negative.
+    expected = -beta * torch.sigmoid(-beta * margin)
+    assert torch.allclose(policy_chosen.grad, expected, atol=1e-6)
+    assert torch.allclose(policy_rejected.grad, -expected, atol=1e-6)
+
+
+def test_nll_term_gradient_is_minus_one_over_gold_tokens():
+    token_logps = torch.tensor([[-1.0, -2.0, -0.5, -3.0], [-0.1, -0.2, -9.0, -9.0]], requires_grad=True)
+    mask = torch.tensor([[0, 1, 1, 1], [1, 1, 0, 0]])
+    loss = nll_term(token_logps, mask)
+    assert loss.item() == pytest.approx((2.0 + 0.5 + 3.0 + 0.1 + 0.2) / 5)
+    loss.backward()
+    assert torch.allclose(token_logps.grad, -mask.float() / 5)
+
+
+def _completion_logp(model, tokenizer, prompt: str, completion: str) -> torch.Tensor:
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    full_ids = tokenizer(prompt + completion + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([full_ids])
+    logps = torch.log_softmax(model(ids).logits[0, :-1].float(), dim=-1)
+    targets = ids[0, 1:]
+    token_logps = logps.gather(-1, targets[:, None])[:, 0]
+    return token_logps[len(prompt_ids) - 1 :].sum()
+
+
+def test_trl_trainer_computes_the_spin_loss(tiny_model_dir, tmp_path):
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import DPOConfig, DPOTrainer
+
+    from exspin.models import load_model
+
+    model, tokenizer = load_model(str(tiny_model_dir), dtype=torch.float32)
+    pairs = [{"prompt": "<|im_start|>user\nHow many singers?<|im_end|>\n<|im_start|>assistant\n",
+              "chosen": "SELECT count(*) FROM singer", "rejected": "SELECT name FROM stadium"},
+             {"prompt": "<|im_start|>user\nOldest singer?<|im_end|>\n<|im_start|>assistant\n",
+              "chosen": "SELECT name FROM singer ORDER BY age DESC LIMIT 1", "rejected": "SELECT max(age) FROM t"}]
+    beta = 0.25
+    args = DPOConfig(output_dir=str(tmp_path), beta=beta, loss_type=["sigmoid"], per_device_train_batch_size=2,
+                     report_to=[], bf16=False, max_length=256)
+    # As train_selfplay does: a new adapter on the opponent, so the reference is the adapter switched off.
+    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer,
+                         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    policy = trainer.model
+    torch.manual_seed(0)
+    with torch.no_grad():  # a policy that differs from its reference
+        for name, parameter in policy.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.3)
+    batch = next(iter(trainer.get_train_dataloader()))
+    policy.eval()
+    with torch.no_grad():
+        trl_loss = trainer.compute_loss(trainer.model, batch)
+        logps = {}
+        for side in ("chosen", "rejected"):
+            logps[("policy", side)] = torch.stack([_completion_logp(policy, tokenizer, p["prompt"], p[side])
+                                                   for p in pairs])
+            with policy.disable_adapter():
+                logps[("reference", side)] = torch.stack([_completion_logp(policy, tokenizer, p["prompt"], p[side])
+                                                          for p in pairs])
+    expected = spin_loss(logps[("policy", "chosen")], logps[("policy", "rejected")],
+                         logps[("reference", "chosen")], logps[("reference", "rejected")], beta).mean()
+    assert abs(expected.item() - 0.6931) > 1e-3  # the check is not trivially log 2
+    assert trl_loss.item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def concert(spider_dir):
+    split = load_split(spider_dir, "dev")
+    return split, [e for e in split.examples if e.db_id == "concert_singer"][:2]
+
+
+def test_feedback_labels_and_pairs(concert):
+    split, (first, second) = concert
+    assert first.gold_sql == "SELECT count(*) FROM singer"
+    samples = [
+        ["```sql\nSELECT COUNT(*) FROM singer\n```", "SELECT count(*) FROM stadium", "SELECT nope FROM singer",
+         "SELECT name FROM singer WHERE", "I do not know."],
+        ["SELECT count(*) FROM singer", "SELECT count(*)   FROM singer"],
+    ]
+    with SqlRunner(workers=1) as runner:
+        labelled = label_samples(split, [first, second], samples, runner)
+    assert [r["label"] for r in labelled] == ["correct", "wrong_result", "runtime_error", "syntax_error",
+                                              "syntax_error", "correct", "correct"]
+    assert count_labels(labelled)["correct"] == 3
+    prompts = {first.index: "P0", second.index: "P1"}
+    exspin = make_pairs("exspin", [first, second], prompts, labelled)
+    assert [(p["index"], p["rejected"]) for p in exspin] == [
+        (first.index, "SELECT count(*) FROM stadium"), (first.index, "SELECT nope FROM singer"),
+        (first.index, "SELECT name FROM singer WHERE"), (first.index, "I do not know.")]
+    assert all(p["chosen"] == first.gold_sql and p["prompt"] == "P0" for p in exspin)
+    spin = make_pairs("spin", [first, second], prompts, labelled)
+    # SPIN pushes down a correct answer whose text differs from the gold; never the gold text itself.
+    assert "SELECT COUNT(*) FROM singer" in [p["rejected"] for p in spin]
+    assert not any(p["index"] == second.index for p in spin)
+    dpo = make_pairs("dpo", [first, second], prompts, labelled)
+    assert dpo == [{"index": first.index, "db_id": "concert_singer", "prompt": "P0",
+                    "chosen": "SELECT COUNT(*) FROM singer", "rejected": "SELECT count(*) FROM stadium",
+                    "rejected_label": "wrong_result"}]
+
+
+def test_timeouts_are_labelled(concert):
+    split, (first, _) = concert
+    slow = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+    with SqlRunner(workers=1, timeout_s=0.2) as runner:
+        [record] = label_samples(split, [first], [[slow]], runner)
+    assert record["label"] == "timeout"
+
+
+def test_generation_speed_after_a_training_step(tiny_model_dir, tmp_path):
+    from exspin.generation import GenerationConfig, Generator
+    from exspin.models import load_model
+    from exspin.training.sft import SFTSettings, train_sft
+
+    records = [{"prompt": "<|im_start|>user\nHow many singers?<|im_end|>\n<|im_start|>assistant\n",
+                "completion": "SELECT count(*) FROM singer"}] * 4
+    settings = SFTSettings(max_steps=1, batch_size=2, bf16=False, gradient_checkpointing=True,
+                           lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]})
+    trained = train_sft(str(tiny_model_dir), records, settings, tmp_path / "sft")
+    assert json.loads((trained / "config.json").read_text()).get("use_cache", True) is True
+    prompts = ["How many singers do we have?"] * 4
+    config = GenerationConfig(max_new_tokens=48, batch_size=4)
+
+    def best_time(path) -> float:
+        generator = Generator(*load_model(str(path), dtype=torch.float32))
+        generator(prompts, config)  # warm-up
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            generator(prompts, config)
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    before, after = best_time(tiny_model_dir), best_time(trained)
+    assert after <= 1.3 * before, (before, after)
+
+
+@pytest.mark.slow
+def test_two_process_training_through_torchrun(tiny_model_dir, tmp_path):
+    records = tmp_path / "records.jsonl"
+    rows = [{"prompt": f"<|im_start|>user\nQuestion {i}?<|im_end|>\n<|im_start|>assistant\n",
+             "completion": "SELECT count(*) FROM singer"} for i in range(8)]
+    records.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = tmp_path / "run.yaml"
+    config.write_text("sft:\n  train: {max_steps: 2, batch_size: 2, bf16: false, gradient_checkpointing: false,"
+                      " lora: {r: 4, alpha: 8, target_modules: [q_proj, v_proj]}}\n")
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "exspin.cli", "train",
+               "sft", "--model", str(tiny_model_dir), "--records", str(records), "--out", str(tmp_path / "out"),
+               "--config", str(config)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").open()]
+    # 2 processes x batch 2 x 2 steps = all 8 records: one epoch. One process would reach 0.5.
+    assert log[-1]["epoch"] == pytest.approx(1.0)
+    assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
