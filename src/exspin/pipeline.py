@@ -30,6 +30,7 @@ from exspin.generation import GenerationConfig, Generator, generate
 from exspin.guards import chosen_logp_warning, control, length_drift_warning, reference_logps
 from exspin.paths import cache_dir
 from exspin.predict import SchemaBook, build_prompts, predict_prompts
+from exspin.progress import progress_bar
 from exspin.records import Example
 from exspin.report import write_report
 
@@ -142,8 +143,10 @@ def _evaluate_model(run: Run, model_path: str, folder: Path) -> dict:
     for which in ("validation", "eval"):
         examples = run.examples(which)
         prompts = run.prompts(which)
-        result = predict_prompts(model_path, run.split_of(which), examples, [prompts[e.index] for e in examples],
-                                 folder / f"eval_{which}", run.runner, generator, run.config.generation)
+        with progress_bar(len(examples), f"{folder.name}: {which}", "prompts") as advance:
+            result = predict_prompts(model_path, run.split_of(which), examples,
+                                     [prompts[e.index] for e in examples], folder / f"eval_{which}", run.runner,
+                                     generator, run.config.generation, lambda n, _tokens: advance(n))
         scores[f"{which}_ex"] = round(result.ex, 4)
     generation = json.loads((folder / "eval_validation" / "generation.json").read_text())
     scores["mean_completion_chars"] = generation["mean_completion_chars"]
@@ -196,8 +199,9 @@ def _iteration_stage(run: Run, number: int, opponent: str, folder: Path, previou
     config = GenerationConfig(**{**run.config.generation.model_dump(), "num_samples": settings.samples_per_question,
                                  "temperature": settings.temperature if sampling else 0.0,
                                  "seed": run.config.seed + number})
-    completions = generate(opponent, [prompts[e.index] for e in examples], config,
-                           generator=Generator(*load_model(opponent)))
+    with progress_bar(len(examples), f"{folder.name}: opponent answers train", "prompts") as advance:
+        completions = generate(opponent, [prompts[e.index] for e in examples], config,
+                               lambda n, _tokens: advance(n), Generator(*load_model(opponent)))
     labelled = label_samples(run.split_of("train"), examples, completions, run.runner)
     write_jsonl(folder / "generations.jsonl", labelled)
     pairs = make_pairs(settings.method, examples, prompts, labelled)

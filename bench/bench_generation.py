@@ -1,0 +1,81 @@
+"""Default model on Spider dev: batched vs one-at-a-time throughput, and zero-shot EX.
+
+    .venv/bin/python bench/bench_generation.py [--limit 200] [--throughput-prompts 64]
+
+1. The same 64 prompts generated batched (batch 8, length-sorted) and one at a time, in one
+   run: tokens/s of each and their ratio.
+2. Zero-shot EX of the default model on the first N executable dev questions, with the full
+   schema and with hints (lexical fallback, or --classifier).
+Writes bench/results/generation.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "spider")
+    parser.add_argument("--limit", type=int, default=200)
+    parser.add_argument("--throughput-prompts", type=int, default=64)
+    parser.add_argument("--classifier", type=Path, default=None)
+    parser.add_argument("--skip-zero-shot", action="store_true")
+    args = parser.parse_args()
+
+    from exspin.data import load_split
+    from exspin.execution.pool import SqlRunner
+    from exspin.generation import GenerationConfig, Generator
+    from exspin.hints import load_hinter
+    from exspin.models import DEFAULT_MODEL, load_model, resolve_model
+    from exspin.predict import SchemaBook, build_prompts, predict
+    from exspin.prompts import PromptConfig
+
+    split = load_split(args.data, "dev")
+    model_path = resolve_model(DEFAULT_MODEL)
+    generator = Generator(*load_model(model_path))
+    results: dict = {"model": DEFAULT_MODEL}
+
+    examples = split.executable[: args.throughput_prompts]
+    prompts = build_prompts(examples, SchemaBook(split), generator.tokenizer, PromptConfig())
+    config = GenerationConfig(max_new_tokens=128, batch_size=8)
+    timings = {}
+    for name, batch in (("batched", 8), ("one_at_a_time", 1)):
+        tokens_before = generator.stats["tokens"]
+        start = time.perf_counter()
+        generator(prompts, config.model_copy(update={"batch_size": batch}))
+        seconds = time.perf_counter() - start
+        tokens = generator.stats["tokens"] - tokens_before
+        timings[name] = {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds}
+    timings["speedup_tokens_per_s"] = timings["batched"]["tokens_per_s"] / timings["one_at_a_time"]["tokens_per_s"]
+    timings["speedup_wall"] = timings["one_at_a_time"]["seconds"] / timings["batched"]["seconds"]
+    results["throughput"] = timings
+
+    if not args.skip_zero_shot:
+        results["zero_shot"] = {}
+        with SqlRunner() as runner:
+            for variant, hints in (("full_schema", None), ("hints", load_hinter(split, args.classifier))):
+                out = ROOT / "runs" / f"bench-zero-shot-{variant}"
+                result = predict(model_path, split, split.executable[: args.limit], out, runner, generator,
+                                 GenerationConfig(), hints=hints)
+                results["zero_shot"][variant] = {"ex": result.ex, "n": result.n,
+                                                 "by_level": result.breakdown("level")}
+    out = ROOT / "bench" / "results" / "generation.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    t = results["throughput"]
+    print(f"{args.throughput_prompts} prompts: batched {t['batched']['tokens_per_s']:.1f} tokens/s "
+          f"({t['batched']['seconds']:.0f} s), one at a time {t['one_at_a_time']['tokens_per_s']:.1f} tokens/s "
+          f"({t['one_at_a_time']['seconds']:.0f} s): {t['speedup_wall']:.2f}x wall, "
+          f"{t['speedup_tokens_per_s']:.2f}x tokens/s")
+    for variant, r in results.get("zero_shot", {}).items():
+        print(f"zero-shot EX, {variant}: {r['ex']:.2f}% on {r['n']} questions")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
