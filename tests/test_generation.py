@@ -139,3 +139,15 @@ def test_default_model_writes_sql():
         tokenize=False, add_generation_prompt=True)
     [[completion]] = Generator(model, tokenizer)([prompt], GenerationConfig(max_new_tokens=30))
     assert extract_sql(completion).upper().startswith("SELECT COUNT(*) FROM SINGER")
+
+
+def test_provisioned_default_model_is_reused(tmp_path, monkeypatch):
+    from exspin import models
+
+    monkeypatch.setenv("EXSPIN_CACHE_DIR", str(tmp_path))
+    ready = tmp_path / "models" / models.DEFAULT_MODEL
+    ready.mkdir(parents=True)
+    (ready / ".exspin-ready").write_text("ok\n")
+    monkeypatch.setattr(models, "_default_model_part_paths", lambda: pytest.fail("parts were read again"))
+    assert models.provision_default_model() == ready
+    assert models.resolve_model("default") == str(ready)

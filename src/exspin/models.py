@@ -71,17 +71,8 @@ def convert_gguf(gguf_path: Path, output_dir: Path) -> Path:
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     plain.load_state_dict(packed.state_dict())
     plain.generation_config = packed.generation_config
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}."))
-    try:
-        plain.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / _READY).write_text("ok\n")
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        os.replace(tmp, output_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    save_model(plain, tokenizer, output_dir)
+    (output_dir / _READY).write_text("ok\n")  # last: a folder without it is redone
     return output_dir
 
 
