@@ -85,3 +85,17 @@ def test_bad_config_is_one_line_error(tmp_path):
     bad.write_text("selfplay: [\n")
     assert_one_line_error(run_cli("run", bad), "malformed YAML")
     assert_one_line_error(run_cli("run", tmp_path / "absent.yaml"), "config not found")
+
+
+def test_resume_refuses_changed_settings(tmp_path):
+    from exspin.config import RunConfig
+    from exspin.errors import UserError
+    from exspin.pipeline import Run
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps(RunConfig(run_dir=run_dir).model_dump(mode="json")))
+    changed = RunConfig.model_validate({"run_dir": str(run_dir), "selfplay": {"iterations": 5}})
+    with pytest.raises(UserError, match="selfplay"):
+        Run(changed, resume=True)
+    Run(RunConfig(run_dir=run_dir), resume=True).runner.close()  # the same settings resume fine

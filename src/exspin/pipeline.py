@@ -49,7 +49,15 @@ class Run:
                             "run_dir (nothing was overwritten)")
         self.manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {
             "version": __version__, "stages": {}, "created": time.strftime("%Y-%m-%d %H:%M:%S")}
-        write_json(self.dir / "config.json", config.model_dump(mode="json"))
+        resolved = config.model_dump(mode="json")
+        saved_path = self.dir / "config.json"
+        if resume and saved_path.is_file():
+            saved = json.loads(saved_path.read_text())
+            changed = sorted(k for k in resolved if k != "run_dir" and resolved[k] != saved.get(k))
+            if changed:
+                raise UserError(f"{self.dir} was started with other settings ({', '.join(changed)}); resume it "
+                                "with its own config.json, or choose another run_dir")
+        write_json(saved_path, resolved)
         self.splits: dict[str, Split] = {}
         self.runner = SqlRunner(workers=config.execution.workers or None, timeout_s=config.execution.timeout_s,
                                 max_rows=config.execution.max_rows, cache=GoldCache(cache_dir() / "gold_results.sqlite"))
@@ -124,7 +132,8 @@ def _prompts_stage(run: Run, folder: Path) -> dict:
                 if not classifier.exists():
                     from exspin.hints.report import train_on_split
 
-                    trained, _ = train_on_split(run.split(run.config.data.train_split), load_hinter(split))
+                    train = run.split(run.config.data.train_split)
+                    trained, _ = train_on_split(train, load_hinter(train))
                     trained.save(classifier)
             hinter = load_hinter(split, classifier, run.config.hints.options)
             summary["scorer"] = hinter.scorer.name
