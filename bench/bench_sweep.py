@@ -1,0 +1,78 @@
+"""Recipe search for one self-play iteration: learning rate x NLL weight x beta, SPIN and ExSPIN.
+
+    .venv/bin/python bench/bench_sweep.py [--base runs/quickstart] [--cells 4]
+
+The cell matching the base run's own recipe is read from it. Every other cell copies the base run's finished data, prompt, start and SFT stages, then runs one
+self-play iteration with its settings (no early stop), so cells differ only in the recipe.
+Cells run in a fixed order, most informative first, and finished cells are reused: pass a
+larger --cells later to extend the table. Writes bench/results/sweep.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+GRID = {"method": ["exspin", "spin"], "learning_rate": [5e-6, 5e-5], "nll_weight": [1.0, 0.0], "beta": [0.1, 0.5]}
+
+
+def cells() -> list[dict]:
+    grid = [dict(zip(GRID, values, strict=True)) for values in itertools.product(*GRID.values())]
+    # The guarded default and the collapsing recipe first, for both methods.
+    return sorted(grid, key=lambda c: (c["beta"] != 0.1, c["learning_rate"] == 5e-5 and c["nll_weight"] == 1.0,
+                                       c["learning_rate"] == 5e-6 and c["nll_weight"] == 0.0))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", type=Path, default=ROOT / "runs" / "quickstart")
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "quickstart.yaml")
+    parser.add_argument("--cells", type=int, default=len(cells()))
+    args = parser.parse_args()
+    base_metrics = json.loads((args.base / "report" / "metrics.json").read_text())
+    base_config = json.loads((args.base / "config.json").read_text())["selfplay"]
+    base_cell = {"method": base_config["method"], **{k: base_config["train"][k]
+                                                     for k in ("learning_rate", "nll_weight", "beta")}}
+    rows = []
+    for cell in cells()[: args.cells]:
+        name = f"{cell['method']}-lr{cell['learning_rate']:g}-nll{cell['nll_weight']:g}-beta{cell['beta']:g}"
+        run_dir = args.base.parent / "sweep" / name
+        if cell == base_cell and f"{cell['method']}-1" in base_metrics["stages"]:
+            run_dir = args.base  # the base run's own first iteration is this cell
+        elif not (run_dir / "report" / "metrics.json").is_file():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            for stage in ("00_data", "01_prompts", "02_start", "03_sft"):
+                if not (run_dir / stage).exists():
+                    shutil.copytree(args.base / stage, run_dir / stage)
+            overrides = [f"selfplay.method={cell['method']}", "selfplay.iterations=1", "control.patience=99",
+                         f"selfplay.train.learning_rate={cell['learning_rate']}",
+                         f"selfplay.train.nll_weight={cell['nll_weight']}", f"selfplay.train.beta={cell['beta']}"]
+            subprocess.run([sys.executable, "-m", "exspin.cli", "run", str(args.config), f"run_dir={run_dir}",
+                            *overrides, "--resume"], check=True)
+        stages = json.loads((run_dir / "report" / "metrics.json").read_text())["stages"]
+        iteration = stages[f"{cell['method']}-1"]
+        rows.append({**cell, "pairs": iteration.get("pairs"), "validation_ex": iteration["validation_ex"],
+                     "dev_ex": iteration["eval_ex"], "warnings": iteration.get("warnings", []),
+                     "final_loss": iteration.get("final_loss")})
+    start = base_metrics["stages"]["start"]
+    sft = base_metrics["stages"].get("sft", start)
+    out = ROOT / "bench" / "results" / "sweep.json"
+    out.write_text(json.dumps({"start": start, "sft": sft, "cells": rows}, indent=2) + "\n")
+    print(f"start: val {start['validation_ex']:.2f} dev {start['eval_ex']:.2f}; "
+          f"sft: val {sft['validation_ex']:.2f} dev {sft['eval_ex']:.2f}")
+    print(f"{'method':7} {'lr':>7} {'nll':>4} {'beta':>5} {'pairs':>6} {'val EX':>7} {'dev EX':>7} {'loss':>7}  warning")
+    for r in rows:
+        loss = f"{r['final_loss']:.3f}" if r["final_loss"] is not None else "-"
+        print(f"{r['method']:7} {r['learning_rate']:7.0e} {r['nll_weight']:4g} {r['beta']:5g} {r['pairs']:6} "
+              f"{r['validation_ex']:7.2f} {r['dev_ex']:7.2f} {loss:>7}  {'yes' if r['warnings'] else ''}")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
