@@ -147,7 +147,8 @@ def test_generation_speed_after_a_training_step(tiny_model_dir, tmp_path):
 
     records = [{"prompt": "<|im_start|>user\nHow many singers?<|im_end|>\n<|im_start|>assistant\n",
                 "completion": "SELECT count(*) FROM singer"}] * 4
-    settings = SFTSettings(max_steps=1, batch_size=2, bf16=False, gradient_checkpointing=True,
+    # bf16 left to the hardware (native here and in CI), as the quickstart runs it.
+    settings = SFTSettings(max_steps=1, batch_size=2, gradient_checkpointing=True,
                            lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]})
     trained = train_sft(str(tiny_model_dir), records, settings, tmp_path / "sft")
     assert json.loads((trained / "config.json").read_text()).get("use_cache", True) is True

@@ -54,6 +54,7 @@ def trainer_arguments(settings: TrainSettings, output_dir: Path) -> dict:
         warmup_steps=settings.warmup_ratio,  # a float below 1 is a fraction of all steps
         lr_scheduler_type="cosine",
         bf16=bf16,
+        use_cpu=not torch.cuda.is_available(),  # bf16 on a CPU is refused unless this is said explicitly
         gradient_checkpointing=settings.gradient_checkpointing,
         seed=settings.seed,
         logging_steps=settings.logging_steps,
