@@ -11,6 +11,7 @@ def test_control_keeps_the_best_and_stops_after_patience():
     history = [("start", 37.5), ("sft", 40.0), ("exspin-1", 42.0), ("exspin-2", 41.0)]
     decision = control(history, patience=1)
     assert decision.best == "exspin-1" and not decision.stop
+    assert decision.build_on == "exspin-1"  # exspin-2 fell below the best: roll back
     decision = control([*history, ("exspin-3", 30.0)], patience=1)
     assert decision.best == "exspin-1" and decision.stop and "patience 1" in decision.reason
 
@@ -19,6 +20,11 @@ def test_control_never_hands_over_a_worse_model_than_the_start():
     collapse = [("start", 37.5), ("sft", 37.5), ("exspin-1", 2.0)]
     decision = control(collapse, patience=0)
     assert decision.best == "start" and decision.stop
+
+
+def test_a_tie_continues_the_chain_but_keeps_the_earlier_best():
+    decision = control([("start", 40.0), ("sft", 50.0), ("exspin-1", 50.0)], patience=2)
+    assert decision.best == "sft" and decision.build_on == "exspin-1" and not decision.stop
 
 
 def test_control_min_gain_and_ties():

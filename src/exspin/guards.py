@@ -52,15 +52,22 @@ def reference_logps(steps: Sequence[dict], beta: float) -> list[dict]:
 
 @dataclass(frozen=True)
 class Decision:
-    best: str  # the stage whose model is kept
+    best: str  # the stage whose model is kept and handed over
+    build_on: str  # the stage the next one starts from: the latest, unless it fell below the best
     stop: bool
     reason: str
 
 
 def control(history: Sequence[tuple[str, float]], patience: int, min_gain: float = 0.0) -> Decision:
-    """Given (stage, validation EX) in order, keep the best iterate and stop after `patience` stages without gain."""
+    """Given (stage, validation EX) in order: the iterate to keep, the one to build on, and whether to stop.
+
+    A tie continues the self-play chain from the latest iterate; a drop rolls back to the best one, so no
+    stage ever builds on a model that scored worse than one already seen. Stops after `patience` stages
+    without a gain of more than `min_gain`.
+    """
     if not history:
         raise ValueError("no stage has been evaluated")
+    latest_stage, latest_ex = history[-1]
     best_stage, best_ex = history[0]
     since_gain = 0
     for stage, ex in history[1:]:
@@ -68,7 +75,8 @@ def control(history: Sequence[tuple[str, float]], patience: int, min_gain: float
             best_stage, best_ex, since_gain = stage, ex, 0
         else:
             since_gain += 1
+    build_on = latest_stage if latest_ex >= best_ex else best_stage
     if since_gain > patience:
-        return Decision(best_stage, True, f"no validation gain in the last {since_gain} stages "
-                                          f"(patience {patience}); keeping {best_stage} at {best_ex:.2f}% EX")
-    return Decision(best_stage, False, f"best so far: {best_stage} at {best_ex:.2f}% validation EX")
+        return Decision(best_stage, build_on, True, f"no validation gain in the last {since_gain} stages "
+                                                    f"(patience {patience}); keeping {best_stage} at {best_ex:.2f}% EX")
+    return Decision(best_stage, build_on, False, f"best so far: {best_stage} at {best_ex:.2f}% validation EX")

@@ -226,7 +226,9 @@ def _iteration_stage(run: Run, number: int, opponent: str, folder: Path, previou
         steps = _launch_training(run, "selfplay", opponent, pairs_path, folder)
         model = folder / "model"
     else:
-        model, steps = train_selfplay(opponent, pairs, settings.train, folder)
+        # A seed per iteration: an iteration rolled back to an earlier opponent is not an exact repeat.
+        train_settings = settings.train.model_copy(update={"seed": settings.train.seed + number - 1})
+        model, steps = train_selfplay(opponent, pairs, train_settings, folder)
     write_jsonl(folder / "logps.jsonl", reference_logps(steps, settings.train.beta))
     warning = chosen_logp_warning(steps, settings.train.beta, run.config.guards.chosen_logp_drop)
     summary.update(model=str(model), warnings=[warning] if warning else [],
@@ -251,7 +253,7 @@ def run_pipeline(config: RunConfig, resume: bool = False, log=print) -> dict:
         decision = control(history, config.control.patience, config.control.min_gain)
         number = 3
         if config.sft.enabled:
-            current = stages[decision.best]["model"]
+            current = stages[decision.build_on]["model"]
             stages["sft"] = run.stage(f"{number:02d}_sft", lambda folder: _sft_stage(run, current, folder))
             number += 1
             history.append(("sft", stages["sft"]["validation_ex"]))
@@ -264,7 +266,7 @@ def run_pipeline(config: RunConfig, resume: bool = False, log=print) -> dict:
                 stop_reason = decision.reason
                 break
             name = f"{config.selfplay.method}-{iteration}"
-            opponent = stages[decision.best]["model"]  # roll back to the best iterate, never build on a worse one
+            opponent = stages[decision.build_on]["model"]  # never build on an iterate worse than the best
             folder_name = f"{number:02d}_iter{iteration}"
             stages[name] = run.stage(folder_name, lambda folder, i=iteration, o=opponent, p=previous_pairs:
                                      _iteration_stage(run, i, o, folder, p))
