@@ -223,6 +223,7 @@ def predict_command(
         from exspin.hints import load_hinter
 
         hint_function = load_hinter(loaded, classifier)
+        console.print(f"schema hints: {hint_function.scorer.name}")
     from exspin.generation.generate import use_vllm
 
     generator = Generator(None, load_tokenizer(model_path)) if use_vllm(config) else Generator(*load_model(model_path))
