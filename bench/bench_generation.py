@@ -7,7 +7,7 @@
    tokens/s of each and their ratio.
 2. Zero-shot EX of the default model on the first N executable dev questions, with the full
    schema and with hints (lexical fallback, or --classifier).
-Writes bench/results/generation.json.
+Writes bench/results/generation_batch<B>.json.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ def main() -> None:
     parser.add_argument("--throughput-prompts", type=int, default=64)
     parser.add_argument("--classifier", type=Path, default=None)
     parser.add_argument("--skip-zero-shot", action="store_true")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--styles", nargs="+", default=["full_schema_with_values", "quickstart_prompts"])
     args = parser.parse_args()
 
     from exspin.data import load_split
@@ -43,17 +45,17 @@ def main() -> None:
     results: dict = {"model": DEFAULT_MODEL}
 
     examples = split.executable[: args.throughput_prompts]
-    config = GenerationConfig(max_new_tokens=128, batch_size=8)
+    config = GenerationConfig(max_new_tokens=128, batch_size=args.batch_size)
     results["throughput"] = {}
     # Two prompt styles, each on the same 64 questions: the full schema with sample values (long
     # prompts, prefill-bound on a CPU) and the quickstart's prompts (hints, no sample values).
     styles = {"full_schema_with_values": (PromptConfig(), None),
               "quickstart_prompts": (PromptConfig(sample_values=False, max_prompt_tokens=1024), load_hinter(split))}
-    for style, (prompt_config, hints) in styles.items():
+    for style, (prompt_config, hints) in ((k, styles[k]) for k in args.styles):
         prompts = build_prompts(examples, SchemaBook(split), generator.tokenizer, prompt_config, hints)
         lengths = [len(generator.tokenizer(p)["input_ids"]) for p in prompts]
-        timings: dict = {"mean_prompt_tokens": sum(lengths) / len(lengths)}
-        for name, batch in (("batched", 8), ("one_at_a_time", 1)):
+        timings: dict = {"mean_prompt_tokens": sum(lengths) / len(lengths), "batch_size": args.batch_size}
+        for name, batch in (("batched", args.batch_size), ("one_at_a_time", 1)):
             tokens_before = generator.stats["tokens"]
             start = time.perf_counter()
             generator(prompts, config.model_copy(update={"batch_size": batch}))
@@ -74,10 +76,10 @@ def main() -> None:
                                  GenerationConfig(), hints=hints)
                 results["zero_shot"][variant] = {"ex": result.ex, "n": result.n,
                                                  "by_level": result.breakdown("level")}
-    out = ROOT / "bench" / "results" / "generation.json"
+    out = ROOT / "bench" / "results" / f"generation_batch{args.batch_size}.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     for style, t in results["throughput"].items():
-        print(f"{style} ({args.throughput_prompts} prompts, mean {t['mean_prompt_tokens']:.0f} tokens): batched "
+        print(f"{style}, batch {args.batch_size} ({args.throughput_prompts} prompts, mean {t['mean_prompt_tokens']:.0f} tokens): batched "
               f"{t['batched']['tokens_per_s']:.1f} tokens/s ({t['batched']['seconds']:.0f} s), one at a time "
               f"{t['one_at_a_time']['tokens_per_s']:.1f} tokens/s ({t['one_at_a_time']['seconds']:.0f} s): "
               f"{t['speedup_wall']:.2f}x wall, {t['speedup_tokens_per_s']:.2f}x tokens/s")

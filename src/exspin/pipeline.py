@@ -214,9 +214,10 @@ def _iteration_stage(run: Run, number: int, opponent: str, folder: Path, previou
     labelled = label_samples(run.split_of("train"), examples, completions, run.runner)
     write_jsonl(folder / "generations.jsonl", labelled)
     pairs = make_pairs(settings.method, examples, prompts, labelled)
+    write_jsonl(folder / "pairs.jsonl", pairs)  # this iteration's own pairs
     if settings.mix_previous_pairs and previous_pairs is not None and previous_pairs.is_file():
-        pairs += read_jsonl(previous_pairs)
-    pairs_path = write_jsonl(folder / "pairs.jsonl", pairs)
+        pairs = pairs + read_jsonl(previous_pairs)  # SPIN's recipe: the previous iteration's pairs too
+    pairs_path = write_jsonl(folder / "train_pairs.jsonl", pairs)
     summary = {"opponent": opponent, "labels": count_labels(labelled), "pairs": len(pairs),
                "pairs_by_label": {k: sum(p["rejected_label"] == k for p in pairs) for k in count_labels(labelled)}}
     if not pairs:
