@@ -35,8 +35,9 @@ def main() -> None:
     from exspin.execution.pool import SqlRunner
     from exspin.generation import GenerationConfig, Generator
     from exspin.hints import load_hinter
+    from exspin.hints.schema import SchemaBook
     from exspin.models import DEFAULT_MODEL, load_model, resolve_model
-    from exspin.predict import SchemaBook, build_prompts, predict
+    from exspin.predict import build_prompts, predict
     from exspin.prompts import PromptConfig
 
     split = load_split(args.data, "dev")

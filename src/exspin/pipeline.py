@@ -28,8 +28,9 @@ from exspin.execution.pool import GoldCache, SqlRunner
 from exspin.feedback import count_labels, label_samples, make_pairs
 from exspin.generation import GenerationConfig, Generator, generate
 from exspin.guards import chosen_logp_warning, control, length_drift_warning, reference_logps
+from exspin.hints.schema import SchemaBook
 from exspin.paths import cache_dir
-from exspin.predict import SchemaBook, build_prompts, predict_prompts
+from exspin.predict import build_prompts, predict_prompts
 from exspin.progress import progress_bar
 from exspin.records import Example
 from exspin.report import write_report

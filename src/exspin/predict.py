@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from exspin.artifacts import write_json, write_jsonl
@@ -12,28 +11,11 @@ from exspin.data import Split
 from exspin.evaluation import EvalResult, evaluate, write_results
 from exspin.execution.pool import SqlRunner
 from exspin.generation import GenerationConfig, Generator, extract_sql, generate
-from exspin.hints.schema import DatabaseSchema, read_schema
+from exspin.hints.schema import DatabaseSchema, SchemaBook
 from exspin.prompts import PromptConfig, build_prompt
 from exspin.records import Example, SchemaHints
 
 HintsFunction = Callable[[Example, DatabaseSchema], SchemaHints]
-
-
-@dataclass
-class SchemaBook:
-    """Schemas of a split's databases, read once each."""
-
-    split: Split
-    n_values: int = 3
-
-    def __post_init__(self):
-        self._schemas: dict[str, DatabaseSchema] = {}
-
-    def __getitem__(self, db_id: str) -> DatabaseSchema:
-        if db_id not in self._schemas:
-            self._schemas[db_id] = read_schema(db_id, self.split.db_path(db_id), self.split.tables.get(db_id),
-                                               self.n_values)
-        return self._schemas[db_id]
 
 
 def build_prompts(examples: Sequence[Example], schemas: SchemaBook, tokenizer, prompt_config: PromptConfig,

@@ -14,15 +14,15 @@ from exspin.data import Split
 from exspin.hints.classifier import SchemaClassifier, train_classifier
 from exspin.hints.hinter import Hinter
 from exspin.hints.labels import used_schema_items
-from exspin.hints.schema import DatabaseSchema, read_schema
+from exspin.hints.schema import DatabaseSchema, SchemaBook
 
 Progress = Callable[[int], None]
 
 
 def read_schemas(split: Split, n_values: int = 3) -> dict[str, DatabaseSchema]:
     """Schemas of the split's present databases."""
-    return {db: read_schema(db, split.db_path(db), split.tables.get(db), n_values)
-            for db in split.db_ids if split.db_path(db) is not None}
+    book = SchemaBook(split, n_values)
+    return {db: book[db] for db in split.db_ids if split.db_path(db) is not None}
 
 
 def train_on_split(split: Split, hinter: Hinter, progress: Progress | None = None, epochs: int = 8
@@ -60,12 +60,13 @@ def _percentile(values: list[int], q: float) -> float:
 
 def evaluate_hints(split: Split, hinter: Hinter, tokenizer=None, progress: Progress | None = None) -> dict:
     """Recall of kept tables/columns, value recall, prompt tokens with and without filtering."""
-    from exspin.prompts import build_prompt
+    from exspin.prompts import build_prompt, count_tokens
 
     start = time.perf_counter()
     schemas = read_schemas(split)
-    for schema in schemas.values():
-        hinter.value_index(schema)
+    # Every distinct text value of each database, to know which gold literals retrieval could find.
+    in_database = {db: {entry[2].lower() for entry in hinter.value_index(schema).entries}
+                   for db, schema in schemas.items()}
     index_s = time.perf_counter() - start
 
     table_hits = column_hits = judged = 0
@@ -84,14 +85,13 @@ def evaluate_hints(split: Split, hinter: Hinter, tokenizer=None, progress: Progr
             table_hits += gold_tables <= set(kept)
             column_hits += all(c in kept.get(t, ()) for t, c in gold_columns)
         retrieved = {v.lower() for values in (hints.values or {}).values() for v in values}
-        in_database = _values_in_database(hinter, schema)
         for literal in gold_string_literals(example.gold_sql):
-            if literal.lower() in in_database:
+            if literal.lower() in in_database[example.db_id]:
                 literals_total += 1
                 literals_found += literal.lower() in retrieved
         if tokenizer is not None:
-            full_tokens.append(_prompt_tokens(build_prompt(example, schema, tokenizer), tokenizer))
-            filtered_tokens.append(_prompt_tokens(build_prompt(example, schema, tokenizer, hints), tokenizer))
+            full_tokens.append(count_tokens(tokenizer, build_prompt(example, schema, tokenizer)))
+            filtered_tokens.append(count_tokens(tokenizer, build_prompt(example, schema, tokenizer, hints)))
         if progress:
             progress(1)
     result = {
@@ -109,17 +109,4 @@ def evaluate_hints(split: Split, hinter: Hinter, tokenizer=None, progress: Progr
             "filtered": {"median": statistics.median(filtered_tokens), "p95": _percentile(filtered_tokens, 0.95)},
         }
     return result
-
-
-def _prompt_tokens(prompt: str, tokenizer) -> int:
-    return len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-
-
-_database_values: dict[str, set[str]] = {}
-
-
-def _values_in_database(hinter: Hinter, schema: DatabaseSchema) -> set[str]:
-    if schema.db_id not in _database_values:
-        _database_values[schema.db_id] = {e[2].lower() for e in hinter.value_index(schema).entries}
-    return _database_values[schema.db_id]
 

@@ -12,6 +12,7 @@ import io
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from exspin.data import Split
 from exspin.execution.sandbox import open_readonly
 
 MAX_VALUE_CHARS = 80
@@ -207,3 +208,20 @@ def read_schema(
             key = replace(key, ref_column=target.primary_key[0])
         resolved.append(key)
     return DatabaseSchema(db_id, tuple(tables), tuple(resolved))
+
+
+@dataclass
+class SchemaBook:
+    """Schemas of a split's databases, read once each."""
+
+    split: Split
+    n_values: int = 3
+
+    def __post_init__(self):
+        self._schemas: dict[str, DatabaseSchema] = {}
+
+    def __getitem__(self, db_id: str) -> DatabaseSchema:
+        if db_id not in self._schemas:
+            self._schemas[db_id] = read_schema(db_id, self.split.db_path(db_id), self.split.tables.get(db_id),
+                                               self.n_values)
+        return self._schemas[db_id]
