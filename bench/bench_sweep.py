@@ -29,6 +29,22 @@ def cells() -> list[dict]:
                                        c["learning_rate"] == 5e-6 and c["nll_weight"] == 0.0))
 
 
+def run_from_base(base: Path, config: Path, run_dir: Path, overrides: list[str]) -> dict:
+    """Self-play stages with `overrides` on top of copies of the base run's data, prompt, start and SFT stages.
+
+    A finished run is reused; an unfinished one resumes. Returns the run's metrics.json.
+    """
+    metrics = run_dir / "report" / "metrics.json"
+    if not metrics.is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for stage in ("00_data", "01_prompts", "02_start", "03_sft"):
+            if not (run_dir / stage).exists():
+                shutil.copytree(base / stage, run_dir / stage)
+        subprocess.run([sys.executable, "-m", "exspin.cli", "run", str(config), f"run_dir={run_dir}",
+                        *overrides, "--resume"], check=True)
+    return json.loads(metrics.read_text())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", type=Path, default=ROOT / "runs" / "quickstart")
@@ -45,16 +61,11 @@ def main() -> None:
         run_dir = args.base.parent / "sweep" / name
         if cell == base_cell and f"{cell['method']}-1" in base_metrics["stages"]:
             run_dir = args.base  # the base run's own first iteration is this cell
-        elif not (run_dir / "report" / "metrics.json").is_file():
-            run_dir.mkdir(parents=True, exist_ok=True)
-            for stage in ("00_data", "01_prompts", "02_start", "03_sft"):
-                if not (run_dir / stage).exists():
-                    shutil.copytree(args.base / stage, run_dir / stage)
+        else:
             overrides = [f"selfplay.method={cell['method']}", "selfplay.iterations=1", "control.patience=99",
                          f"selfplay.train.learning_rate={cell['learning_rate']}",
                          f"selfplay.train.nll_weight={cell['nll_weight']}", f"selfplay.train.beta={cell['beta']}"]
-            subprocess.run([sys.executable, "-m", "exspin.cli", "run", str(args.config), f"run_dir={run_dir}",
-                            *overrides, "--resume"], check=True)
+            run_from_base(args.base, args.config, run_dir, overrides)
         stages = json.loads((run_dir / "report" / "metrics.json").read_text())["stages"]
         iteration = stages[f"{cell['method']}-1"]
         rows.append({**cell, "pairs": iteration.get("pairs"), "validation_ex": iteration["validation_ex"],

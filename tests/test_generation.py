@@ -10,6 +10,7 @@ import torch
 
 from exspin.errors import UserError
 from exspin.generation import GenerationConfig, Generator, extract_sql
+from exspin.generation.generate import MIN_SHARED_PREFIX, pad_after_prefix, shared_prefix_length
 from exspin.models import assemble_parts, load_model, merge_adapter, save_model
 
 EXTRACTION_CASES = [
@@ -49,6 +50,36 @@ def test_batched_generation_equals_one_at_a_time(tiny):
     single = [generator([p], config)[0] for p in PROMPTS]
     assert batched == single
     assert all(len(c) == 1 for c in batched)
+
+
+SCHEMA = "CREATE TABLE singer (singer_id INTEGER PRIMARY KEY, name TEXT, country TEXT, age INTEGER);\n"
+SHARED_PREFIX_PROMPTS = [SCHEMA + "-- How many singers are there?\nSELECT",
+                         SCHEMA + "-- Names of singers from France\nSELECT",
+                         SCHEMA + "-- Average age\nSELECT",
+                         "CREATE TABLE stadium (id INTEGER, capacity INTEGER);\n-- Largest stadium\nSELECT"]
+
+
+def test_shared_prefix_is_prefilled_once_with_the_same_output(tiny):
+    generator = Generator(*tiny)
+    tokenizer = tiny[1]
+    rows = tokenizer(SHARED_PREFIX_PROMPTS[:3], add_special_tokens=False)["input_ids"]
+    assert shared_prefix_length(rows) >= MIN_SHARED_PREFIX  # the batch below takes the reuse path
+    reused = generator(SHARED_PREFIX_PROMPTS, GenerationConfig(max_new_tokens=12, batch_size=3))
+    plain = generator(SHARED_PREFIX_PROMPTS, GenerationConfig(max_new_tokens=12, batch_size=3, reuse_prefix=False))
+    single = [generator([p], GenerationConfig(max_new_tokens=12))[0] for p in SHARED_PREFIX_PROMPTS]
+    assert reused == single == plain
+    sampled = generator(SHARED_PREFIX_PROMPTS[:3], GenerationConfig(max_new_tokens=6, temperature=1.0,
+                                                                     num_samples=2, batch_size=3))
+    assert [len(s) for s in sampled] == [2, 2, 2]
+
+
+def test_shared_prefix_length_and_padding_between_prefix_and_suffix():
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5, 6]]) == 3
+    assert shared_prefix_length([[1, 2], [1, 2, 3]]) == 1  # each row keeps a token of its own
+    assert shared_prefix_length([[7, 1], [8, 1]]) == 0
+    ids, mask = pad_after_prefix([[1, 2, 3], [1, 2, 4, 5, 6]], shared=2, pad_id=0)
+    assert ids == [[1, 2, 0, 0, 3], [1, 2, 4, 5, 6]]
+    assert mask == [[1, 1, 0, 0, 1], [1, 1, 1, 1, 1]]
 
 
 def test_sampling_returns_n_samples_per_prompt_and_counts_tokens(tiny):

@@ -22,6 +22,13 @@ def test_control_never_hands_over_a_worse_model_than_the_start():
     assert decision.best == "start" and decision.stop
 
 
+def test_without_rollback_the_chain_continues_from_a_worse_iterate():
+    history = [("start", 37.5), ("sft", 40.0), ("exspin-1", 2.0)]
+    assert control(history, patience=5).build_on == "sft"
+    unguarded = control(history, patience=5, rollback=False)
+    assert unguarded.build_on == "exspin-1" and unguarded.best == "sft"  # still hands over the best
+
+
 def test_a_tie_continues_the_chain_but_keeps_the_earlier_best():
     decision = control([("start", 40.0), ("sft", 50.0), ("exspin-1", 50.0)], patience=2)
     assert decision.best == "sft" and decision.build_on == "exspin-1" and not decision.stop

@@ -56,6 +56,7 @@ class SelfPlayStage(_Section):
 class ControlSettings(_Section):
     patience: int = Field(1, ge=0)  # stages without a validation gain before stopping
     min_gain: float = 0.0  # EX points a stage must add to count as a gain
+    rollback: bool = True  # after a drop, the next iteration builds on the best iterate; False: on the latest
 
 
 class GuardSettings(_Section):

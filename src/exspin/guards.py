@@ -58,11 +58,13 @@ class Decision:
     reason: str
 
 
-def control(history: Sequence[tuple[str, float]], patience: int, min_gain: float = 0.0) -> Decision:
+def control(history: Sequence[tuple[str, float]], patience: int, min_gain: float = 0.0,
+            rollback: bool = True) -> Decision:
     """Given (stage, validation EX) in order: the iterate to keep, the one to build on, and whether to stop.
 
     A tie continues the self-play chain from the latest iterate; a drop rolls back to the best one, so no
-    stage ever builds on a model that scored worse than one already seen. Stops after `patience` stages
+    stage ever builds on a model that scored worse than one already seen (with `rollback=False`, the
+    unguarded ablation, the chain always continues from the latest). Stops after `patience` stages
     without a gain of more than `min_gain`.
     """
     if not history:
@@ -75,7 +77,7 @@ def control(history: Sequence[tuple[str, float]], patience: int, min_gain: float
             best_stage, best_ex, since_gain = stage, ex, 0
         else:
             since_gain += 1
-    build_on = latest_stage if latest_ex >= best_ex else best_stage
+    build_on = latest_stage if latest_ex >= best_ex or not rollback else best_stage
     if since_gain > patience:
         return Decision(best_stage, build_on, True, f"no validation gain in the last {since_gain} stages "
                                                     f"(patience {patience}); keeping {best_stage} at {best_ex:.2f}% EX")

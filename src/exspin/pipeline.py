@@ -54,6 +54,10 @@ class Run:
         saved_path = self.dir / "config.json"
         if resume and saved_path.is_file():
             saved = json.loads(saved_path.read_text())
+            try:  # settings added since the run started take their defaults
+                saved = RunConfig.model_validate(saved).model_dump(mode="json")
+            except ValueError:
+                pass  # keys since removed: every differing section is reported below
             changed = sorted(k for k in resolved if k != "run_dir" and resolved[k] != saved.get(k))
             if changed:
                 raise UserError(f"{self.dir} was started with other settings ({', '.join(changed)}); resume it "
@@ -252,14 +256,14 @@ def run_pipeline(config: RunConfig, resume: bool = False, log=print) -> dict:
                                                                 **_evaluate_model(run, start_model, folder)})
         log(f"start: validation EX {stages['start']['validation_ex']:.2f}%, eval EX {stages['start']['eval_ex']:.2f}%")
         history = [("start", stages["start"]["validation_ex"])]
-        decision = control(history, config.control.patience, config.control.min_gain)
+        decision = control(history, config.control.patience, config.control.min_gain, config.control.rollback)
         number = 3
         if config.sft.enabled:
             current = stages[decision.build_on]["model"]
             stages["sft"] = run.stage(f"{number:02d}_sft", lambda folder: _sft_stage(run, current, folder))
             number += 1
             history.append(("sft", stages["sft"]["validation_ex"]))
-            decision = control(history, config.control.patience, config.control.min_gain)
+            decision = control(history, config.control.patience, config.control.min_gain, config.control.rollback)
             log(f"sft: validation EX {stages['sft']['validation_ex']:.2f}%; {decision.reason}")
         previous_pairs = None
         stop_reason = f"finished all {config.selfplay.iterations} self-play iterations"
@@ -268,7 +272,7 @@ def run_pipeline(config: RunConfig, resume: bool = False, log=print) -> dict:
                 stop_reason = decision.reason
                 break
             name = f"{config.selfplay.method}-{iteration}"
-            opponent = stages[decision.build_on]["model"]  # never build on an iterate worse than the best
+            opponent = stages[decision.build_on]["model"]  # never worse than the best, unless rollback is off
             folder_name = f"{number:02d}_iter{iteration}"
             stages[name] = run.stage(folder_name, lambda folder, i=iteration, o=opponent, p=previous_pairs:
                                      _iteration_stage(run, i, o, folder, p))
@@ -281,7 +285,7 @@ def run_pipeline(config: RunConfig, resume: bool = False, log=print) -> dict:
             for warning in stages[name].get("warnings", []):
                 log(f"warning ({name}): {warning}")
             history.append((name, stages[name]["validation_ex"]))
-            decision = control(history, config.control.patience, config.control.min_gain)
+            decision = control(history, config.control.patience, config.control.min_gain, config.control.rollback)
             log(f"{name}: {stages[name].get('pairs', 0)} pairs, validation EX {stages[name]['validation_ex']:.2f}%; "
                 f"{decision.reason}")
         if decision.stop:

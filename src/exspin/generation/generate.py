@@ -1,6 +1,12 @@
-"""Generate completions for many prompts: batched and length-sorted on transformers, or vLLM.
+"""Generate completions for many prompts: batched on transformers, or vLLM.
 
 Both backends return, for each prompt, a list of ``num_samples`` completions, in prompt order.
+
+On transformers, prompts are sorted by their tokens, so prompts about the same database (same schema,
+different question) share a batch. The tokens every prompt of a batch starts with are prefilled once
+and their KV cache is copied to every row; only each row's own suffix is prefilled. On a CPU prefill
+is compute-bound and batching alone does not speed it up, so this reuse is what makes batches pay off
+for long schema prompts. vLLM does the same by itself (automatic prefix caching).
 """
 
 from __future__ import annotations
@@ -24,6 +30,34 @@ class GenerationConfig(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     num_samples: int = Field(1, ge=1)
     seed: int = 0
+    reuse_prefix: bool = True  # prefill a batch's shared prompt prefix once (transformers backend)
+
+
+MIN_SHARED_PREFIX = 16  # shorter shared prefixes are not worth a separate forward pass
+
+
+def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens all rows share, leaving every row at least one token of its own."""
+    limit = min(len(row) for row in rows) - 1
+    length = 0
+    while length < limit and all(row[length] == rows[0][length] for row in rows):
+        length += 1
+    return max(length, 0)
+
+
+def pad_after_prefix(rows: Sequence[Sequence[int]], shared: int, pad_id: int) -> tuple[list, list]:
+    """Input ids and attention mask: the shared prefix, then each row's suffix left-padded to one width.
+
+    Padding sits between prefix and suffix; positions come from the mask, so each row sees the same
+    positions as it would alone.
+    """
+    width = max(len(row) for row in rows) - shared
+    ids, mask = [], []
+    for row in rows:
+        pad = width - (len(row) - shared)
+        ids.append(list(row[:shared]) + [pad_id] * pad + list(row[shared:]))
+        mask.append([1] * shared + [0] * pad + [1] * (len(row) - shared))
+    return ids, mask
 
 
 class Generator:
@@ -39,10 +73,11 @@ class Generator:
         import torch
 
         tokenizer, model = self.tokenizer, self.model
-        tokenizer.padding_side = "left"
-        lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
-        # Longest first: similar lengths share a batch (little padding), and memory peaks early.
-        order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+        token_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        if config.reuse_prefix:  # same schema, same batch: long shared prefixes
+            order = sorted(range(len(prompts)), key=lambda i: token_ids[i])
+        else:  # longest first: similar lengths share a batch (little padding), and memory peaks early
+            order = sorted(range(len(prompts)), key=lambda i: -len(token_ids[i]))
         outputs: list[list[str]] = [[] for _ in prompts]
         sampling = config.temperature > 0
         if sampling:
@@ -50,11 +85,22 @@ class Generator:
         start = time.perf_counter()
         for offset in range(0, len(order), config.batch_size):
             batch = order[offset : offset + config.batch_size]
-            inputs = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True,
-                               add_special_tokens=False).to(model.device)
+            rows = [token_ids[i] for i in batch]
+            reuse = config.reuse_prefix and len(rows) * config.num_samples > 1  # one row: nothing to share
+            shared = shared_prefix_length(rows) if reuse else 0
+            if shared < MIN_SHARED_PREFIX:
+                shared = 0
+            ids, mask = pad_after_prefix(rows, shared, tokenizer.pad_token_id)
+            input_ids = torch.tensor(ids, device=model.device)
             with torch.inference_mode():
+                cache = None
+                if shared:
+                    cache = model(input_ids[:1, :shared], use_cache=True).past_key_values
+                    cache.batch_repeat_interleave(len(batch) * config.num_samples)
                 generated = model.generate(
-                    **inputs,
+                    input_ids=input_ids,
+                    attention_mask=torch.tensor(mask, device=model.device),
+                    past_key_values=cache,
                     max_new_tokens=config.max_new_tokens,
                     do_sample=sampling,
                     temperature=config.temperature if sampling else None,
@@ -64,7 +110,7 @@ class Generator:
                     pad_token_id=tokenizer.pad_token_id,
                     use_cache=True,  # training with gradient checkpointing turns it off in the config
                 )
-            new_tokens = generated[:, inputs["input_ids"].shape[1]:]
+            new_tokens = generated[:, input_ids.shape[1]:]
             texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
             counted = int((new_tokens != tokenizer.pad_token_id).sum())
             for j, i in enumerate(batch):
@@ -80,7 +126,7 @@ def _vllm_generate(model_path: str, prompts: Sequence[str], config: GenerationCo
                    progress: Progress | None) -> list[list[str]]:
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=model_path, seed=config.seed)
+    llm = LLM(model=model_path, seed=config.seed, enable_prefix_caching=config.reuse_prefix)
     params = SamplingParams(n=config.num_samples, temperature=config.temperature, top_p=config.top_p,
                             max_tokens=config.max_new_tokens, seed=config.seed)
     results = llm.generate(list(prompts), params)
