@@ -99,3 +99,15 @@ def test_resume_refuses_changed_settings(tmp_path):
     with pytest.raises(UserError, match="selfplay"):
         Run(changed, resume=True)
     Run(RunConfig(run_dir=run_dir), resume=True).runner.close()  # the same settings resume fine
+
+
+def test_resume_accepts_a_run_saved_before_a_setting_existed(tmp_path):
+    from exspin.config import RunConfig
+    from exspin.pipeline import Run
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    saved = RunConfig(run_dir=run_dir).model_dump(mode="json")
+    del saved["generation"]["reuse_prefix"], saved["control"]["rollback"]  # added later, with defaults
+    (run_dir / "config.json").write_text(json.dumps(saved))
+    Run(RunConfig(run_dir=run_dir), resume=True).runner.close()

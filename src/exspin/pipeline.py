@@ -9,6 +9,7 @@ the next stage starts from and the one the run hands over.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import shutil
@@ -54,10 +55,10 @@ class Run:
         saved_path = self.dir / "config.json"
         if resume and saved_path.is_file():
             saved = json.loads(saved_path.read_text())
-            try:  # settings added since the run started take their defaults
+            # Settings added since the run started take their defaults (if it no longer validates,
+            # every differing section is reported below).
+            with contextlib.suppress(ValueError):
                 saved = RunConfig.model_validate(saved).model_dump(mode="json")
-            except ValueError:
-                pass  # keys since removed: every differing section is reported below
             changed = sorted(k for k in resolved if k != "run_dir" and resolved[k] != saved.get(k))
             if changed:
                 raise UserError(f"{self.dir} was started with other settings ({', '.join(changed)}); resume it "
