@@ -257,14 +257,14 @@ def run_pipeline(config: RunConfig, resume: bool = False, log=print) -> dict:
                                                                 **_evaluate_model(run, start_model, folder)})
         log(f"start: validation EX {stages['start']['validation_ex']:.2f}%, eval EX {stages['start']['eval_ex']:.2f}%")
         history = [("start", stages["start"]["validation_ex"])]
-        decision = control(history, config.control.patience, config.control.min_gain, config.control.rollback)
+        decision = control(history, **config.control.model_dump())
         number = 3
         if config.sft.enabled:
             current = stages[decision.build_on]["model"]
             stages["sft"] = run.stage(f"{number:02d}_sft", lambda folder: _sft_stage(run, current, folder))
             number += 1
             history.append(("sft", stages["sft"]["validation_ex"]))
-            decision = control(history, config.control.patience, config.control.min_gain, config.control.rollback)
+            decision = control(history, **config.control.model_dump())
             log(f"sft: validation EX {stages['sft']['validation_ex']:.2f}%; {decision.reason}")
         previous_pairs = None
         stop_reason = f"finished all {config.selfplay.iterations} self-play iterations"
@@ -286,7 +286,7 @@ def run_pipeline(config: RunConfig, resume: bool = False, log=print) -> dict:
             for warning in stages[name].get("warnings", []):
                 log(f"warning ({name}): {warning}")
             history.append((name, stages[name]["validation_ex"]))
-            decision = control(history, config.control.patience, config.control.min_gain, config.control.rollback)
+            decision = control(history, **config.control.model_dump())
             log(f"{name}: {stages[name].get('pairs', 0)} pairs, validation EX {stages[name]['validation_ex']:.2f}%; "
                 f"{decision.reason}")
         if decision.stop:

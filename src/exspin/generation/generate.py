@@ -42,7 +42,7 @@ def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
     length = 0
     while length < limit and all(row[length] == rows[0][length] for row in rows):
         length += 1
-    return max(length, 0)
+    return length
 
 
 def pad_after_prefix(rows: Sequence[Sequence[int]], shared: int, pad_id: int) -> tuple[list, list]:
