@@ -4,8 +4,9 @@
 
 The cell matching the base run's own recipe is read from it. Every other cell copies the base run's finished data, prompt, start and SFT stages, then runs one
 self-play iteration with its settings (no early stop), so cells differ only in the recipe.
-Cells run in a fixed order, most informative first, and finished cells are reused: pass a
-larger --cells later to extend the table. Writes bench/results/sweep.json.
+Cells run in a fixed order, most informative first; finished cells are reused and always shown:
+pass a larger --cells later to extend the table. Writes bench/results/sweep.json and a
+markdown table, sweep.md.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ GRID = {"method": ["exspin", "spin"], "learning_rate": [5e-6, 5e-5], "nll_weight
 
 def cells() -> list[dict]:
     grid = [dict(zip(GRID, values, strict=True)) for values in itertools.product(*GRID.values())]
-    # The guarded default and the collapsing recipe first, for both methods.
-    return sorted(grid, key=lambda c: (c["beta"] != 0.1, c["learning_rate"] == 5e-5 and c["nll_weight"] == 1.0,
-                                       c["learning_rate"] == 5e-6 and c["nll_weight"] == 0.0))
+    # ExSPIN (the method) before SPIN (the baseline); lr 5e-6 without the NLL term last, since
+    # lr 5e-6 moves the model too little for the NLL term to matter.
+    return sorted(grid, key=lambda c: (c["method"] != "exspin", c["learning_rate"] == 5e-6 and c["nll_weight"] == 0.0,
+                                       c["beta"] != 0.1))
 
 
 def run_from_base(base: Path, config: Path, run_dir: Path, overrides: list[str]) -> dict:
@@ -45,6 +47,32 @@ def run_from_base(base: Path, config: Path, run_dir: Path, overrides: list[str])
     return json.loads(metrics.read_text())
 
 
+def changed_answers(before: Path, after: Path, split: str) -> dict:
+    """Questions an iteration turned right (gained) or wrong (lost), against the same questions before it."""
+    def correct(stage: Path) -> dict[int, int]:
+        results = json.loads((stage / f"eval_{split}" / "results.json").read_text())
+        return {e["index"]: e["ex"] for e in results["examples"]}
+
+    old, new = correct(before), correct(after)
+    return {"gained": sum(new[i] > old[i] for i in new), "lost": sum(new[i] < old[i] for i in new)}
+
+
+def write_markdown(path: Path, start: dict, sft: dict, rows: list[dict]) -> None:
+    lines = ["# One self-play iteration from the quickstart's SFT model", "",
+             f"Start: validation {start['validation_ex']:.2f}, dev {start['eval_ex']:.2f}. "
+             f"SFT: validation {sft['validation_ex']:.2f}, dev {sft['eval_ex']:.2f}. "
+             "Gained/lost: questions turned right/wrong against SFT.", "",
+             "| method | lr | NLL | beta | pairs | val EX | dev EX | val +/- | dev +/- | final loss | warning |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        loss = f"{r['final_loss']:.3f}" if r["final_loss"] is not None else "-"
+        val, dev = r["vs_sft"]["validation"], r["vs_sft"]["eval"]
+        lines.append(f"| {r['method']} | {r['learning_rate']:g} | {r['nll_weight']:g} | {r['beta']:g} | {r['pairs']} "
+                     f"| {r['validation_ex']:.2f} | {r['dev_ex']:.2f} | +{val['gained']}/-{val['lost']} "
+                     f"| +{dev['gained']}/-{dev['lost']} | {loss} | {'yes' if r['warnings'] else ''} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", type=Path, default=ROOT / "runs" / "quickstart")
@@ -56,11 +84,13 @@ def main() -> None:
     base_cell = {"method": base_config["method"], **{k: base_config["train"][k]
                                                      for k in ("learning_rate", "nll_weight", "beta")}}
     rows = []
-    for cell in cells()[: args.cells]:
+    for number, cell in enumerate(cells()):
         name = f"{cell['method']}-lr{cell['learning_rate']:g}-nll{cell['nll_weight']:g}-beta{cell['beta']:g}"
         run_dir = args.base.parent / "sweep" / name
         if cell == base_cell and f"{cell['method']}-1" in base_metrics["stages"]:
             run_dir = args.base  # the base run's own first iteration is this cell
+        elif number >= args.cells and not (run_dir / "report" / "metrics.json").is_file():
+            continue  # beyond --cells and not measured before
         else:
             overrides = [f"selfplay.method={cell['method']}", "selfplay.iterations=1", "control.patience=99",
                          f"selfplay.train.learning_rate={cell['learning_rate']}",
@@ -70,11 +100,14 @@ def main() -> None:
         iteration = stages[f"{cell['method']}-1"]
         rows.append({**cell, "pairs": iteration.get("pairs"), "validation_ex": iteration["validation_ex"],
                      "dev_ex": iteration["eval_ex"], "warnings": iteration.get("warnings", []),
-                     "final_loss": iteration.get("final_loss")})
+                     "final_loss": iteration.get("final_loss"),
+                     "vs_sft": {split: changed_answers(args.base / "03_sft", run_dir / "04_iter1", split)
+                                for split in ("validation", "eval")}})
     start = base_metrics["stages"]["start"]
     sft = base_metrics["stages"].get("sft", start)
     out = ROOT / "bench" / "results" / "sweep.json"
     out.write_text(json.dumps({"start": start, "sft": sft, "cells": rows}, indent=2) + "\n")
+    write_markdown(out.with_suffix(".md"), start, sft, rows)
     print(f"start: val {start['validation_ex']:.2f} dev {start['eval_ex']:.2f}; "
           f"sft: val {sft['validation_ex']:.2f} dev {sft['eval_ex']:.2f}")
     print(f"{'method':7} {'lr':>7} {'nll':>4} {'beta':>5} {'pairs':>6} {'val EX':>7} {'dev EX':>7} {'loss':>7}  warning")
@@ -82,7 +115,7 @@ def main() -> None:
         loss = f"{r['final_loss']:.3f}" if r["final_loss"] is not None else "-"
         print(f"{r['method']:7} {r['learning_rate']:7.0e} {r['nll_weight']:4g} {r['beta']:5g} {r['pairs']:6} "
               f"{r['validation_ex']:7.2f} {r['dev_ex']:7.2f} {loss:>7}  {'yes' if r['warnings'] else ''}")
-    print(f"wrote {out}")
+    print(f"wrote {out} and {out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":
