@@ -57,7 +57,7 @@ def changed_answers(before: Path, after: Path, split: str) -> dict:
     return {"gained": sum(new[i] > old[i] for i in new), "lost": sum(new[i] < old[i] for i in new)}
 
 
-def write_markdown(path: Path, start: dict, sft: dict, rows: list[dict]) -> None:
+def markdown_table(start: dict, sft: dict, rows: list[dict]) -> str:
     lines = ["# One self-play iteration from the quickstart's SFT model", "",
              f"Start: validation {start['validation_ex']:.2f}, dev {start['eval_ex']:.2f}. "
              f"SFT: validation {sft['validation_ex']:.2f}, dev {sft['eval_ex']:.2f}. "
@@ -70,7 +70,7 @@ def write_markdown(path: Path, start: dict, sft: dict, rows: list[dict]) -> None
         lines.append(f"| {r['method']} | {r['learning_rate']:g} | {r['nll_weight']:g} | {r['beta']:g} | {r['pairs']} "
                      f"| {r['validation_ex']:.2f} | {r['dev_ex']:.2f} | +{val['gained']}/-{val['lost']} "
                      f"| +{dev['gained']}/-{dev['lost']} | {loss} | {'yes' if r['warnings'] else ''} |")
-    path.write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -88,16 +88,15 @@ def main() -> None:
         name = f"{cell['method']}-lr{cell['learning_rate']:g}-nll{cell['nll_weight']:g}-beta{cell['beta']:g}"
         run_dir = args.base.parent / "sweep" / name
         if cell == base_cell and f"{cell['method']}-1" in base_metrics["stages"]:
-            run_dir = args.base  # the base run's own first iteration is this cell
+            run_dir, metrics = args.base, base_metrics  # the base run's own first iteration is this cell
         elif number >= args.cells and not (run_dir / "report" / "metrics.json").is_file():
             continue  # beyond --cells and not measured before
         else:
             overrides = [f"selfplay.method={cell['method']}", "selfplay.iterations=1", "control.patience=99",
                          f"selfplay.train.learning_rate={cell['learning_rate']}",
                          f"selfplay.train.nll_weight={cell['nll_weight']}", f"selfplay.train.beta={cell['beta']}"]
-            run_from_base(args.base, args.config, run_dir, overrides)
-        stages = json.loads((run_dir / "report" / "metrics.json").read_text())["stages"]
-        iteration = stages[f"{cell['method']}-1"]
+            metrics = run_from_base(args.base, args.config, run_dir, overrides)
+        iteration = metrics["stages"][f"{cell['method']}-1"]
         rows.append({**cell, "pairs": iteration.get("pairs"), "validation_ex": iteration["validation_ex"],
                      "dev_ex": iteration["eval_ex"], "warnings": iteration.get("warnings", []),
                      "final_loss": iteration.get("final_loss"),
@@ -107,14 +106,9 @@ def main() -> None:
     sft = base_metrics["stages"].get("sft", start)
     out = ROOT / "bench" / "results" / "sweep.json"
     out.write_text(json.dumps({"start": start, "sft": sft, "cells": rows}, indent=2) + "\n")
-    write_markdown(out.with_suffix(".md"), start, sft, rows)
-    print(f"start: val {start['validation_ex']:.2f} dev {start['eval_ex']:.2f}; "
-          f"sft: val {sft['validation_ex']:.2f} dev {sft['eval_ex']:.2f}")
-    print(f"{'method':7} {'lr':>7} {'nll':>4} {'beta':>5} {'pairs':>6} {'val EX':>7} {'dev EX':>7} {'loss':>7}  warning")
-    for r in rows:
-        loss = f"{r['final_loss']:.3f}" if r["final_loss"] is not None else "-"
-        print(f"{r['method']:7} {r['learning_rate']:7.0e} {r['nll_weight']:4g} {r['beta']:5g} {r['pairs']:6} "
-              f"{r['validation_ex']:7.2f} {r['dev_ex']:7.2f} {loss:>7}  {'yes' if r['warnings'] else ''}")
+    table = markdown_table(start, sft, rows)
+    out.with_suffix(".md").write_text(table)
+    print(table)
     print(f"wrote {out} and {out.with_suffix('.md')}")
 
 
