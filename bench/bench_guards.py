@@ -6,8 +6,8 @@ Every variant starts from copies of the base run's data, prompt, start and SFT s
 differ only in the self-play recipe:
 - guards off: learning rate 2e-4, no NLL term, 22 steps of batch 2, and no rollback (each iteration
   builds on the previous one whatever its validation EX);
-- guards on, same steps (variants 3 and 4, not yet measured): learning rate 5e-6, NLL weight 1, the
-  same 22 steps of batch 2, and rollback;
+- guards on, same steps: learning rate 5e-6, NLL weight 1, the same 22 steps of batch 2, and
+  rollback;
 - the base run itself (the quickstart defaults: 1 epoch of batch 4), read from it.
 Finished variants are reused. Writes bench/results/guards.json and prints the table
 (start, SFT, SPIN-1, ExSPIN-1, ExSPIN-2), validation / dev EX per cell.
