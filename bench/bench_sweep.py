@@ -47,10 +47,10 @@ def run_from_base(base: Path, config: Path, run_dir: Path, overrides: list[str])
     return json.loads(metrics.read_text())
 
 
-def changed_answers(before: Path, after: Path, split: str) -> dict:
-    """Questions an iteration turned right (gained) or wrong (lost), against the same questions before it."""
-    def correct(stage: Path) -> dict[int, int]:
-        results = json.loads((stage / f"eval_{split}" / "results.json").read_text())
+def changed_answers(before: Path, after: Path) -> dict:
+    """Questions turned right (gained) or wrong (lost) between two evaluation folders of the same questions."""
+    def correct(folder: Path) -> dict[int, int]:
+        results = json.loads((folder / "results.json").read_text())
         return {e["index"]: e["ex"] for e in results["examples"]}
 
     old, new = correct(before), correct(after)
@@ -100,7 +100,8 @@ def main() -> None:
         rows.append({**cell, "pairs": iteration.get("pairs"), "validation_ex": iteration["validation_ex"],
                      "dev_ex": iteration["eval_ex"], "warnings": iteration.get("warnings", []),
                      "final_loss": iteration.get("final_loss"),
-                     "vs_sft": {split: changed_answers(args.base / "03_sft", run_dir / "04_iter1", split)
+                     "vs_sft": {split: changed_answers(args.base / "03_sft" / f"eval_{split}",
+                                                       run_dir / "04_iter1" / f"eval_{split}")
                                 for split in ("validation", "eval")}})
     start = base_metrics["stages"]["start"]
     sft = base_metrics["stages"].get("sft", start)
