@@ -59,21 +59,22 @@ def main() -> None:
     classifier = args.base / "01_prompts" / "classifier" if config.hints.classifier == "train" else config.hints.classifier
     hinter = load_hinter(split, classifier, config.hints.options) if config.hints.enabled else None
 
+    base_iteration = f"{config.selfplay.method}-1"
     models = {"start": resolve_model(config.model), "sft": str(args.base / "03_sft" / "model"),
-              f"{config.selfplay.method}-1 (base run)": str(args.base / "04_iter1" / "model")}
+              base_iteration: str(args.base / "04_iter1" / "model")}
     models |= {cell: str(args.base.parent / "sweep" / cell / "04_iter1" / "model") for cell in CELLS}
     out_root = args.base.parent / "heldout"
     rows = []
     with SqlRunner(timeout_s=config.execution.timeout_s, max_rows=config.execution.max_rows) as runner:
         for name, model_path in models.items():
-            out = out_root / name.split(" ")[0]
+            out = out_root / name
             if not (out / "results.json").is_file():
                 generator = Generator(*load_model(model_path))
                 with progress_bar(len(examples), f"{name}: held-out", "prompts") as advance:
                     predict(model_path, split, examples, out, runner, generator, config.generation, config.prompt,
                             hinter, lambda n, _tokens: advance(n))
             results = json.loads((out / "results.json").read_text())
-            row = {"model": name, "ex": 100 * sum(e["ex"] for e in results["examples"]) / len(results["examples"])}
+            row = {"model": f"{name} (base run)" if name == base_iteration else name, "ex": results["ex"]}
             if name not in ("start", "sft"):
                 row |= changed_answers(out_root / "sft", out)
                 row["sign_test_p"] = sign_test(row["gained"], row["lost"])
