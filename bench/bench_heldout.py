@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from bench_sweep import changed_answers
 from exspin.artifacts import read_jsonl
 from exspin.config import RunConfig
 from exspin.data import load_split
+from exspin.evaluation.stats import sign_test
 from exspin.execution.pool import SqlRunner
 from exspin.generation import Generator
 from exspin.hints import load_hinter
@@ -35,15 +35,6 @@ CELLS = [  # sweep cells to re-score, besides the base run's own stages
     "exspin-lr5e-05-nll1-beta0.1", "exspin-lr5e-05-nll0-beta0.1", "exspin-lr5e-05-nll1-beta0.5",
     "spin-lr5e-06-nll1-beta0.1", "spin-lr5e-05-nll1-beta0.1",
 ]
-
-
-def sign_test(gained: int, lost: int) -> float:
-    """Two-sided exact p-value that gains and losses are equally likely among the changed questions."""
-    n = gained + lost
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, k) for k in range(min(gained, lost) + 1)) / 2**n
-    return min(1.0, 2 * tail)
 
 
 def main() -> None:

@@ -31,3 +31,17 @@ def test_dotted_overrides(tmp_path):
         load_config(path, ["selfplay.iterations"])
     with pytest.raises(UserError, match="unknown_key"):
         load_config(path, ["unknown_key=1"])
+
+
+def test_inconsistent_settings_are_one_line_errors(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("selfplay:\n  method: dpo\n")
+    with pytest.raises(UserError, match="samples_per_question >= 2") as error:
+        load_config(path)
+    assert "\n" not in str(error.value)
+    assert load_config(path, ["selfplay.samples_per_question=4"]).selfplay.samples_per_question == 4
+    assert load_config(path, ["selfplay.iterations=0"]).selfplay.method == "dpo"  # no self-play: nothing to pair
+    path.write_text("prompt:\n  max_prompt_tokens: 2000\n")
+    with pytest.raises(UserError, match=r"2256 exceeds sft.train.max_length = 1536"):
+        load_config(path)
+    assert load_config(path, ["sft.train.max_length=2256", "selfplay.train.max_length=2256"])

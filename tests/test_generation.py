@@ -154,7 +154,7 @@ def test_predict_end_to_end_with_tiny_model(spider_dir, tiny_model_dir, tmp_path
     results = json.loads((out / "results.json").read_text())
     assert results["n"] == 6 and 0 <= results["ex"] <= 100
     prompts = [json.loads(line)["prompt"] for line in (out / "prompts.jsonl").open()]
-    assert "-- Question: How many singers do we have?" in prompts[0]
+    assert "Question: How many singers do we have?" in prompts[0]
     assert json.loads((out / "generation.json").read_text())["tokens"] > 0
 
 

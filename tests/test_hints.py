@@ -91,17 +91,42 @@ def test_gold_string_literals():
         "France", "Smith"]
 
 
-def test_render_schema_carries_types_keys_values_and_filters(concert):
-    full = render_schema(concert)
+def test_stored_layout_is_the_database_ddl_plus_undeclared_keys(concert):
+    stored = render_schema(concert)
+    assert 'CREATE TABLE "singer" (' in stored and '"Singer_ID" int,' in stored  # as in sqlite_master
+    assert "e.g." not in stored  # no sample values by default
+    with_values = render_schema(concert, PromptConfig(sample_values=True))
+    assert "/* Columns of singer:" in with_values and "Age: e.g. 52, 32, 29" in with_values
+    quoted = render_schema(concert, PromptConfig(sample_values=True, quote_numbers=True))
+    assert "Age: e.g. '52', '32', '29'" in quoted
+
+
+def test_rendered_layout_carries_types_keys_values_and_filters(concert):
+    config = PromptConfig(layout="rendered", sample_values=True)
+    full = render_schema(concert, config)
     assert "CREATE TABLE singer (" in full and "Singer_ID int PRIMARY KEY" in full
     assert "FOREIGN KEY (Stadium_ID) REFERENCES stadium(Stadium_ID)" in full
     assert "PRIMARY KEY (concert_ID, Singer_ID)" in full
-    assert "e.g. 'Netherlands'" in full
-    hints = SchemaHints(columns={"singer": ("Singer_ID", "Country")}, values={("singer", "Country"): ("France",)})
-    filtered = render_schema(concert, hints)
+    assert "e.g. 'Netherlands'" in full and "e.g. 52, 32, 29" in full
+    assert "FOREIGN KEY" not in render_schema(concert, config.model_copy(update={"foreign_keys": False}))
+    filtered = render_schema(concert, config, {"singer": ("Singer_ID", "Country")})
     assert "stadium" not in filtered and "Age" not in filtered
-    assert "matched values: 'France'" in filtered
-    assert "FOREIGN KEY" not in filtered  # its target table was not kept
+
+
+def test_hints_follow_the_shared_schema_prefix(dev, concert, tiny_model_dir):
+    from exspin.models import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    first, second = [e for e in dev.examples if e.db_id == "concert_singer"][:2]
+    hints = SchemaHints(columns={"singer": ("Singer_ID", "Country")}, values={("singer", "Country"): ("France",)},
+                        relevant=(("singer", "Country"),))
+    one, two = build_prompt(first, concert, tokenizer, hints), build_prompt(second, concert, tokenizer)
+    schema_end = one.index("Relevant columns:")
+    assert one[:schema_end] == two[:schema_end]  # every question about a database shares its schema
+    assert "Values the question mentions: singer.Country = 'France'" in one
+    assert "stadium" in one  # the full schema fits: no filtering
+    always = build_prompt(first, concert, tokenizer, hints, PromptConfig(filter_schema="always"))
+    assert '"stadium"' not in always and "CREATE TABLE singer (" in always
 
 
 def test_prompt_is_deterministic_uses_chat_template_and_budget(dev, concert, tiny_model_dir):
@@ -111,11 +136,16 @@ def test_prompt_is_deterministic_uses_chat_template_and_budget(dev, concert, tin
     example = dev.examples[0]
     prompt = build_prompt(example, concert, tokenizer)
     assert prompt == build_prompt(example, concert, tokenizer)
-    assert prompt.startswith("<|im_start|>system") and prompt.endswith("<|im_start|>assistant\n")
-    assert example.question in prompt
+    assert prompt.endswith("<|im_start|>assistant\n")
+    assert example.question in prompt and prompt.rstrip().count("Output only the SQL.") == 1
+    assert build_prompt(example, concert, tokenizer, config=PromptConfig(system_prompt="Be brief.")).startswith(
+        "<|im_start|>system\nBe brief.")
     small = build_prompt(example, concert, tokenizer, config=PromptConfig(max_prompt_tokens=200))
     assert len(tokenizer(small)["input_ids"]) <= 200 and example.question in small
-    assert "e.g." not in build_prompt(example, concert, tokenizer, config=PromptConfig(max_prompt_tokens=700))
+    values = PromptConfig(sample_values=True, max_prompt_tokens=700)
+    assert "e.g." in build_prompt(example, concert, tokenizer, config=values.model_copy(
+        update={"max_prompt_tokens": 5000}))
+    assert "e.g." not in build_prompt(example, concert, tokenizer, config=values)
 
 
 def test_bird_evidence_and_descriptions_reach_the_prompt(bird_dir, tiny_model_dir):
@@ -124,7 +154,7 @@ def test_bird_evidence_and_descriptions_reach_the_prompt(bird_dir, tiny_model_di
     split = load_split(bird_dir, "dev")
     schema = read_schema("shop", split.db_path("shop"), split.tables["shop"])
     prompt = build_prompt(split.examples[1], schema, load_tokenizer(str(tiny_model_dir)))
-    assert "-- External knowledge: paid refers to status = 'paid'" in prompt
+    assert "External knowledge: paid refers to status = 'paid'" in prompt
     assert "payment status (café rules)" in prompt and "value meaning: paid / open" in prompt
 
 

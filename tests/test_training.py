@@ -14,6 +14,7 @@ import torch
 from exspin.data import load_split
 from exspin.execution.pool import SqlRunner
 from exspin.feedback import count_labels, label_samples, make_pairs
+from exspin.sqltext import normal_form
 from exspin.training.loss import nll_term, spin_loss
 
 POLICY_CHOSEN = torch.tensor([-12.0, -30.5, -7.25, -50.0])
@@ -108,28 +109,33 @@ def test_feedback_labels_and_pairs(concert):
     assert first.gold_sql == "SELECT count(*) FROM singer"
     samples = [
         ["```sql\nSELECT COUNT(*) FROM singer\n```", "SELECT count(*) FROM stadium", "SELECT nope FROM singer",
-         "SELECT name FROM singer WHERE", "I do not know."],
+         "SELECT name FROM singer WHERE", "I do not know.", "SELECT count(singer_id) FROM singer",
+         "select   count(*) from stadium"],
         ["SELECT count(*) FROM singer", "SELECT count(*)   FROM singer"],
     ]
     with SqlRunner(workers=1) as runner:
         labelled = label_samples(split, [first, second], samples, runner)
     assert [r["label"] for r in labelled] == ["correct", "wrong_result", "runtime_error", "syntax_error",
-                                              "syntax_error", "correct", "correct"]
-    assert count_labels(labelled)["correct"] == 3
+                                              "syntax_error", "correct", "wrong_result", "correct", "correct"]
+    assert count_labels(labelled)["correct"] == 4
     prompts = {first.index: "P0", second.index: "P1"}
     exspin = make_pairs("exspin", [first, second], prompts, labelled)
+    # Both sides in normal form; "select   count(*) from stadium" is the same answer as the second sample.
     assert [(p["index"], p["rejected"]) for p in exspin] == [
-        (first.index, "SELECT count(*) FROM stadium"), (first.index, "SELECT nope FROM singer"),
+        (first.index, "SELECT COUNT(*) FROM stadium"), (first.index, "SELECT nope FROM singer"),
         (first.index, "SELECT name FROM singer WHERE"), (first.index, "I do not know.")]
-    assert all(p["chosen"] == first.gold_sql and p["prompt"] == "P0" for p in exspin)
+    assert all(p["chosen"] == "SELECT COUNT(*) FROM singer" and p["prompt"] == "P0" for p in exspin)
     spin = make_pairs("spin", [first, second], prompts, labelled)
-    # SPIN pushes down a correct answer whose text differs from the gold; never the gold text itself.
-    assert "SELECT COUNT(*) FROM singer" in [p["rejected"] for p in spin]
+    # SPIN also pushes down a correct answer written differently; never one whose normal form is the gold's.
+    assert "SELECT COUNT(singer_id) FROM singer" in [p["rejected"] for p in spin]
+    assert len(spin) == len(exspin) + 1
     assert not any(p["index"] == second.index for p in spin)
     dpo = make_pairs("dpo", [first, second], prompts, labelled)
     assert dpo == [{"index": first.index, "db_id": "concert_singer", "prompt": "P0",
-                    "chosen": "SELECT COUNT(*) FROM singer", "rejected": "SELECT count(*) FROM stadium",
+                    "chosen": "SELECT COUNT(*) FROM singer", "rejected": "SELECT COUNT(*) FROM stadium",
                     "rejected_label": "wrong_result"}]
+    for pair in exspin + spin + dpo:
+        assert normal_form(pair["chosen"]) != normal_form(pair["rejected"])
 
 
 def test_timeouts_are_labelled(concert):
@@ -147,7 +153,7 @@ def test_generation_speed_after_a_training_step(tiny_model_dir, tmp_path):
 
     records = [{"prompt": "<|im_start|>user\nHow many singers?<|im_end|>\n<|im_start|>assistant\n",
                 "completion": "SELECT count(*) FROM singer"}] * 4
-    # bf16 left to the hardware (native here and in CI), as the quickstart runs it.
+    # The dtype left to the hardware (models.default_dtype measures it), as the quickstart runs it.
     settings = SFTSettings(max_steps=1, batch_size=2, gradient_checkpointing=True,
                            lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]})
     trained = train_sft(str(tiny_model_dir), records, settings, tmp_path / "sft")
@@ -188,3 +194,108 @@ def test_two_process_training_through_torchrun(tiny_model_dir, tmp_path):
     # 2 processes x batch 2 x 2 steps = all 8 records: one epoch. One process would reach 0.5.
     assert log[-1]["epoch"] == pytest.approx(1.0)
     assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
+
+
+def test_shared_prompt_forward_equals_trls_two_rows(tiny_model_dir, tmp_path, monkeypatch):
+    """Log-probs, loss and LoRA gradients of the one-pass trainer equal trl's stock path (fp32)."""
+    from exspin.training import forward
+    from exspin.training.common import LoraSettings
+    from exspin.training.selfplay import SelfPlaySettings, build_selfplay_trainer
+
+    packed_calls = []
+    original = forward.scored_outputs
+    monkeypatch.setattr(forward, "scored_outputs",
+                        lambda model, packed, shape: packed_calls.append(packed) or original(model, packed, shape))
+
+    pairs = [{"prompt": "<|im_start|>user\nHow many singers are there in all?<|im_end|>\n<|im_start|>assistant\n",
+              "chosen": "SELECT count(*) FROM singer", "rejected": "SELECT name FROM stadium WHERE a = 1"},
+             {"prompt": "<|im_start|>user\nOldest?<|im_end|>\n<|im_start|>assistant\n",
+              "chosen": "SELECT name FROM singer ORDER BY age DESC LIMIT 1", "rejected": "SELECT 1"},
+             {"prompt": "<|im_start|>user\nList the stadiums.<|im_end|>\n<|im_start|>assistant\n",
+              "chosen": "SELECT name FROM stadium", "rejected": "I do not know the answer to that."}]
+    results = {}
+    for shared in (False, True):
+        settings = SelfPlaySettings(shared_prompt=shared, bf16=False, batch_size=3, max_length=256, beta=0.3,
+                                    lora=LoraSettings(r=4, alpha=8, dropout=0.0), gradient_checkpointing=False)
+        trainer, _, _ = build_selfplay_trainer(str(tiny_model_dir), pairs, settings, tmp_path / str(shared))
+        torch.manual_seed(0)
+        with torch.no_grad():  # the same policy, different from its reference, in both trainers
+            for name, parameter in trainer.model.named_parameters():
+                if "lora_" in name:
+                    parameter.normal_(0, 0.3)
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(pairs))])
+        trainer.model.train()
+        loss = trainer.compute_loss(trainer.model, batch)
+        loss.backward()
+        metrics = {k: v[-1] for k, v in trainer._metrics["train"].items() if k.startswith(("logps", "rewards"))}
+        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+        results[shared] = (loss.detach(), metrics, grads, batch["ref_chosen_logps"], batch["ref_rejected_logps"])
+    (stock_loss, stock_metrics, stock_grads, *stock_ref), (loss, metrics, grads, *ref) = results[False], results[True]
+    assert len(packed_calls) == 2  # the shared path ran: reference log-probs once, then the loss
+    assert abs(stock_metrics["rewards/margins"]) > 1e-3  # the pairs are not trivially tied
+    assert torch.allclose(loss, stock_loss, atol=1e-5)
+    for a, b in zip(ref, stock_ref, strict=True):  # precomputed reference log-probs, both paths
+        assert torch.allclose(a, b, atol=1e-5)
+    for key, value in stock_metrics.items():
+        assert metrics[key] == pytest.approx(value, abs=1e-5), key
+    assert grads.keys() == stock_grads.keys() and len(grads) > 0
+    for name, grad in stock_grads.items():
+        assert torch.allclose(grads[name], grad, atol=1e-5), name
+
+
+def test_pack_pairs_layout():
+    from exspin.training.forward import pack_pairs
+
+    # trl's collated batch: prompt [1, 2, 3]; chosen [4, 5]; rejected [6]; right-padded with 0.
+    input_ids = torch.tensor([[1, 2, 3, 4, 5], [1, 2, 3, 6, 0]])
+    completion_mask = torch.tensor([[0, 0, 0, 1, 1], [0, 0, 0, 1, 0]])
+    packed = pack_pairs(input_ids, completion_mask, pad_id=0)
+    assert packed.input_ids.tolist() == [[1, 2, 3, 4, 5, 3, 6]]
+    assert packed.position_ids.tolist() == [[0, 1, 2, 3, 4, 2, 3]]
+    assert packed.next_tokens.tolist() == [[-100, -100, 4, 5, -100, 6, -100]]
+    visible = packed.attention_mask[0, 0].int().tolist()
+    assert visible[5] == [1, 1, 0, 0, 0, 1, 0]  # the rejected branch's copy of the last prompt token
+    assert visible[6] == [1, 1, 0, 0, 0, 1, 1]  # never sees the chosen branch
+    assert visible[4] == [1, 1, 1, 1, 1, 0, 0]
+    # A pair whose prompt was cut by truncation falls back to trl's path.
+    assert pack_pairs(torch.tensor([[1, 2], [1, 2]]), torch.tensor([[0, 0], [0, 0]]), 0) is None
+
+
+def test_completion_head_sft_equals_trls_path(tiny_model_dir, tmp_path, monkeypatch):
+    """SFT loss, token metrics and LoRA gradients with the head on completion positions only equal trl's (fp32)."""
+    from exspin.training import forward
+    from exspin.training.common import LoraSettings
+    from exspin.training.sft import SFTSettings, build_sft_trainer
+
+    calls = []
+    original = forward.completion_outputs
+    monkeypatch.setattr(forward, "completion_outputs", lambda *a, **k: calls.append(1) or original(*a, **k))
+
+    records = [{"prompt": "<|im_start|>user\nHow many singers are there?<|im_end|>\n<|im_start|>assistant\n",
+                "completion": "SELECT count(*) FROM singer"},
+               {"prompt": "<|im_start|>user\nOldest?<|im_end|>\n<|im_start|>assistant\n",
+                "completion": "SELECT name FROM singer ORDER BY age DESC LIMIT 1"}]
+    results = {}
+    for fast in (False, True):
+        settings = SFTSettings(completion_head_only=fast, bf16=False, batch_size=2, max_length=256,
+                               lora=LoraSettings(r=4, alpha=8, dropout=0.0), gradient_checkpointing=False)
+        trainer, _ = build_sft_trainer(str(tiny_model_dir), records, settings, tmp_path / str(fast))
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for name, parameter in trainer.model.named_parameters():
+                if "lora_" in name:
+                    parameter.normal_(0, 0.3)
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(records))])
+        trainer.model.train()
+        loss = trainer.compute_loss(trainer.model, batch)
+        loss.backward()
+        metrics = {k: v[-1] for k, v in trainer._metrics["train"].items() if k in ("entropy", "mean_token_accuracy")}
+        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+        results[fast] = (loss.detach(), metrics, grads)
+    (stock_loss, stock_metrics, stock_grads), (loss, metrics, grads) = results[False], results[True]
+    assert calls == [1]  # the completion-only head ran, once
+    assert torch.allclose(loss, stock_loss, atol=1e-5)
+    assert metrics == pytest.approx(stock_metrics, abs=1e-5)
+    assert grads.keys() == stock_grads.keys() and len(grads) > 0
+    for name, grad in stock_grads.items():
+        assert torch.allclose(grads[name], grad, atol=1e-5), name

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from exspin.errors import UserError
 from exspin.generation import GenerationConfig
@@ -92,6 +92,21 @@ class RunConfig(_Section):
     execution: ExecutionSettings = ExecutionSettings()
     launcher: LauncherSettings = LauncherSettings()
 
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        if self.selfplay.method == "dpo" and self.selfplay.iterations and self.selfplay.samples_per_question < 2:
+            raise ValueError("selfplay.method dpo pairs a correct sample with a wrong one: it needs "
+                             "selfplay.samples_per_question >= 2")
+        need = self.prompt.max_prompt_tokens + self.generation.max_new_tokens
+        stages = [("sft", self.sft.train.max_length, self.sft.enabled),
+                  ("selfplay", self.selfplay.train.max_length, self.selfplay.iterations > 0)]
+        for name, max_length, used in stages:
+            if used and need > max_length:
+                raise ValueError(f"prompt.max_prompt_tokens + generation.max_new_tokens = {need} exceeds "
+                                 f"{name}.train.max_length = {max_length}: the trainer would truncate "
+                                 "what the model saw and wrote")
+        return self
+
 
 def _set_dotted(tree: dict, dotted: str, value: object) -> None:
     keys = dotted.split(".")
@@ -127,6 +142,6 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         return RunConfig.model_validate(tree)
     except ValidationError as error:
         first = error.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise UserError(f"invalid config {path}: {where}: {first['msg']}"
+        where = "".join(f"{p}: " for p in [".".join(str(p) for p in first["loc"])] if p)
+        raise UserError(f"invalid config {path}: {where}{first['msg'].removeprefix('Value error, ')}"
                         + (f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else "")) from None

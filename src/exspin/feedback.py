@@ -5,6 +5,11 @@ This is where SPIN and ExSPIN differ; the loss is the same:
   A correct sample is never pushed down, and fewer pairs make an iteration cheaper.
 - SPIN keeps every sample whose text differs from the gold SQL.
 - DPO (the baseline) pairs a correct self-generated sample (chosen) with a wrong one (rejected).
+
+Both sides of every pair are in SQL normal form (sqltext.normal_form), so a pair never differs
+in spelling alone, and no pair has two sides with one normal form. In ExSPIN and DPO pairs the
+rejected side never executes to the chosen side's result (it is labelled wrong); SPIN, by its
+definition, also pushes down answers that are right but written differently.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from exspin.data import Split
 from exspin.execution.pool import JudgeTask, SqlRunner
 from exspin.generation import extract_sql
 from exspin.records import Example
+from exspin.sqltext import normal_form
 
 Label = Literal["correct", "wrong_result", "runtime_error", "syntax_error", "timeout", "forbidden"]
 LABELS: tuple[Label, ...] = ("correct", "wrong_result", "runtime_error", "syntax_error", "timeout", "forbidden")
@@ -54,8 +60,9 @@ def label_samples(split: Split, examples: Sequence[Example], completions: Sequen
     return records
 
 
-def _same_text(a: str, b: str) -> bool:
-    return " ".join(a.split()).rstrip(";") == " ".join(b.split()).rstrip(";")
+def _rejected_text(record: dict) -> str:
+    """The opponent's answer in normal form; its completion as written when it held no SQL at all."""
+    return normal_form(record["sql"]) if record["sql"].strip() else record["completion"]
 
 
 def make_pairs(method: PairMethod, examples: Sequence[Example], prompts: dict[int, str],
@@ -66,27 +73,33 @@ def make_pairs(method: PairMethod, examples: Sequence[Example], prompts: dict[in
         by_example.setdefault(record["index"], []).append(record)
     pairs = []
     for example in examples:
-        records = by_example.get(example.index, [])
-        seen: set[str] = set()
-        unique = []
-        for r in records:  # one pair per distinct SQL
-            key = " ".join((r["sql"] or r["completion"]).split()).lower()
-            if key not in seen:
-                seen.add(key)
-                unique.append(r)
-        if method == "exspin":
-            chosen = [example.gold_sql]
-            rejected = [r for r in unique if r["label"] != "correct"]
-        elif method == "spin":
-            chosen = [example.gold_sql]
-            rejected = [r for r in unique if not _same_text(r["sql"], example.gold_sql)]
+        unique: dict[str, dict] = {}  # one record per distinct normal form
+        for record in by_example.get(example.index, []):
+            unique.setdefault(_rejected_text(record), record)
+        if method == "dpo":
+            correct = [text for text, r in unique.items() if r["label"] == "correct"]
+            chosen = correct[0] if correct else None
+            rejected = [(text, r) for text, r in unique.items() if r["label"] != "correct"][:1]
         else:
-            chosen = [r["sql"] for r in unique if r["label"] == "correct"][:1]
-            rejected = [r for r in unique if r["label"] != "correct"][:1] if chosen else []
-        for r in rejected:
-            pairs.append({"index": example.index, "db_id": example.db_id, "prompt": prompts[example.index],
-                          "chosen": chosen[0], "rejected": r["sql"] or r["completion"], "rejected_label": r["label"]})
+            chosen = normal_form(example.gold_sql)
+            keep_correct = method == "spin"
+            rejected = [(text, r) for text, r in unique.items() if keep_correct or r["label"] != "correct"]
+        if chosen is None:
+            continue
+        for text, r in rejected:
+            if text != chosen:
+                pairs.append({"index": example.index, "db_id": example.db_id, "prompt": prompts[example.index],
+                              "chosen": chosen, "rejected": text, "rejected_label": r["label"]})
     return pairs
+
+
+def no_pairs_reason(method: PairMethod, labelled: Sequence[dict]) -> str:
+    """Why an iteration made no pairs, in words, for its summary."""
+    if labelled and all(r["label"] == "correct" for r in labelled):
+        return "no pairs: the opponent got every training question right"
+    if method == "dpo":
+        return "no pairs: no question had both a correct and a wrong sample"
+    return "no pairs: no training answer to push down (none, or each had the gold SQL's normal form)"
 
 
 def count_labels(labelled: Sequence[dict]) -> dict[str, int]:

@@ -26,7 +26,7 @@ from exspin.config import RunConfig
 from exspin.data import Split, load_split
 from exspin.errors import UserError
 from exspin.execution.pool import GoldCache, SqlRunner
-from exspin.feedback import count_labels, label_samples, make_pairs
+from exspin.feedback import count_labels, label_samples, make_pairs, no_pairs_reason
 from exspin.generation import GenerationConfig, Generator, generate
 from exspin.guards import chosen_logp_warning, control, length_drift_warning, reference_logps
 from exspin.hints.schema import SchemaBook
@@ -35,6 +35,7 @@ from exspin.predict import build_prompts, predict_prompts
 from exspin.progress import progress_bar
 from exspin.records import Example
 from exspin.report import write_report
+from exspin.sqltext import normal_form
 
 SETS = ("train", "validation", "eval")
 
@@ -193,14 +194,21 @@ def _sft_stage(run: Run, model_path: str, folder: Path) -> dict:
     from exspin.training.sft import train_sft
 
     prompts = run.prompts("train")
-    records = [{"prompt": prompts[e.index], "completion": e.gold_sql} for e in run.examples("train")]
+    # The gold SQL in normal form: Spider's tokenised spacing is not something to learn.
+    records = [{"prompt": prompts[e.index], "completion": normal_form(e.gold_sql)} for e in run.examples("train")]
     records_path = write_jsonl(folder / "sft_records.jsonl", records)
     if _use_launcher(run):
         _launch_training(run, "sft", model_path, records_path, folder)
         model = folder / "model"
     else:
         model = train_sft(model_path, records, run.config.sft.train, folder)
-    return {"model": str(model), **_evaluate_model(run, str(model), folder)}
+    return {"model": str(model), **_fit(folder), **_evaluate_model(run, str(model), folder)}
+
+
+def _fit(folder: Path) -> dict:
+    """How many training examples the trainer had to truncate (written by the training function)."""
+    path = folder / "fit.json"
+    return {"over_max_length": json.loads(path.read_text())["over_max_length"]} if path.is_file() else {}
 
 
 def _iteration_stage(run: Run, number: int, opponent: str, folder: Path, previous_pairs: Path | None) -> dict:
@@ -227,7 +235,7 @@ def _iteration_stage(run: Run, number: int, opponent: str, folder: Path, previou
     summary = {"opponent": opponent, "labels": count_labels(labelled), "pairs": len(pairs),
                "pairs_by_label": {k: sum(p["rejected_label"] == k for p in pairs) for k in count_labels(labelled)}}
     if not pairs:
-        summary.update(model=opponent, note="no pairs: the opponent got every training question right")
+        summary.update(model=opponent, note=no_pairs_reason(settings.method, labelled))
         return {**summary, **_evaluate_model(run, opponent, folder)}
     if _use_launcher(run):
         steps = _launch_training(run, "selfplay", opponent, pairs_path, folder)
@@ -238,7 +246,7 @@ def _iteration_stage(run: Run, number: int, opponent: str, folder: Path, previou
         model, steps = train_selfplay(opponent, pairs, train_settings, folder)
     write_jsonl(folder / "logps.jsonl", reference_logps(steps, settings.train.beta))
     warning = chosen_logp_warning(steps, settings.train.beta, run.config.guards.chosen_logp_drop)
-    summary.update(model=str(model), warnings=[warning] if warning else [],
+    summary.update(model=str(model), warnings=[warning] if warning else [], **_fit(folder),
                    final_loss=next((r["loss"] for r in reversed(steps) if "loss" in r), None))
     return {**summary, **_evaluate_model(run, str(model), folder)}
 

@@ -1,12 +1,27 @@
 """Render (example, schema, hints) into a prompt. Pure and deterministic.
 
-The schema is written as SQLite DDL: column types, primary and foreign keys, and comments
-with natural names, BIRD descriptions, representative values and values matched to the
-question. When the prompt exceeds its token budget, detail is dropped in a fixed order
-(sample values, then descriptions) before the schema text itself is cut.
+A prompt is one chat turn, laid out so that every question about one database starts with the
+same text, which generation and training can compute once:
+
+    Database schema (SQLite):            <- the database's schema: shared by its questions
+    CREATE TABLE ...;
+    Relevant columns: ...                <- what the hints found for this question
+    Values the question mentions: ...
+    Question: ...
+    <answer instruction>
+
+The schema is either the database's own CREATE TABLE statements as stored in ``sqlite_master``
+or a rendered DDL (normalised types, declared and Spider-annotated keys, a comment per column);
+each element is a setting, and bench/bench_prompts.py measures each one. The schema is cut down
+to the hints' tables and columns only when the full one does not fit the token budget (or always,
+if so configured); then detail is dropped (sample values, then descriptions) before the text
+itself is cut.
 """
 
 from __future__ import annotations
+
+import re
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -14,107 +29,169 @@ from exspin.hints.schema import Column, DatabaseSchema, Table
 from exspin.records import Example, SchemaHints
 
 SYSTEM_PROMPT = "You are a SQLite expert. Given a database schema and a question, write one SQLite query."
+INSTRUCTION = "Write one SQLite query that answers the question. Output only the SQL."
+_NUMERIC_TYPE = re.compile(r"int|real|num|float|double|dec|bool", re.IGNORECASE)
+_NUMBER = re.compile(r"-?\d+(\.\d+)?")
 
 
 class PromptConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    sample_values: bool = True  # representative values of each column
-    descriptions: bool = True  # BIRD column descriptions and natural-language names
-    max_prompt_tokens: int = 3072
-    system_prompt: str = SYSTEM_PROMPT
+    layout: Literal["sqlite_master", "rendered"] = "sqlite_master"
+    sample_values: bool = False  # a few distinct values of each column
+    quote_numbers: bool = False  # numeric sample values written as quoted strings
+    natural_names: bool = False  # Spider's natural-language column names, where they differ
+    descriptions: bool = True  # BIRD's column and value descriptions
+    foreign_keys: bool = True  # keys the database file does not declare (Spider's tables.json)
+    system_prompt: str | None = None  # None: the chat template's own default
+    instruction: str | None = INSTRUCTION  # None: no answer instruction
+    filter_schema: Literal["over_budget", "always", "never"] = "over_budget"  # cut to the hints' columns
+    max_prompt_tokens: int = 1024
 
 
-def _quote_identifier(name: str) -> str:
-    return name if name.replace("_", "").isalnum() and not name[0].isdigit() else f'"{name}"'
+def quote_identifier(name: str) -> str:
+    return name if name.replace("_", "").isalnum() and not name[0].isdigit() else '"' + name.replace('"', '""') + '"'
 
 
-def _literal(value: str) -> str:
+def sql_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _column_comment(table: Table, column: Column, hints: SchemaHints, values: bool, descriptions: bool) -> str:
+def _value(column: Column, value: str, quote_numbers: bool) -> str:
+    numeric = _NUMERIC_TYPE.search(column.type or "") and _NUMBER.fullmatch(value)
+    return value if numeric and not quote_numbers else sql_literal(value)
+
+
+def _column_notes(column: Column, config: PromptConfig, values: bool) -> list[str]:
     notes = []
-    if descriptions:
-        natural = column.natural_name.strip()
-        if column.description:
-            notes.append(column.description)
-        elif natural and natural.lower() != column.name.lower().replace("_", " "):
-            notes.append(natural)
-        if column.value_description:
-            notes.append(f"value meaning: {column.value_description}")
-    matched = (hints.values or {}).get((table.name, column.name))
-    if matched:
-        notes.append("matched values: " + ", ".join(_literal(v) for v in matched))
-    elif values and column.values:
-        notes.append("e.g. " + ", ".join(_literal(v) for v in column.values))
-    return f" -- {'; '.join(notes)}" if notes else ""
+    natural = column.natural_name.strip()
+    if config.descriptions and column.description:
+        notes.append(column.description)
+    elif config.natural_names and natural and natural.lower() != column.name.lower().replace("_", " "):
+        notes.append(natural)
+    if config.descriptions and column.value_description:
+        notes.append(f"value meaning: {column.value_description}")
+    if values and column.values:
+        notes.append("e.g. " + ", ".join(_value(column, v, config.quote_numbers) for v in column.values))
+    return notes
 
 
-def render_schema(schema: DatabaseSchema, hints: SchemaHints | None = None, values: bool = True,
-                  descriptions: bool = True) -> str:
-    """CREATE TABLE statements for the tables and columns the hints keep (all when no hints)."""
-    hints = hints or SchemaHints()
-    kept = hints.columns
+def _undeclared_keys(schema: DatabaseSchema, table: Table, names: set[str], kept: set[str] | None) -> list[str]:
+    lines = []
+    for fk in schema.foreign_keys:
+        if fk.table == table.name and fk.column.lower() in names and (kept is None or fk.ref_table in kept):
+            lines.append(f"FOREIGN KEY ({quote_identifier(fk.column)}) REFERENCES "
+                         f"{quote_identifier(fk.ref_table)}({quote_identifier(fk.ref_column)})")
+    return lines
+
+
+def _rendered_table(schema: DatabaseSchema, table: Table, columns: list[Column], config: PromptConfig,
+                    values: bool, kept: set[str] | None) -> str:
+    lines = []
+    for column in columns:
+        key = " PRIMARY KEY" if table.primary_key == (column.name,) else ""
+        notes = _column_notes(column, config, values)
+        lines.append((f"{quote_identifier(column.name)} {column.type or 'text'}{key}", notes))
+    if len(table.primary_key) > 1:
+        lines.append((f"PRIMARY KEY ({', '.join(map(quote_identifier, table.primary_key))})", []))
+    if config.foreign_keys:
+        lines += [(fk, []) for fk in _undeclared_keys(schema, table, {c.name.lower() for c in columns}, kept)]
+    body = []
+    for number, (definition, notes) in enumerate(lines):
+        comma = "," if number < len(lines) - 1 else ""
+        body.append(f"  {definition}{comma}" + (f" -- {'; '.join(notes)}" if notes else ""))
+    return f"CREATE TABLE {quote_identifier(table.name)} (\n" + "\n".join(body) + "\n);"
+
+
+def _stored_table(schema: DatabaseSchema, table: Table, config: PromptConfig, values: bool) -> str:
+    """The table's own DDL, then its column notes and any keys it does not declare, as comments."""
+    parts = [table.ddl.rstrip(";") + ";"]
+    notes = [(c.name, _column_notes(c, config, values)) for c in table.columns]
+    notes = [f"{quote_identifier(name)}: {'; '.join(n)}" for name, n in notes if n]
+    if notes:
+        parts.append(f"/* Columns of {quote_identifier(table.name)}:\n   " + "\n   ".join(notes) + " */")
+    if config.foreign_keys and "references" not in table.ddl.lower():  # Spider often leaves keys undeclared
+        names = {c.name.lower() for c in table.columns}
+        parts += [f"-- {quote_identifier(table.name)}: {fk}" for fk in _undeclared_keys(schema, table, names, None)]
+    return "\n".join(parts)
+
+
+def render_schema(schema: DatabaseSchema, config: PromptConfig | None = None,
+                  columns: dict[str, tuple[str, ...]] | None = None, values: bool | None = None) -> str:
+    """The schema's CREATE TABLE statements, for the given tables and columns (all when None)."""
+    config = config or PromptConfig()
+    values = config.sample_values if values is None else values
+    kept = set(columns) if columns is not None else None
     blocks = []
     for table in schema.tables:
         if kept is not None and table.name not in kept:
             continue
-        wanted = {c.lower() for c in kept[table.name]} if kept is not None else None
-        columns = [c for c in table.columns if wanted is None or c.name.lower() in wanted]
-        lines = []
-        for column in columns:
-            key = " PRIMARY KEY" if table.primary_key == (column.name,) else ""
-            comment = _column_comment(table, column, hints, values, descriptions)
-            lines.append(f"  {_quote_identifier(column.name)} {column.type or 'text'}{key},{comment}")
-        if len(table.primary_key) > 1:
-            lines.append(f"  PRIMARY KEY ({', '.join(map(_quote_identifier, table.primary_key))}),")
-        names = {c.name.lower() for c in columns}
-        for fk in schema.foreign_keys:
-            target_kept = kept is None or fk.ref_table in kept
-            if fk.table == table.name and fk.column.lower() in names and target_kept:
-                lines.append(f"  FOREIGN KEY ({_quote_identifier(fk.column)}) REFERENCES "
-                             f"{_quote_identifier(fk.ref_table)}({_quote_identifier(fk.ref_column)}),")
-        if lines:  # drop the trailing comma of the last definition, keeping its comment
-            last, sep, comment = lines[-1].partition(", --")
-            lines[-1] = last.rstrip(",") + (" --" + comment if sep else "")
-        blocks.append(f"CREATE TABLE {_quote_identifier(table.name)} (\n" + "\n".join(lines) + "\n);")
+        wanted = {c.lower() for c in columns[table.name]} if columns is not None else None
+        table_columns = [c for c in table.columns if wanted is None or c.name.lower() in wanted]
+        if config.layout == "sqlite_master" and table.ddl and wanted is None:
+            blocks.append(_stored_table(schema, table, config, values))
+        else:
+            blocks.append(_rendered_table(schema, table, table_columns, config, values, kept))
     return "\n\n".join(blocks)
 
 
-def user_message(example: Example, schema_text: str) -> str:
-    parts = [schema_text, ""]
+def question_block(example: Example, hints: SchemaHints | None, config: PromptConfig) -> str:
+    """What is specific to one question: relevant columns, matched values, the question, the instruction."""
+    lines = []
+    if hints and hints.relevant:
+        lines.append("Relevant columns: " + ", ".join(f"{quote_identifier(t)}.{quote_identifier(c)}"
+                                                      for t, c in hints.relevant))
+    if hints and hints.values:
+        lines.append("Values the question mentions: " + "; ".join(
+            f"{quote_identifier(t)}.{quote_identifier(c)} = " + " or ".join(map(sql_literal, found))
+            for (t, c), found in hints.values.items()))
     if example.evidence:
-        parts.append(f"-- External knowledge: {example.evidence.strip()}")
-    parts.append(f"-- Question: {example.question}")
-    parts.append("Answer with one SQLite query and nothing else.")
-    return "\n".join(parts)
+        lines.append(f"External knowledge: {example.evidence.strip()}")
+    lines.append(f"Question: {example.question}")
+    if config.instruction:
+        lines.append(config.instruction)
+    return "\n".join(lines)
 
 
-def format_chat(tokenizer, system: str, user: str) -> str:
-    """The model's chat template when it has one, else a plain layout."""
-    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+def format_chat(tokenizer, system: str | None, user: str) -> str:
+    """The model's chat template when it has one (with its own default system prompt when system is
+    None), else a plain layout."""
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return f"{system}\n\n{user}\n\nSQL: "
+    return (f"{system}\n\n" if system else "") + f"{user}\n\nSQL: "
 
 
 def build_prompt(example: Example, schema: DatabaseSchema, tokenizer, hints: SchemaHints | None = None,
                  config: PromptConfig | None = None) -> str:
     """The full prompt text for one question, within the token budget."""
     config = config or PromptConfig()
-    detail_levels = [(config.sample_values, config.descriptions), (False, config.descriptions), (False, False)]
-    prompt = ""
-    for values, descriptions in detail_levels:
-        schema_text = render_schema(schema, hints, values=values, descriptions=descriptions)
-        prompt = format_chat(tokenizer, config.system_prompt, user_message(example, schema_text))
-        if count_tokens(tokenizer, prompt) <= config.max_prompt_tokens:
-            return prompt
+    question = question_block(example, hints, config)
+
+    def prompt(schema_text: str) -> str:
+        return format_chat(tokenizer, config.system_prompt,
+                           f"Database schema (SQLite):\n{schema_text}\n\n{question}")
+
+    filters = [hints.columns] if hints and hints.columns is not None else []
+    if config.filter_schema == "always":
+        candidates = filters or [None]
+    elif config.filter_schema == "never":
+        candidates = [None]
+    else:
+        candidates = [None, *filters]
+    detail = [(config.sample_values, config.descriptions), (False, config.descriptions), (False, False)]
+    text = ""
+    for columns in candidates:  # the full schema first, then the hints' tables and columns
+        for values, descriptions in detail:
+            level = config.model_copy(update={"descriptions": descriptions})
+            text = prompt(render_schema(schema, level, columns, values))
+            if count_tokens(tokenizer, text) <= config.max_prompt_tokens:
+                return text
     # Still too long: cut the schema text, keeping the question whole.
-    overflow = count_tokens(tokenizer, prompt) - config.max_prompt_tokens
+    schema_text = render_schema(schema, config.model_copy(update={"descriptions": False}), candidates[-1], False)
+    overflow = count_tokens(tokenizer, text) - config.max_prompt_tokens
     ids = tokenizer(schema_text, add_special_tokens=False)["input_ids"]
-    schema_text = tokenizer.decode(ids[: max(0, len(ids) - overflow - 8)]) + "\n..."
-    return format_chat(tokenizer, config.system_prompt, user_message(example, schema_text))
+    return prompt(tokenizer.decode(ids[: max(0, len(ids) - overflow - 8)]) + "\n...")
 
 
 def count_tokens(tokenizer, text: str) -> int:

@@ -68,7 +68,9 @@ class SchemaHints:
 
     ``columns`` maps each kept table to its kept columns; None means the full schema.
     ``values`` maps (table, column) to cell values retrieved for the question.
+    ``relevant`` lists the (table, column) pairs the classifier ranks most relevant, best first.
     """
 
     columns: dict[str, tuple[str, ...]] | None = None
     values: dict[tuple[str, str], tuple[str, ...]] | None = None
+    relevant: tuple[tuple[str, str], ...] = ()

@@ -72,13 +72,14 @@ def write_report(run_dir: Path, summary: dict) -> Path:
         "",
         f"Model `{config['model']}`, self-play method **{config['selfplay']['method']}**, data `{config['data']['path']}`.",
         "",
-        "| stage | validation EX % | eval EX % | pairs | wall time (s) | warnings |",
-        "|---|---:|---:|---:|---:|---|",
+        "| stage | validation EX % | eval EX % | pairs | truncated | wall time (s) | warnings |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     for name, stage in summary["stages"].items():
         marker = " (kept)" if name == summary["best"] else ""
         lines.append(f"| {name}{marker} | {stage['validation_ex']:.2f} | {stage['eval_ex']:.2f} | "
-                     f"{stage.get('pairs', '')} | {stage.get('seconds', 0):.0f} | {'; '.join(stage.get('warnings', []))} |")
+                     f"{stage.get('pairs', '')} | {stage.get('over_max_length', '')} | {stage.get('seconds', 0):.0f} | "
+                     f"{'; '.join(stage.get('warnings', []))} |")
     lines += ["", f"**Kept:** `{summary['best']}` -> `{summary['final_model']}`", "",
               f"**Stopped:** {summary['stop_reason']}", ""]
     labelled = {n: s["labels"] for n, s in summary["stages"].items() if "labels" in s}
@@ -90,7 +91,8 @@ def write_report(run_dir: Path, summary: dict) -> Path:
             lines.append(f"| {name} | " + " | ".join(str(counts[k]) for k in labels)
                          + f" | {summary['stages'][name]['pairs']} |")
         lines.append("")
-    lines += ["![EX per stage](ex_per_stage.png)", ""]
+    lines += ["Truncated: training examples longer than the trainer's max_length (cut, never silently).", "",
+              "![EX per stage](ex_per_stage.png)", ""]
     if has_logps:
         lines += ["![log-probs](logps.png)", ""]
     return write_text(folder / "report.md", "\n".join(lines))

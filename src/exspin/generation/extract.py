@@ -1,8 +1,18 @@
-"""Pull the SQL out of a model's completion: code fences, prose around it, several statements."""
+"""Pull the SQL out of a model's completion: code fences, prose around it, several statements.
+
+A completion is searched for the first place where a SQL statement starts (SELECT or WITH) and
+SQLite's own parser accepts what follows: the longest run of whole lines, up to the first
+semicolon outside literals and comments, that is valid syntax. Prose that merely contains
+"select" or "with" never parses, so it is skipped; a CTE with blank lines, comments and string
+literals holding semicolons stay whole. The statement comes back on one line, with comments
+dropped and literals exactly as written.
+"""
 
 from __future__ import annotations
 
 import re
+
+from exspin.sqltext import first_statement, is_valid_syntax, squeeze
 
 _FENCE = re.compile(r"```[ \t]*(?:sql|sqlite)?[ \t]*\n?(.*?)(?:```|$)", re.IGNORECASE | re.DOTALL)
 _START = re.compile(r"\b(SELECT|WITH)\b", re.IGNORECASE)
@@ -10,33 +20,74 @@ _CONTINUES_SELECT = re.compile(r"^\s*(\*|DISTINCT\b|COUNT\s*\(|[\w\".`\[\]]+\s*(
                                re.IGNORECASE)
 
 
-def _first_statement(sql: str) -> str:
-    """Text up to the first semicolon outside quotes."""
-    quote = None
-    for i, char in enumerate(sql):
-        if quote:
-            if char == quote:
-                quote = None
-        elif char in "'\"`":
-            quote = char
-        elif char == ";":
-            return sql[:i]
-    return sql
+def _starts(text: str, likely_only: bool = False) -> list[int]:
+    """Where a statement may start: keywords at a line's start or in upper case first, then the rest."""
+    def likely(match: re.Match) -> bool:
+        return not text[: match.start()].rsplit("\n", 1)[-1].strip() or match.group(1).isupper()
+
+    matches = sorted(_START.finditer(text), key=lambda m: (not likely(m), m.start()))
+    return [m.start() for m in matches if likely(m) or not likely_only]
 
 
-def extract_sql(completion: str) -> str:
-    """One SQL statement on one line, or "" when the completion holds none."""
-    text = completion.strip()
-    fences = [f for f in _FENCE.findall(text) if f.strip()]
-    if fences:
-        text = next((f for f in fences if _START.search(f)), fences[0])
-    match = _START.search(text)
-    if match:
-        text = text[match.start():]
+def _valid_statement_at(text: str, start: int) -> str | None:
+    """The longest run of whole lines from `start`, within its first statement, that SQLite parses;
+    failing that, the longest run of whole sentences (SQL inline in prose: "... > 30. This works.")."""
+    statement = first_statement(text[start:])
+    lines = statement.split("\n")
+    for end in range(len(lines), 0, -1):
+        candidate = "\n".join(lines[:end])
+        if is_valid_syntax(candidate):
+            return candidate
+    sentence_ends = [m.start() for m in re.finditer(r"\.(\s|$)", statement)]
+    for end in reversed(sentence_ends):
+        candidate = statement[:end]
+        if is_valid_syntax(candidate):
+            return candidate
+    return None
+
+
+def _find_statement(text: str) -> str | None:
+    for start in _starts(text):
+        found = _valid_statement_at(text, start)
+        if found is not None:
+            return found
+    return None
+
+
+def _best_effort(text: str) -> str:
+    """No valid statement anywhere: the first likely statement start, cut at the first blank line.
+
+    The judge then reports its syntax error; prose with a lower-case "with" in it gives ""."""
+    starts = _starts(text, likely_only=True)
+    if starts:
+        text = text[starts[0]:]
     elif _CONTINUES_SELECT.match(text) and re.search(r"\bFROM\b", text, re.IGNORECASE):
         text = "SELECT " + text  # the model continued a prompt that ended in SELECT
     else:
         return ""
-    text = _first_statement(text)
-    text = re.split(r"\n\s*\n", text, maxsplit=1)[0]  # prose after a blank line
-    return " ".join(text.split())
+    return re.split(r"\n\s*\n", first_statement(text), maxsplit=1)[0]
+
+
+def extract_sql(completion: str) -> str:
+    """One SQL statement on one line, or "" when the completion holds none."""
+    text = completion.replace("\r\n", "\n").strip()
+    fences = [f for f in _FENCE.findall(text) if f.strip()]
+    for source in [*fences, text]:  # fenced code first, in order, then the whole completion
+        found = _find_statement(source)
+        if found is not None:
+            return squeeze(found)
+    if _CONTINUES_SELECT.match(text) and is_valid_syntax("SELECT " + first_statement(text)):
+        return squeeze("SELECT " + first_statement(text))
+    return squeeze(_best_effort(fences[0] if fences else text))
+
+
+def statement_complete(completion: str) -> bool:
+    """Whether generation can stop: a closed code fence, or a semicolon outside literals and comments,
+    closes a valid statement. What the model writes after that is never read by extract_sql."""
+    text = completion.replace("\r\n", "\n")
+    if text.count("```") >= 2:
+        return _find_statement(_FENCE.findall(text)[0]) is not None
+    if "```" in text:
+        return False  # inside a fence: wait for it to close
+    before = first_statement(text)
+    return len(before) < len(text) and _find_statement(before) is not None

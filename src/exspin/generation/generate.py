@@ -17,6 +17,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from exspin.generation.extract import statement_complete
+
 Progress = Callable[[int, int], None]  # (prompts finished, tokens generated)
 
 
@@ -31,6 +33,7 @@ class GenerationConfig(BaseModel):
     num_samples: int = Field(1, ge=1)
     seed: int = 0
     reuse_prefix: bool = True  # prefill a batch's shared prompt prefix once (transformers backend)
+    stop_at_statement_end: bool = True  # a row stops once its SQL statement is complete (see StatementEnd)
 
 
 MIN_SHARED_PREFIX = 16  # shorter shared prefixes are not worth a separate forward pass
@@ -60,6 +63,21 @@ def pad_after_prefix(rows: Sequence[Sequence[int]], shared: int, pad_id: int) ->
     return ids, mask
 
 
+class StatementEnd:
+    """A stopping criterion: each row is done once its completion holds a complete SQL statement
+    (a closed fence or a semicolon after valid SQL), so one rambling row does not hold up its batch."""
+
+    def __init__(self, tokenizer, prompt_width: int):
+        self.tokenizer = tokenizer
+        self.prompt_width = prompt_width
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width :], skip_special_tokens=True)
+        return torch.tensor([statement_complete(t) for t in texts], device=input_ids.device)
+
+
 class Generator:
     """A loaded model ready to generate; reuse it across calls to avoid reloading weights."""
 
@@ -71,6 +89,7 @@ class Generator:
     def __call__(self, prompts: Sequence[str], config: GenerationConfig,
                  progress: Progress | None = None) -> list[list[str]]:
         import torch
+        from transformers import StoppingCriteriaList
 
         tokenizer, model = self.tokenizer, self.model
         token_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
@@ -109,6 +128,8 @@ class Generator:
                     num_return_sequences=config.num_samples,
                     pad_token_id=tokenizer.pad_token_id,
                     use_cache=True,  # training with gradient checkpointing turns it off in the config
+                    stopping_criteria=StoppingCriteriaList([StatementEnd(tokenizer, input_ids.shape[1])]
+                                                           if config.stop_at_statement_end else []),
                 )
             new_tokens = generated[:, input_ids.shape[1]:]
             texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)

@@ -17,9 +17,9 @@ from exspin.records import Example, SchemaHints
 class HintsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    filter_schema: bool = True  # keep only the top tables and columns
-    top_tables: int = Field(6, ge=1)  # k1, as in CodeS
+    top_tables: int = Field(6, ge=1)  # k1, as in CodeS: kept when the schema must be cut to fit
     top_columns: int = Field(10, ge=1)  # k2, per kept table
+    relevant_columns: int = Field(6, ge=0)  # the best-ranked columns, named after the schema; 0: none
     match_values: bool = True  # retrieve cell values the question mentions
     values_per_question: int = Field(10, ge=0)
 
@@ -48,15 +48,15 @@ class Hinter:
 
     def __call__(self, example: Example, schema: DatabaseSchema) -> SchemaHints:
         matches = self.matches(example, schema)
-        columns = None
-        if self.config.filter_schema:
-            table_scores, column_scores = self.scorer.score(example.question, schema, matches)
-            columns = select_schema_items(schema, table_scores, column_scores, self.config.top_tables,
-                                          self.config.top_columns)
+        table_scores, column_scores = self.scorer.score(example.question, schema, matches)
+        columns = select_schema_items(schema, table_scores, column_scores, self.config.top_tables,
+                                      self.config.top_columns)
+        ranked = sorted(column_scores.items(), key=lambda item: -item[1])
+        relevant = tuple(key for key, score in ranked[: self.config.relevant_columns] if score > 0)
         values: dict[tuple[str, str], tuple[str, ...]] = {}
         for m in matches:
             values[(m.table, m.column)] = (*values.get((m.table, m.column), ()), m.value)
-        return SchemaHints(columns=columns, values=values or None)
+        return SchemaHints(columns=columns, values=values or None, relevant=relevant)
 
 
 def load_hinter(split: Split, classifier: str | Path | None = None, config: HintsConfig | None = None) -> Hinter:

@@ -60,7 +60,7 @@ def _percentile(values: list[int], q: float) -> float:
 
 def evaluate_hints(split: Split, hinter: Hinter, tokenizer=None, progress: Progress | None = None) -> dict:
     """Recall of kept tables/columns, value recall, prompt tokens with and without filtering."""
-    from exspin.prompts import build_prompt, count_tokens
+    from exspin.prompts import PromptConfig, build_prompt, count_tokens
 
     start = time.perf_counter()
     schemas = read_schemas(split)
@@ -91,7 +91,8 @@ def evaluate_hints(split: Split, hinter: Hinter, tokenizer=None, progress: Progr
                 literals_found += literal.lower() in retrieved
         if tokenizer is not None:
             full_tokens.append(count_tokens(tokenizer, build_prompt(example, schema, tokenizer)))
-            filtered_tokens.append(count_tokens(tokenizer, build_prompt(example, schema, tokenizer, hints)))
+            filtered_tokens.append(count_tokens(tokenizer, build_prompt(example, schema, tokenizer, hints,
+                                                                     PromptConfig(filter_schema="always"))))
         if progress:
             progress(1)
     result = {

@@ -34,6 +34,7 @@ class Table:
     columns: tuple[Column, ...]
     primary_key: tuple[str, ...] = ()
     natural_name: str = ""
+    ddl: str = ""  # the CREATE TABLE statement as stored in sqlite_master, when the file has one
 
     def column(self, name: str) -> Column | None:
         return next((c for c in self.columns if c.name.lower() == name.lower()), None)
@@ -70,10 +71,10 @@ def _short(value: object) -> str:
 def _from_sqlite(db_path: Path, n_values: int) -> tuple[list[Table], list[ForeignKey]]:
     conn = open_readonly(db_path)
     try:
-        names = [r[0] for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY rowid")]
+        stored = conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY rowid")
         tables, foreign_keys = [], []
-        for name in names:
+        for name, ddl in stored.fetchall():
             info = conn.execute(f"PRAGMA table_info({_quote(name)})").fetchall()
             columns = []
             for _cid, column, column_type, _notnull, _default, _pk in info:
@@ -88,7 +89,7 @@ def _from_sqlite(db_path: Path, n_values: int) -> tuple[list[Table], list[Foreig
                         values = ()
                 columns.append(Column(column, (column_type or "").lower(), values=values))
             primary_key = tuple(row[1] for row in sorted((r for r in info if r[5]), key=lambda r: r[5]))
-            tables.append(Table(name, tuple(columns), primary_key))
+            tables.append(Table(name, tuple(columns), primary_key, ddl=(ddl or "").strip()))
             for fk in conn.execute(f"PRAGMA foreign_key_list({_quote(name)})"):
                 ref_table, from_column, to_column = fk[2], fk[3], fk[4]
                 foreign_keys.append(ForeignKey(name, from_column, ref_table, to_column or ""))

@@ -28,10 +28,10 @@ class TrainSettings(BaseModel):
     max_steps: int = -1  # > 0 overrides epochs
     batch_size: int = Field(4, ge=1)
     gradient_accumulation: int = Field(1, ge=1)
-    max_length: int = Field(1024, ge=16)
+    max_length: int = Field(1536, ge=16)  # >= prompt budget + max_new_tokens (checked)
     warmup_ratio: float = Field(0.0, ge=0.0, le=1.0)
     lora: LoraSettings | None = LoraSettings()  # None: full fine-tuning
-    gradient_checkpointing: bool = True
+    gradient_checkpointing: bool = False  # recomputes activations: only for models that do not fit otherwise
     bf16: bool | None = None  # None: where the hardware has it natively
     seed: int = 0
     logging_steps: int = Field(1, ge=1)
@@ -64,6 +64,25 @@ def trainer_arguments(settings: TrainSettings, output_dir: Path) -> dict:
         disable_tqdm=False,
         dataloader_num_workers=0,
     )
+
+
+def check_lengths(tokenizer, records: list[tuple[str, ...]], max_length: int, output_dir: Path) -> dict:
+    """Count the examples a trainer would truncate: prompt plus its longest completion over max_length.
+
+    records: (prompt, completion, ...) texts. Writes fit.json beside the model, so no cut is silent.
+    """
+    over = 0
+    for prompt, *completions in records:
+        length = len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) + max(
+            len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in completions) + 1  # + EOS
+        over += length > max_length
+    fit = {"records": len(records), "over_max_length": over, "max_length": max_length}
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "fit.json").write_text(json.dumps(fit) + "\n")
+    if over:
+        print(f"warning: {over} of {len(records)} training examples exceed max_length {max_length} "
+              "and will be truncated")
+    return fit
 
 
 def lora_config(settings: TrainSettings):

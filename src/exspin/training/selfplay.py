@@ -4,10 +4,16 @@ SPIN and ExSPIN share this trainer; they differ only in which pairs feedback.py 
 main player is a fresh LoRA adapter on the opponent's weights, so with the adapter switched
 off the model *is* the opponent: trl's DPOTrainer uses that as the reference p_t. With full
 fine-tuning a frozen copy of the opponent is loaded as the reference instead.
+
+The trainer is trl's DPOTrainer with trl's loss; two things are done once instead of on every
+step (settings `shared_prompt` and `precompute_reference`): each pair's prompt goes through the
+model once for both answers (training/forward.py), and the reference log-probs are computed once
+per iteration, before training.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +22,7 @@ from pydantic import Field
 from exspin.training.common import (
     StepLog,
     TrainSettings,
+    check_lengths,
     load_for_training,
     lora_config,
     save_trained,
@@ -27,25 +34,90 @@ class SelfPlaySettings(TrainSettings):
     learning_rate: float = Field(5e-6, gt=0.0)
     beta: float = Field(0.1, gt=0.0)  # lambda in the SPIN paper
     nll_weight: float = Field(1.0, ge=0.0)  # NLL on the gold SQL (RPO); 0 is plain SPIN
+    shared_prompt: bool = True  # one forward per pair: [prompt, chosen, rejected] with a sharing mask
+    precompute_reference: bool = True  # reference log-probs once per iteration, not on every step
 
 
-def train_selfplay(model_path: str, pairs: Sequence[dict], settings: SelfPlaySettings, output_dir: Path
-                   ) -> tuple[Path, list[dict]]:
-    """pairs: {"prompt", "chosen" (gold SQL), "rejected" (opponent's SQL)}. Returns (model folder, step log)."""
+def selfplay_trainer_class():
+    """trl's DPOTrainer, with each pair's prompt computed once (built lazily: trl imports torch)."""
+    import torch
+    from trl import DPOTrainer
+    from trl.trainer.utils import use_adapter
+
+    from exspin.training.forward import pack_pairs, scored_outputs
+
+    class SelfPlayTrainer(DPOTrainer):
+        """The loss and its metrics are trl's own; only the forward that feeds them is shared."""
+
+        def _packed(self, inputs):
+            packed = pack_pairs(inputs["input_ids"], inputs["completion_mask"], self._tokenizer.pad_token_id)
+            shape = (inputs["input_ids"].shape[0], inputs["input_ids"].shape[1] - 1)
+            return packed, shape
+
+        def _compute_loss(self, model, inputs, return_outputs):
+            packed, shape = self._packed(inputs)
+            if packed is None or return_outputs:  # a truncated pair: trl's own two-row path
+                return super()._compute_loss(model, inputs, return_outputs)
+            return super()._compute_loss(_PackedCall(model, packed, shape), inputs, return_outputs)
+
+        def compute_ref_log_probs(self, model, inputs):
+            packed, shape = self._packed(inputs)
+            if packed is None or self.ld_alpha is not None:
+                return super().compute_ref_log_probs(model, inputs)
+            reference = self.accelerator.unwrap_model(self.model)
+            adapter_off = (use_adapter(reference, adapter_name="ref" if "ref" in reference.peft_config else None)
+                           if self.ref_model is None and hasattr(reference, "peft_config") else contextlib.nullcontext())
+            with torch.no_grad(), adapter_off:
+                outputs = scored_outputs(model, packed, shape)
+            return outputs.log_probs.sum(dim=1).chunk(2, dim=0)
+
+    return SelfPlayTrainer
+
+
+class _PackedCall:
+    """Stands in for the model in trl's loss: the fused-head call it makes is answered from one
+    forward over the packed pairs; anything else goes to the model itself."""
+
+    def __init__(self, model, packed, shape):
+        self.model, self.packed, self.shape = model, packed, shape
+
+    def __call__(self, *args, fused_lm_head: bool = False, **kwargs):
+        if not fused_lm_head:
+            return self.model(*args, **kwargs)
+        from exspin.training.forward import scored_outputs
+
+        return scored_outputs(self.model, self.packed, self.shape)
+
+
+
+
+def build_selfplay_trainer(model_path: str, pairs: Sequence[dict], settings: SelfPlaySettings, output_dir: Path):
+    """The configured trainer (reference log-probs already computed when precomputed) and its step log."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
     model, tokenizer = load_for_training(model_path, settings)
+    check_lengths(tokenizer, [(p["prompt"], p["chosen"], p["rejected"]) for p in pairs], settings.max_length,
+                  output_dir)
     reference = None
     if settings.lora is None:
         reference, _ = load_for_training(model_path, settings)
     losses = ["sigmoid"] + (["sft"] if settings.nll_weight > 0 else [])
     weights = [1.0] + ([settings.nll_weight] if settings.nll_weight > 0 else [])
     config = DPOConfig(**trainer_arguments(settings, output_dir / "trainer"), beta=settings.beta,
-                       loss_type=losses, loss_weights=weights)
+                       loss_type=losses, loss_weights=weights,
+                       precompute_ref_log_probs=settings.precompute_reference)
     dataset = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
     log = StepLog(output_dir / "train_log.jsonl")
-    trainer = DPOTrainer(model=model, ref_model=reference, args=config, train_dataset=dataset,
-                         processing_class=tokenizer, peft_config=lora_config(settings), callbacks=[log])
+    trainer_class = selfplay_trainer_class() if settings.shared_prompt else DPOTrainer
+    trainer = trainer_class(model=model, ref_model=reference, args=config, train_dataset=dataset,
+                            processing_class=tokenizer, peft_config=lora_config(settings), callbacks=[log])
+    return trainer, tokenizer, log
+
+
+def train_selfplay(model_path: str, pairs: Sequence[dict], settings: SelfPlaySettings, output_dir: Path
+                   ) -> tuple[Path, list[dict]]:
+    """pairs: {"prompt", "chosen" (gold SQL), "rejected" (opponent's SQL)}. Returns (model folder, step log)."""
+    trainer, tokenizer, log = build_selfplay_trainer(model_path, pairs, settings, output_dir)
     trainer.train()
     return save_trained(trainer, tokenizer, output_dir), log.rows

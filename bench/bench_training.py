@@ -1,0 +1,218 @@
+"""Training throughput: today's trl path against exspin's, on the same records and pairs, in one run.
+
+    .venv/bin/python bench/bench_training.py [--records 32] [--pairs 16] [--steps 4]
+
+1. The machine's bf16 matmul peak (2048 x 2048, all threads).
+2. SFT on the same records: trl's SFTTrainer as exspin ran it before (gradient checkpointing, LM
+   head over every position) against the completion-only head without checkpointing.
+3. Self-play on the same pairs: trl's DPOTrainer as before (two rows per pair, reference forward on
+   every step, checkpointing) against one forward per pair, reference log-probs precomputed once,
+   completion-only head, no checkpointing.
+
+Each arm runs in its own process (peak RSS is per process), in bf16 on the default model, and
+reports tokens/s, pairs/s (records/s), achieved GFLOP/s and MFU against the measured peak, and
+peak memory. Wall time includes the reference precompute where there is one. The FLOPs counted
+are the useful work, the same for both paths of one stage: 2 x 358 M non-embedding parameters
+per token forward, twice that backward (activations only: LoRA's frozen base needs no weight
+gradient), plus the LM head on scored tokens (x3 with backward); self-play adds one reference
+forward per token. A path that does more work (prompts twice, every position through the
+head, recomputation) shows lower MFU.
+
+Inputs: the quickstart's prompt settings on Spider train questions; each pair's chosen side is
+the gold SQL in normal form and its rejected side the gold SQL of another question on the same
+database (a wrong answer of realistic length). Writes bench/results/training.json and training.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NON_EMBEDDING_PARAMS = 358e6  # Qwen2.5-Coder-0.5B without its embedding
+HEAD_PARAMS = 896 * 151936
+TRL_SFT = {"gradient_checkpointing": True, "completion_head_only": False}
+TRL_SELFPLAY = {"gradient_checkpointing": True, "shared_prompt": False, "precompute_reference": False}
+ARMS = {  # today's path ran in bf16 wherever oneDNN reported bf16 support; "_fp32" isolates that choice
+    "sft_trl_bf16": ("sft", {**TRL_SFT, "bf16": True}),
+    "sft_trl_fp32": ("sft", {**TRL_SFT, "bf16": False}),
+    "sft_exspin": ("sft", {"gradient_checkpointing": False, "completion_head_only": True, "bf16": False}),
+    "selfplay_trl_bf16": ("selfplay", {**TRL_SELFPLAY, "bf16": True}),
+    "selfplay_trl_fp32": ("selfplay", {**TRL_SELFPLAY, "bf16": False}),
+    "selfplay_exspin": ("selfplay", {"gradient_checkpointing": False, "shared_prompt": True,
+                                     "precompute_reference": True, "bf16": False}),
+}
+
+
+def matmul_peak(dtype: str) -> float:
+    import torch
+
+    a, b = (torch.randn(2048, 2048, dtype=getattr(torch, dtype)) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    runs = 20
+    start = time.perf_counter()
+    for _ in range(runs):
+        a @ b
+    return 2 * 2048**3 * runs / (time.perf_counter() - start) / 1e9
+
+
+def make_inputs(data: Path, n_records: int, n_pairs: int) -> tuple[list[dict], list[dict]]:
+    from exspin.config import load_config
+    from exspin.data import load_split
+    from exspin.hints.schema import SchemaBook
+    from exspin.models import DEFAULT_MODEL, load_tokenizer, resolve_model
+    from exspin.predict import build_prompts
+    from exspin.sqltext import normal_form
+
+    config = load_config(ROOT / "configs" / "quickstart.yaml")
+    split = load_split(data, "train")
+    pool = split.executable
+    examples = sorted(random.Random(0).sample(pool, max(n_records, n_pairs)), key=lambda e: e.index)
+    tokenizer = load_tokenizer(resolve_model(DEFAULT_MODEL))
+    prompts = build_prompts(examples, SchemaBook(split), tokenizer, config.prompt)
+    records = [{"prompt": p, "completion": normal_form(e.gold_sql)} for e, p in zip(examples, prompts, strict=True)]
+    by_db: dict[str, list] = {}
+    for e in pool:
+        by_db.setdefault(e.db_id, []).append(e)
+    pairs = []
+    for e, p in list(zip(examples, prompts, strict=True))[:n_pairs]:
+        other = next(o for o in by_db[e.db_id] if normal_form(o.gold_sql) != normal_form(e.gold_sql))
+        pairs.append({"prompt": p, "chosen": normal_form(e.gold_sql), "rejected": normal_form(other.gold_sql)})
+    return records[:n_records], pairs
+
+
+def run_arm(name: str, inputs_path: Path, steps: int, batch: int, out: Path) -> None:
+    """One arm in this process: train `steps` steps, then write its measurements to out."""
+    import tempfile
+
+    from exspin.models import DEFAULT_MODEL, load_tokenizer, resolve_model
+
+    kind, settings = ARMS[name]
+    inputs = json.loads(inputs_path.read_text())
+    model_path = resolve_model(DEFAULT_MODEL)
+    tokenizer = load_tokenizer(model_path)
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    common = dict(batch_size=batch, max_steps=steps, max_length=2048, learning_rate=5e-6, **settings)
+    work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    if kind == "sft":
+        from exspin.training.sft import SFTSettings, build_sft_trainer
+
+        items = inputs["records"][: steps * batch]
+        trainer, _ = build_sft_trainer(model_path, items, SFTSettings(**common), work)
+        prompt_tokens = [count(r["prompt"]) for r in items]
+        completion_tokens = [count(r["completion"]) + 1 for r in items]
+        tokens = sum(prompt_tokens) + sum(completion_tokens)
+        # forward + activation backward over all tokens; head fwd+bwd on scored tokens
+        flops = 4 * NON_EMBEDDING_PARAMS * tokens + 6 * HEAD_PARAMS * sum(completion_tokens)
+    else:
+        from trl import DPOTrainer
+
+        from exspin.training.selfplay import SelfPlaySettings, build_selfplay_trainer
+
+        items = inputs["pairs"][: steps * batch]
+        precompute = DPOTrainer._precompute_ref_logps
+        reference_seconds = []
+
+        def timed(self, *a, **k):  # the reference pass before training is part of the work
+            start = time.perf_counter()
+            result = precompute(self, *a, **k)
+            reference_seconds.append(time.perf_counter() - start)
+            return result
+
+        DPOTrainer._precompute_ref_logps = timed
+        trainer, _, _ = build_selfplay_trainer(model_path, items, SelfPlaySettings(**common), work)
+        prompt_tokens = [count(p["prompt"]) for p in items]
+        completion_tokens = [count(p["chosen"]) + count(p["rejected"]) + 2 for p in items]
+        tokens = sum(prompt_tokens) + sum(completion_tokens)
+        flops = 6 * NON_EMBEDDING_PARAMS * tokens + 8 * HEAD_PARAMS * sum(completion_tokens)
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    if kind == "selfplay":
+        seconds += sum(reference_seconds)
+    peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    out.write_text(json.dumps({"arm": name, "kind": kind, "items": len(items), "steps": steps, "batch": batch,
+                               "seconds": seconds, "tokens": tokens, "flops": flops,
+                               "mean_prompt_tokens": sum(prompt_tokens) / len(items),
+                               "mean_completion_tokens": sum(completion_tokens) / len(items),
+                               "peak_rss_gib": peak_rss_gib}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "spider")
+    parser.add_argument("--records", type=int, default=32)
+    parser.add_argument("--pairs", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--bf16-steps", type=int, default=1, help="steps for the (slow) bf16 arms")
+    parser.add_argument("--one", choices=list(ARMS), help=argparse.SUPPRESS)  # internal: run one arm here
+    parser.add_argument("--inputs", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        run_arm(args.one, args.inputs, args.steps, args.batch, args.out)
+        return
+
+    results_dir = ROOT / "bench" / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    work = ROOT / "runs" / "bench-training"
+    work.mkdir(parents=True, exist_ok=True)
+    records, pairs = make_inputs(args.data, args.records, args.pairs)
+    inputs_path = work / "inputs.json"
+    inputs_path.write_text(json.dumps({"records": records, "pairs": pairs}))
+    peaks = {dtype: matmul_peak(dtype) for dtype in ("bfloat16", "float32")}
+    print(f"matmul peak: bf16 {peaks['bfloat16']:.0f} GFLOP/s, fp32 {peaks['float32']:.0f} GFLOP/s", flush=True)
+    report: dict = {"peak_gflops": peaks, "arms": {}}
+    for name in args.arms:
+        kind, settings = ARMS[name]
+        steps = (args.records if kind == "sft" else args.pairs) // args.batch
+        if settings["bf16"]:
+            steps = min(steps, args.bf16_steps)  # emulated bf16 is slow here: fewer steps, same per-item rate
+        out = work / f"{name}.json"
+        command = [sys.executable, __file__, "--one", name, "--inputs", str(inputs_path), "--steps", str(steps),
+                   "--batch", str(args.batch), "--out", str(out)]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        arm = json.loads(out.read_text())
+        arm["tokens_per_s"] = arm["tokens"] / arm["seconds"]
+        arm["items_per_s"] = arm["items"] / arm["seconds"]
+        arm["gflops"] = arm["flops"] / arm["seconds"] / 1e9
+        arm["dtype"] = "bfloat16" if settings["bf16"] else "float32"
+        arm["mfu"] = arm["gflops"] / peaks[arm["dtype"]]
+        report["arms"][name] = arm
+        print(f"{name}: {arm['items_per_s']:.3f} {'records' if kind == 'sft' else 'pairs'}/s, "
+              f"{arm['tokens_per_s']:.0f} tokens/s, {arm['gflops']:.0f} GFLOP/s, MFU {arm['mfu']:.0%}, "
+              f"peak RSS {arm['peak_rss_gib']:.1f} GiB", flush=True)
+    arms = report["arms"]
+    lines = [f"# Training throughput (default model, 2 cores; matmul peak bf16 {peaks['bfloat16']:.0f}, "
+             f"fp32 {peaks['float32']:.0f} GFLOP/s)", "",
+             "| arm | dtype | items | items/s | tokens/s | GFLOP/s | MFU (own dtype's peak) | peak RSS GiB | seconds |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, a in arms.items():
+        lines.append(f"| {name} | {a['dtype']} | {a['items']} | {a['items_per_s']:.3f} | {a['tokens_per_s']:.0f} | "
+                     f"{a['gflops']:.0f} | {a['mfu']:.0%} | {a['peak_rss_gib']:.1f} | {a['seconds']:.0f} |")
+    lines.append("")
+    for kind in ("sft", "selfplay"):
+        for baseline in (f"{kind}_trl_bf16", f"{kind}_trl_fp32"):
+            if baseline in arms and f"{kind}_exspin" in arms:
+                ratio = arms[f"{kind}_exspin"]["items_per_s"] / arms[baseline]["items_per_s"]
+                report[f"{kind}_exspin_vs_{baseline}"] = ratio
+                lines.append(f"- {kind}: exspin's path is {ratio:.2f}x {baseline} (same inputs, one run)")
+    (results_dir / "training.json").write_text(json.dumps(report, indent=1) + "\n")
+    (results_dir / "training.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
