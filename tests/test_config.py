@@ -42,6 +42,6 @@ def test_inconsistent_settings_are_one_line_errors(tmp_path):
     assert load_config(path, ["selfplay.samples_per_question=4"]).selfplay.samples_per_question == 4
     assert load_config(path, ["selfplay.iterations=0"]).selfplay.method == "dpo"  # no self-play: nothing to pair
     path.write_text("prompt:\n  max_prompt_tokens: 2000\n")
-    with pytest.raises(UserError, match=r"2256 exceeds sft.train.max_length = 1536"):
+    with pytest.raises(UserError, match=r"2257 exceeds sft.train.max_length = 1536"):
         load_config(path)
-    assert load_config(path, ["sft.train.max_length=2256", "selfplay.train.max_length=2256"])
+    assert load_config(path, ["sft.train.max_length=2257", "selfplay.train.max_length=2257"])

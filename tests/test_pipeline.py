@@ -111,3 +111,24 @@ def test_resume_accepts_a_run_saved_before_a_setting_existed(tmp_path):
     del saved["generation"]["reuse_prefix"], saved["control"]["rollback"]  # added later, with defaults
     (run_dir / "config.json").write_text(json.dumps(saved))
     Run(RunConfig(run_dir=run_dir), resume=True).runner.close()
+
+
+def test_a_model_scored_before_is_not_generated_for_again(tmp_path):
+    from types import SimpleNamespace
+
+    from exspin.pipeline import _evaluate_model
+
+    run = SimpleNamespace(dir=tmp_path)
+    earlier = tmp_path / "03_sft"
+    for which in ("validation", "eval"):
+        (earlier / f"eval_{which}").mkdir(parents=True)
+        (earlier / f"eval_{which}" / "results.json").write_text("{}")
+    (earlier / "done.json").write_text(json.dumps({"model": "/m/sft", "validation_ex": 50.0, "eval_ex": 40.0,
+                                                   "mean_completion_chars": 80.0, "tokens_per_s": 9.0}))
+    folder = tmp_path / "04_iter1"
+    folder.mkdir()
+    # No model is loaded: the opponent handed on unchanged was scored by 03_sft.
+    scores = _evaluate_model(run, "/m/sft", folder)
+    assert scores == {"validation_ex": 50.0, "eval_ex": 40.0, "mean_completion_chars": 80.0, "tokens_per_s": 9.0,
+                      "scored_in": "03_sft"}
+    assert (folder / "eval_eval" / "results.json").is_file()

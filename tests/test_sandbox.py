@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import resource
 import shutil
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from exspin.execution import sandbox
-from exspin.execution.pool import SqlRunner
 from tests.conftest import SHOP_SQL, SPIDER_DIR, make_db
 
 HOSTILE = [json.loads(line) for line in (Path(__file__).parent / "data" / "hostile_sql.jsonl").open()]
@@ -55,18 +55,31 @@ def test_hostile_queries_leave_database_untouched_and_return_in_time(writable_fl
     assert sorted(p.name for p in writable_flight_db.parent.iterdir()) == ["flight_4.sqlite"]
 
 
+_POOL_RUN = """
+import json, resource, sys, time
+from exspin.execution.pool import SqlRunner
+queries, timeout_s = json.loads(sys.argv[1]), float(sys.argv[2])
+with SqlRunner(workers=2, timeout_s=timeout_s, max_rows=100_000) as runner:
+    start = time.monotonic()
+    results = runner.execute_many([tuple(q) for q in queries])
+    elapsed = time.monotonic() - start
+print(json.dumps({"n": len(results), "elapsed": elapsed,
+                  "peak_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
+"""
+
+
 def test_hostile_queries_in_worker_pool_keep_memory_bounded(writable_flight_db, tmp_path):
     queries = [(str(writable_flight_db), c["sql"].format(attach=tmp_path / "x.db")) for c in HOSTILE]
     queries = queries * 2  # enough work for the pool to start
-    with SqlRunner(workers=2, timeout_s=TIMEOUT_S, max_rows=100_000) as runner:
-        start = time.monotonic()
-        results = runner.execute_many(queries)
-        elapsed = time.monotonic() - start
-    assert len(results) == len(queries)
+    # In a fresh process: RUSAGE_CHILDREN would otherwise count every child this test process ever
+    # had (other tests start model-loading subprocesses), not just the pool's workers.
+    done = subprocess.run([sys.executable, "-c", _POOL_RUN, json.dumps(queries), str(TIMEOUT_S)],
+                          capture_output=True, text=True, timeout=600, check=True)
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    assert measured["n"] == len(queries)
     # Two workers, each call bounded by the timeout: the whole batch is bounded too.
-    assert elapsed <= len(queries) * (TIMEOUT_S + 1.0) / 2 + 5
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    assert peak_kib < 2 * 1024 * 1024, f"a worker peaked at {peak_kib / 1024:.0f} MiB"
+    assert measured["elapsed"] <= len(queries) * (TIMEOUT_S + 1.0) / 2 + 5
+    assert measured["peak_kib"] < 2 * 1024 * 1024, f"a worker peaked at {measured['peak_kib'] / 1024:.0f} MiB"
     assert not (tmp_path / "x.db").exists()
 
 

@@ -182,7 +182,8 @@ def test_two_process_training_through_torchrun(tiny_model_dir, tmp_path):
              "completion": "SELECT count(*) FROM singer"} for i in range(8)]
     records.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = tmp_path / "run.yaml"
-    config.write_text("sft:\n  train: {max_steps: 2, batch_size: 2, bf16: false, gradient_checkpointing: false,"
+    config.write_text("sft:\n  train: {max_steps: 2, batch_size: 2, gradient_accumulation: 1, bf16: false,"
+                      " gradient_checkpointing: false,"
                       " lora: {r: 4, alpha: 8, target_modules: [q_proj, v_proj]}}\n")
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "exspin.cli", "train",
@@ -194,6 +195,23 @@ def test_two_process_training_through_torchrun(tiny_model_dir, tmp_path):
     # 2 processes x batch 2 x 2 steps = all 8 records: one epoch. One process would reach 0.5.
     assert log[-1]["epoch"] == pytest.approx(1.0)
     assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
+
+
+def _one_step(trainer, n: int, metric: tuple[str, ...]):
+    """One loss and backward on the first n examples, from LoRA weights that are random but the same
+    in every trainer (so the policy differs from its reference): (loss, metrics, gradients, batch)."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in trainer.model.named_parameters():
+            if "lora_" in name:
+                parameter.normal_(0, 0.3)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(n)])
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, batch)
+    loss.backward()
+    metrics = {k: v[-1] for k, v in trainer._metrics["train"].items() if k.startswith(metric)}
+    grads = {name: p.grad.clone() for name, p in trainer.model.named_parameters() if p.grad is not None}
+    return loss.detach(), metrics, grads, batch
 
 
 def test_shared_prompt_forward_equals_trls_two_rows(tiny_model_dir, tmp_path, monkeypatch):
@@ -218,18 +236,8 @@ def test_shared_prompt_forward_equals_trls_two_rows(tiny_model_dir, tmp_path, mo
         settings = SelfPlaySettings(shared_prompt=shared, bf16=False, batch_size=3, max_length=256, beta=0.3,
                                     lora=LoraSettings(r=4, alpha=8, dropout=0.0), gradient_checkpointing=False)
         trainer, _, _ = build_selfplay_trainer(str(tiny_model_dir), pairs, settings, tmp_path / str(shared))
-        torch.manual_seed(0)
-        with torch.no_grad():  # the same policy, different from its reference, in both trainers
-            for name, parameter in trainer.model.named_parameters():
-                if "lora_" in name:
-                    parameter.normal_(0, 0.3)
-        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(pairs))])
-        trainer.model.train()
-        loss = trainer.compute_loss(trainer.model, batch)
-        loss.backward()
-        metrics = {k: v[-1] for k, v in trainer._metrics["train"].items() if k.startswith(("logps", "rewards"))}
-        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
-        results[shared] = (loss.detach(), metrics, grads, batch["ref_chosen_logps"], batch["ref_rejected_logps"])
+        loss, metrics, grads, batch = _one_step(trainer, len(pairs), ("logps", "rewards"))
+        results[shared] = (loss, metrics, grads, batch["ref_chosen_logps"], batch["ref_rejected_logps"])
     (stock_loss, stock_metrics, stock_grads, *stock_ref), (loss, metrics, grads, *ref) = results[False], results[True]
     assert len(packed_calls) == 2  # the shared path ran: reference log-probs once, then the loss
     assert abs(stock_metrics["rewards/margins"]) > 1e-3  # the pairs are not trivially tied
@@ -280,18 +288,7 @@ def test_completion_head_sft_equals_trls_path(tiny_model_dir, tmp_path, monkeypa
         settings = SFTSettings(completion_head_only=fast, bf16=False, batch_size=2, max_length=256,
                                lora=LoraSettings(r=4, alpha=8, dropout=0.0), gradient_checkpointing=False)
         trainer, _ = build_sft_trainer(str(tiny_model_dir), records, settings, tmp_path / str(fast))
-        torch.manual_seed(0)
-        with torch.no_grad():
-            for name, parameter in trainer.model.named_parameters():
-                if "lora_" in name:
-                    parameter.normal_(0, 0.3)
-        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(records))])
-        trainer.model.train()
-        loss = trainer.compute_loss(trainer.model, batch)
-        loss.backward()
-        metrics = {k: v[-1] for k, v in trainer._metrics["train"].items() if k in ("entropy", "mean_token_accuracy")}
-        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
-        results[fast] = (loss.detach(), metrics, grads)
+        results[fast] = _one_step(trainer, len(records), ("entropy", "mean_token_accuracy"))[:3]
     (stock_loss, stock_metrics, stock_grads), (loss, metrics, grads) = results[False], results[True]
     assert calls == [1]  # the completion-only head ran, once
     assert torch.allclose(loss, stock_loss, atol=1e-5)

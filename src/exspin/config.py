@@ -97,12 +97,12 @@ class RunConfig(_Section):
         if self.selfplay.method == "dpo" and self.selfplay.iterations and self.selfplay.samples_per_question < 2:
             raise ValueError("selfplay.method dpo pairs a correct sample with a wrong one: it needs "
                              "selfplay.samples_per_question >= 2")
-        need = self.prompt.max_prompt_tokens + self.generation.max_new_tokens
+        need = self.prompt.max_prompt_tokens + self.generation.max_new_tokens + 1  # + EOS
         stages = [("sft", self.sft.train.max_length, self.sft.enabled),
                   ("selfplay", self.selfplay.train.max_length, self.selfplay.iterations > 0)]
         for name, max_length, used in stages:
             if used and need > max_length:
-                raise ValueError(f"prompt.max_prompt_tokens + generation.max_new_tokens = {need} exceeds "
+                raise ValueError(f"prompt.max_prompt_tokens + generation.max_new_tokens + 1 (EOS) = {need} exceeds "
                                  f"{name}.train.max_length = {max_length}: the trainer would truncate "
                                  "what the model saw and wrote")
         return self

@@ -151,8 +151,26 @@ def _prompts_stage(run: Run, folder: Path) -> dict:
     return summary
 
 
+def _earlier_evaluation(run: Run, model_path: str) -> Path | None:
+    """A finished stage of this run that already scored this very model (e.g. an iteration that made
+    no pairs hands its opponent on unchanged): its folder, so the model is not generated for twice."""
+    for done in sorted(run.dir.glob("*/done.json")):
+        summary = json.loads(done.read_text())
+        if summary.get("model") == model_path and "validation_ex" in summary:
+            return done.parent
+    return None
+
+
 def _evaluate_model(run: Run, model_path: str, folder: Path) -> dict:
     from exspin.models import load_model
+
+    earlier = _earlier_evaluation(run, model_path)
+    if earlier is not None:
+        for which in ("validation", "eval"):
+            shutil.copytree(earlier / f"eval_{which}", folder / f"eval_{which}")
+        summary = json.loads((earlier / "done.json").read_text())
+        keys = ("validation_ex", "eval_ex", "mean_completion_chars", "tokens_per_s")
+        return {**{k: summary[k] for k in keys}, "scored_in": earlier.name}
 
     generator = Generator(*load_model(model_path))
     scores = {}

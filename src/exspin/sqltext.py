@@ -93,6 +93,7 @@ def sqlglot_form(text: str) -> str | None:
     """sqlglot's SQLite rendering of one statement, or None when it does not parse as one, or when
     the rendering would respell a literal or a quoted identifier."""
     import sqlglot
+    from sqlglot import exp
     from sqlglot.errors import SqlglotError
 
     if not text:
@@ -100,6 +101,12 @@ def sqlglot_form(text: str) -> str | None:
     try:
         trees = sqlglot.parse(text, read="sqlite")
         if len(trees) != 1 or trees[0] is None:
+            return None
+        # sqlglot respells these casts (CAST(x AS DATE) -> DATE(x), AS BOOLEAN -> AS INTEGER), and in
+        # SQLite the respelling returns other values: keep such queries as written.
+        lossy = (exp.DataType.Type.DATE, exp.DataType.Type.DATETIME, exp.DataType.Type.TIME,
+                 exp.DataType.Type.TIMESTAMP, exp.DataType.Type.TIMESTAMPTZ, exp.DataType.Type.BOOLEAN)
+        if any(cast.to.this in lossy for cast in trees[0].find_all(exp.Cast)):
             return None
         rendered = trees[0].sql(dialect="sqlite", comments=False)
     except (SqlglotError, RecursionError, ValueError):

@@ -21,12 +21,28 @@ _CONTINUES_SELECT = re.compile(r"^\s*(\*|DISTINCT\b|COUNT\s*\(|[\w\".`\[\]]+\s*(
 
 
 def _starts(text: str, likely_only: bool = False) -> list[int]:
-    """Where a statement may start: keywords at a line's start or in upper case first, then the rest."""
-    def likely(match: re.Match) -> bool:
-        return not text[: match.start()].rsplit("\n", 1)[-1].strip() or match.group(1).isupper()
+    """Where a statement may start: upper-case keywords first ("Select all users." is prose), then
+    keywords at a line's start, then the rest; each group in order."""
+    def rank(match: re.Match) -> int:
+        if match.group(1).isupper():
+            return 0
+        return 1 if not text[: match.start()].rsplit("\n", 1)[-1].strip() else 2
 
-    matches = sorted(_START.finditer(text), key=lambda m: (not likely(m), m.start()))
-    return [m.start() for m in matches if likely(m) or not likely_only]
+    matches = sorted(_START.finditer(text), key=lambda m: (rank(m), m.start()))
+    return [m.start() for m in matches if rank(m) < 2 or not likely_only]
+
+
+_SQL_WORDS = frozenset(["select", "from", "where", "join", "left", "right", "inner", "outer", "full", "cross", "natural", "on", "using", "and", "or", "not", "group", "order", "having", "limit", "offset", "union", "intersect", "except", "as", "case", "when", "then", "else", "end", "in", "like", "between", "is", "null", "distinct", "all", "with", "values", "exists", "asc", "desc", "by", "collate", "glob", "escape"])
+
+
+def _droppable(line: str) -> bool:
+    """Whether a line after the SQL reads as prose to drop (never a SQL keyword that continues it):
+    a blank line, a code fence, or a capitalised word such as "This", "Explanation:", "Note"."""
+    words = line.split()
+    if not words or line.lstrip().startswith("```"):
+        return True
+    first = re.match(r"[A-Za-z]+", words[0])
+    return bool(first) and words[0][0].isupper() and first.group(0).lower() not in _SQL_WORDS
 
 
 def _valid_statement_at(text: str, start: int) -> str | None:
@@ -36,7 +52,8 @@ def _valid_statement_at(text: str, start: int) -> str | None:
     lines = statement.split("\n")
     for end in range(len(lines), 0, -1):
         candidate = "\n".join(lines[:end])
-        if is_valid_syntax(candidate):
+        # A broken or cut-off tail is never dropped to make the rest valid: only prose is.
+        if (end == len(lines) or _droppable(lines[end])) and is_valid_syntax(candidate):
             return candidate
     sentence_ends = [m.start() for m in re.finditer(r"\.(\s|$)", statement)]
     for end in reversed(sentence_ends):
@@ -89,5 +106,8 @@ def statement_complete(completion: str) -> bool:
         return _find_statement(_FENCE.findall(text)[0]) is not None
     if "```" in text:
         return False  # inside a fence: wait for it to close
-    before = first_statement(text)
-    return len(before) < len(text) and _find_statement(before) is not None
+    for start in _starts(text):  # from the SQL on: an apostrophe in prose before it opens no literal
+        statement = first_statement(text[start:])
+        if len(statement) < len(text) - start and _valid_statement_at(statement, 0) is not None:
+            return True
+    return False

@@ -26,8 +26,10 @@ class TrainSettings(BaseModel):
     learning_rate: float = Field(1e-4, gt=0.0)
     epochs: float = Field(1.0, gt=0.0)
     max_steps: int = -1  # > 0 overrides epochs
-    batch_size: int = Field(4, ge=1)
-    gradient_accumulation: int = Field(1, ge=1)
+    # 4 examples per optimizer step, one at a time: without checkpointing, the activations of 4
+    # long schema prompts in float32 outgrow a 24 GiB machine (bench/bench_training.py).
+    batch_size: int = Field(1, ge=1)
+    gradient_accumulation: int = Field(4, ge=1)
     max_length: int = Field(1536, ge=16)  # >= prompt budget + max_new_tokens (checked)
     warmup_ratio: float = Field(0.0, ge=0.0, le=1.0)
     lora: LoraSettings | None = LoraSettings()  # None: full fine-tuning

@@ -14,6 +14,7 @@ per iteration, before training.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,6 +43,7 @@ def selfplay_trainer_class():
     """trl's DPOTrainer, with each pair's prompt computed once (built lazily: trl imports torch)."""
     import torch
     from trl import DPOTrainer
+    from trl.models.utils import disable_gradient_checkpointing
     from trl.trainer.utils import use_adapter
 
     from exspin.training.forward import pack_pairs, scored_outputs
@@ -49,25 +51,32 @@ def selfplay_trainer_class():
     class SelfPlayTrainer(DPOTrainer):
         """The loss and its metrics are trl's own; only the forward that feeds them is shared."""
 
-        def _packed(self, inputs):
+        def _packed(self, model, inputs):
+            """The batch packed one pair a row, or None where trl's own path must run: a pair cut by
+            truncation, attention that cannot take a 4-D boolean mask (only SDPA is used here), or
+            trl features that need outputs this path does not make (MoE aux loss, WPO weights, LD)."""
+            attention = getattr(self.accelerator.unwrap_model(model).config, "_attn_implementation", None)
+            if attention != "sdpa" or self.aux_loss_enabled or self.use_weighting or self.ld_alpha is not None:
+                return None, None
             packed = pack_pairs(inputs["input_ids"], inputs["completion_mask"], self._tokenizer.pad_token_id)
-            shape = (inputs["input_ids"].shape[0], inputs["input_ids"].shape[1] - 1)
-            return packed, shape
+            return packed, (inputs["input_ids"].shape[0], inputs["input_ids"].shape[1] - 1)
 
         def _compute_loss(self, model, inputs, return_outputs):
-            packed, shape = self._packed(inputs)
-            if packed is None or return_outputs:  # a truncated pair: trl's own two-row path
+            packed, shape = self._packed(model, inputs)
+            if packed is None or return_outputs:
                 return super()._compute_loss(model, inputs, return_outputs)
             return super()._compute_loss(_PackedCall(model, packed, shape), inputs, return_outputs)
 
         def compute_ref_log_probs(self, model, inputs):
-            packed, shape = self._packed(inputs)
-            if packed is None or self.ld_alpha is not None:
+            packed, shape = self._packed(model, inputs)
+            if packed is None:
                 return super().compute_ref_log_probs(model, inputs)
             reference = self.accelerator.unwrap_model(self.model)
             adapter_off = (use_adapter(reference, adapter_name="ref" if "ref" in reference.peft_config else None)
                            if self.ref_model is None and hasattr(reference, "peft_config") else contextlib.nullcontext())
-            with torch.no_grad(), adapter_off:
+            # As trl's own reference pass: no gradients, no checkpointing, the trainer's autocast.
+            with (torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
+                  adapter_off, self.accelerator.autocast()):
                 outputs = scored_outputs(model, packed, shape)
             return outputs.log_probs.sum(dim=1).chunk(2, dim=0)
 
@@ -104,9 +113,12 @@ def build_selfplay_trainer(model_path: str, pairs: Sequence[dict], settings: Sel
         reference, _ = load_for_training(model_path, settings)
     losses = ["sigmoid"] + (["sft"] if settings.nll_weight > 0 else [])
     weights = [1.0] + ([settings.nll_weight] if settings.nll_weight > 0 else [])
+    # trl caches precomputed reference log-probs in a file named after the dataset's cache files; an
+    # in-memory dataset has none, so each process would name another file: precompute in one process only.
+    single_process = int(os.environ.get("WORLD_SIZE", "1")) == 1
     config = DPOConfig(**trainer_arguments(settings, output_dir / "trainer"), beta=settings.beta,
                        loss_type=losses, loss_weights=weights,
-                       precompute_ref_log_probs=settings.precompute_reference)
+                       precompute_ref_log_probs=settings.precompute_reference and single_process)
     dataset = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
     log = StepLog(output_dir / "train_log.jsonl")
     trainer_class = selfplay_trainer_class() if settings.shared_prompt else DPOTrainer

@@ -40,8 +40,11 @@ class _CompletionHead:
     def __init__(self, model):
         self.model = model
 
+    KNOWN = frozenset({"input_ids", "attention_mask", "labels", "use_cache", "position_ids"})
+
     def __call__(self, *args, fused_lm_head: bool = False, **kwargs):
-        if not fused_lm_head or "labels" not in kwargs or kwargs.get("output_router_logits"):
+        # Padding-free batches, sequence parallelism, MoE and the like: trl's own fused head.
+        if not fused_lm_head or args or "labels" not in kwargs or not set(kwargs) <= self.KNOWN:
             return self.model(*args, fused_lm_head=fused_lm_head, **kwargs)
         from exspin.training.forward import completion_outputs
 
