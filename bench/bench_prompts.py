@@ -124,6 +124,8 @@ def main() -> None:
         seconds = f"{arm['seconds']:.0f}" if arm.get("seconds") else ""
         lines.append(f"| {name} | {'on' if arm['hints'] else 'off'} | {arm['ex']:.1f} | {change} | "
                      f"{arm['mean_prompt_tokens']} | {seconds} |")
+    lines += ["", "seconds: wall time of each arm's generation, float32 on 2 cores; arms may have shared the CPU "
+              "with other jobs, so the column is not a speed measurement."]
     results_path.write_text(json.dumps(results, indent=1) + "\n")
     results_path.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -37,8 +37,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 NON_EMBEDDING_PARAMS = 358e6  # Qwen2.5-Coder-0.5B without its embedding
 HEAD_PARAMS = 896 * 151936
-TRL_SFT = {"gradient_checkpointing": True, "completion_head_only": False}
-TRL_SELFPLAY = {"gradient_checkpointing": True, "shared_prompt": False, "precompute_reference": False}
+# Today's path: 4 examples per step in one micro-batch, checkpointing on (the settings exspin ran with).
+TRL_SFT = {"gradient_checkpointing": True, "completion_head_only": False, "batch_size": 4, "gradient_accumulation": 1}
+TRL_SELFPLAY = {"gradient_checkpointing": True, "shared_prompt": False, "precompute_reference": False,
+                "batch_size": 4, "gradient_accumulation": 1}
 ARMS = {  # today's path ran in bf16 wherever oneDNN reported bf16 support; "_fp32" isolates that choice
     "sft_trl_bf16": ("sft", {**TRL_SFT, "bf16": True}),
     "sft_trl_fp32": ("sft", {**TRL_SFT, "bf16": False}),

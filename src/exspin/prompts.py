@@ -37,8 +37,10 @@ _NUMBER = re.compile(r"-?\d+(\.\d+)?")
 class PromptConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # Defaults follow bench/bench_prompts.py (zero-shot, first 200 dev questions): the database's own
+    # DDL, sample values on, the chat template's own system prompt, the answer instruction on.
     layout: Literal["sqlite_master", "rendered"] = "sqlite_master"
-    sample_values: bool = False  # a few distinct values of each column
+    sample_values: bool = True  # a few distinct values of each column
     quote_numbers: bool = False  # numeric sample values written as quoted strings
     natural_names: bool = False  # Spider's natural-language column names, where they differ
     descriptions: bool = True  # BIRD's column and value descriptions

@@ -102,17 +102,21 @@ def sqlglot_form(text: str) -> str | None:
         trees = sqlglot.parse(text, read="sqlite")
         if len(trees) != 1 or trees[0] is None:
             return None
-        # sqlglot respells these casts (CAST(x AS DATE) -> DATE(x), AS BOOLEAN -> AS INTEGER), and in
-        # SQLite the respelling returns other values: keep such queries as written.
-        lossy = (exp.DataType.Type.DATE, exp.DataType.Type.DATETIME, exp.DataType.Type.TIME,
-                 exp.DataType.Type.TIMESTAMP, exp.DataType.Type.TIMESTAMPTZ, exp.DataType.Type.BOOLEAN)
-        if any(cast.to.this in lossy for cast in trees[0].find_all(exp.Cast)):
-            return None
+        # sqlglot respells casts to types SQLite does not have (CAST(x AS DATE) -> DATE(x), AS BOOLEAN
+        # -> AS INTEGER, AS DECIMAL -> AS REAL), and the respelling returns other values: only casts
+        # that render with the type name they were written with are kept.
+        for cast in trees[0].find_all(exp.Cast):
+            if not isinstance(cast.to, exp.DataType) or cast.to.this.name not in _SAME_AFFINITY_CASTS:
+                return None
         rendered = trees[0].sql(dialect="sqlite", comments=False)
     except (SqlglotError, RecursionError, ValueError):
         return None
     return rendered if quoted_runs(rendered) == quoted_runs(text) else None
 
+
+# Cast types (sqlglot's names) that sqlglot renders for SQLite with the same type affinity.
+_SAME_AFFINITY_CASTS = frozenset({"INT", "BIGINT", "SMALLINT", "TINYINT", "MEDIUMINT", "FLOAT", "DOUBLE",
+                                  "TEXT", "VARCHAR", "CHAR", "NCHAR", "NVARCHAR"})
 
 _SYNTAX_ERRORS = ("syntax error", "incomplete input", "unrecognized token", "only execute one statement")
 _local = threading.local()

@@ -21,12 +21,15 @@ _CONTINUES_SELECT = re.compile(r"^\s*(\*|DISTINCT\b|COUNT\s*\(|[\w\".`\[\]]+\s*(
 
 
 def _starts(text: str, likely_only: bool = False) -> list[int]:
-    """Where a statement may start: upper-case keywords first ("Select all users." is prose), then
-    keywords at a line's start, then the rest; each group in order."""
+    """Where a statement may start, most likely first, each group in order: SELECT/WITH in upper case,
+    or in lower case at a line's start; then title case at a line's start ("Select all users." is
+    usually prose); then anywhere else."""
     def rank(match: re.Match) -> int:
-        if match.group(1).isupper():
+        word = match.group(1)
+        line_start = not text[: match.start()].rsplit("\n", 1)[-1].strip()
+        if word.isupper() or (word.islower() and line_start):
             return 0
-        return 1 if not text[: match.start()].rsplit("\n", 1)[-1].strip() else 2
+        return 1 if line_start else 2
 
     matches = sorted(_START.finditer(text), key=lambda m: (rank(m), m.start()))
     return [m.start() for m in matches if rank(m) < 2 or not likely_only]
@@ -36,13 +39,20 @@ _SQL_WORDS = frozenset(["select", "from", "where", "join", "left", "right", "inn
 
 
 def _droppable(line: str) -> bool:
-    """Whether a line after the SQL reads as prose to drop (never a SQL keyword that continues it):
-    a blank line, a code fence, or a capitalised word such as "This", "Explanation:", "Note"."""
+    """Whether a line after the SQL reads as prose to drop: anything but a line that continues SQL,
+    i.e. one starting with a SQL keyword in upper or lower case, or a comment. A broken SQL tail is
+    therefore kept, and judged as the syntax error it is."""
     words = line.split()
-    if not words or line.lstrip().startswith("```"):
+    if not words:
         return True
-    first = re.match(r"[A-Za-z]+", words[0])
-    return bool(first) and words[0][0].isupper() and first.group(0).lower() not in _SQL_WORDS
+    first = words[0]
+    if first.startswith(("--", "/*")):
+        return False
+    word = re.match(r"[A-Za-z]*", first).group(0)
+    if not word:  # "(SELECT ...", "= 5", "*": SQL; markdown ("**Note**", "# ", "- ", "1.") is prose
+        return bool(re.match(r"(\*\*|#|>|-\s|\d+\.)", line.lstrip()))
+    continues_sql = word.lower() in _SQL_WORDS and (word.isupper() or word.islower())
+    return not continues_sql
 
 
 def _valid_statement_at(text: str, start: int) -> str | None:
