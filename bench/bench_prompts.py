@@ -102,7 +102,7 @@ def main() -> None:
             results["arms"][name] = {
                 "settings": settings, "hints": with_hints, "ex": 100.0 * sum(e["ex"] for e in verdicts) / len(verdicts),
                 "n": len(verdicts), "seconds": seconds, "mean_prompt_tokens": round(tokens / len(prompts)),
-                "verdicts": {e["index"]: e["ex"] for e in verdicts}}
+                "verdicts": {str(e["index"]): e["ex"] for e in verdicts}}
             print(f"{name}: EX {results['arms'][name]['ex']:.1f}% on {len(verdicts)}", flush=True)
             results_path.write_text(json.dumps(results, indent=1) + "\n")
 
