@@ -142,6 +142,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         return RunConfig.model_validate(tree)
     except ValidationError as error:
         first = error.errors()[0]
-        where = "".join(f"{p}: " for p in [".".join(str(p) for p in first["loc"])] if p)
+        loc = ".".join(str(p) for p in first["loc"])
+        where = f"{loc}: " if loc else ""  # model-level checks have no location
         raise UserError(f"invalid config {path}: {where}{first['msg'].removeprefix('Value error, ')}"
                         + (f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else "")) from None

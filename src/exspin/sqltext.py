@@ -103,8 +103,8 @@ def sqlglot_form(text: str) -> str | None:
         if len(trees) != 1 or trees[0] is None:
             return None
         # sqlglot respells casts to types SQLite does not have (CAST(x AS DATE) -> DATE(x), AS BOOLEAN
-        # -> AS INTEGER, AS DECIMAL -> AS REAL), and the respelling returns other values: only casts
-        # that render with the type name they were written with are kept.
+        # -> AS INTEGER, AS DECIMAL -> AS REAL), and the respelling returns other values: a query is
+        # rendered only if every cast's type keeps its SQLite affinity.
         for cast in trees[0].find_all(exp.Cast):
             if not isinstance(cast.to, exp.DataType) or cast.to.this.name not in _SAME_AFFINITY_CASTS:
                 return None

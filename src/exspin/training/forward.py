@@ -63,15 +63,8 @@ def pack_pairs(input_ids: torch.Tensor, completion_mask: torch.Tensor, pad_id: i
         # Position t is scored on the next token of its own branch; the last token of a branch on none.
         targets.append([-100] * (p - 1) + chosen + [-100] + rejected + [-100])
         # trl's shifted layout: column t holds the score of token t + 1 of its row.
-        chosen_start, rejected_start = p - 1, p + len(chosen)
-        for k in range(len(chosen)):
-            target_rows.append(i)
-            target_columns.append(p - 1 + k)
-            assert targets[-1][chosen_start + k] == chosen[k]
-        for k in range(len(rejected)):
-            target_rows.append(pairs + i)
-            target_columns.append(p - 1 + k)
-            assert targets[-1][rejected_start + k] == rejected[k]
+        target_rows += [i] * len(chosen) + [pairs + i] * len(rejected)
+        target_columns += [*range(p - 1, p - 1 + len(chosen)), *range(p - 1, p - 1 + len(rejected))]
     width = max(len(r) for r in rows)
     device = input_ids.device
     ids = torch.full((pairs, width), pad_id, dtype=torch.long)
