@@ -1,36 +1,32 @@
-"""Greedy generation: today's path against exspin's, on the same dev prompts, in one run.
+"""Greedy generation: the code before a change (a git ref, run from a worktree) against today's, in one run.
 
-    .venv/bin/python bench/bench_generation_paths.py [--prompts 64] [--batch-sizes 8 16]
+    .venv/bin/python bench/bench_generation_paths.py [--prompts 96] [--baseline 852cc75] [--batch-sizes 8 16 32]
 
-Arms, each on the same N prompts (the default prompt, first N executable Spider dev questions):
-- today: bf16 wherever oneDNN reports it (emulated on CPUs without AMX/AVX512-BF16), each batch
-  decoding until its longest row ends;
-- today in float32 (isolates the dtype choice);
-- exspin: float32 where it is faster, each row stopping once its SQL statement is complete, at
-  each batch size given.
-Reports prompts/s, generated tokens/s, the ratios to today's, and how many extracted SQL strings
-equal the float32 one-at-a-time reference (greedy, no early stop). Writes
-bench/results/generation_paths.json and .md.
+Every arm generates for the same prompts (the default prompt, the first N executable Spider dev
+questions, so a few databases in a row, as an evaluation meets them) with the default model in
+float32, greedy, in its own process, one arm at a time:
+- the baseline: the library as of `--baseline`, checked out into a git worktree, at its default
+  batch size;
+- today's library at each batch size given.
+Reports prompts/s, generated tokens/s, the ratio to the baseline, and how many extracted SQL strings
+equal the baseline's. Writes bench/results/generation_paths.json and .md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "spider")
-    parser.add_argument("--prompts", type=int, default=64)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16])
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    args = parser.parse_args()
-
+def worker(args) -> None:
+    """One arm, in a process whose `exspin` is the library under test (PYTHONPATH)."""
     import torch
 
     from exspin.data import load_split
@@ -41,39 +37,73 @@ def main() -> None:
     from exspin.prompts import PromptConfig
 
     split = load_split(args.data, "dev")
-    examples = split.executable[: args.prompts]
-    model_path = resolve_model(DEFAULT_MODEL)
-    loaded = {dtype: Generator(*load_model(model_path, dtype=dtype)) for dtype in (torch.float32, torch.bfloat16)}
-    prompts = build_prompts(examples, SchemaBook(split), loaded[torch.float32].tokenizer, PromptConfig())
-    base = GenerationConfig(max_new_tokens=args.max_new_tokens)
-    arms = {"today (bf16, no early stop)": (torch.bfloat16, base.model_copy(update={"stop_at_statement_end": False})),
-            "today in float32": (torch.float32, base.model_copy(update={"stop_at_statement_end": False}))}
-    for size in args.batch_sizes:
-        arms[f"exspin (float32, early stop, batch {size})"] = (torch.float32, base.model_copy(
-            update={"batch_size": size}))
-    reference_config = base.model_copy(update={"batch_size": 1, "stop_at_statement_end": False})
-    reference = [extract_sql(c[0]) for c in loaded[torch.float32](prompts, reference_config)]
-    results: dict = {"model": DEFAULT_MODEL, "prompts": len(prompts), "arms": {}}
-    for name, (dtype, config) in arms.items():
-        generator = loaded[dtype]
-        tokens_before = generator.stats["tokens"]
-        start = time.perf_counter()
-        completions = generator(prompts, config)
-        seconds = time.perf_counter() - start
-        tokens = generator.stats["tokens"] - tokens_before
-        same = sum(extract_sql(c[0]) == r for c, r in zip(completions, reference, strict=True))
-        results["arms"][name] = {"seconds": seconds, "prompts_per_s": len(prompts) / seconds,
-                                 "tokens_per_s": tokens / seconds, "tokens": tokens,
-                                 "same_sql_as_one_at_a_time": same / len(prompts), "batch_size": config.batch_size}
-        print(f"{name}: {len(prompts) / seconds:.2f} prompts/s, {tokens / seconds:.1f} tokens/s, "
-              f"same SQL as one at a time {same}/{len(prompts)}", flush=True)
-    today = results["arms"]["today (bf16, no early stop)"]["prompts_per_s"]
-    lines = [f"# Greedy generation, {len(prompts)} Spider dev prompts (default prompt), default model, 2 cores", "",
-             "| arm | prompts/s | tokens/s | x today | same SQL as one at a time (fp32) |", "|---|---:|---:|---:|---:|"]
+    generator = Generator(*load_model(resolve_model(DEFAULT_MODEL), dtype=torch.float32))
+    prompts = build_prompts(split.executable[: args.prompts], SchemaBook(split), generator.tokenizer, PromptConfig())
+    config = GenerationConfig(max_new_tokens=args.max_new_tokens)
+    if args.batch_size:
+        config = config.model_copy(update={"batch_size": args.batch_size})
+    generator(prompts[:2], config.model_copy(update={"max_new_tokens": 2}))  # warm-up
+    tokens_before = generator.stats["tokens"]
+    start = time.perf_counter()
+    completions = generator(prompts, config)
+    seconds = time.perf_counter() - start
+    print(json.dumps({"seconds": seconds, "tokens": generator.stats["tokens"] - tokens_before,
+                      "batch_size": config.batch_size, "attention": generator.model.config._attn_implementation,
+                      "sql": [extract_sql(c[0]) for c in completions]}))
+
+
+def run_arm(source: Path, args, batch_size: int | None) -> dict:
+    command = [sys.executable, __file__, "--worker", "--data", str(args.data), "--prompts", str(args.prompts),
+               "--max-new-tokens", str(args.max_new_tokens), "--batch-size", str(batch_size or 0)]
+    env = {**os.environ, "PYTHONPATH": str(source / "src")}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        sys.exit(f"arm from {source} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def baseline_tree(ref: str) -> Path:
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", ref], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    tree = Path("/tmp") / f"exspin-baseline-{commit}"
+    if not tree.exists():
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), commit], check=True,
+                       capture_output=True)
+    return tree
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "spider")
+    parser.add_argument("--prompts", type=int, default=96)
+    parser.add_argument("--baseline", default="852cc75")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16, 32])
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--batch-size", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+
+    arms = {f"baseline {args.baseline}": (baseline_tree(args.baseline), None)}
+    arms.update({f"today, batch {size}": (ROOT, size) for size in args.batch_sizes})
+    results: dict = {"prompts": args.prompts, "baseline": args.baseline, "dtype": "float32", "arms": {}}
+    for name, (source, batch_size) in arms.items():
+        arm = run_arm(source, args, batch_size)
+        arm.update(prompts_per_s=args.prompts / arm["seconds"], tokens_per_s=arm["tokens"] / arm["seconds"])
+        results["arms"][name] = arm
+        print(f"{name} (batch {arm['batch_size']}, {arm['attention']}): {arm['prompts_per_s']:.2f} prompts/s, "
+              f"{arm['tokens_per_s']:.1f} tokens/s", flush=True)
+    baseline = results["arms"][f"baseline {args.baseline}"]
+    lines = [f"# Greedy generation: {args.prompts} Spider dev prompts (default prompt), default model, float32, "
+             "2 cores", "", "| arm | batch | attention | prompts/s | tokens/s | x baseline | same SQL as baseline |",
+             "|---|---:|---|---:|---:|---:|---:|"]
     for name, arm in results["arms"].items():
-        arm["speedup"] = arm["prompts_per_s"] / today
-        lines.append(f"| {name} | {arm['prompts_per_s']:.2f} | {arm['tokens_per_s']:.1f} | {arm['speedup']:.2f} | "
-                     f"{arm['same_sql_as_one_at_a_time']:.0%} |")
+        arm["speedup"] = arm["prompts_per_s"] / baseline["prompts_per_s"]
+        arm["same_sql_as_baseline"] = sum(a == b for a, b in zip(arm["sql"], baseline["sql"], strict=True))
+        lines.append(f"| {name} | {arm['batch_size']} | {arm['attention']} | {arm['prompts_per_s']:.2f} | "
+                     f"{arm['tokens_per_s']:.1f} | {arm['speedup']:.2f} | "
+                     f"{arm['same_sql_as_baseline']}/{args.prompts} |")
     out = ROOT / "bench" / "results"
     (out / "generation_paths.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "generation_paths.md").write_text("\n".join(lines) + "\n")

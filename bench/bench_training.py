@@ -1,6 +1,6 @@
 """Training throughput: today's trl path against exspin's, on the same records and pairs, in one run.
 
-    .venv/bin/python bench/bench_training.py [--records 32] [--pairs 16] [--steps 4]
+    .venv/bin/python bench/bench_training.py [--records 32] [--pairs 16] [--arms ...] [--pool N]
 
 1. The machine's bf16 matmul peak (2048 x 2048, all threads).
 2. SFT on the same records: trl's SFTTrainer as exspin ran it before (gradient checkpointing, LM
@@ -18,9 +18,16 @@ gradient), plus the LM head on scored tokens (x3 with backward); self-play adds 
 forward per token. A path that does more work (prompts twice, every position through the
 head, recomputation) shows lower MFU.
 
+4. With --pool N: the *_shared arms put 4 examples in one micro-batch, ordered by prompt, so the
+   examples about one database share one packed row and its schema is computed once. Sharing
+   depends on how many examples per database a run has, so the inputs are then those a run
+   training on N random train questions feeds its trainer first, in its order. tokens/s counts
+   every example's prompt whether shared or not, so the sharing shows as more useful tokens/s.
+
 Inputs: the quickstart's prompt settings on Spider train questions; each pair's chosen side is
 the gold SQL in normal form and its rejected side the gold SQL of another question on the same
-database (a wrong answer of realistic length). Writes bench/results/training.json and training.md.
+database (a wrong answer of realistic length). Writes bench/results/training.json and training.md
+(training_pool<N>.* with --pool).
 """
 
 from __future__ import annotations
@@ -53,6 +60,13 @@ ARMS = {  # today's path ran in bf16 wherever oneDNN reported bf16 support; "_fp
     "selfplay_exspin": ("selfplay", {"gradient_checkpointing": False, "shared_prompt": True,
                                      "precompute_reference": True, "bf16": False, "batch_size": 1,
                                      "gradient_accumulation": 4}),
+    # The same, 4 examples in one micro-batch ordered by prompt: one database's examples share a row
+    # and its schema is computed once (training/forward.py). Measured with --pool (a run's training set).
+    "sft_exspin_shared": ("sft", {"gradient_checkpointing": False, "completion_head_only": True, "bf16": False,
+                                  "batch_size": 4, "gradient_accumulation": 1, "group_by_prompt": True}),
+    "selfplay_exspin_shared": ("selfplay", {"gradient_checkpointing": False, "shared_prompt": True,
+                                            "precompute_reference": True, "bf16": False, "batch_size": 4,
+                                            "gradient_accumulation": 1, "group_by_prompt": True}),
 }
 
 
@@ -69,7 +83,11 @@ def matmul_peak(dtype: str) -> float:
     return 2 * 2048**3 * runs / (time.perf_counter() - start) / 1e9
 
 
-def make_inputs(data: Path, n_records: int, n_pairs: int) -> tuple[list[dict], list[dict]]:
+def make_inputs(data: Path, n_records: int, n_pairs: int, pool_size: int = 0) -> tuple[list[dict], list[dict]]:
+    """Records and pairs. pool_size 0: a random sample of Spider train. pool_size N: what a run that
+    trains on N random train questions feeds its trainer first, in the order it trains them (by prompt,
+    in shuffled batches of 4), so examples about one database meet as often as in that run; pairs
+    come from a random 40% of the pool, about the share a start model answers wrongly."""
     from exspin.config import load_config
     from exspin.data import load_split
     from exspin.hints.schema import SchemaBook
@@ -80,17 +98,31 @@ def make_inputs(data: Path, n_records: int, n_pairs: int) -> tuple[list[dict], l
     config = load_config(ROOT / "configs" / "quickstart.yaml")
     split = load_split(data, "train")
     pool = split.executable
-    examples = sorted(random.Random(0).sample(pool, max(n_records, n_pairs)), key=lambda e: e.index)
     tokenizer = load_tokenizer(resolve_model(DEFAULT_MODEL))
-    prompts = build_prompts(examples, SchemaBook(split), tokenizer, config.prompt)
-    records = [{"prompt": p, "completion": normal_form(e.gold_sql)} for e, p in zip(examples, prompts, strict=True)]
+    book = SchemaBook(split)
     by_db: dict[str, list] = {}
     for e in pool:
         by_db.setdefault(e.db_id, []).append(e)
-    pairs = []
-    for e, p in list(zip(examples, prompts, strict=True))[:n_pairs]:
+
+    def pair(e, p) -> dict:
         other = next(o for o in by_db[e.db_id] if normal_form(o.gold_sql) != normal_form(e.gold_sql))
-        pairs.append({"prompt": p, "chosen": normal_form(e.gold_sql), "rejected": normal_form(other.gold_sql)})
+        return {"prompt": p, "chosen": normal_form(e.gold_sql), "rejected": normal_form(other.gold_sql)}
+
+    if pool_size:
+        from exspin.training.common import order_by_prompt
+
+        subset = random.Random(0).sample(pool, pool_size)
+        prompts = build_prompts(subset, book, tokenizer, config.prompt)
+        order = order_by_prompt(prompts, 4, seed=0)[:n_records]
+        records = [{"prompt": prompts[i], "completion": normal_form(subset[i].gold_sql)} for i in order]
+        wrong = random.Random(1).sample(range(pool_size), int(0.4 * pool_size))
+        wrong_prompts = [prompts[i] for i in wrong]
+        pairs = [pair(subset[wrong[j]], wrong_prompts[j]) for j in order_by_prompt(wrong_prompts, 4, seed=0)[:n_pairs]]
+        return records, pairs
+    examples = sorted(random.Random(0).sample(pool, max(n_records, n_pairs)), key=lambda e: e.index)
+    prompts = build_prompts(examples, book, tokenizer, config.prompt)
+    records = [{"prompt": p, "completion": normal_form(e.gold_sql)} for e, p in zip(examples, prompts, strict=True)]
+    pairs = [pair(e, p) for e, p in list(zip(examples, prompts, strict=True))[:n_pairs]]
     return records[:n_records], pairs
 
 
@@ -160,6 +192,9 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=32)
     parser.add_argument("--pairs", type=int, default=16)
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--pool", type=int, default=0,
+                        help="draw inputs as a run training on this many questions meets them (0: random sample); "
+                             "results go to training_pool<N>.*")
     parser.add_argument("--arms", nargs="*", default=list(ARMS), choices=list(ARMS),
                         help="arms to (re)run; the others are read back from runs/bench-training/ if measured")
     parser.add_argument("--bf16-steps", type=int, default=1, help="steps for the (slow) bf16 arms")
@@ -175,16 +210,17 @@ def main() -> None:
 
     results_dir = ROOT / "bench" / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
-    work = ROOT / "runs" / "bench-training"
+    suffix = f"_pool{args.pool}" if args.pool else ""
+    work = ROOT / "runs" / f"bench-training{suffix}"
     work.mkdir(parents=True, exist_ok=True)
-    records, pairs = make_inputs(args.data, args.records, args.pairs)
+    records, pairs = make_inputs(args.data, args.records, args.pairs, args.pool)
     inputs_path = work / "inputs.json"
     fresh = json.dumps({"records": records, "pairs": pairs})
     if not inputs_path.is_file() or inputs_path.read_text() != fresh:  # other inputs: earlier arms are void
         for old in work.glob("*_*.json"):
             old.unlink()
         inputs_path.write_text(fresh)
-    previous = results_dir / "training.json"
+    previous = results_dir / f"training{suffix}.json"
     if not args.arms and previous.is_file():  # only re-reporting: keep the peaks measured with the arms
         peaks = json.loads(previous.read_text())["peak_gflops"]
     else:
@@ -232,17 +268,22 @@ def main() -> None:
                      f"{a['gflops']:.0f} | {a['mfu']:.0%} | {a['peak_rss_gib']:.1f} | {a['seconds']:.0f} | "
                      f"{a['measured_at']} |")
     lines.append("")
+    if any(name.endswith("_shared") for name in arms):
+        lines += ["GFLOP/s and MFU count every example's whole prompt; the *_shared arms compute a shared "
+                  "schema once, so theirs are useful work per second, not what the cores executed.", ""]
     for kind in ("sft", "selfplay"):
-        for baseline in (f"{kind}_trl_bf16", f"{kind}_trl_fp32"):
-            if baseline in arms and f"{kind}_exspin" in arms:
-                ratio = arms[f"{kind}_exspin"]["items_per_s"] / arms[baseline]["items_per_s"]
-                report[f"{kind}_exspin_vs_{baseline}"] = ratio
-                tokens = arms[f"{kind}_exspin"]["tokens_per_s"] / arms[baseline]["tokens_per_s"]
-                report[f"{kind}_exspin_vs_{baseline}_tokens"] = tokens
-                lines.append(f"- {kind}: exspin's path does {ratio:.2f}x the items/s and {tokens:.2f}x the tokens/s "
+        comparisons = [(f"{kind}_exspin", f"{kind}_trl_bf16"), (f"{kind}_exspin", f"{kind}_trl_fp32"),
+                       (f"{kind}_exspin_shared", f"{kind}_exspin")]
+        for arm, baseline in comparisons:
+            if baseline in arms and arm in arms:
+                ratio = arms[arm]["items_per_s"] / arms[baseline]["items_per_s"]
+                report[f"{arm}_vs_{baseline}"] = ratio
+                tokens = arms[arm]["tokens_per_s"] / arms[baseline]["tokens_per_s"]
+                report[f"{arm}_vs_{baseline}_tokens"] = tokens
+                lines.append(f"- {kind}: {arm} does {ratio:.2f}x the items/s and {tokens:.2f}x the tokens/s "
                              f"of {baseline} (same inputs, same machine)")
-    (results_dir / "training.json").write_text(json.dumps(report, indent=1) + "\n")
-    (results_dir / "training.md").write_text("\n".join(lines) + "\n")
+    (results_dir / f"training{suffix}.json").write_text(json.dumps(report, indent=1) + "\n")
+    (results_dir / f"training{suffix}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -10,7 +10,7 @@ import torch
 
 from exspin.errors import UserError
 from exspin.generation import GenerationConfig, Generator, extract_sql
-from exspin.generation.generate import MIN_SHARED_PREFIX, pad_after_prefix, shared_prefix_length
+from exspin.generation.generate import MIN_SHARED_PREFIX, pad_after_prefix, plan_batches, shared_prefix_length
 from exspin.models import assemble_parts, load_model, merge_adapter, save_model
 
 EXTRACTION_CASES = [
@@ -80,6 +80,41 @@ def test_shared_prefix_length_and_padding_between_prefix_and_suffix():
     ids, mask = pad_after_prefix([[1, 2, 3], [1, 2, 4, 5, 6]], shared=2, pad_id=0)
     assert ids == [[1, 2, 0, 0, 3], [1, 2, 4, 5, 6]]
     assert mask == [[1, 1, 0, 0, 1], [1, 1, 1, 1, 1]]
+
+
+def test_batches_end_where_the_schema_changes():
+    schema_a, schema_b = [1] * 10, [2] * 10
+    token_ids = [schema_a + [3], schema_a + [4], schema_a + [5], schema_b + [3], schema_b + [4]]
+    order = list(range(5))
+    assert plan_batches(order, token_ids, 4, by_prefix=True) == [[0, 1, 2], [3, 4]]
+    assert plan_batches(order, token_ids, 2, by_prefix=True) == [[0, 1], [2], [3, 4]]
+    assert plan_batches(order, token_ids, 4, by_prefix=False) == [[0, 1, 2, 3], [4]]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the grouped-KV attention is what load_model picks on a CPU")
+def test_grouped_kv_attention_generates_what_sdpa_does(tiny_model_dir):
+    """The CPU attention hands grouped KV heads to the kernel under a padding mask; same tokens as SDPA."""
+    from transformers import AutoModelForCausalLM
+
+    from exspin.models import CPU_ATTENTION, load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    outputs, logits = {}, {}
+    for attention in ("sdpa", CPU_ATTENTION):
+        if attention == CPU_ATTENTION:
+            model, _ = load_model(str(tiny_model_dir), dtype=torch.float32)
+            assert model.config._attn_implementation == CPU_ATTENTION  # what load_model picks on a CPU
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32,
+                                                         attn_implementation="sdpa").eval()
+        assert model.config.num_key_value_heads < model.config.num_attention_heads
+        generator = Generator(model, tokenizer)
+        outputs[attention] = generator(SHARED_PREFIX_PROMPTS, GenerationConfig(max_new_tokens=12, batch_size=4))
+        batch = tokenizer(SHARED_PREFIX_PROMPTS, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            logits[attention] = model(**batch).logits
+    assert outputs["sdpa"] == outputs[CPU_ATTENTION]
+    assert torch.allclose(logits["sdpa"], logits[CPU_ATTENTION], atol=1e-5)
 
 
 def test_sampling_returns_n_samples_per_prompt_and_counts_tokens(tiny):

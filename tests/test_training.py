@@ -222,9 +222,10 @@ def test_shared_prompt_forward_equals_trls_two_rows(tiny_model_dir, tmp_path, mo
     monkeypatch.setattr(forward, "scored_outputs",
                         lambda model, packed, shape: packed_calls.append(packed) or original(model, packed, shape))
 
-    pairs = [{"prompt": "<|im_start|>user\nHow many singers are there in all?<|im_end|>\n<|im_start|>assistant\n",
+    schema = "<|im_start|>user\nCREATE TABLE singer (name TEXT, age INTEGER, country TEXT);\n"
+    pairs = [{"prompt": schema + "How many singers are there in all?<|im_end|>\n<|im_start|>assistant\n",
               "chosen": "SELECT count(*) FROM singer", "rejected": "SELECT name FROM stadium WHERE a = 1"},
-             {"prompt": "<|im_start|>user\nOldest?<|im_end|>\n<|im_start|>assistant\n",
+             {"prompt": schema + "Oldest?<|im_end|>\n<|im_start|>assistant\n",
               "chosen": "SELECT name FROM singer ORDER BY age DESC LIMIT 1", "rejected": "SELECT 1"},
              {"prompt": "<|im_start|>user\nList the stadiums.<|im_end|>\n<|im_start|>assistant\n",
               "chosen": "SELECT name FROM stadium", "rejected": "I do not know the answer to that."}]
@@ -237,6 +238,7 @@ def test_shared_prompt_forward_equals_trls_two_rows(tiny_model_dir, tmp_path, mo
         results[shared] = (loss, metrics, grads, batch["ref_chosen_logps"], batch["ref_rejected_logps"])
     (stock_loss, stock_metrics, stock_grads, *stock_ref), (loss, metrics, grads, *ref) = results[False], results[True]
     assert len(packed_calls) == 2  # the shared path ran: reference log-probs once, then the loss
+    assert packed_calls[-1].input_ids.shape[0] == 2  # 6 rows: the two pairs about singers share a row
     assert abs(stock_metrics["rewards/margins"]) > 1e-3  # the pairs are not trivially tied
     assert torch.allclose(loss, stock_loss, atol=1e-5)
     for a, b in zip(ref, stock_ref, strict=True):  # precomputed reference log-probs, both paths
@@ -248,22 +250,142 @@ def test_shared_prompt_forward_equals_trls_two_rows(tiny_model_dir, tmp_path, mo
         assert torch.allclose(grads[name], grad, atol=1e-5), name
 
 
-def test_pack_pairs_layout():
-    from exspin.training.forward import pack_pairs
+def test_pack_rows_layout_for_a_pair():
+    from exspin.training.forward import pack_rows
 
     # trl's collated batch: prompt [1, 2, 3]; chosen [4, 5]; rejected [6]; right-padded with 0.
     input_ids = torch.tensor([[1, 2, 3, 4, 5], [1, 2, 3, 6, 0]])
     completion_mask = torch.tensor([[0, 0, 0, 1, 1], [0, 0, 0, 1, 0]])
-    packed = pack_pairs(input_ids, completion_mask, pad_id=0)
+    packed = pack_rows(input_ids, completion_mask, pad_id=0)
     assert packed.input_ids.tolist() == [[1, 2, 3, 4, 5, 3, 6]]
     assert packed.position_ids.tolist() == [[0, 1, 2, 3, 4, 2, 3]]
     assert packed.next_tokens.tolist() == [[-100, -100, 4, 5, -100, 6, -100]]
+    assert packed.target_rows.tolist() == [0, 0, 1] and packed.target_columns.tolist() == [2, 3, 2]
     visible = packed.attention_mask[0, 0].int().tolist()
     assert visible[5] == [1, 1, 0, 0, 0, 1, 0]  # the rejected branch's copy of the last prompt token
     assert visible[6] == [1, 1, 0, 0, 0, 1, 1]  # never sees the chosen branch
     assert visible[4] == [1, 1, 1, 1, 1, 0, 0]
-    # A pair whose prompt was cut by truncation falls back to trl's path.
-    assert pack_pairs(torch.tensor([[1, 2], [1, 2]]), torch.tensor([[0, 0], [0, 0]]), 0) is None
+    # A row with nothing left to score (truncation cut its completion) falls back to trl's path.
+    assert pack_rows(torch.tensor([[1, 2], [1, 2]]), torch.tensor([[0, 0], [0, 0]]), 0) is None
+
+
+def test_pack_rows_shares_a_schema_prefix_and_keeps_unrelated_rows_apart():
+    from exspin.training.forward import pack_rows
+
+    # Rows 0 and 2 share the "schema" [7, 7, 7, 7] and differ in the question; row 1 shares nothing.
+    input_ids = torch.tensor([[7, 7, 7, 7, 1, 8, 9, 0], [5, 6, 4, 3, 2, 8, 0, 0], [7, 7, 7, 7, 2, 3, 8, 9]])
+    scored = torch.tensor([[0, 0, 0, 0, 0, 0, 1, 0], [0, 0, 0, 0, 0, 1, 0, 0], [0, 0, 0, 0, 0, 0, 1, 1]])
+    packed = pack_rows(input_ids, scored, pad_id=0)
+    assert packed.input_ids.tolist() == [[7, 7, 7, 7, 1, 8, 9, 2, 3, 8, 9], [5, 6, 4, 3, 2, 8, 0, 0, 0, 0, 0]]
+    assert packed.position_ids[0].tolist() == [0, 1, 2, 3, 4, 5, 6, 4, 5, 6, 7]
+    assert packed.next_tokens[0].tolist() == [-100] * 5 + [9, -100, -100, 8, 9, -100]
+    visible = packed.attention_mask[0, 0].int().tolist()
+    assert visible[8] == [1, 1, 1, 1, 0, 0, 0, 1, 1, 0, 0]  # row 2's branch: the schema and itself
+    # Scored tokens map back to trl's shifted layout: column t scores token t + 1 of its row.
+    assert list(zip(packed.target_rows.tolist(), packed.target_columns.tolist(), strict=True)) == [
+        (0, 5), (2, 5), (2, 6), (1, 4)]
+
+
+def test_pack_rows_computes_a_pairs_question_once_below_the_shared_schema():
+    from exspin.training.forward import pack_rows
+
+    # Schema [7, 7, 7, 7]; a pair on question [1, 2] (chosen [8], rejected [9]); a row on question [3].
+    input_ids = torch.tensor([[7, 7, 7, 7, 1, 2, 8], [7, 7, 7, 7, 1, 2, 9], [7, 7, 7, 7, 3, 5, 6]])
+    scored = torch.tensor([[0, 0, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 0, 1]])
+    packed = pack_rows(input_ids, scored, pad_id=0)
+    # schema | question [1] | tails [2, 8] and [2, 9] | question [3] | tail [5, 6]
+    assert packed.input_ids.tolist() == [[7, 7, 7, 7, 1, 2, 8, 2, 9, 3, 5, 6]]
+    assert packed.position_ids.tolist() == [[0, 1, 2, 3, 4, 5, 6, 5, 6, 4, 5, 6]]
+    visible = packed.attention_mask[0, 0].int().tolist()
+    assert visible[8] == [1, 1, 1, 1, 1, 0, 0, 1, 1, 0, 0, 0]  # rejected: schema, its question, itself
+    assert visible[11] == [1, 1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 1]  # the other question never sees the pair
+    assert list(zip(packed.target_rows.tolist(), packed.target_columns.tolist(), strict=True)) == [
+        (0, 5), (1, 5), (2, 5)]
+
+
+def test_pack_rows_leaves_other_layouts_to_trl():
+    from exspin.training.forward import pack_rows
+
+    input_ids = torch.tensor([[5, 6, 7], [5, 6, 8]])
+    assert pack_rows(input_ids, torch.ones(2, 3), 0) is None  # the first token has no position to score it
+    left_padded = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    assert pack_rows(input_ids, torch.tensor([[0, 0, 1], [0, 0, 1]]), 0, left_padded) is None
+    assert pack_rows(input_ids, torch.tensor([[0, 0, 1], [0, 0, 1]]), 0, torch.ones(2, 3)) is not None
+
+
+def test_examples_about_one_database_train_in_one_batch(tiny_model_dir, tmp_path):
+    from exspin.training.common import LoraSettings, order_by_prompt
+    from exspin.training.sft import SFTSettings, build_sft_trainer
+
+    prompts = ["b schema | q1", "a schema | q1", "b schema | q2", "a schema | q2", "a schema | q3", "c | q1"]
+    order = order_by_prompt(prompts, 2, seed=0)
+    assert sorted(order) == list(range(len(prompts)))
+    batches = [order[i : i + 2] for i in range(0, len(order), 2)]
+    assert sorted(sorted(prompts[i][0] for i in b) for b in batches) == [["a", "a"], ["a", "c"], ["b", "b"]]
+
+    schemas = {"singer": "<|im_start|>user\nCREATE TABLE singer (name TEXT, age INTEGER, country TEXT);\n",
+               "stadium": "<|im_start|>user\nCREATE TABLE stadium (name TEXT, capacity INTEGER, city TEXT);\n"}
+    records = [{"prompt": schemas[db] + f"Question {i}?<|im_end|>\n<|im_start|>assistant\n",
+                "completion": f"SELECT {i} FROM {db}"} for i, db in enumerate(["singer", "stadium"] * 4)]
+    settings = SFTSettings(bf16=False, batch_size=4, max_length=256, lora=LoraSettings(r=4, alpha=8))
+    trainer, tokenizer = build_sft_trainer(str(tiny_model_dir), records, settings, tmp_path)
+    for batch in trainer.get_train_dataloader():  # what the trainer will see: one database per batch
+        texts = tokenizer.batch_decode(batch["input_ids"])
+        assert len({"singer" if "singer (" in t else "stadium" for t in texts}) == 1, texts
+
+
+def test_batches_over_the_token_limit_recompute_activations_with_the_same_gradients(tiny_model_dir, tmp_path):
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    from exspin.training.common import LoraSettings
+    from exspin.training.sft import SFTSettings, build_sft_trainer
+
+    records = [{"prompt": "<|im_start|>user\nHow many singers are there?<|im_end|>\n<|im_start|>assistant\n",
+                "completion": "SELECT count(*) FROM singer"},
+               {"prompt": "<|im_start|>user\nList the stadiums.<|im_end|>\n<|im_start|>assistant\n",
+                "completion": "SELECT name FROM stadium"}]
+    results, switches = {}, {}
+    for limit in (None, 8, 100_000):  # never; every batch here (over 8 tokens); none of them
+        settings = SFTSettings(bf16=False, batch_size=2, max_length=256, checkpoint_over_tokens=limit,
+                               lora=LoraSettings(r=4, alpha=8, dropout=0.0))
+        trainer, _ = build_sft_trainer(str(tiny_model_dir), records, settings, tmp_path / str(limit))
+        assert trainer.args.gradient_checkpointing is (limit is not None)
+        if trainer.args.gradient_checkpointing:  # what Trainer.train() does first
+            trainer.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        results[limit] = _one_step(trainer, 2, ("entropy",))[:3]
+        switches[limit] = {m.gradient_checkpointing for m in trainer.model.modules()
+                           if isinstance(m, GradientCheckpointingLayer)}
+    assert switches == {None: {False}, 8: {True}, 100_000: {False}}
+    _assert_same_step(results[None], results[8])
+    _assert_same_step(results[None], results[100_000])
+
+
+def test_grouped_kv_attention_trains_as_sdpa(tiny_model_dir):
+    """Loss and gradients through packed rows (a 4-D mask) agree between SDPA and the CPU attention."""
+    from transformers import AutoModelForCausalLM
+
+    from exspin.models import CPU_ATTENTION, cpu_attention
+    from exspin.training.forward import pack_rows, scored_outputs
+
+    cpu_attention()
+    input_ids = torch.tensor([[7, 8, 9, 10, 11, 12, 13, 0], [7, 8, 9, 10, 14, 15, 16, 17]])
+    scored = torch.tensor([[0, 0, 0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 0, 0, 1, 1]])
+    packed = pack_rows(input_ids, scored, 0)
+    assert packed.input_ids.shape[0] == 1
+    results = {}
+    for attention in ("sdpa", CPU_ATTENTION):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32,
+                                                     attn_implementation=attention)
+        loss = scored_outputs(model, packed, (2, 7)).log_probs.sum()
+        loss.backward()
+        results[attention] = (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                              if p.grad is not None})
+    (loss, grads), (other_loss, other_grads) = results["sdpa"], results[CPU_ATTENTION]
+    assert torch.allclose(loss, other_loss, atol=1e-5)
+    assert grads.keys() == other_grads.keys() and len(grads) > 0
+    for name, grad in grads.items():
+        assert torch.allclose(grad, other_grads[name], atol=1e-5), name
 
 
 def test_completion_head_sft_equals_trls_path(tiny_model_dir, tmp_path, monkeypatch):
@@ -273,21 +395,32 @@ def test_completion_head_sft_equals_trls_path(tiny_model_dir, tmp_path, monkeypa
     from exspin.training.sft import SFTSettings, build_sft_trainer
 
     calls = []
-    original = forward.completion_outputs
-    monkeypatch.setattr(forward, "completion_outputs", lambda *a, **k: calls.append(1) or original(*a, **k))
+    for name in ("completion_outputs", "scored_outputs"):
+        original = getattr(forward, name)
+        monkeypatch.setattr(forward, name, lambda *a, _name=name, _original=original, **k:
+                            calls.append(_name) or _original(*a, **k))
 
-    records = [{"prompt": "<|im_start|>user\nHow many singers are there?<|im_end|>\n<|im_start|>assistant\n",
+    schema = "<|im_start|>user\nCREATE TABLE singer (name TEXT, age INTEGER, country TEXT);\n"
+    records = [{"prompt": schema + "How many singers are there?<|im_end|>\n<|im_start|>assistant\n",
                 "completion": "SELECT count(*) FROM singer"},
-               {"prompt": "<|im_start|>user\nOldest?<|im_end|>\n<|im_start|>assistant\n",
-                "completion": "SELECT name FROM singer ORDER BY age DESC LIMIT 1"}]
+               {"prompt": schema + "Oldest?<|im_end|>\n<|im_start|>assistant\n",
+                "completion": "SELECT name FROM singer ORDER BY age DESC LIMIT 1"},
+               {"prompt": "<|im_start|>user\nList the stadiums.<|im_end|>\n<|im_start|>assistant\n",
+                "completion": "SELECT name FROM stadium"}]
     results = {}
     for fast in (False, True):
-        settings = SFTSettings(completion_head_only=fast, bf16=False, batch_size=2, max_length=256,
-                               lora=LoraSettings(r=4, alpha=8, dropout=0.0), gradient_checkpointing=False)
-        trainer, _ = build_sft_trainer(str(tiny_model_dir), records, settings, tmp_path / str(fast))
-        results[fast] = _one_step(trainer, len(records), ("entropy", "mean_token_accuracy"))[:3]
-    (stock_loss, stock_metrics, stock_grads), (loss, metrics, grads) = results[False], results[True]
-    assert calls == [1]  # the completion-only head ran, once
+        for rows in (1, 3):  # one row alone (head only), then three: two share the schema
+            settings = SFTSettings(completion_head_only=fast, bf16=False, batch_size=rows, max_length=256,
+                                   lora=LoraSettings(r=4, alpha=8, dropout=0.0), gradient_checkpointing=False)
+            trainer, _ = build_sft_trainer(str(tiny_model_dir), records, settings, tmp_path / f"{fast}{rows}")
+            results[fast, rows] = _one_step(trainer, rows, ("entropy", "mean_token_accuracy"))[:3]
+    assert calls == ["completion_outputs", "scored_outputs"]  # head only for one row; packed for three
+    for rows in (1, 3):
+        _assert_same_step(results[False, rows], results[True, rows])
+
+
+def _assert_same_step(stock, fast):
+    (stock_loss, stock_metrics, stock_grads), (loss, metrics, grads) = stock, fast
     assert torch.allclose(loss, stock_loss, atol=1e-5)
     assert metrics == pytest.approx(stock_metrics, abs=1e-5)
     assert grads.keys() == stock_grads.keys() and len(grads) > 0

@@ -26,7 +26,7 @@ class GenerationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     backend: Literal["auto", "hf", "vllm"] = "auto"
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(16, ge=1)  # decoding is memory-bound here: a bigger batch costs little more per step
     max_new_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.0, ge=0.0)  # 0 means greedy
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -46,6 +46,21 @@ def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
     while length < limit and all(row[length] == rows[0][length] for row in rows):
         length += 1
     return length
+
+
+def plan_batches(order: Sequence[int], token_ids: Sequence[Sequence[int]], batch_size: int,
+                 by_prefix: bool) -> list[list[int]]:
+    """Consecutive prompts of `order` in batches of at most batch_size. By prefix, a batch also ends where
+    the next prompt shares less than half of itself with the batch's first (another database's schema):
+    a batch that mixed two schemas would share only the system prompt, and prefill both in full."""
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and len(batches[-1]) < batch_size and (not by_prefix or 2 * shared_prefix_length(
+                [token_ids[batches[-1][0]], token_ids[i]]) >= len(token_ids[i])):
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 def pad_after_prefix(rows: Sequence[Sequence[int]], shared: int, pad_id: int) -> tuple[list, list]:
@@ -102,8 +117,7 @@ class Generator:
         if sampling:
             torch.manual_seed(config.seed)
         start = time.perf_counter()
-        for offset in range(0, len(order), config.batch_size):
-            batch = order[offset : offset + config.batch_size]
+        for batch in plan_batches(order, token_ids, config.batch_size, config.reuse_prefix):
             rows = [token_ids[i] for i in batch]
             reuse = config.reuse_prefix and len(rows) * config.num_samples > 1  # one row: nothing to share
             shared = shared_prefix_length(rows) if reuse else 0

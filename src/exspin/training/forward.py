@@ -2,19 +2,23 @@
 
 1. The LM head (a quarter of the default model's parameters) runs only at positions whose next
    token is scored: the completion, never the prompt. trl does this only where Triton runs.
-2. One forward per preference pair: the prompt once, then the chosen and the rejected SQL.
+2. Rows that share a prompt prefix are packed into one row, the prefix computed once. Examples
+   about one database share its schema (when the batch is ordered by prompt,
+   common.order_by_prompt); a preference pair's chosen and rejected rows share their whole prompt.
 
 trl's DPOTrainer runs prompt+chosen and prompt+rejected as two rows, so the long schema prompt
-goes through the model twice. Here each pair is one row, laid out as
+goes through the model twice. Here the rows of a batch that share most of their prompt become
+one row, a tree of three levels:
 
-    prompt[:-1] | prompt[-1] chosen | prompt[-1] rejected
+    schema | question 1 | chosen 1 | rejected 1 | question 2 | chosen 2 | rejected 2 | ...
 
-with a 4-D attention mask: the chosen part sees the prompt, the rejected part sees the prompt
-(without its last token) and its own copy of that last token, never the chosen part. Positions
-of the rejected part restart where the chosen part's did, so each token sees exactly what it
-would see in trl's two rows. The LM head then runs only at the positions whose next token is
-scored, and the per-token results are laid back out as trl's two rows, so trl computes its own
-loss and metrics on them unchanged.
+with a 4-D attention mask: each token sees (causally) the shared prefix, the rest of its own
+prompt, and its own row's tail, never another question or another row's answer. Positions restart
+so that each token sits where it would in its own row, and sees exactly what it would see there.
+A row's tail starts one token before its first scored token, since that token's score comes from
+the position before it. The LM head then runs only at positions whose next token is scored, and
+the per-token results are laid back out in trl's rows, so trl computes its own loss and metrics
+on them unchanged.
 """
 
 from __future__ import annotations
@@ -23,67 +27,116 @@ from dataclasses import dataclass
 
 import torch
 
-PROMPT, CHOSEN, REJECTED, PAD = 0, 1, 2, 3
+SHARED, PAD = 0, -1  # prompt-node ids; the rests of the prompts that differ are 1, 2, ...
+MIN_SHARED_FRACTION = 0.5  # rows join a packed row when they share at least this much of their prompt
 
 
 @dataclass
-class PackedPairs:
-    """A batch of pairs, one row each, and where each scored token goes back in trl's layout."""
+class PackedRows:
+    """A batch packed by shared prefix, and where each scored token goes back in trl's layout."""
 
-    input_ids: torch.Tensor  # [pairs, width]
-    position_ids: torch.Tensor  # [pairs, width]
-    attention_mask: torch.Tensor  # [pairs, 1, width, width], True where a query may attend a key
-    next_tokens: torch.Tensor  # [pairs, width]: the token position t is scored on; -100 where none
-    target_rows: torch.Tensor  # [scored]: row in trl's [chosen rows; rejected rows] layout
-    target_columns: torch.Tensor  # [scored]: column in trl's shifted per-token layout
+    input_ids: torch.Tensor  # [packed, width]
+    position_ids: torch.Tensor  # [packed, width]
+    attention_mask: torch.Tensor  # [packed, 1, width, width], True where a query may attend a key
+    next_tokens: torch.Tensor  # [packed, width]: the token position t is scored on; -100 where none
+    target_rows: torch.Tensor  # [scored]: row in trl's layout
+    target_columns: torch.Tensor  # [scored]: column in trl's shifted per-token layout (t - 1 for token t)
 
 
-def pack_pairs(input_ids: torch.Tensor, completion_mask: torch.Tensor, pad_id: int) -> PackedPairs | None:
-    """Pack trl's collated batch (chosen rows, then rejected rows, right-padded) one pair a row.
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
-    Returns None when a row has no completion token or the two rows of a pair disagree on the
-    prompt (truncation cut into it): the caller then uses trl's own path.
-    """
-    pairs = input_ids.shape[0] // 2
-    rows, segments, positions, targets = [], [], [], []
+
+def sharing_groups(rows: list[list[int]], firsts: list[int]) -> list[list[int]]:
+    """Rows in groups that share at least MIN_SHARED_FRACTION of their prompt (firsts: each row's first
+    scored index) with the group's first row; order kept."""
+    groups: list[list[int]] = []
+    for r, row in enumerate(rows):
+        for group in groups:
+            leader = group[0]
+            if _common_prefix(row, rows[leader]) >= MIN_SHARED_FRACTION * min(firsts[r], firsts[leader]):
+                group.append(r)
+                break
+        else:
+            groups.append([r])
+    return groups
+
+
+def pack_rows(input_ids: torch.Tensor, scored: torch.Tensor, pad_id: int,
+              attention_mask: torch.Tensor | None = None) -> PackedRows | None:
+    """Pack a right-padded batch whose scored tokens (scored[r, t]: token t of row r is scored) end
+    each row, as trl collates completions. Returns None where the layout is not that (a row with no
+    scored token, one whose first token is scored, padding before a row's last scored token): the
+    caller then uses trl's own path."""
+    scored = scored.bool()
+    if not scored.any(dim=1).all() or scored[:, 0].any():
+        return None
+    firsts = [int(s.nonzero()[0]) for s in scored]
+    ends = [int(s.nonzero()[-1]) + 1 for s in scored]
+    if attention_mask is not None and any(not attention_mask[r, :end].all() for r, end in enumerate(ends)):
+        return None
+    rows = [input_ids[r, : ends[r]].tolist() for r in range(len(ends))]
+    score_rows = [scored[r, : ends[r]].tolist() for r in range(len(ends))]
+    packed: list[dict[str, list[int]]] = []
     target_rows, target_columns = [], []
-    for i in range(pairs):
-        chosen_mask, rejected_mask = completion_mask[i].bool(), completion_mask[pairs + i].bool()
-        if not chosen_mask.any() or not rejected_mask.any():
-            return None
-        p = int(chosen_mask.nonzero()[0])  # prompt length
-        if int(rejected_mask.nonzero()[0]) != p or not torch.equal(input_ids[i, :p], input_ids[pairs + i, :p]):
-            return None
-        prompt = input_ids[i, :p].tolist()
-        chosen = input_ids[i][chosen_mask].tolist()
-        rejected = input_ids[pairs + i][rejected_mask].tolist()
-        rows.append(prompt + chosen + prompt[-1:] + rejected)
-        segments.append([PROMPT] * (p - 1) + [CHOSEN] * (1 + len(chosen)) + [REJECTED] * (1 + len(rejected)))
-        positions.append(list(range(p + len(chosen))) + list(range(p - 1, p + len(rejected))))
-        # Position t is scored on the next token of its own branch; the last token of a branch on none.
-        targets.append([-100] * (p - 1) + chosen + [-100] + rejected + [-100])
-        # trl's shifted layout: column t holds the score of token t + 1 of its row.
-        target_rows += [i] * len(chosen) + [pairs + i] * len(rejected)
-        target_columns += [*range(p - 1, p - 1 + len(chosen)), *range(p - 1, p - 1 + len(rejected))]
-    width = max(len(r) for r in rows)
+    for group in sharing_groups(rows, firsts):
+        # Every row's own tail starts at the token before its first scored one.
+        shared = min(firsts[r] for r in group) - 1
+        for r in group[1:]:
+            shared = min(shared, _common_prefix(rows[group[0]], rows[r]))
+        out = {"ids": rows[group[0]][:shared], "prompt": [0] * shared, "tail": [0] * shared,
+               "position": list(range(shared)), "target": [-100] * shared}
+        nodes: dict[tuple[int, ...], list[int]] = {}  # the rest of the prompt -> rows that share it
+        for r in group:
+            nodes.setdefault(tuple(rows[r][shared : firsts[r] - 1]), []).append(r)
+        for node, (prompt_rest, members) in enumerate(nodes.items(), start=1):
+            out["ids"] += prompt_rest
+            out["prompt"] += [node] * len(prompt_rest)
+            out["tail"] += [0] * len(prompt_rest)
+            out["position"] += range(shared, shared + len(prompt_rest))
+            out["target"] += [-100] * len(prompt_rest)
+            for r in members:
+                row, is_scored, start = rows[r], score_rows[r], firsts[r] - 1
+                out["ids"] += row[start:]
+                out["prompt"] += [node] * (len(row) - start)
+                out["tail"] += [r + 1] * (len(row) - start)
+                out["position"] += range(start, len(row))
+                # Position t is scored on token t + 1 of its own row; trl's shifted column for it is t.
+                out["target"] += [row[t + 1] if t + 1 < len(row) and is_scored[t + 1] else -100
+                                  for t in range(start, len(row))]
+                scored_at = [t for t in range(start, len(row) - 1) if is_scored[t + 1]]
+                target_rows += [r] * len(scored_at)
+                target_columns += scored_at
+        packed.append(out)
+    width = max(len(p["ids"]) for p in packed)
     device = input_ids.device
-    ids = torch.full((pairs, width), pad_id, dtype=torch.long)
-    position_ids = torch.zeros((pairs, width), dtype=torch.long)
-    next_tokens = torch.full((pairs, width), -100, dtype=torch.long)
-    segment = torch.full((pairs, width), PAD, dtype=torch.long)
-    for i, row in enumerate(rows):
-        n = len(row)
-        ids[i, :n] = torch.tensor(row)
-        position_ids[i, :n] = torch.tensor(positions[i])
-        next_tokens[i, :n] = torch.tensor(targets[i])
-        segment[i, :n] = torch.tensor(segments[i])
+    ids = torch.full((len(packed), width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((len(packed), width), dtype=torch.long)
+    next_tokens = torch.full((len(packed), width), -100, dtype=torch.long)
+    prompt = torch.full((len(packed), width), PAD, dtype=torch.long)
+    tail = torch.full((len(packed), width), PAD, dtype=torch.long)
+    for i, p in enumerate(packed):
+        n = len(p["ids"])
+        ids[i, :n] = torch.tensor(p["ids"])
+        position_ids[i, :n] = torch.tensor(p["position"])
+        next_tokens[i, :n] = torch.tensor(p["target"])
+        prompt[i, :n] = torch.tensor(p["prompt"])
+        tail[i, :n] = torch.tensor(p["tail"])
+    # A query sees, causally, the group's prefix, its own prompt's rest, and its own row's tail.
     causal = torch.ones(width, width, dtype=torch.bool).tril()
-    query, key = segment[:, :, None], segment[:, None, :]
-    visible = causal & (key != PAD) & ~((query == REJECTED) & (key == CHOSEN)) & ~((query == CHOSEN) & (key == REJECTED))
+    query_prompt, key_prompt = prompt[:, :, None], prompt[:, None, :]
+    query_tail, key_tail = tail[:, :, None], tail[:, None, :]
+    visible = causal & (key_prompt != PAD) & (
+        (key_prompt == SHARED) | ((key_prompt == query_prompt) & ((key_tail == 0) | (key_tail == query_tail))))
     visible |= torch.eye(width, dtype=torch.bool)  # padding attends to itself: no row is all masked
-    return PackedPairs(ids.to(device), position_ids.to(device), visible[:, None].to(device),
-                       next_tokens.to(device), torch.tensor(target_rows, device=device),
-                       torch.tensor(target_columns, device=device))
+    return PackedRows(ids.to(device), position_ids.to(device), visible[:, None].to(device),
+                      next_tokens.to(device), torch.tensor(target_rows, device=device),
+                      torch.tensor(target_columns, device=device))
 
 
 def last_hidden_state(model, input_ids, attention_mask, position_ids=None) -> torch.Tensor:
@@ -135,14 +188,14 @@ def _fused_output(fields, lay_out):
                                mean_logits=mean_logits, is_top1=is_top1, label_mask=mask)
 
 
-def scored_outputs(model, packed: PackedPairs, shape: tuple[int, int]):
-    """trl's per-token fields (log-probs, entropy, mean logits, top-1) in its two-row layout `shape`,
-    from one forward over the packed pairs."""
+def scored_outputs(model, packed: PackedRows, shape: tuple[int, int]):
+    """trl's per-token fields (log-probs, entropy, mean logits, top-1) in its row layout `shape`,
+    from one forward over the packed rows."""
     hidden = last_hidden_state(model, packed.input_ids, packed.attention_mask, packed.position_ids)
     fields = _per_token(model, hidden, packed.next_tokens)
 
-    # Scored tokens come out row by row in packed order (chosen tokens of a pair, then its rejected
-    # ones), the order target_rows and target_columns were built in.
+    # Scored tokens come out in packed order (packed row, then branch, then position), the order
+    # target_rows and target_columns were built in.
     def lay_out(values: torch.Tensor) -> torch.Tensor:
         return values.new_zeros(shape).index_put((packed.target_rows, packed.target_columns), values)
 

@@ -7,8 +7,8 @@ fine-tuning a frozen copy of the opponent is loaded as the reference instead.
 
 The trainer is trl's DPOTrainer with trl's loss; two things are done once instead of on every
 step (settings `shared_prompt` and `precompute_reference`): each pair's prompt goes through the
-model once for both answers (training/forward.py), and the reference log-probs are computed once
-per iteration, before training.
+model once for both answers, and a batch's pairs about one database share its schema
+(training/forward.py); the reference log-probs are computed once per iteration, before training.
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ from pathlib import Path
 from pydantic import Field
 
 from exspin.training.common import (
+    CheckpointLargeBatches,
     StepLog,
     TrainSettings,
     check_lengths,
     load_for_training,
     lora_config,
+    sampling_arguments,
     save_trained,
     trainer_arguments,
 )
@@ -35,7 +37,7 @@ class SelfPlaySettings(TrainSettings):
     learning_rate: float = Field(5e-6, gt=0.0)
     beta: float = Field(0.1, gt=0.0)  # lambda in the SPIN paper
     nll_weight: float = Field(1.0, ge=0.0)  # NLL on the gold SQL (RPO); 0 is plain SPIN
-    shared_prompt: bool = True  # one forward per pair: [prompt, chosen, rejected] with a sharing mask
+    shared_prompt: bool = True  # rows sharing a prompt in one forward (each pair's two, at least)
     precompute_reference: bool = True  # reference log-probs once per iteration, not on every step
 
 
@@ -46,23 +48,30 @@ def selfplay_trainer_class():
     from trl.models.utils import disable_gradient_checkpointing
     from trl.trainer.utils import use_adapter
 
-    from exspin.training.forward import pack_pairs, scored_outputs
+    from exspin.models import takes_4d_mask
+    from exspin.training.forward import pack_rows, scored_outputs
 
     class SelfPlayTrainer(DPOTrainer):
         """The loss and its metrics are trl's own; only the forward that feeds them is shared."""
 
         def _packed(self, model, inputs):
-            """The batch packed one pair a row, or None where trl's own path must run: a pair cut by
-            truncation, attention that cannot take a 4-D boolean mask (only SDPA is used here), or
-            trl features that need outputs this path does not make (MoE aux loss, WPO weights, LD)."""
-            attention = getattr(self.accelerator.unwrap_model(model).config, "_attn_implementation", None)
-            if attention != "sdpa" or self.aux_loss_enabled or self.use_weighting or self.ld_alpha is not None:
+            """The batch packed by shared prompt (each pair's two rows at least), or None where trl's own
+            path must run: a row with no completion left after truncation, attention that cannot take
+            a 4-D boolean mask (only SDPA is used here), or trl features that need outputs this path
+            does not make (MoE aux loss, WPO weights, LD)."""
+            if (not takes_4d_mask(self.accelerator.unwrap_model(model)) or self.aux_loss_enabled or self.use_weighting
+                    or self.ld_alpha is not None):
                 return None, None
-            packed = pack_pairs(inputs["input_ids"], inputs["completion_mask"], self._tokenizer.pad_token_id)
+            packed = pack_rows(inputs["input_ids"], inputs["completion_mask"], self._tokenizer.pad_token_id,
+                               inputs.get("attention_mask"))
             return packed, (inputs["input_ids"].shape[0], inputs["input_ids"].shape[1] - 1)
+
+        checkpointing: CheckpointLargeBatches | None = None  # set by build_selfplay_trainer
 
         def _compute_loss(self, model, inputs, return_outputs):
             packed, shape = self._packed(model, inputs)
+            if model.training and self.checkpointing is not None:
+                self.checkpointing(model, (packed.input_ids if packed is not None else inputs["input_ids"]).numel())
             if packed is None or return_outputs:
                 return super()._compute_loss(model, inputs, return_outputs)
             return super()._compute_loss(_PackedCall(model, packed, shape), inputs, return_outputs)
@@ -85,7 +94,7 @@ def selfplay_trainer_class():
 
 class _PackedCall:
     """Stands in for the model in trl's loss: the fused-head call it makes is answered from one
-    forward over the packed pairs; anything else goes to the model itself."""
+    forward over the packed rows; anything else goes to the model itself."""
 
     def __init__(self, model, packed, shape):
         self.model, self.packed, self.shape = model, packed, shape
@@ -105,6 +114,10 @@ def build_selfplay_trainer(model_path: str, pairs: Sequence[dict], settings: Sel
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
+    from exspin.models import takes_4d_mask
+
+    if not settings.shared_prompt:  # trl's stock trainer cannot switch checkpointing per step
+        settings = settings.model_copy(update={"checkpoint_over_tokens": None})
     model, tokenizer = load_for_training(model_path, settings)
     check_lengths(tokenizer, [(p["prompt"], p["chosen"], p["rejected"]) for p in pairs], settings.max_length,
                   output_dir)
@@ -116,14 +129,17 @@ def build_selfplay_trainer(model_path: str, pairs: Sequence[dict], settings: Sel
     # trl caches precomputed reference log-probs in a file named after the dataset's cache files; an
     # in-memory dataset has none, so each process would name another file: precompute in one process only.
     single_process = int(os.environ.get("WORLD_SIZE", "1")) == 1
-    config = DPOConfig(**trainer_arguments(settings, output_dir / "trainer"), beta=settings.beta,
+    dataset = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
+    dataset, sampling = sampling_arguments(settings, dataset, settings.shared_prompt and takes_4d_mask(model))
+    config = DPOConfig(**trainer_arguments(settings, output_dir / "trainer"), **sampling, beta=settings.beta,
                        loss_type=losses, loss_weights=weights,
                        precompute_ref_log_probs=settings.precompute_reference and single_process)
-    dataset = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
     log = StepLog(output_dir / "train_log.jsonl")
     trainer_class = selfplay_trainer_class() if settings.shared_prompt else DPOTrainer
     trainer = trainer_class(model=model, ref_model=reference, args=config, train_dataset=dataset,
                             processing_class=tokenizer, peft_config=lora_config(settings), callbacks=[log])
+    if settings.shared_prompt:
+        trainer.checkpointing = CheckpointLargeBatches(settings)
     return trainer, tokenizer, log
 
 

@@ -6,11 +6,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from exspin.training.common import (
+    CheckpointLargeBatches,
     StepLog,
     TrainSettings,
     check_lengths,
     load_for_training,
     lora_config,
+    sampling_arguments,
     save_trained,
     trainer_arguments,
 )
@@ -21,24 +23,39 @@ class SFTSettings(TrainSettings):
 
 
 def sft_trainer_class():
-    """trl's SFTTrainer, with the LM head applied at completion positions only (built lazily)."""
+    """trl's SFTTrainer, with the LM head applied at completion positions only and examples that share
+    a prompt prefix packed into one row (built lazily)."""
     from trl import SFTTrainer
 
+    from exspin.models import takes_4d_mask
+    from exspin.training.forward import pack_rows
+
     class CompletionHeadSFTTrainer(SFTTrainer):
-        """The loss and metrics are trl's own; only the forward that feeds them skips the prompt's logits."""
+        """The loss and metrics are trl's own; only the forward that feeds them is changed."""
+
+        checkpointing: CheckpointLargeBatches | None = None  # set by build_sft_trainer
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            return super().compute_loss(_CompletionHead(model), inputs, return_outputs, num_items_in_batch)
+            packed = None
+            several = "labels" in inputs and inputs["input_ids"].shape[0] > 1
+            if several and takes_4d_mask(self.accelerator.unwrap_model(model)):
+                packed = pack_rows(inputs["input_ids"], inputs["labels"] != -100, self.processing_class.pad_token_id,
+                                   inputs.get("attention_mask"))
+                if packed is not None and packed.input_ids.shape[0] == inputs["input_ids"].shape[0]:
+                    packed = None  # nothing shared: plain rows need no 4-D mask
+            if model.training and self.checkpointing is not None:
+                self.checkpointing(model, (packed.input_ids if packed is not None else inputs["input_ids"]).numel())
+            return super().compute_loss(_CompletionHead(model, packed), inputs, return_outputs, num_items_in_batch)
 
     return CompletionHeadSFTTrainer
 
 
 class _CompletionHead:
     """Stands in for the model in trl's loss: its fused-head call is answered with the head applied
-    only where labels are set; anything else goes to the model itself."""
+    only where labels are set (from the packed rows, when given); anything else goes to the model."""
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, model, packed=None):
+        self.model, self.packed = model, packed
 
     KNOWN = frozenset({"input_ids", "attention_mask", "labels", "use_cache", "position_ids"})
 
@@ -46,9 +63,12 @@ class _CompletionHead:
         # Padding-free batches, sequence parallelism, MoE and the like: trl's own fused head.
         if not fused_lm_head or args or "labels" not in kwargs or not set(kwargs) <= self.KNOWN:
             return self.model(*args, fused_lm_head=fused_lm_head, **kwargs)
-        from exspin.training.forward import completion_outputs
+        from exspin.training.forward import completion_outputs, scored_outputs
 
-        return completion_outputs(self.model, kwargs["input_ids"], kwargs.get("attention_mask"), kwargs["labels"],
+        input_ids = kwargs["input_ids"]
+        if self.packed is not None:
+            return scored_outputs(self.model, self.packed, (input_ids.shape[0], input_ids.shape[1] - 1))
+        return completion_outputs(self.model, input_ids, kwargs.get("attention_mask"), kwargs["labels"],
                                   position_ids=kwargs.get("position_ids"))
 
 
@@ -57,14 +77,21 @@ def build_sft_trainer(model_path: str, records: Sequence[dict], settings: SFTSet
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    from exspin.models import takes_4d_mask
+
+    if not settings.completion_head_only:  # trl's stock trainer cannot switch checkpointing per step
+        settings = settings.model_copy(update={"checkpoint_over_tokens": None})
     model, tokenizer = load_for_training(model_path, settings)
     check_lengths(tokenizer, [(r["prompt"], r["completion"]) for r in records], settings.max_length, output_dir)
     dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in records])
-    config = SFTConfig(**trainer_arguments(settings, output_dir / "trainer"), completion_only_loss=True,
+    dataset, sampling = sampling_arguments(settings, dataset, settings.completion_head_only and takes_4d_mask(model))
+    config = SFTConfig(**trainer_arguments(settings, output_dir / "trainer"), **sampling, completion_only_loss=True,
                        packing=False)
     trainer_class = sft_trainer_class() if settings.completion_head_only else SFTTrainer
     trainer = trainer_class(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                             peft_config=lora_config(settings), callbacks=[StepLog(output_dir / "train_log.jsonl")])
+    if settings.completion_head_only:
+        trainer.checkpointing = CheckpointLargeBatches(settings)
     return trainer, tokenizer
 
 

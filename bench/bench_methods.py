@@ -1,0 +1,168 @@
+"""One self-play iteration of each feedback method from one shared SFT model, on all of Spider dev.
+
+    .venv/bin/python bench/bench_methods.py [--base runs/spider_cpu] [--config configs/spider_cpu.yaml]
+                                            [--arms spin dpo control]
+
+The base run (configs/spider_cpu.yaml: SFT, then ExSPIN iterations) gives three rows itself: SFT,
+ExSPIN (its first iteration) and ExSPIN's second iteration (when its control let it run). Every
+other arm hard-links the base run's data, prompt, start and SFT stages into runs/bench-methods/<arm>
+and runs one iteration of its own, so arms differ only in their feedback:
+- spin: SPIN's pairs, every greedy answer whose SQL differs from the gold in text;
+- dpo: 4 samples per question at temperature 0.8, a correct one (chosen) against a wrong one;
+- control: compute-matched, the SFT model trained further with the NLL on the gold SQL alone, on
+  the questions and prompts of ExSPIN's pairs, with ExSPIN's trainer settings, so the same number
+  of optimizer steps on the same gold answers, without the rejected side.
+Arms run one after another; a finished arm is read back, an unfinished one resumes.
+
+Per row: dev and validation EX; questions gained and lost against SFT on each, with an exact
+two-sided sign-test p; pairs by the rejected answer's label; wall time of its stage (opponent
+generation, training and scoring). Writes bench/results/methods.json and methods.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ARMS = {
+    "spin": ["selfplay.method=spin"],
+    "dpo": ["selfplay.method=dpo", "selfplay.samples_per_question=4", "selfplay.temperature=0.8"],
+}
+SHARED_STAGES = ("00_data", "01_prompts", "02_start", "03_sft")
+
+
+def link_stages(base: Path, run_dir: Path) -> None:
+    """The base run's finished stages, hard-linked: no copy of the SFT model, and nothing in them is
+    ever rewritten in place (models are saved to a new folder and renamed)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stage in SHARED_STAGES:
+        if not (run_dir / stage).exists():
+            shutil.copytree(base / stage, run_dir / stage, copy_function=os.link)
+
+
+def run_iteration(base: Path, config: Path, run_dir: Path, overrides: list[str]) -> None:
+    """One self-play iteration with `overrides` on top of the base run's shared stages (resumable)."""
+    if (run_dir / "04_iter1" / "done.json").is_file():
+        return
+    link_stages(base, run_dir)
+    subprocess.run([sys.executable, "-m", "exspin.cli", "run", str(config), f"run_dir={run_dir}", *overrides,
+                    "selfplay.iterations=1", "control.patience=99", "--resume"], check=True)
+
+
+def run_control(base: Path, config_path: Path, run_dir: Path) -> None:
+    """The SFT model trained further with the NLL alone, on ExSPIN's pairs' prompts and gold SQL."""
+    from exspin.artifacts import read_jsonl, write_json
+    from exspin.config import load_config
+    from exspin.data import Example, load_split
+    from exspin.execution.pool import SqlRunner
+    from exspin.generation import Generator
+    from exspin.models import load_model
+    from exspin.predict import predict_prompts
+    from exspin.training.sft import SFTSettings, train_sft
+
+    folder = run_dir / "04_control"
+    if (folder / "done.json").is_file():
+        return
+    config = load_config(config_path)
+    if folder.exists():
+        shutil.rmtree(folder)
+    start = time.perf_counter()
+    pairs = read_jsonl(base / "04_iter1" / "train_pairs.jsonl")
+    records = [{"prompt": p["prompt"], "completion": p["chosen"]} for p in pairs]
+    selfplay = config.selfplay.train.model_dump()
+    settings = SFTSettings(**{k: v for k, v in selfplay.items() if k in SFTSettings.model_fields})
+    sft_model = json.loads((base / "03_sft" / "done.json").read_text())["model"]
+    model = train_sft(sft_model, records, settings, folder)
+    generator = Generator(*load_model(str(model)))
+    summary = {"model": str(model), "records": len(records)}
+    with SqlRunner(timeout_s=config.execution.timeout_s, max_rows=config.execution.max_rows) as runner:
+        for which in ("validation", "eval"):
+            examples = [Example.model_validate(r) for r in read_jsonl(base / "00_data" / f"{which}.jsonl")]
+            prompts = {r["index"]: r["prompt"] for r in read_jsonl(base / "01_prompts" / f"{which}.jsonl")}
+            split = load_split(config.data.path, config.data.eval_split if which == "eval" else config.data.train_split)
+            result = predict_prompts(str(model), split, examples, [prompts[e.index] for e in examples],
+                                     folder / f"eval_{which}", runner, generator, config.generation)
+            summary[f"{which}_ex"] = round(result.ex, 4)
+    summary["seconds"] = round(time.perf_counter() - start, 2)
+    write_json(folder / "done.json", summary)
+
+
+def verdicts(folder: Path) -> list[dict]:
+    return json.loads((folder / "results.json").read_text())["examples"]
+
+
+def row(name: str, stage: Path, sft: Path) -> dict:
+    from exspin.evaluation.stats import paired_change
+
+    summary = json.loads((stage / "done.json").read_text())
+    out = {"arm": name, "stage": str(stage), "dev_ex": summary["eval_ex"], "validation_ex": summary["validation_ex"],
+           "pairs": summary.get("pairs"), "pairs_by_label": summary.get("pairs_by_label", {}),
+           "seconds": summary.get("seconds")}
+    for which in ("eval", "validation"):
+        change = paired_change(verdicts(sft / f"eval_{which}"), verdicts(stage / f"eval_{which}"))
+        out[f"{which}_vs_sft"] = {k: change[k] for k in ("n", "gained", "lost", "p")}
+    return out
+
+
+def markdown(rows: list[dict], sft: dict, start: dict) -> str:
+    lines = ["# One iteration of each method from one SFT model (default model, Spider, 2 CPU cores)", "",
+             f"Start (zero-shot): dev {start['eval_ex']:.2f}, validation {start['validation_ex']:.2f}. "
+             f"SFT: dev {sft['eval_ex']:.2f}, validation {sft['validation_ex']:.2f}. "
+             "+/-: questions turned right/wrong against SFT; p: exact two-sided sign test.", "",
+             "| arm | dev EX | dev +/- | dev p | val EX | val +/- | val p | pairs | pairs by label | minutes |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+    for r in rows:
+        dev, val = r["eval_vs_sft"], r["validation_vs_sft"]
+        labels = ", ".join(f"{k} {v}" for k, v in r["pairs_by_label"].items() if v) or "-"
+        minutes = f"{r['seconds'] / 60:.0f}" if r["seconds"] else "-"
+        lines.append(f"| {r['arm']} | {r['dev_ex']:.2f} | +{dev['gained']}/-{dev['lost']} | {dev['p']:.3f} | "
+                     f"{r['validation_ex']:.2f} | +{val['gained']}/-{val['lost']} | {val['p']:.3f} | "
+                     f"{r['pairs'] if r['pairs'] is not None else '-'} | {labels} | {minutes} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", type=Path, default=ROOT / "runs" / "spider_cpu")
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "spider_cpu.yaml")
+    parser.add_argument("--arms", nargs="*", default=[*ARMS, "control"], choices=[*ARMS, "control"])
+    args = parser.parse_args()
+    base = args.base
+    for stage in ("03_sft", "04_iter1"):
+        if not (base / stage / "done.json").is_file():
+            sys.exit(f"{base} has not finished {stage}: run `exspin run --config {args.config} --resume` first")
+    out_root = base.parent / "bench-methods"
+    for arm in args.arms:
+        print(f"arm {arm}", flush=True)
+        if arm == "control":
+            run_control(base, args.config, out_root / "control")
+        else:
+            run_iteration(base, args.config, out_root / arm, ARMS[arm])
+
+    sft = base / "03_sft"
+    rows = [row("exspin", base / "04_iter1", sft)]
+    if (base / "05_iter2" / "done.json").is_file():
+        rows.append(row("exspin, iteration 2", base / "05_iter2", sft))
+    for arm in [*ARMS, "control"]:
+        stage = out_root / arm / ("04_control" if arm == "control" else "04_iter1")
+        if (stage / "done.json").is_file():
+            rows.append(row(arm, stage, sft))
+    sft_summary = json.loads((sft / "done.json").read_text())
+    start_summary = json.loads((base / "02_start" / "done.json").read_text())
+    results = {"base": str(base), "start": start_summary, "sft": sft_summary, "rows": rows}
+    out = ROOT / "bench" / "results" / "methods.json"
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    table = markdown(rows, sft_summary, start_summary)
+    out.with_suffix(".md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
