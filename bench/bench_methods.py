@@ -6,7 +6,7 @@
 The base run (configs/spider_cpu.yaml: SFT, then ExSPIN iterations) gives three rows itself: SFT,
 ExSPIN (its first iteration) and ExSPIN's second iteration (when its control let it run). Every
 other arm hard-links the base run's data, prompt, start and SFT stages into runs/bench-methods/<arm>
-and runs one iteration of its own, so arms differ only in their feedback:
+(bench_sweep.run_from_base) and runs one iteration of its own, so arms differ only in their feedback:
 - spin: SPIN's pairs, every greedy answer whose SQL differs from the gold in text;
 - dpo: 4 samples per question at temperature 0.8, a correct one (chosen) against a wrong one;
 - control: compute-matched, the SFT model trained further with the NLL on the gold SQL alone, on
@@ -23,37 +23,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench_sweep import run_from_base
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = {
     "spin": ["selfplay.method=spin"],
     "dpo": ["selfplay.method=dpo", "selfplay.samples_per_question=4", "selfplay.temperature=0.8"],
 }
-SHARED_STAGES = ("00_data", "01_prompts", "02_start", "03_sft")
-
-
-def link_stages(base: Path, run_dir: Path) -> None:
-    """The base run's finished stages, hard-linked: no copy of the SFT model, and nothing in them is
-    ever rewritten in place (models are saved to a new folder and renamed)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for stage in SHARED_STAGES:
-        if not (run_dir / stage).exists():
-            shutil.copytree(base / stage, run_dir / stage, copy_function=os.link)
 
 
 def run_iteration(base: Path, config: Path, run_dir: Path, overrides: list[str]) -> None:
-    """One self-play iteration with `overrides` on top of the base run's shared stages (resumable)."""
-    if (run_dir / "04_iter1" / "done.json").is_file():
-        return
-    link_stages(base, run_dir)
-    subprocess.run([sys.executable, "-m", "exspin.cli", "run", str(config), f"run_dir={run_dir}", *overrides,
-                    "selfplay.iterations=1", "control.patience=99", "--resume"], check=True)
+    """One self-play iteration with `overrides` on the base run's shared stages (resumable)."""
+    run_from_base(base, config, run_dir, [*overrides, "selfplay.iterations=1", "control.patience=99"])
 
 
 def run_control(base: Path, config_path: Path, run_dir: Path) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -41,7 +42,9 @@ def run_from_base(base: Path, config: Path, run_dir: Path, overrides: list[str])
         run_dir.mkdir(parents=True, exist_ok=True)
         for stage in ("00_data", "01_prompts", "02_start", "03_sft"):
             if not (run_dir / stage).exists():
-                shutil.copytree(base / stage, run_dir / stage)
+                # Hard links: no copy of the SFT model, and no stage file is ever rewritten in place
+                # (models are saved to a new folder and renamed).
+                shutil.copytree(base / stage, run_dir / stage, copy_function=os.link)
         subprocess.run([sys.executable, "-m", "exspin.cli", "run", str(config), f"run_dir={run_dir}",
                         *overrides, "--resume"], check=True)
     return json.loads(metrics.read_text())
