@@ -1,9 +1,12 @@
 """Greedy generation: the code before a change (a git ref, run from a worktree) against today's, in one run.
 
-    .venv/bin/python bench/bench_generation_paths.py [--prompts 96] [--baseline 852cc75] [--batch-sizes 8 16 32]
+    .venv/bin/python bench/bench_generation_paths.py [--prompts 96] [--spread] [--baseline 852cc75]
+                                                     [--batch-sizes 8 16 32]
 
-Every arm generates for the same prompts (the default prompt, the first N executable Spider dev
-questions, so a few databases in a row, as an evaluation meets them) with the default model in
+Every arm generates for the same prompts (the default prompt; the first N executable Spider dev
+questions, so a few databases in a row, as a dev evaluation meets them; or with --spread every k-th,
+so many databases with few questions each, as a validation set carved from train meets them) with
+the default model in
 float32, greedy, in its own process, one arm at a time:
 - the baseline: the library as of `--baseline`, checked out into a git worktree, at its default
   batch size;
@@ -38,7 +41,10 @@ def worker(args) -> None:
 
     split = load_split(args.data, "dev")
     generator = Generator(*load_model(resolve_model(DEFAULT_MODEL), dtype=torch.float32))
-    prompts = build_prompts(split.executable[: args.prompts], SchemaBook(split), generator.tokenizer, PromptConfig())
+    examples = split.executable
+    if args.spread:  # every k-th question: many databases, few questions each (like a validation set)
+        examples = examples[:: max(1, len(examples) // args.prompts)]
+    prompts = build_prompts(examples[: args.prompts], SchemaBook(split), generator.tokenizer, PromptConfig())
     config = GenerationConfig(max_new_tokens=args.max_new_tokens)
     if args.batch_size:
         config = config.model_copy(update={"batch_size": args.batch_size})
@@ -54,6 +60,7 @@ def worker(args) -> None:
 
 def run_arm(source: Path, args, batch_size: int | None) -> dict:
     command = [sys.executable, __file__, "--worker", "--data", str(args.data), "--prompts", str(args.prompts),
+               *(["--spread"] if args.spread else []),
                "--max-new-tokens", str(args.max_new_tokens), "--batch-size", str(batch_size or 0)]
     env = {**os.environ, "PYTHONPATH": str(source / "src")}
     result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
@@ -79,6 +86,8 @@ def main() -> None:
     parser.add_argument("--baseline", default="852cc75")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--spread", action="store_true",
+                        help="every k-th dev question (many databases, few questions each) instead of the first N")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -95,7 +104,8 @@ def main() -> None:
         print(f"{name} (batch {arm['batch_size']}, {arm['attention']}): {arm['prompts_per_s']:.2f} prompts/s, "
               f"{arm['tokens_per_s']:.1f} tokens/s", flush=True)
     baseline = results["arms"][f"baseline {args.baseline}"]
-    lines = [f"# Greedy generation: {args.prompts} Spider dev prompts (default prompt), default model, float32, "
+    which = "every k-th executable Spider dev question" if args.spread else "the first executable Spider dev questions"
+    lines = [f"# Greedy generation: {args.prompts} prompts, {which} (default prompt), default model, float32, "
              "2 cores", "", "| arm | batch | attention | prompts/s | tokens/s | x baseline | same SQL as baseline |",
              "|---|---:|---|---:|---:|---:|---:|"]
     for name, arm in results["arms"].items():
@@ -104,9 +114,9 @@ def main() -> None:
         lines.append(f"| {name} | {arm['batch_size']} | {arm['attention']} | {arm['prompts_per_s']:.2f} | "
                      f"{arm['tokens_per_s']:.1f} | {arm['speedup']:.2f} | "
                      f"{arm['same_sql_as_baseline']}/{args.prompts} |")
-    out = ROOT / "bench" / "results"
-    (out / "generation_paths.json").write_text(json.dumps(results, indent=1) + "\n")
-    (out / "generation_paths.md").write_text("\n".join(lines) + "\n")
+    out, name = ROOT / "bench" / "results", "generation_paths_spread" if args.spread else "generation_paths"
+    (out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -9,7 +9,8 @@ other arm hard-links the base run's data, prompt, start and SFT stages into runs
 (bench_sweep.run_from_base) and runs one iteration of its own, so arms differ only in their feedback:
 - spin: SPIN's pairs, every greedy answer whose SQL differs from the gold in text;
 - dpo: 4 samples per question at temperature 0.8, a correct one (chosen) against a wrong one;
-- control: compute-matched, the SFT model trained further with the NLL on the gold SQL alone, on
+- control: compute-matched, ExSPIN's starting model (the SFT model unless the run rolled back)
+  trained further with the NLL on the gold SQL alone, on
   the questions and prompts of ExSPIN's pairs, with ExSPIN's trainer settings, so the same number
   of optimizer steps on the same gold answers, without the rejected side.
 Arms run one after another; a finished arm is read back, an unfinished one resumes.
@@ -46,11 +47,12 @@ def run_control(base: Path, config_path: Path, run_dir: Path) -> None:
     """The SFT model trained further with the NLL alone, on ExSPIN's pairs' prompts and gold SQL."""
     from exspin.artifacts import read_jsonl, write_json
     from exspin.config import load_config
-    from exspin.data import Example, load_split
+    from exspin.data import load_split
     from exspin.execution.pool import SqlRunner
     from exspin.generation import Generator
     from exspin.models import load_model
     from exspin.predict import predict_prompts
+    from exspin.records import Example
     from exspin.training.sft import SFTSettings, train_sft
 
     folder = run_dir / "04_control"
@@ -64,8 +66,8 @@ def run_control(base: Path, config_path: Path, run_dir: Path) -> None:
     records = [{"prompt": p["prompt"], "completion": p["chosen"]} for p in pairs]
     selfplay = config.selfplay.train.model_dump()
     settings = SFTSettings(**{k: v for k, v in selfplay.items() if k in SFTSettings.model_fields})
-    sft_model = json.loads((base / "03_sft" / "done.json").read_text())["model"]
-    model = train_sft(sft_model, records, settings, folder)
+    opponent = json.loads((base / "04_iter1" / "done.json").read_text())["opponent"]  # what ExSPIN built on
+    model = train_sft(opponent, records, settings, folder)
     generator = Generator(*load_model(str(model)))
     summary = {"model": str(model), "records": len(records)}
     with SqlRunner(timeout_s=config.execution.timeout_s, max_rows=config.execution.max_rows) as runner:

@@ -10,7 +10,12 @@ import torch
 
 from exspin.errors import UserError
 from exspin.generation import GenerationConfig, Generator, extract_sql
-from exspin.generation.generate import MIN_SHARED_PREFIX, pad_after_prefix, plan_batches, shared_prefix_length
+from exspin.generation.generate import (
+    MIN_SHARED_PREFIX,
+    pad_after_prefix,
+    prefix_lengths,
+    shared_prefix_length,
+)
 from exspin.models import assemble_parts, load_model, merge_adapter, save_model
 
 EXTRACTION_CASES = [
@@ -73,6 +78,21 @@ def test_shared_prefix_is_prefilled_once_with_the_same_output(tiny):
     assert [len(s) for s in sampled] == [2, 2, 2]
 
 
+def test_the_next_batch_about_a_database_starts_from_its_schema_cache(tiny):
+    generator = Generator(*tiny)
+    prompts = SHARED_PREFIX_PROMPTS[:3] + [SCHEMA + "-- Youngest singer\nSELECT"]
+    fed: list[int] = []
+    generator.model.get_decoder().register_forward_pre_hook(
+        lambda module, args, kwargs: fed.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+    config = GenerationConfig(max_new_tokens=12, batch_size=2, stop_at_statement_end=False)
+    batched = generator(prompts, config)
+    prefill = [width for width in fed if width > 1]
+    schema = len(tiny[1](SCHEMA, add_special_tokens=False)["input_ids"])
+    # Batch 1: its prefix, then its suffixes; batch 2: at most the tokens its prefix adds, then suffixes.
+    assert prefill[0] >= schema and len(prefill) >= 3 and prefill[2] < prefill[0], prefill
+    assert batched == [generator([p], GenerationConfig(max_new_tokens=12))[0] for p in prompts]
+
+
 def test_shared_prefix_length_and_padding_between_prefix_and_suffix():
     assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5, 6]]) == 3
     assert shared_prefix_length([[1, 2], [1, 2, 3]]) == 1  # each row keeps a token of its own
@@ -82,13 +102,28 @@ def test_shared_prefix_length_and_padding_between_prefix_and_suffix():
     assert mask == [[1, 1, 0, 0, 1], [1, 1, 1, 1, 1]]
 
 
-def test_batches_end_where_the_schema_changes():
-    schema_a, schema_b = [1] * 10, [2] * 10
-    token_ids = [schema_a + [3], schema_a + [4], schema_a + [5], schema_b + [3], schema_b + [4]]
-    order = list(range(5))
-    assert plan_batches(order, token_ids, 4, by_prefix=True) == [[0, 1, 2], [3, 4]]
-    assert plan_batches(order, token_ids, 2, by_prefix=True) == [[0, 1], [2], [3, 4]]
-    assert plan_batches(order, token_ids, 4, by_prefix=False) == [[0, 1, 2, 3], [4]]
+def test_each_database_in_a_batch_shares_its_own_prefix():
+    schema_a, schema_b = [1] * 20, [2] * 20
+    rows = [schema_a + [3], schema_a + [4], schema_a + [5], schema_b + [3], [9, 8]]
+    # A row alone prefills all but its last token apart; [9, 8] is too short to bother.
+    assert prefix_lengths(rows) == [20, 20, 20, 20, 0]
+    ids, mask = pad_after_prefix([[1, 1, 1, 5], [2, 2, 6, 7, 8]], [3, 2], pad_id=0)
+    assert ids == [[1, 1, 1, 0, 0, 5], [0, 2, 2, 6, 7, 8]]
+    assert mask == [[1, 1, 1, 0, 0, 1], [0, 1, 1, 1, 1, 1]]
+
+
+def test_a_batch_of_two_databases_prefills_each_schema_once(tiny):
+    generator = Generator(*tiny)
+    stadium = "CREATE TABLE stadium (stadium_id INTEGER PRIMARY KEY, name TEXT, capacity INTEGER, city TEXT);\n"
+    prompts = [SCHEMA + "-- How many singers are there?\nSELECT", SCHEMA + "-- Average age\nSELECT",
+               stadium + "-- Largest stadium\nSELECT", stadium + "-- Stadiums in Paris\nSELECT"]
+    fed: list[tuple[int, int]] = []
+    generator.model.get_decoder().register_forward_pre_hook(
+        lambda module, args, kwargs: fed.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    batched = generator(prompts, GenerationConfig(max_new_tokens=12, batch_size=4))
+    # One pass per schema (one row each), then one pass over the 4 questions, then decoding.
+    assert [rows for rows, width in fed[:3]] == [1, 1, 4] and all(width == 1 for _, width in fed[3:]), fed
+    assert batched == [generator([p], GenerationConfig(max_new_tokens=12))[0] for p in prompts]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the grouped-KV attention is what load_model picks on a CPU")

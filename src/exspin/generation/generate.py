@@ -3,8 +3,12 @@
 Both backends return, for each prompt, a list of ``num_samples`` completions, in prompt order.
 
 On transformers, prompts are sorted by their tokens, so prompts about the same database (same schema,
-different question) share a batch. The tokens every prompt of a batch starts with are prefilled once
-and their KV cache is copied to every row; only each row's own suffix is prefilled. On a CPU prefill
+different question) sit next to each other. Within a batch, each run of prompts about one database
+has its common prefix (system prompt and schema) prefilled once, and that KV cache is copied to
+each of its rows (prefixes of different databases left-padded to one width, the padding masked);
+only each row's own suffix is prefilled. The next batch about the same database starts from that
+prefix's cache too. So a batch mixes databases freely (decoding is memory-bound: a bigger batch
+costs little more per step) without prefilling any schema twice. On a CPU prefill
 is compute-bound and batching alone does not speed it up, so this reuse is what makes batches pay off
 for long schema prompts. vLLM does the same by itself (automatic prefix caching).
 """
@@ -48,33 +52,38 @@ def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
     return length
 
 
-def plan_batches(order: Sequence[int], token_ids: Sequence[Sequence[int]], batch_size: int,
-                 by_prefix: bool) -> list[list[int]]:
-    """Consecutive prompts of `order` in batches of at most batch_size. By prefix, a batch also ends where
-    the next prompt shares less than half of itself with the batch's first (another database's schema):
-    a batch that mixed two schemas would share only the system prompt, and prefill both in full."""
-    batches: list[list[int]] = []
-    for i in order:
-        if batches and len(batches[-1]) < batch_size and (not by_prefix or 2 * shared_prefix_length(
-                [token_ids[batches[-1][0]], token_ids[i]]) >= len(token_ids[i])):
-            batches[-1].append(i)
-        else:
-            batches.append([i])
-    return batches
+def prefix_lengths(rows: Sequence[Sequence[int]]) -> list[int]:
+    """Per row (rows sorted by tokens), the length of its prefix to prefill apart from the batch: runs
+    of rows that share at least half of themselves with the run's first (one database's schema) share
+    their common prefix, computed once for all of them; a row alone prefills all but its last token.
+    Either way the batch's joint prefill is only the short suffixes (the questions), never a long
+    prompt that every other row would be padded to. 0 where the prefix is too short to bother."""
+    lengths = [0] * len(rows)
+    start = 0
+    for end in range(1, len(rows) + 1):
+        if end < len(rows) and 2 * shared_prefix_length([rows[start], rows[end]]) >= len(rows[end]):
+            continue
+        shared = shared_prefix_length(rows[start:end])
+        if shared >= MIN_SHARED_PREFIX:
+            lengths[start:end] = [shared] * (end - start)
+        start = end
+    return lengths
 
 
-def pad_after_prefix(rows: Sequence[Sequence[int]], shared: int, pad_id: int) -> tuple[list, list]:
-    """Input ids and attention mask: the shared prefix, then each row's suffix left-padded to one width.
+def pad_after_prefix(rows: Sequence[Sequence[int]], shared: int | Sequence[int], pad_id: int) -> tuple[list, list]:
+    """Input ids and attention mask: each row's prefix (shared: one length for all rows, or one per row)
+    left-padded to the longest prefix, then its suffix left-padded to the longest suffix.
 
-    Padding sits between prefix and suffix; positions come from the mask, so each row sees the same
-    positions as it would alone.
+    Positions come from the mask, so each row sees the same positions as it would alone.
     """
-    width = max(len(row) for row in rows) - shared
+    lengths = [shared] * len(rows) if isinstance(shared, int) else list(shared)
+    prefix_width = max(lengths)
+    width = max(len(row) - p for row, p in zip(rows, lengths, strict=True))
     ids, mask = [], []
-    for row in rows:
-        pad = width - (len(row) - shared)
-        ids.append(list(row[:shared]) + [pad_id] * pad + list(row[shared:]))
-        mask.append([1] * shared + [0] * pad + [1] * (len(row) - shared))
+    for row, p in zip(rows, lengths, strict=True):
+        front, middle = prefix_width - p, width - (len(row) - p)
+        ids.append([pad_id] * front + list(row[:p]) + [pad_id] * middle + list(row[p:]))
+        mask.append([0] * front + [1] * p + [0] * middle + [1] * (len(row) - p))
     return ids, mask
 
 
@@ -100,6 +109,53 @@ class Generator:
         self.model = model
         self.tokenizer = tokenizer
         self.stats = {"tokens": 0, "seconds": 0.0}
+        self._last_prefix: tuple[list[int], object] | None = None  # the previous batch's prefix and its KV cache
+
+    def _batch_cache(self, rows: Sequence[Sequence[int]], shared: Sequence[int], num_samples: int):
+        """The KV cache of every row's shared prefix, each prefix computed once and left-padded to the
+        longest (the padding is masked), repeated for each sample."""
+        import torch
+        from transformers import DynamicCache
+
+        caches = {}
+        for row, p in zip(rows, shared, strict=True):
+            if p and tuple(row[:p]) not in caches:
+                caches[tuple(row[:p])] = self._prefix_cache(list(row[:p]))
+        width = max(shared)
+        template = next(iter(caches.values()))
+        layers = []
+        for layer in range(len(template.layers)):
+            keys, values = [], []
+            for row, p in zip(rows, shared, strict=True):
+                source = caches[tuple(row[:p])].layers[layer] if p else template.layers[layer]
+                k, v = (source.keys, source.values) if p else (source.keys[..., :0, :], source.values[..., :0, :])
+                keys.append(torch.nn.functional.pad(k, (0, 0, width - p, 0)))  # left-pad the sequence dim
+                values.append(torch.nn.functional.pad(v, (0, 0, width - p, 0)))
+            layers.append((torch.cat(keys).repeat_interleave(num_samples, dim=0),
+                           torch.cat(values).repeat_interleave(num_samples, dim=0)))
+        return DynamicCache(ddp_cache_data=layers, config=self.model.config)
+
+    def _prefix_cache(self, prefix: list[int]):
+        """The KV cache of `prefix` for one row. The part it shares with the previous batch's prefix
+        (the same database's schema, when a database has more questions than a batch) is taken from
+        that batch's cache; only the rest goes through the model."""
+        import torch
+        from transformers import DynamicCache
+
+        kept, kept_cache = self._last_prefix or ([], None)
+        common = 0
+        while common < min(len(kept), len(prefix)) and kept[common] == prefix[common]:
+            common += 1
+        if common >= MIN_SHARED_PREFIX:  # a new cache of the shared part: the kept one stays as it is
+            cache = DynamicCache(ddp_cache_data=[(layer.keys[..., :common, :], layer.values[..., :common, :])
+                                                 for layer in kept_cache.layers], config=self.model.config)
+        else:
+            common, cache = 0, None
+        if common < len(prefix):
+            rest = torch.tensor([prefix[common:]], device=self.model.device)
+            cache = self.model(rest, past_key_values=cache, use_cache=True, logits_to_keep=1).past_key_values
+        self._last_prefix = (prefix, cache)
+        return cache
 
     def __call__(self, prompts: Sequence[str], config: GenerationConfig,
                  progress: Progress | None = None) -> list[list[str]]:
@@ -113,23 +169,19 @@ class Generator:
         else:  # longest first: similar lengths share a batch (little padding), and memory peaks early
             order = sorted(range(len(prompts)), key=lambda i: -len(token_ids[i]))
         outputs: list[list[str]] = [[] for _ in prompts]
+        self._last_prefix = None
         sampling = config.temperature > 0
         if sampling:
             torch.manual_seed(config.seed)
         start = time.perf_counter()
-        for batch in plan_batches(order, token_ids, config.batch_size, config.reuse_prefix):
+        for offset in range(0, len(order), config.batch_size):
+            batch = order[offset : offset + config.batch_size]
             rows = [token_ids[i] for i in batch]
-            reuse = config.reuse_prefix and len(rows) * config.num_samples > 1  # one row: nothing to share
-            shared = shared_prefix_length(rows) if reuse else 0
-            if shared < MIN_SHARED_PREFIX:
-                shared = 0
+            shared = prefix_lengths(rows) if config.reuse_prefix else [0] * len(rows)
             ids, mask = pad_after_prefix(rows, shared, tokenizer.pad_token_id)
             input_ids = torch.tensor(ids, device=model.device)
             with torch.inference_mode():
-                cache = None
-                if shared:
-                    cache = model(input_ids[:1, :shared], use_cache=True).past_key_values
-                    cache.batch_repeat_interleave(len(batch) * config.num_samples)
+                cache = self._batch_cache(rows, shared, config.num_samples) if max(shared) else None
                 generated = model.generate(
                     input_ids=input_ids,
                     attention_mask=torch.tensor(mask, device=model.device),
@@ -154,6 +206,7 @@ class Generator:
             if progress:
                 progress(len(batch), counted)
         self.stats["seconds"] += time.perf_counter() - start
+        self._last_prefix = None  # its KV cache is no longer needed
         return outputs
 
 

@@ -90,9 +90,13 @@ class CheckpointLargeBatches:
         self.always = settings.gradient_checkpointing
         self.limit = settings.checkpoint_over_tokens
 
-    def __call__(self, model, tokens: int) -> bool:
+    def __call__(self, model, tokens: int, accelerator) -> bool:
+        import torch
         from transformers.modeling_layers import GradientCheckpointingLayer
 
+        if self.limit is not None and not self.always and accelerator.num_processes > 1:
+            # Every process must recompute the same layers (ZeRO-3 gathers parameters per call).
+            tokens = int(accelerator.reduce(torch.tensor(tokens, device=accelerator.device), "max"))
         on = self.always or (self.limit is not None and tokens > self.limit)
         for module in model.modules():
             if isinstance(module, GradientCheckpointingLayer) and hasattr(module, "_gradient_checkpointing_func"):

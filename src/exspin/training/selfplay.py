@@ -71,7 +71,8 @@ def selfplay_trainer_class():
         def _compute_loss(self, model, inputs, return_outputs):
             packed, shape = self._packed(model, inputs)
             if model.training and self.checkpointing is not None:
-                self.checkpointing(model, (packed.input_ids if packed is not None else inputs["input_ids"]).numel())
+                self.checkpointing(model, (packed.input_ids if packed is not None else inputs["input_ids"]).numel(),
+                                   self.accelerator)
             if packed is None or return_outputs:
                 return super()._compute_loss(model, inputs, return_outputs)
             return super()._compute_loss(_PackedCall(model, packed, shape), inputs, return_outputs)

@@ -44,7 +44,8 @@ def sft_trainer_class():
                 if packed is not None and packed.input_ids.shape[0] == inputs["input_ids"].shape[0]:
                     packed = None  # nothing shared: plain rows need no 4-D mask
             if model.training and self.checkpointing is not None:
-                self.checkpointing(model, (packed.input_ids if packed is not None else inputs["input_ids"]).numel())
+                self.checkpointing(model, (packed.input_ids if packed is not None else inputs["input_ids"]).numel(),
+                                   self.accelerator)
             return super().compute_loss(_CompletionHead(model, packed), inputs, return_outputs, num_items_in_batch)
 
     return CompletionHeadSFTTrainer
