@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -72,6 +73,22 @@ def test_full_run_then_kill_and_resume(spider_dir, tiny_model_dir, tmp_path):
     resumed = subprocess.run(_command(config, killed, "--resume"), capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _metrics(killed) == _metrics(whole)
+
+    # Cut short while scoring trained models: resuming redoes only the scoring, never the training.
+    cut = tmp_path / "cut"
+    shutil.copytree(whole, cut)
+    for stage in ("03_sft", "04_iter1", "05_iter2"):
+        (cut / stage / "done.json").unlink()
+        shutil.rmtree(cut / stage / "eval_eval")
+    shutil.rmtree(cut / "report")
+    trained = {stage: (cut / stage / "model" / "model.safetensors").stat().st_mtime_ns
+               for stage in ("03_sft", "04_iter1")}
+    generated = (cut / "04_iter1" / "generations.jsonl").stat().st_mtime_ns
+    resumed = subprocess.run(_command(config, cut, "--resume"), capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert {stage: (cut / stage / "model" / "model.safetensors").stat().st_mtime_ns for stage in trained} == trained
+    assert (cut / "04_iter1" / "generations.jsonl").stat().st_mtime_ns == generated
+    assert _metrics(cut) == _metrics(whole)
 
 
 def test_bad_config_is_one_line_error(tmp_path):

@@ -87,14 +87,17 @@ class Run:
         return self.split(self.config.data.eval_split if which == "eval" else self.config.data.train_split)
 
     def stage(self, name: str, function) -> dict:
-        """Run a stage unless it finished before; its folder is rebuilt from scratch if it was cut short."""
+        """Run a stage unless it finished before. A stage cut short is rebuilt from scratch, unless it had
+        saved its trained model (saved atomically, so whole): then only its evaluation is redone."""
         folder = self.dir / name
         done = folder / "done.json"
         if done.is_file():
             return json.loads(done.read_text())
-        if folder.exists():
+        if folder.exists() and not _trained(folder):
             shutil.rmtree(folder)
-        folder.mkdir(parents=True)
+        for evaluation in folder.glob("eval_*"):
+            shutil.rmtree(evaluation)
+        folder.mkdir(parents=True, exist_ok=True)
         from transformers import set_seed
 
         set_seed(self.config.seed)
@@ -204,6 +207,11 @@ def _launch_training(run: Run, kind: str, model_path: str, records: Path, folder
     return read_jsonl(log) if log.is_file() else []
 
 
+def _trained(folder: Path) -> bool:
+    """Whether a stage folder holds its trained model (a run cut short during its evaluation)."""
+    return (folder / "model" / "config.json").is_file()
+
+
 def _use_launcher(run: Run) -> bool:
     return run.config.launcher.accelerate_config is not None or run.config.launcher.num_processes > 1
 
@@ -215,7 +223,9 @@ def _sft_stage(run: Run, model_path: str, folder: Path) -> dict:
     # The gold SQL in normal form: Spider's tokenised spacing is not something to learn.
     records = [{"prompt": prompts[e.index], "completion": normal_form(e.gold_sql)} for e in run.examples("train")]
     records_path = write_jsonl(folder / "sft_records.jsonl", records)
-    if _use_launcher(run):
+    if _trained(folder):  # trained before the run was cut short
+        model = folder / "model"
+    elif _use_launcher(run):
         _launch_training(run, "sft", model_path, records_path, folder)
         model = folder / "model"
     else:
@@ -240,22 +250,29 @@ def _iteration_stage(run: Run, number: int, opponent: str, folder: Path, previou
     config = GenerationConfig(**{**run.config.generation.model_dump(), "num_samples": settings.samples_per_question,
                                  "temperature": settings.temperature if sampling else 0.0,
                                  "seed": run.config.seed + number})
-    with progress_bar(len(examples), f"{folder.name}: opponent answers train", "prompts") as advance:
-        completions = generate(opponent, [prompts[e.index] for e in examples], config,
-                               lambda n, _tokens: advance(n), Generator(*load_model(opponent)))
-    labelled = label_samples(run.split_of("train"), examples, completions, run.runner)
-    write_jsonl(folder / "generations.jsonl", labelled)
-    pairs = make_pairs(settings.method, examples, prompts, labelled)
-    write_jsonl(folder / "pairs.jsonl", pairs)  # this iteration's own pairs
-    if settings.mix_previous_pairs and previous_pairs is not None and previous_pairs.is_file():
-        pairs = pairs + read_jsonl(previous_pairs)  # SPIN's recipe: the previous iteration's pairs too
-    pairs_path = write_jsonl(folder / "train_pairs.jsonl", pairs)
+    pairs_path = folder / "train_pairs.jsonl"
+    if _trained(folder):  # trained before the run was cut short: what it trained on is on disk
+        labelled, pairs = read_jsonl(folder / "generations.jsonl"), read_jsonl(pairs_path)
+    else:
+        with progress_bar(len(examples), f"{folder.name}: opponent answers train", "prompts") as advance:
+            completions = generate(opponent, [prompts[e.index] for e in examples], config,
+                                   lambda n, _tokens: advance(n), Generator(*load_model(opponent)))
+        labelled = label_samples(run.split_of("train"), examples, completions, run.runner)
+        write_jsonl(folder / "generations.jsonl", labelled)
+        pairs = make_pairs(settings.method, examples, prompts, labelled)
+        write_jsonl(folder / "pairs.jsonl", pairs)  # this iteration's own pairs
+        if settings.mix_previous_pairs and previous_pairs is not None and previous_pairs.is_file():
+            pairs = pairs + read_jsonl(previous_pairs)  # SPIN's recipe: the previous iteration's pairs too
+        write_jsonl(pairs_path, pairs)
     summary = {"opponent": opponent, "labels": count_labels(labelled), "pairs": len(pairs),
                "pairs_by_label": {k: sum(p["rejected_label"] == k for p in pairs) for k in count_labels(labelled)}}
     if not pairs:
         summary.update(model=opponent, note=no_pairs_reason(settings.method, labelled))
         return {**summary, **_evaluate_model(run, opponent, folder)}
-    if _use_launcher(run):
+    if _trained(folder):
+        log = folder / "train_log.jsonl"
+        model, steps = folder / "model", read_jsonl(log) if log.is_file() else []
+    elif _use_launcher(run):
         steps = _launch_training(run, "selfplay", opponent, pairs_path, folder)
         model = folder / "model"
     else:
