@@ -251,7 +251,10 @@ def _iteration_stage(run: Run, number: int, opponent: str, folder: Path, previou
                                  "temperature": settings.temperature if sampling else 0.0,
                                  "seed": run.config.seed + number})
     pairs_path = folder / "train_pairs.jsonl"
-    if _trained(folder):  # trained before the run was cut short: what it trained on is on disk
+    # Trained before the run was cut short, and what it trained on is on disk (runs before these files
+    # existed train again).
+    reuse = _trained(folder) and pairs_path.is_file() and (folder / "generations.jsonl").is_file()
+    if reuse:
         labelled, pairs = read_jsonl(folder / "generations.jsonl"), read_jsonl(pairs_path)
     else:
         with progress_bar(len(examples), f"{folder.name}: opponent answers train", "prompts") as advance:
@@ -269,9 +272,8 @@ def _iteration_stage(run: Run, number: int, opponent: str, folder: Path, previou
     if not pairs:
         summary.update(model=opponent, note=no_pairs_reason(settings.method, labelled))
         return {**summary, **_evaluate_model(run, opponent, folder)}
-    if _trained(folder):
-        log = folder / "train_log.jsonl"
-        model, steps = folder / "model", read_jsonl(log) if log.is_file() else []
+    if reuse:
+        model, steps = folder / "model", read_jsonl(folder / "train_log.jsonl")
     elif _use_launcher(run):
         steps = _launch_training(run, "selfplay", opponent, pairs_path, folder)
         model = folder / "model"
