@@ -74,6 +74,7 @@ def baseline_tree(ref: str) -> Path:
                             check=True).stdout.strip()
     tree = Path("/tmp") / f"exspin-baseline-{commit}"
     if not tree.exists():
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "prune"], check=True)  # one /tmp no longer has
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), commit], check=True,
                        capture_output=True)
     return tree
