@@ -97,7 +97,7 @@ def test_shared_prefix_length_and_padding_between_prefix_and_suffix():
     assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5, 6]]) == 3
     assert shared_prefix_length([[1, 2], [1, 2, 3]]) == 1  # each row keeps a token of its own
     assert shared_prefix_length([[7, 1], [8, 1]]) == 0
-    ids, mask = pad_after_prefix([[1, 2, 3], [1, 2, 4, 5, 6]], shared=2, pad_id=0)
+    ids, mask = pad_after_prefix([[1, 2, 3], [1, 2, 4, 5, 6]], shared=[2, 2], pad_id=0)
     assert ids == [[1, 2, 0, 0, 3], [1, 2, 4, 5, 6]]
     assert mask == [[1, 1, 0, 0, 1], [1, 1, 1, 1, 1]]
 

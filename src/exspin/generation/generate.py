@@ -15,6 +15,7 @@ for long schema prompts. vLLM does the same by itself (automatic prefix caching)
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Literal
@@ -45,11 +46,8 @@ MIN_SHARED_PREFIX = 16  # shorter shared prefixes are not worth a separate forwa
 
 def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
     """How many leading tokens all rows share, leaving every row at least one token of its own."""
-    limit = min(len(row) for row in rows) - 1
-    length = 0
-    while length < limit and all(row[length] == rows[0][length] for row in rows):
-        length += 1
-    return length
+    common = len(os.path.commonprefix([list(row) for row in rows]))
+    return max(0, min(common, min(len(row) for row in rows) - 1))
 
 
 def prefix_lengths(rows: Sequence[Sequence[int]]) -> list[int]:
@@ -70,17 +68,16 @@ def prefix_lengths(rows: Sequence[Sequence[int]]) -> list[int]:
     return lengths
 
 
-def pad_after_prefix(rows: Sequence[Sequence[int]], shared: int | Sequence[int], pad_id: int) -> tuple[list, list]:
-    """Input ids and attention mask: each row's prefix (shared: one length for all rows, or one per row)
-    left-padded to the longest prefix, then its suffix left-padded to the longest suffix.
+def pad_after_prefix(rows: Sequence[Sequence[int]], shared: Sequence[int], pad_id: int) -> tuple[list, list]:
+    """Input ids and attention mask: each row's prefix (shared: its length per row) left-padded to the
+    longest prefix, then its suffix left-padded to the longest suffix.
 
     Positions come from the mask, so each row sees the same positions as it would alone.
     """
-    lengths = [shared] * len(rows) if isinstance(shared, int) else list(shared)
-    prefix_width = max(lengths)
-    width = max(len(row) - p for row, p in zip(rows, lengths, strict=True))
+    prefix_width = max(shared)
+    width = max(len(row) - p for row, p in zip(rows, shared, strict=True))
     ids, mask = [], []
-    for row, p in zip(rows, lengths, strict=True):
+    for row, p in zip(rows, shared, strict=True):
         front, middle = prefix_width - p, width - (len(row) - p)
         ids.append([pad_id] * front + list(row[:p]) + [pad_id] * middle + list(row[p:]))
         mask.append([0] * front + [1] * p + [0] * middle + [1] * (len(row) - p))
@@ -143,9 +140,7 @@ class Generator:
         from transformers import DynamicCache
 
         kept, kept_cache = self._last_prefix or ([], None)
-        common = 0
-        while common < min(len(kept), len(prefix)) and kept[common] == prefix[common]:
-            common += 1
+        common = len(os.path.commonprefix([kept, prefix]))
         if common >= MIN_SHARED_PREFIX:  # a new cache of the shared part: the kept one stays as it is
             cache = DynamicCache(ddp_cache_data=[(layer.keys[..., :common, :], layer.values[..., :common, :])
                                                  for layer in kept_cache.layers], config=self.model.config)

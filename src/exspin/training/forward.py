@@ -23,6 +23,7 @@ on them unchanged.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -44,12 +45,7 @@ class PackedRows:
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
+    return len(os.path.commonprefix([a, b]))
 
 
 def sharing_groups(rows: list[list[int]], firsts: list[int]) -> list[list[int]]:
