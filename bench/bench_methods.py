@@ -9,6 +9,10 @@ other arm hard-links the base run's data, prompt, start and SFT stages into runs
 (bench_sweep.run_from_base) and runs one iteration of its own, so arms differ only in their feedback:
 - spin: SPIN's pairs, every greedy answer whose SQL differs from the gold in text;
 - dpo: 4 samples per question at temperature 0.8, a correct one (chosen) against a wrong one;
+- exspin_k4: ExSPIN on 4 samples per question at temperature 0.8: more, and more varied, negatives;
+- exspin_graded: graded negatives, a wrong result weighed twice, a syntax error not at all;
+- exspin_k4_positives: exspin_k4, and a sample that executes to the gold result is a chosen answer too;
+- exspin_k4_hardest: exspin_k4, keeping per question only the wrong sample the opponent rated likeliest;
 - control: compute-matched, ExSPIN's starting model (the SFT model unless the run rolled back)
   trained further with the NLL on the gold SQL alone, on
   the questions and prompts of ExSPIN's pairs, with ExSPIN's trainer settings, so the same number
@@ -32,9 +36,15 @@ from pathlib import Path
 from bench_sweep import run_from_base
 
 ROOT = Path(__file__).resolve().parents[1]
+SAMPLED = ["selfplay.samples_per_question=4", "selfplay.temperature=0.8"]
 ARMS = {
     "spin": ["selfplay.method=spin"],
-    "dpo": ["selfplay.method=dpo", "selfplay.samples_per_question=4", "selfplay.temperature=0.8"],
+    "dpo": ["selfplay.method=dpo", *SAMPLED],
+    # Feedback beyond the paper, each against plain ExSPIN (greedy, every wrong answer, the gold as chosen):
+    "exspin_k4": SAMPLED,
+    "exspin_graded": ["selfplay.feedback.negatives.wrong_result=2", "selfplay.feedback.negatives.syntax_error=0"],
+    "exspin_k4_positives": [*SAMPLED, "selfplay.feedback.equivalent_positives=true"],
+    "exspin_k4_hardest": [*SAMPLED, "selfplay.feedback.hardest_negative=true"],
 }
 
 
@@ -59,15 +69,16 @@ def run_control(base: Path, config_path: Path, run_dir: Path) -> None:
     if (folder / "done.json").is_file():
         return
     config = load_config(config_path)
-    if folder.exists():
-        shutil.rmtree(folder)
+    for scored in folder.glob("eval_*"):  # cut short: score again; training resumes from its checkpoint
+        shutil.rmtree(scored)
     start = time.perf_counter()
     pairs = read_jsonl(base / "04_iter1" / "train_pairs.jsonl")
     records = [{"prompt": p["prompt"], "completion": p["chosen"]} for p in pairs]
     selfplay = config.selfplay.train.model_dump()
     settings = SFTSettings(**{k: v for k, v in selfplay.items() if k in SFTSettings.model_fields})
     opponent = json.loads((base / "04_iter1" / "done.json").read_text())["opponent"]  # what ExSPIN built on
-    model = train_sft(opponent, records, settings, folder)
+    trained = folder / "model"
+    model = trained if (trained / "config.json").is_file() else train_sft(opponent, records, settings, folder)
     generator = Generator(*load_model(str(model)))
     summary = {"model": str(model), "records": len(records)}
     with SqlRunner(timeout_s=config.execution.timeout_s, max_rows=config.execution.max_rows) as runner:
@@ -92,11 +103,30 @@ def row(name: str, stage: Path, sft: Path) -> dict:
     summary = json.loads((stage / "done.json").read_text())
     out = {"arm": name, "stage": str(stage), "dev_ex": summary["eval_ex"], "validation_ex": summary["validation_ex"],
            "pairs": summary.get("pairs"), "pairs_by_label": summary.get("pairs_by_label", {}),
+           "training_rows": summary.get("training_rows"), "chosen_from_samples": summary.get("chosen_from_samples"),
            "seconds": summary.get("seconds")}
     for which in ("eval", "validation"):
-        change = paired_change(verdicts(sft / f"eval_{which}"), verdicts(stage / f"eval_{which}"))
-        out[f"{which}_vs_sft"] = {k: change[k] for k in ("n", "gained", "lost", "p")}
+        # Which questions flipped, and which way (indices in the JSON; counts in the table).
+        out[f"{which}_vs_sft"] = paired_change(verdicts(sft / f"eval_{which}"), verdicts(stage / f"eval_{which}"))
+    out.update(reward_trend(stage / "train_log.jsonl"))
     return out
+
+
+def reward_trend(log: Path) -> dict:
+    """The reward margin and preference accuracy trl logged, over the first and the last quarter of steps."""
+    from exspin.artifacts import read_jsonl
+
+    steps = [r for r in read_jsonl(log) if "rewards/margins" in r] if log.is_file() else []
+    if not steps:
+        return {}
+    quarter = max(1, len(steps) // 4)
+
+    def mean(rows, key):
+        return round(sum(r[key] for r in rows) / len(rows), 4)
+
+    return {f"{key.split('/')[1]}_{part}": mean(rows, key)
+            for key in ("rewards/margins", "rewards/accuracies")
+            for part, rows in (("first_quarter", steps[:quarter]), ("last_quarter", steps[-quarter:]))}
 
 
 def markdown(rows: list[dict], sft: dict, start: dict) -> str:
@@ -104,15 +134,24 @@ def markdown(rows: list[dict], sft: dict, start: dict) -> str:
              f"Start (zero-shot): dev {start['eval_ex']:.2f}, validation {start['validation_ex']:.2f}. "
              f"SFT: dev {sft['eval_ex']:.2f}, validation {sft['validation_ex']:.2f}. "
              "+/-: questions turned right/wrong against SFT; p: exact two-sided sign test.", "",
-             "| arm | dev EX | dev +/- | dev p | val EX | val +/- | val p | pairs | pairs by label | minutes |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+             "margin: trl's reward margin (beta x log-ratio, chosen minus rejected), mean over the first -> "
+             "last quarter of steps.", "",
+             "| arm | dev EX | dev +/- | dev p | val EX | val +/- | val p | pairs | pairs by label | margin | minutes |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|"]
     for r in rows:
         dev, val = r["eval_vs_sft"], r["validation_vs_sft"]
         labels = ", ".join(f"{k} {v}" for k, v in r["pairs_by_label"].items() if v) or "-"
+        if r.get("chosen_from_samples"):
+            labels += f"; chosen from samples {r['chosen_from_samples']}"
         minutes = f"{r['seconds'] / 60:.0f}" if r["seconds"] else "-"
+        margin = (f"{r['margins_first_quarter']:.2f} -> {r['margins_last_quarter']:.2f}"
+                  if "margins_first_quarter" in r else "-")
+        pairs = "-" if r["pairs"] is None else str(r["pairs"])
+        if r.get("training_rows") not in (None, r["pairs"]):
+            pairs += f" ({r['training_rows']} trained)"  # graded negatives repeat pairs
         lines.append(f"| {r['arm']} | {r['dev_ex']:.2f} | +{dev['gained']}/-{dev['lost']} | {dev['p']:.3f} | "
                      f"{r['validation_ex']:.2f} | +{val['gained']}/-{val['lost']} | {val['p']:.3f} | "
-                     f"{r['pairs'] if r['pairs'] is not None else '-'} | {labels} | {minutes} |")
+                     f"{pairs} | {labels} | {margin} | {minutes} |")
     return "\n".join(lines) + "\n"
 
 

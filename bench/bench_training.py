@@ -140,7 +140,8 @@ def run_arm(name: str, inputs_path: Path, steps: int, batch: int, out: Path) -> 
     def count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    common = {"batch_size": batch, "max_steps": steps, "max_length": 2048, "learning_rate": 5e-6, **settings}
+    common = {"batch_size": batch, "max_steps": steps, "max_length": 2048, "learning_rate": 5e-6,
+              "save_every_steps": None, **settings}  # no checkpoint I/O in the timings
     work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     if kind == "sft":
         from exspin.training.sft import SFTSettings, build_sft_trainer

@@ -41,6 +41,20 @@ def test_inconsistent_settings_are_one_line_errors(tmp_path):
     assert "\n" not in str(error.value)
     assert load_config(path, ["selfplay.samples_per_question=4"]).selfplay.samples_per_question == 4
     assert load_config(path, ["selfplay.iterations=0"]).selfplay.method == "dpo"  # no self-play: nothing to pair
+    path.write_text("selfplay:\n  feedback:\n    hardest_negative: true\n")
+    with pytest.raises(UserError, match="feedback.hardest_negative .*samples_per_question >= 2"):
+        load_config(path)
+    rules = load_config(path, ["selfplay.samples_per_question=4", "selfplay.feedback.negatives.syntax_error=0"])
+    assert rules.selfplay.feedback.negatives.syntax_error == 0 and rules.selfplay.feedback.hardest_negative
+    with pytest.raises(UserError, match="negatives.timeout"):
+        load_config(path, ["selfplay.samples_per_question=4", "selfplay.feedback.negatives.timeout=-1"])
+    with pytest.raises(UserError, match="equivalent_positives is an ExSPIN rule"):
+        load_config(path, ["selfplay.samples_per_question=4", "selfplay.method=spin",
+                           "selfplay.feedback.equivalent_positives=true"])
+    zero = [f"selfplay.feedback.negatives.{label}=0"
+            for label in ("wrong_result", "runtime_error", "syntax_error", "timeout", "forbidden")]
+    with pytest.raises(UserError, match="every outcome has weight 0"):
+        load_config(path, ["selfplay.samples_per_question=4", *zero])
     path.write_text("prompt:\n  max_prompt_tokens: 2000\n")
     with pytest.raises(UserError, match=r"2257 exceeds sft.train.max_length = 1536"):
         load_config(path)

@@ -12,6 +12,8 @@ from exspin.errors import UserError
 from exspin.generation import GenerationConfig, Generator, extract_sql
 from exspin.generation.generate import (
     MIN_SHARED_PREFIX,
+    CompletionLogProbs,
+    StatementEnd,
     pad_after_prefix,
     prefix_lengths,
     shared_prefix_length,
@@ -160,6 +162,68 @@ def test_sampling_returns_n_samples_per_prompt_and_counts_tokens(tiny):
     assert [len(o) for o in outputs] == [3, 3]
     assert len(set(outputs[0])) > 1  # samples differ
     assert sum(n for n, _ in seen) == 2 and generator.stats["tokens"] > 0
+
+
+def _logprob_from_logits(logits, tokens, skip_ids) -> float:
+    """Sum of log softmax(logits) at the generated tokens, pad and end tokens left out."""
+    total = 0.0
+    for step, token in enumerate(tokens.tolist()):
+        if token not in skip_ids:
+            total += torch.log_softmax(logits[step].double(), dim=-1)[token].item()
+    return total
+
+
+def test_completion_log_probs_are_the_models_own_not_the_sampling_ones(tiny):
+    """Sampling at temperature 0.5: the processor must add up the raw distribution's log-probs."""
+    model, tokenizer = tiny
+    ids = torch.tensor([tokenizer(PROMPTS[0], add_special_tokens=False)["input_ids"]])
+    skip = [tokenizer.pad_token_id, model.generation_config.eos_token_id]
+    scorer = CompletionLogProbs(skip)
+    torch.manual_seed(0)
+    out = model.generate(ids, do_sample=True, temperature=0.5, top_k=None, max_new_tokens=10, num_return_sequences=3,
+                         pad_token_id=tokenizer.pad_token_id, logits_processor=[scorer], output_logits=True,
+                         return_dict_in_generate=True)
+    new_tokens = out.sequences[:, ids.shape[1]:]
+    totals = scorer.finish(new_tokens)
+    for row in range(3):
+        raw = torch.stack([step[row] for step in out.logits])
+        assert totals[row] == pytest.approx(_logprob_from_logits(raw, new_tokens[row], skip), abs=1e-4)
+        assert totals[row] != pytest.approx(_logprob_from_logits(raw / 0.5, new_tokens[row], skip), abs=1e-2)
+
+
+def test_generator_sample_scores_each_completion_through_the_prefix_cache(tiny):
+    """Greedy through the shared-prefix path: each completion's log-prob is the one a plain
+    generate of that prompt alone gives its tokens."""
+    model, tokenizer = tiny
+    generator = Generator(*tiny)
+    config = GenerationConfig(max_new_tokens=10, batch_size=4, stop_at_statement_end=False)
+    texts, logprobs = generator.sample(SHARED_PREFIX_PROMPTS, config)
+    assert texts == generator(SHARED_PREFIX_PROMPTS, config)
+    skip = [tokenizer.pad_token_id, model.generation_config.eos_token_id]
+    for prompt, [text], [logprob] in zip(SHARED_PREFIX_PROMPTS, texts, logprobs, strict=True):
+        ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+        out = model.generate(ids, do_sample=False, max_new_tokens=10, pad_token_id=tokenizer.pad_token_id,
+                             output_logits=True, return_dict_in_generate=True)
+        new_tokens = out.sequences[0, ids.shape[1]:]
+        assert tokenizer.decode(new_tokens, skip_special_tokens=True) == text
+        expected = _logprob_from_logits(torch.stack([step[0] for step in out.logits]), new_tokens, skip)
+        assert logprob == pytest.approx(expected, abs=1e-3)
+        assert logprob < 0
+
+
+def test_statement_end_stops_a_row_at_its_semicolon_and_keeps_it_stopped(tiny):
+    tokenizer = tiny[1]
+    prompt = tokenizer("Question:", add_special_tokens=False)["input_ids"]
+    texts = ["SELECT a FROM t WHERE b = 'x;y'; That query filters b.", "Here is the query with a join: SELECT"]
+    rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(len(r) for r in rows)
+    rows = [r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows]
+    stop = StatementEnd(tokenizer, len(prompt))
+    flags = [stop(torch.tensor([prompt + r[:step] for r in rows]), None).tolist() for step in range(1, width + 1)]
+    first = next(step for step, (done, _) in enumerate(flags, 1) if done)
+    assert tokenizer.decode(rows[0][:first]).rstrip().endswith("'x;y';")  # not at the ; inside the literal
+    assert all(done for done, _ in flags[first - 1 :])
+    assert not any(done for _, done in flags)
 
 
 def test_generation_config_rejects_bad_values():

@@ -12,7 +12,7 @@ import torch
 
 from exspin.data import load_split
 from exspin.execution.pool import SqlRunner
-from exspin.feedback import count_labels, label_samples, make_pairs
+from exspin.feedback import PairRules, count_labels, label_samples, make_pairs
 from exspin.sqltext import normal_form
 from exspin.training.loss import nll_term, spin_loss
 
@@ -132,9 +132,62 @@ def test_feedback_labels_and_pairs(concert):
     dpo = make_pairs("dpo", [first, second], prompts, labelled)
     assert dpo == [{"index": first.index, "db_id": "concert_singer", "prompt": "P0",
                     "chosen": "SELECT COUNT(*) FROM singer", "rejected": "SELECT COUNT(*) FROM stadium",
-                    "rejected_label": "wrong_result"}]
+                    "rejected_label": "wrong_result", "chosen_source": "sample", "weight": 1}]
     for pair in exspin + spin + dpo:
         assert normal_form(pair["chosen"]) != normal_form(pair["rejected"])
+
+
+def test_pair_rules_beyond_the_paper(concert):
+    split, (first, _) = concert
+    samples = [["SELECT count(*) FROM stadium", "SELECT nope FROM singer", "SELECT count(singer_id) FROM singer",
+                "SELECT name FROM singer WHERE"]]
+    with SqlRunner(workers=1) as runner:
+        labelled = label_samples(split, [first], samples, runner, logprobs=[[-9.0, -2.0, -1.0, -5.0]])
+    assert [(r["label"], r["logprob"]) for r in labelled] == [
+        ("wrong_result", -9.0), ("runtime_error", -2.0), ("correct", -1.0), ("syntax_error", -5.0)]
+    prompts = {first.index: "P0"}
+
+    def pairs(method="exspin", **rules):
+        return [(p["chosen_source"], p["rejected_label"], p["weight"])
+                for p in make_pairs(method, [first], prompts, labelled, PairRules(**rules))]
+
+    assert pairs() == [("gold", "wrong_result", 1), ("gold", "runtime_error", 1), ("gold", "syntax_error", 1)]
+    # Graded negatives: syntax errors left out, wrong results weighed twice.
+    assert pairs(negatives={"syntax_error": 0, "wrong_result": 2}) == [("gold", "wrong_result", 2),
+                                                                      ("gold", "runtime_error", 1)]
+    # The correct sample in another normal form is a second chosen answer, against the same wrong ones.
+    positives = make_pairs("exspin", [first], prompts, labelled, PairRules(equivalent_positives=True))
+    assert [p["chosen"] for p in positives if p["chosen_source"] == "sample"] == ["SELECT COUNT(singer_id) FROM singer"] * 3
+    assert len(positives) == 6
+    # SPIN would push the same correct sample down against the gold.
+    with pytest.raises(ValueError, match="ExSPIN rule"):
+        make_pairs("spin", [first], prompts, labelled, PairRules(equivalent_positives=True))
+    # Hardest negative: of the wrong answers, the one the opponent rated most likely (-2.0).
+    assert pairs(hardest_negative=True) == [("gold", "runtime_error", 1)]
+    assert pairs("dpo", hardest_negative=True) == [("sample", "runtime_error", 1)]
+    # ... among the outcomes kept.
+    assert pairs(hardest_negative=True, negatives={"runtime_error": 0}) == [("gold", "syntax_error", 1)]
+    # One answer sampled twice: its likelier sample speaks for it.
+    again = [*labelled, {**labelled[3], "sample": 4, "completion": "SELECT  name FROM singer WHERE", "logprob": -0.5}]
+    hardest = make_pairs("exspin", [first], prompts, again, PairRules(hardest_negative=True))
+    assert [p["rejected_label"] for p in hardest] == ["syntax_error"]
+    without = [{k: v for k, v in r.items() if k != "logprob"} for r in labelled]
+    with pytest.raises(ValueError, match="log-prob"):
+        make_pairs("exspin", [first], prompts, without, PairRules(hardest_negative=True))
+
+
+def test_pair_weight_repeats_the_pair_in_training(tiny_model_dir, tmp_path):
+    from exspin.training.selfplay import SelfPlaySettings, build_selfplay_trainer
+
+    prompt = "<|im_start|>user\nHow many singers?<|im_end|>\n<|im_start|>assistant\n"
+    pairs = [{"prompt": prompt, "chosen": "SELECT count(*) FROM singer", "rejected": "SELECT 1", "weight": 3},
+             {"prompt": prompt, "chosen": "SELECT count(*) FROM singer", "rejected": "SELECT 2", "weight": 0},
+             {"prompt": prompt, "chosen": "SELECT count(*) FROM singer", "rejected": "SELECT 3"}]
+    settings = SelfPlaySettings(max_steps=1, precompute_reference=False,
+                                lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]})
+    trainer, _, _ = build_selfplay_trainer(str(tiny_model_dir), pairs, settings, tmp_path)
+    eos = trainer.processing_class.eos_token  # trl appends it
+    assert sorted(trainer.train_dataset["rejected"]) == [f"SELECT 1{eos}"] * 3 + [f"SELECT 3{eos}"]
 
 
 def test_timeouts_are_labelled(concert):
@@ -426,3 +479,51 @@ def _assert_same_step(stock, fast):
     assert grads.keys() == stock_grads.keys() and len(grads) > 0
     for name, grad in stock_grads.items():
         assert torch.allclose(grads[name], grad, atol=1e-5), name
+
+
+def test_training_cut_short_continues_from_its_checkpoint(tiny_model_dir, tmp_path, capsys):
+    """Killed after step 3 of 4 with a checkpoint at step 2: training again continues from step 2, logs
+    each step once, and ends with the weights of a training never cut; the checkpoints then go."""
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+
+    from exspin.training.common import LoraSettings, train_resumably
+    from exspin.training.sft import SFTSettings, build_sft_trainer, train_sft
+
+    records = [{"prompt": f"<|im_start|>user\nQuestion {i}?<|im_end|>\n<|im_start|>assistant\n",
+                "completion": f"SELECT {i} FROM singer"} for i in range(8)]
+    settings = SFTSettings(bf16=False, batch_size=2, max_length=128, save_every_steps=2, learning_rate=1e-3,
+                           lora=LoraSettings(r=4, alpha=8))
+    whole = train_sft(str(tiny_model_dir), records, settings, tmp_path / "whole")
+
+    class Kill(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise KeyboardInterrupt
+
+    cut = tmp_path / "cut"
+    trainer, _ = build_sft_trainer(str(tiny_model_dir), records, settings, cut)
+    trainer.add_callback(Kill())
+    with pytest.raises(KeyboardInterrupt):
+        train_resumably(trainer, [str(tiny_model_dir), records, settings.model_dump(mode="json")])
+    assert [p.name for p in (cut / "trainer").glob("checkpoint-*")] == ["checkpoint-2"]
+    (cut / "trainer" / "checkpoint-3").mkdir()  # as if cut short while saving step 3: not whole
+    resumed = train_sft(str(tiny_model_dir), records, settings, cut)
+    steps = [json.loads(line)["step"] for line in (cut / "train_log.jsonl").open()]
+    assert steps == [json.loads(line)["step"] for line in (tmp_path / "whole" / "train_log.jsonl").open()]
+    assert steps[:4] == [1, 2, 3, 4]  # then trl's summary row
+    expected, got = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert max((expected[k] - got[k]).abs().max().item() for k in expected) < 1e-6
+    assert (expected["model.layers.0.self_attn.q_proj.weight"] != load_file(
+        tiny_model_dir / "model.safetensors")["model.layers.0.self_attn.q_proj.weight"]).any()  # it did train
+    assert not list((cut / "trainer").glob("checkpoint-*"))
+    # Cut short again, then trained on other records: that checkpoint is not theirs to resume from.
+    stale = tmp_path / "stale"
+    trainer, _ = build_sft_trainer(str(tiny_model_dir), records, settings, stale)
+    trainer.add_callback(Kill())
+    with pytest.raises(KeyboardInterrupt):
+        train_resumably(trainer, [str(tiny_model_dir), records, settings.model_dump(mode="json")])
+    capsys.readouterr()
+    train_sft(str(tiny_model_dir), records[:6], settings, stale)
+    assert "resuming" not in capsys.readouterr().out
+    assert [json.loads(line)["step"] for line in (stale / "train_log.jsonl").open()][:3] == [1, 2, 3]

@@ -202,8 +202,8 @@ def predict_command(
 ) -> None:
     """Generate SQL for a split's questions, then score it by execution."""
     from exspin.data import load_split
-    from exspin.generation import GenerationConfig, Generator
-    from exspin.models import load_model, load_tokenizer, resolve_model
+    from exspin.generation import GenerationConfig, load_generator
+    from exspin.models import resolve_model
     from exspin.predict import predict
     from exspin.progress import progress_bar
 
@@ -224,9 +224,7 @@ def predict_command(
 
         hint_function = load_hinter(loaded, classifier)
         console.print(f"schema hints: {hint_function.scorer.name}")
-    from exspin.generation.generate import use_vllm
-
-    generator = Generator(None, load_tokenizer(model_path)) if use_vllm(config) else Generator(*load_model(model_path))
+    generator = load_generator(model_path, config)
     with _runner(timeout, workers, 100_000) as runner, \
             progress_bar(len(examples), f"generating {loaded.dataset} {split}", "prompts") as advance:
         result = predict(model_path, loaded, examples, out, runner, generator, config,
@@ -270,13 +268,17 @@ def train_selfplay_command(
     pairs: Annotated[Path, typer.Option(help="JSONL with prompt, chosen (gold) and rejected (opponent's).")],
     out: Annotated[Path, typer.Option(help="Output folder (model/, adapter/, train_log.jsonl).")],
     config: Annotated[Path | None, typer.Option(help="Run config whose selfplay.train settings to use.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Overrides the settings' seed (one per iteration).")] = None,
 ) -> None:
     """One self-play iteration's training with the SPIN loss."""
     from exspin.models import resolve_model
     from exspin.training.selfplay import SelfPlaySettings, train_selfplay
 
     rows = _read_records(pairs, ("prompt", "chosen", "rejected"))
-    path, _ = train_selfplay(resolve_model(model), rows, _train_settings(SelfPlaySettings, config, "selfplay"), out)
+    settings = _train_settings(SelfPlaySettings, config, "selfplay")
+    if seed is not None:
+        settings = settings.model_copy(update={"seed": seed})
+    path, _ = train_selfplay(resolve_model(model), rows, settings, out)
     console.print(f"saved {path}")
 
 

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from exspin.errors import UserError
+from exspin.feedback import PairRules
 from exspin.generation import GenerationConfig
 from exspin.hints import HintsConfig
 from exspin.prompts import PromptConfig
@@ -50,6 +51,7 @@ class SelfPlayStage(_Section):
     samples_per_question: int = Field(1, ge=1)  # 1: greedy; more: sampling at `temperature`
     temperature: float = Field(0.8, gt=0.0)
     mix_previous_pairs: bool = False  # SPIN's recipe: also train on the previous iteration's pairs
+    feedback: PairRules = PairRules()  # beyond the paper: graded negatives, equivalent positives, hardest negative
     train: SelfPlaySettings = SelfPlaySettings()
 
 
@@ -97,6 +99,17 @@ class RunConfig(_Section):
         if self.selfplay.method == "dpo" and self.selfplay.iterations and self.selfplay.samples_per_question < 2:
             raise ValueError("selfplay.method dpo pairs a correct sample with a wrong one: it needs "
                              "selfplay.samples_per_question >= 2")
+        rules = self.selfplay.feedback
+        if rules.equivalent_positives and self.selfplay.method != "exspin":
+            raise ValueError("selfplay.feedback.equivalent_positives is an ExSPIN rule (SPIN would push the same "
+                             "answers down; DPO's chosen answer is a sample already)")
+        if not any(rules.negatives.model_dump().values()):
+            raise ValueError("selfplay.feedback.negatives: every outcome has weight 0, so no pair would be made")
+        for name, on in (("hardest_negative", rules.hardest_negative),
+                         ("equivalent_positives", rules.equivalent_positives)):
+            if on and self.selfplay.iterations and self.selfplay.samples_per_question < 2:
+                raise ValueError(f"selfplay.feedback.{name} chooses among several answers to a question: it needs "
+                                 "selfplay.samples_per_question >= 2")
         need = self.prompt.max_prompt_tokens + self.generation.max_new_tokens + 1  # + EOS
         stages = [("sft", self.sft.train.max_length, self.sft.enabled),
                   ("selfplay", self.selfplay.train.max_length, self.selfplay.iterations > 0)]

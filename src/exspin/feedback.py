@@ -10,12 +10,19 @@ Both sides of every pair are in SQL normal form (sqltext.normal_form), so a pair
 in spelling alone, and no pair has two sides with one normal form. In ExSPIN and DPO pairs the
 rejected side never executes to the chosen side's result (it is labelled wrong); SPIN, by its
 definition, also pushes down answers that are right but written differently.
+
+Beyond the paper, PairRules changes which answers become pairs (each off by default, as the paper):
+graded negatives weigh each wrong outcome, execution-equivalent positives add the opponent's own
+correct answers as chosen, and the hardest negative keeps one wrong answer per question, the one
+the opponent itself rated most likely.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from exspin.data import Split
 from exspin.execution.pool import JudgeTask, SqlRunner
@@ -28,23 +35,58 @@ LABELS: tuple[Label, ...] = ("correct", "wrong_result", "runtime_error", "syntax
 PairMethod = Literal["exspin", "spin", "dpo"]
 
 
+class NegativeWeights(BaseModel):
+    """Graded negatives: how many times per epoch a pair is trained on, by its rejected answer's
+    outcome. 0 leaves that outcome out; 2 weighs it twice (as a repeated pair: trl's loss as it is)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    wrong_result: int = Field(1, ge=0)
+    runtime_error: int = Field(1, ge=0)
+    syntax_error: int = Field(1, ge=0)
+    timeout: int = Field(1, ge=0)
+    forbidden: int = Field(1, ge=0)
+
+    def of(self, label: Label) -> int:
+        return 1 if label == "correct" else getattr(self, label)  # SPIN's correct-but-different answers
+
+
+class PairRules(BaseModel):
+    """Which labelled answers become pairs, beyond the method's own rule."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    negatives: NegativeWeights = NegativeWeights()
+    # ExSPIN only: an answer that executes to the gold result, in another normal form than the gold's,
+    # is a chosen answer too (in the model's own style), against the same rejected answers. The NLL
+    # term (nll_weight) then also trains on these answers, and may hold a false positive: one that
+    # matches the gold result on this database only.
+    equivalent_positives: bool = False
+    # Of a question's rejected answers keep one: the one the opponent gave the highest log-prob, the
+    # sum over its tokens (so a short answer is favoured), the best of its samples with one normal
+    # form. Needs the generation's log-probs (Generator.sample).
+    hardest_negative: bool = False
+
+
 def label_samples(split: Split, examples: Sequence[Example], completions: Sequence[Sequence[str]],
-                  runner: SqlRunner) -> list[dict]:
-    """One record per (example, completion): its SQL, its feedback label and the sandbox's message.
+                  runner: SqlRunner, logprobs: Sequence[Sequence[float]] | None = None) -> list[dict]:
+    """One record per (example, completion): its SQL, its feedback label and the sandbox's message
+    (and the completion's log-prob under the model that wrote it, where given).
 
     Examples whose gold query fails or whose database is missing get no records.
     """
     tasks, owners = [], []
-    for example, group in zip(examples, completions, strict=True):
+    for position, (example, group) in enumerate(zip(examples, completions, strict=True)):
         db_path = split.db_path(example.db_id)
         if db_path is None:
             continue
         for number, completion in enumerate(group):
             sql = extract_sql(completion)
             tasks.append(JudgeTask(str(db_path), example.gold_sql, sql, split.dataset))
-            owners.append((example, number, sql, completion))
+            owners.append((example, number, sql, completion,
+                           logprobs[position][number] if logprobs is not None else None))
     records = []
-    for (example, number, sql, completion), judgement in zip(owners, runner.judge_many(tasks), strict=True):
+    for (example, number, sql, completion, logprob), judgement in zip(owners, runner.judge_many(tasks), strict=True):
         if not judgement.gold.ok:
             continue
         if not sql.strip():
@@ -55,8 +97,11 @@ def label_samples(split: Split, examples: Sequence[Example], completions: Sequen
             label, message = "wrong_result", judgement.pred.message
         else:
             label, message = judgement.pred.outcome, judgement.pred.message
-        records.append({"index": example.index, "db_id": example.db_id, "sample": number, "sql": sql,
-                        "completion": completion, "label": label, "message": message})
+        record = {"index": example.index, "db_id": example.db_id, "sample": number, "sql": sql,
+                  "completion": completion, "label": label, "message": message}
+        if logprob is not None:
+            record["logprob"] = logprob
+        records.append(record)
     return records
 
 
@@ -66,31 +111,52 @@ def _rejected_text(record: dict) -> str:
 
 
 def make_pairs(method: PairMethod, examples: Sequence[Example], prompts: dict[int, str],
-               labelled: Sequence[dict]) -> list[dict]:
-    """Preference pairs {index, prompt, chosen, rejected, rejected_label} for one iteration."""
+               labelled: Sequence[dict], rules: PairRules = PairRules()) -> list[dict]:
+    """Preference pairs {index, db_id, prompt, chosen, rejected, rejected_label, chosen_source, weight}
+    for one iteration; `weight` is how many times training repeats the pair (train_selfplay)."""
+    if rules.equivalent_positives and method != "exspin":
+        raise ValueError(f"equivalent_positives is an ExSPIN rule: {method} would push its positives down too"
+                         if method == "spin" else "equivalent_positives is an ExSPIN rule; dpo's chosen is a sample")
     by_example: dict[int, list[dict]] = {}
     for record in labelled:
         by_example.setdefault(record["index"], []).append(record)
     pairs = []
     for example in examples:
-        unique: dict[str, dict] = {}  # one record per distinct normal form
+        unique: dict[str, dict] = {}  # one record per distinct normal form: the first, or the likeliest
         for record in by_example.get(example.index, []):
-            unique.setdefault(_rejected_text(record), record)
+            text = _rejected_text(record)
+            if text not in unique or rules.hardest_negative and _logprob(record) > _logprob(unique[text]):
+                unique[text] = record
+        correct = [text for text, r in unique.items() if r["label"] == "correct"]
         if method == "dpo":
-            correct = [text for text, r in unique.items() if r["label"] == "correct"]
-            chosen = correct[0] if correct else None
-            rejected = [(text, r) for text, r in unique.items() if r["label"] != "correct"][:1]
+            chosen = [("sample", text) for text in correct[:1]]
+            rejected = [(text, r) for text, r in unique.items() if r["label"] != "correct"]
         else:
-            chosen = normal_form(example.gold_sql)
-            keep_correct = method == "spin"
-            rejected = [(text, r) for text, r in unique.items() if keep_correct or r["label"] != "correct"]
-        if chosen is None:
-            continue
-        for text, r in rejected:
-            if text != chosen:
-                pairs.append({"index": example.index, "db_id": example.db_id, "prompt": prompts[example.index],
-                              "chosen": chosen, "rejected": text, "rejected_label": r["label"]})
+            gold = normal_form(example.gold_sql)
+            chosen = [("gold", gold)]
+            if rules.equivalent_positives:
+                chosen += [("sample", text) for text in correct if text != gold]
+            rejected = [(text, r) for text, r in unique.items()
+                        if (method == "spin" and text != gold) or r["label"] != "correct"]
+        rejected = [(text, r) for text, r in rejected if rules.negatives.of(r["label"]) > 0]
+        if rules.hardest_negative and rejected:
+            rejected = [max(rejected, key=lambda item: _logprob(item[1]))]
+        elif method == "dpo":
+            rejected = rejected[:1]  # one pair per question: a correct sample against a wrong one
+        for source, chosen_text in chosen:
+            for text, r in rejected:
+                # A correct answer is rejected only by SPIN, and only against the gold itself.
+                if text != chosen_text and (r["label"] != "correct" or source == "gold"):
+                    pairs.append({"index": example.index, "db_id": example.db_id, "prompt": prompts[example.index],
+                                  "chosen": chosen_text, "rejected": text, "rejected_label": r["label"],
+                                  "chosen_source": source, "weight": rules.negatives.of(r["label"])})
     return pairs
+
+
+def _logprob(record: dict) -> float:
+    if record.get("logprob") is None:
+        raise ValueError("hardest_negative needs each sample's log-prob (Generator.sample)")
+    return record["logprob"]
 
 
 def no_pairs_reason(method: PairMethod, labelled: Sequence[dict]) -> str:
@@ -99,7 +165,8 @@ def no_pairs_reason(method: PairMethod, labelled: Sequence[dict]) -> str:
         return "no pairs: the opponent got every training question right"
     if method == "dpo":
         return "no pairs: no question had both a correct and a wrong sample"
-    return "no pairs: no training answer to push down (none, or each had the gold SQL's normal form)"
+    return ("no pairs: no training answer to push down (none, each had the gold SQL's normal form, "
+            "or selfplay.feedback left none)")
 
 
 def count_labels(labelled: Sequence[dict]) -> dict[str, int]:

@@ -27,7 +27,7 @@ from exspin.data import Split, load_split
 from exspin.errors import UserError
 from exspin.execution.pool import GoldCache, SqlRunner
 from exspin.feedback import count_labels, label_samples, make_pairs, no_pairs_reason
-from exspin.generation import GenerationConfig, Generator, generate
+from exspin.generation import GenerationConfig, generate, generate_with_logprobs, load_generator
 from exspin.guards import chosen_logp_warning, control, length_drift_warning, reference_logps
 from exspin.hints.schema import SchemaBook
 from exspin.paths import cache_dir
@@ -88,13 +88,17 @@ class Run:
 
     def stage(self, name: str, function) -> dict:
         """Run a stage unless it finished before. A stage cut short is rebuilt from scratch, unless it had
-        saved its trained model (saved atomically, so whole): then only its evaluation is redone."""
+        saved its trained model (saved atomically, so whole): then only its evaluation is redone; or a
+        training checkpoint: then its training continues from there."""
         folder = self.dir / name
         done = folder / "done.json"
         if done.is_file():
             return json.loads(done.read_text())
-        if folder.exists() and not _trained(folder):
+        if folder.exists() and not (_trained(folder) or _checkpointed(folder)):
             shutil.rmtree(folder)
+        if _trained(folder):  # cut short after saving its model, before dropping its checkpoints
+            for checkpoint in (folder / "trainer").glob("checkpoint-*"):
+                shutil.rmtree(checkpoint)
         for evaluation in folder.glob("eval_*"):
             shutil.rmtree(evaluation)
         folder.mkdir(parents=True, exist_ok=True)
@@ -165,7 +169,6 @@ def _earlier_evaluation(run: Run, model_path: str) -> Path | None:
 
 
 def _evaluate_model(run: Run, model_path: str, folder: Path) -> dict:
-    from exspin.models import load_model
 
     earlier = _earlier_evaluation(run, model_path)
     if earlier is not None:
@@ -175,7 +178,7 @@ def _evaluate_model(run: Run, model_path: str, folder: Path) -> dict:
         keys = ("validation_ex", "eval_ex", "mean_completion_chars", "tokens_per_s")
         return {**{k: summary[k] for k in keys}, "scored_in": earlier.name}
 
-    generator = Generator(*load_model(model_path))
+    generator = load_generator(model_path, run.config.generation)
     scores = {}
     for which in ("validation", "eval"):
         examples = run.examples(which)
@@ -191,7 +194,8 @@ def _evaluate_model(run: Run, model_path: str, folder: Path) -> dict:
     return scores
 
 
-def _launch_training(run: Run, kind: str, model_path: str, records: Path, folder: Path) -> list[dict]:
+def _launch_training(run: Run, kind: str, model_path: str, records: Path, folder: Path,
+                     seed: int | None = None) -> list[dict]:
     """Train in a child process group through `accelerate launch`; returns the step log."""
     launcher = run.config.launcher
     config_path = write_text(run.dir / "config.yaml", yaml.safe_dump(run.config.model_dump(mode="json")))
@@ -200,7 +204,7 @@ def _launch_training(run: Run, kind: str, model_path: str, records: Path, folder
         command += ["--config_file", str(launcher.accelerate_config)]
     command += ["-m", "exspin.cli", "train", kind, "--model", model_path,
                 "--records" if kind == "sft" else "--pairs", str(records), "--out", str(folder),
-                "--config", str(config_path)]
+                "--config", str(config_path)] + (["--seed", str(seed)] if seed is not None else [])
     if subprocess.run(command).returncode != 0:
         raise UserError(f"training stage {folder.name} failed under accelerate launch; see the output above")
     log = folder / "train_log.jsonl"
@@ -210,6 +214,13 @@ def _launch_training(run: Run, kind: str, model_path: str, records: Path, folder
 def _trained(folder: Path) -> bool:
     """Whether a stage folder holds its trained model (a run cut short during its evaluation)."""
     return (folder / "model" / "config.json").is_file()
+
+
+def _checkpointed(folder: Path) -> bool:
+    """Whether a stage folder holds a whole checkpoint of its training (a run cut short while training)."""
+    from exspin.training.common import whole_checkpoints
+
+    return bool(whole_checkpoints(folder / "trainer"))
 
 
 def _use_launcher(run: Run) -> bool:
@@ -240,7 +251,6 @@ def _fit(folder: Path) -> dict:
 
 
 def _iteration_stage(run: Run, number: int, opponent: str, folder: Path, previous_pairs: Path | None) -> dict:
-    from exspin.models import load_model
     from exspin.training.selfplay import train_selfplay
 
     settings = run.config.selfplay
@@ -251,36 +261,44 @@ def _iteration_stage(run: Run, number: int, opponent: str, folder: Path, previou
                                  "temperature": settings.temperature if sampling else 0.0,
                                  "seed": run.config.seed + number})
     pairs_path = folder / "train_pairs.jsonl"
-    # Trained before the run was cut short, and what it trained on is on disk (runs before these files
-    # existed train again).
-    reuse = _trained(folder) and pairs_path.is_file() and (folder / "generations.jsonl").is_file()
+    # Trained (or began to) before the run was cut short, and what it trained on is on disk (runs before
+    # these files existed start over).
+    reuse = ((_trained(folder) or _checkpointed(folder)) and pairs_path.is_file()
+             and (folder / "generations.jsonl").is_file())
     if reuse:
         labelled, pairs = read_jsonl(folder / "generations.jsonl"), read_jsonl(pairs_path)
     else:
+        texts = [prompts[e.index] for e in examples]
         with progress_bar(len(examples), f"{folder.name}: opponent answers train", "prompts") as advance:
-            completions = generate(opponent, [prompts[e.index] for e in examples], config,
-                                   lambda n, _tokens: advance(n), Generator(*load_model(opponent)))
-        labelled = label_samples(run.split_of("train"), examples, completions, run.runner)
+            generator, progress = load_generator(opponent, config), lambda n, _tokens: advance(n)
+            if settings.feedback.hardest_negative:  # wrong answers are ranked by the opponent's log-prob
+                completions, logprobs = generate_with_logprobs(opponent, texts, config, progress, generator)
+            else:
+                completions, logprobs = generate(opponent, texts, config, progress, generator), None
+        labelled = label_samples(run.split_of("train"), examples, completions, run.runner, logprobs)
         write_jsonl(folder / "generations.jsonl", labelled)
-        pairs = make_pairs(settings.method, examples, prompts, labelled)
+        pairs = make_pairs(settings.method, examples, prompts, labelled, settings.feedback)
         write_jsonl(folder / "pairs.jsonl", pairs)  # this iteration's own pairs
         if settings.mix_previous_pairs and previous_pairs is not None and previous_pairs.is_file():
             pairs = pairs + read_jsonl(previous_pairs)  # SPIN's recipe: the previous iteration's pairs too
         write_jsonl(pairs_path, pairs)
     summary = {"opponent": opponent, "labels": count_labels(labelled), "pairs": len(pairs),
-               "pairs_by_label": {k: sum(p["rejected_label"] == k for p in pairs) for k in count_labels(labelled)}}
+               "pairs_by_label": {k: sum(p["rejected_label"] == k for p in pairs) for k in count_labels(labelled)},
+               "chosen_from_samples": sum(p.get("chosen_source") == "sample" for p in pairs),
+               "training_rows": sum(p.get("weight", 1) for p in pairs)}
     if not pairs:
         summary.update(model=opponent, note=no_pairs_reason(settings.method, labelled))
         return {**summary, **_evaluate_model(run, opponent, folder)}
-    if reuse:
+    if reuse and _trained(folder):
         model, steps = folder / "model", read_jsonl(folder / "train_log.jsonl")
-    elif _use_launcher(run):
-        steps = _launch_training(run, "selfplay", opponent, pairs_path, folder)
-        model = folder / "model"
     else:
         # A seed per iteration: an iteration rolled back to an earlier opponent is not an exact repeat.
-        train_settings = settings.train.model_copy(update={"seed": settings.train.seed + number - 1})
-        model, steps = train_selfplay(opponent, pairs, train_settings, folder)
+        seed = settings.train.seed + number - 1
+        if _use_launcher(run):
+            steps = _launch_training(run, "selfplay", opponent, pairs_path, folder, seed)
+            model = folder / "model"
+        else:
+            model, steps = train_selfplay(opponent, pairs, settings.train.model_copy(update={"seed": seed}), folder)
     write_jsonl(folder / "logps.jsonl", reference_logps(steps, settings.train.beta))
     warning = chosen_logp_warning(steps, settings.train.beta, run.config.guards.chosen_logp_drop)
     summary.update(model=str(model), warnings=[warning] if warning else [], **_fit(folder),

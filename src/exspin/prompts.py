@@ -119,10 +119,10 @@ def _stored_table(schema: DatabaseSchema, table: Table, config: PromptConfig, va
 
 
 def render_schema(schema: DatabaseSchema, config: PromptConfig | None = None,
-                  columns: dict[str, tuple[str, ...]] | None = None, values: bool | None = None) -> str:
+                  columns: dict[str, tuple[str, ...]] | None = None) -> str:
     """The schema's CREATE TABLE statements, for the given tables and columns (all when None)."""
     config = config or PromptConfig()
-    values = config.sample_values if values is None else values
+    values = config.sample_values
     kept = set(columns) if columns is not None else None
     blocks = []
     for table in schema.tables:
@@ -185,12 +185,13 @@ def build_prompt(example: Example, schema: DatabaseSchema, tokenizer, hints: Sch
     text = ""
     for columns in candidates:  # the full schema first, then the hints' tables and columns
         for values, descriptions in detail:
-            level = config.model_copy(update={"descriptions": descriptions})
-            text = prompt(render_schema(schema, level, columns, values))
+            level = config.model_copy(update={"sample_values": values, "descriptions": descriptions})
+            text = prompt(render_schema(schema, level, columns))
             if count_tokens(tokenizer, text) <= config.max_prompt_tokens:
                 return text
     # Still too long: cut the schema text, keeping the question whole.
-    schema_text = render_schema(schema, config.model_copy(update={"descriptions": False}), candidates[-1], False)
+    schema_text = render_schema(schema, config.model_copy(update={"sample_values": False, "descriptions": False}),
+                                candidates[-1])
     overflow = count_tokens(tokenizer, text) - config.max_prompt_tokens
     ids = tokenizer(schema_text, add_special_tokens=False)["input_ids"]
     return prompt(tokenizer.decode(ids[: max(0, len(ids) - overflow - 8)]) + "\n...")

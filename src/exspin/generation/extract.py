@@ -81,18 +81,24 @@ def _find_statement(text: str) -> str | None:
     return None
 
 
+def _continued_select(text: str) -> str | None:
+    """A completion that continued a prompt ending in SELECT ("name FROM singer"), SELECT put back."""
+    return "SELECT " + first_statement(text) if _CONTINUES_SELECT.match(text) else None
+
+
 def _best_effort(text: str) -> str:
     """No valid statement anywhere: the first likely statement start, cut at the first blank line.
 
     The judge then reports its syntax error; prose with a lower-case "with" in it gives ""."""
     starts = _starts(text, likely_only=True)
+    continued = _continued_select(text)
     if starts:
-        text = text[starts[0]:]
-    elif _CONTINUES_SELECT.match(text) and re.search(r"\bFROM\b", text, re.IGNORECASE):
-        text = "SELECT " + text  # the model continued a prompt that ended in SELECT
+        text = first_statement(text[starts[0]:])
+    elif continued and re.search(r"\bFROM\b", text, re.IGNORECASE):
+        text = continued
     else:
         return ""
-    return re.split(r"\n\s*\n", first_statement(text), maxsplit=1)[0]
+    return re.split(r"\n\s*\n", text, maxsplit=1)[0]
 
 
 def extract_sql(completion: str) -> str:
@@ -103,8 +109,9 @@ def extract_sql(completion: str) -> str:
         found = _find_statement(source)
         if found is not None:
             return squeeze(found)
-    if _CONTINUES_SELECT.match(text) and is_valid_syntax("SELECT " + first_statement(text)):
-        return squeeze("SELECT " + first_statement(text))
+    continued = _continued_select(text)
+    if continued and is_valid_syntax(continued):
+        return squeeze(continued)
     return squeeze(_best_effort(fences[0] if fences else text))
 
 

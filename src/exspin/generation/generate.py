@@ -86,17 +86,66 @@ def pad_after_prefix(rows: Sequence[Sequence[int]], shared: Sequence[int], pad_i
 
 class StatementEnd:
     """A stopping criterion: each row is done once its completion holds a complete SQL statement
-    (a closed fence or a semicolon after valid SQL), so one rambling row does not hold up its batch."""
+    (a closed fence or a semicolon after valid SQL), so one rambling row does not hold up its batch.
+
+    Only a new token holding a semicolon or a backtick can complete a statement, so only such rows
+    are decoded and parsed again; a row once done stays done."""
 
     def __init__(self, tokenizer, prompt_width: int):
         self.tokenizer = tokenizer
         self.prompt_width = prompt_width
+        self.done: list[bool] = []
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
 
-        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width :], skip_special_tokens=True)
-        return torch.tensor([statement_complete(t) for t in texts], device=input_ids.device)
+        if input_ids.shape[1] == self.prompt_width + 1 or len(self.done) != input_ids.shape[0]:
+            self.done = [False] * input_ids.shape[0]  # a new generate call
+        for row, token in enumerate(self.tokenizer.batch_decode(input_ids[:, -1:])):
+            if not self.done[row] and (";" in token or "`" in token):
+                completion = self.tokenizer.decode(input_ids[row, self.prompt_width :], skip_special_tokens=True)
+                self.done[row] = statement_complete(completion)
+        return torch.tensor(self.done, device=input_ids.device)
+
+
+class CompletionLogProbs:
+    """A logits processor that adds up, per row, the log-prob the model gave each token it generated.
+
+    transformers applies custom processors before temperature and top-p, so this is the model's own
+    distribution, not the sampling one (after any repetition penalty the model's generation config
+    sets). Padding and end-of-sequence tokens are not counted (vLLM's counts its stop token): a row
+    stopped by StatementEnd and a row that ended itself are scored alike. A token's log-prob is known
+    one step late (when it shows in input_ids); `finish` adds the last one.
+    """
+
+    def __init__(self, skip_ids: Sequence[int]):
+        self.skip_ids = sorted(set(skip_ids))
+        self.totals = None
+        self.previous = None  # the last step's log-probs, until its token is known
+
+    def _add(self, tokens) -> None:
+        import torch
+
+        picked = self.previous.gather(1, tokens[:, None]).squeeze(1).double()
+        skipped = torch.isin(tokens, torch.tensor(self.skip_ids, device=tokens.device))
+        self.totals = self.totals + torch.where(skipped, 0.0, picked)
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if self.previous is None:
+            self.totals = torch.zeros(scores.shape[0], dtype=torch.float64, device=scores.device)
+        else:
+            self._add(input_ids[:, -1])
+        self.previous = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def finish(self, new_tokens) -> list[float]:
+        """The totals, given the generated tokens (rows x steps)."""
+        if self.previous is None:
+            return [0.0] * new_tokens.shape[0]
+        self._add(new_tokens[:, -1])
+        return self.totals.tolist()
 
 
 class Generator:
@@ -154,8 +203,18 @@ class Generator:
 
     def __call__(self, prompts: Sequence[str], config: GenerationConfig,
                  progress: Progress | None = None) -> list[list[str]]:
+        """For each prompt, its `config.num_samples` completions."""
+        return self._generate(prompts, config, progress, with_logprobs=False)[0]
+
+    def sample(self, prompts: Sequence[str], config: GenerationConfig, progress: Progress | None = None
+               ) -> tuple[list[list[str]], list[list[float]]]:
+        """The completions, and each one's log-prob under the model (CompletionLogProbs)."""
+        return self._generate(prompts, config, progress, with_logprobs=True)
+
+    def _generate(self, prompts: Sequence[str], config: GenerationConfig, progress: Progress | None,
+                  with_logprobs: bool) -> tuple[list[list[str]], list[list[float]] | None]:
         import torch
-        from transformers import StoppingCriteriaList
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         tokenizer, model = self.tokenizer, self.model
         token_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
@@ -164,6 +223,9 @@ class Generator:
         else:  # longest first: similar lengths share a batch (little padding), and memory peaks early
             order = sorted(range(len(prompts)), key=lambda i: -len(token_ids[i]))
         outputs: list[list[str]] = [[] for _ in prompts]
+        logprobs: list[list[float]] = [[] for _ in prompts]
+        end_ids = model.generation_config.eos_token_id
+        end_ids = [tokenizer.pad_token_id, *(end_ids if isinstance(end_ids, list) else [end_ids])]
         self._last_prefix = None
         sampling = config.temperature > 0
         if sampling:
@@ -175,6 +237,7 @@ class Generator:
             shared = prefix_lengths(rows) if config.reuse_prefix else [0] * len(rows)
             ids, mask = pad_after_prefix(rows, shared, tokenizer.pad_token_id)
             input_ids = torch.tensor(ids, device=model.device)
+            scorer = CompletionLogProbs([i for i in end_ids if i is not None]) if with_logprobs else None
             with torch.inference_mode():
                 cache = self._batch_cache(rows, shared, config.num_samples) if max(shared) else None
                 generated = model.generate(
@@ -191,32 +254,48 @@ class Generator:
                     use_cache=True,  # training with gradient checkpointing turns it off in the config
                     stopping_criteria=StoppingCriteriaList([StatementEnd(tokenizer, input_ids.shape[1])]
                                                            if config.stop_at_statement_end else []),
+                    logits_processor=LogitsProcessorList([scorer] if scorer else []),
                 )
             new_tokens = generated[:, input_ids.shape[1]:]
             texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            scores = scorer.finish(new_tokens) if scorer else None
             counted = int((new_tokens != tokenizer.pad_token_id).sum())
             for j, i in enumerate(batch):
                 outputs[i] = texts[j * config.num_samples : (j + 1) * config.num_samples]
+                if scores is not None:
+                    logprobs[i] = scores[j * config.num_samples : (j + 1) * config.num_samples]
             self.stats["tokens"] += counted
             if progress:
                 progress(len(batch), counted)
         self.stats["seconds"] += time.perf_counter() - start
         self._last_prefix = None  # its KV cache is no longer needed
-        return outputs
+        return outputs, (logprobs if with_logprobs else None)
 
 
 def _vllm_generate(model_path: str, prompts: Sequence[str], config: GenerationConfig,
-                   progress: Progress | None) -> list[list[str]]:
+                   progress: Progress | None, with_logprobs: bool) -> tuple[list[list[str]], list[list[float]] | None]:
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=model_path, seed=config.seed, enable_prefix_caching=config.reuse_prefix)
+    # logprobs=0: only the sampled token's, which vLLM reports from the raw distribution by default.
     params = SamplingParams(n=config.num_samples, temperature=config.temperature, top_p=config.top_p,
-                            max_tokens=config.max_new_tokens, seed=config.seed)
+                            max_tokens=config.max_new_tokens, seed=config.seed,
+                            logprobs=0 if with_logprobs else None)
     results = llm.generate(list(prompts), params)
     outputs = [[choice.text for choice in result.outputs] for result in results]
     if progress:
         progress(len(prompts), sum(len(c.token_ids) for r in results for c in r.outputs))
-    return outputs
+    if not with_logprobs:
+        return outputs, None
+    return outputs, [[choice.cumulative_logprob for choice in result.outputs] for result in results]
+
+
+def load_generator(model_path: str, config: GenerationConfig) -> Generator:
+    """A Generator for model_path: with its weights loaded, or only its tokenizer where vLLM will
+    generate (vLLM loads the weights itself; a second copy would compete for GPU memory)."""
+    from exspin.models import load_model, load_tokenizer
+
+    return Generator(None, load_tokenizer(model_path)) if use_vllm(config) else Generator(*load_model(model_path))
 
 
 def use_vllm(config: GenerationConfig) -> bool:
@@ -233,10 +312,19 @@ def use_vllm(config: GenerationConfig) -> bool:
 def generate(model_path: str, prompts: Sequence[str], config: GenerationConfig,
              progress: Progress | None = None, generator: Generator | None = None) -> list[list[str]]:
     """Completions for each prompt, from vLLM on a GPU when installed, else transformers."""
-    if use_vllm(config):
-        return _vllm_generate(model_path, prompts, config, progress)
-    if generator is None:
-        from exspin.models import load_model
+    return _generate_with(model_path, prompts, config, progress, generator, with_logprobs=False)[0]
 
-        generator = Generator(*load_model(model_path))
-    return generator(prompts, config, progress)
+
+def generate_with_logprobs(model_path: str, prompts: Sequence[str], config: GenerationConfig,
+                           progress: Progress | None = None, generator: Generator | None = None
+                           ) -> tuple[list[list[str]], list[list[float]]]:
+    """As `generate`, and each completion's log-prob under the model."""
+    return _generate_with(model_path, prompts, config, progress, generator, with_logprobs=True)
+
+
+def _generate_with(model_path, prompts, config, progress, generator, with_logprobs: bool):
+    if use_vllm(config):
+        return _vllm_generate(model_path, prompts, config, progress, with_logprobs)
+    if generator is None:
+        generator = load_generator(model_path, config)
+    return generator.sample(prompts, config, progress) if with_logprobs else (generator(prompts, config, progress), None)

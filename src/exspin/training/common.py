@@ -45,6 +45,9 @@ class TrainSettings(BaseModel):
     # their shared schema prefix once (training/forward.py). Off: trl's own random order.
     group_by_prompt: bool = True
     bf16: bool | None = None  # None: where the hardware has it natively
+    # A checkpoint (adapter, optimizer, scheduler, RNG) every this many steps, the last one kept: a
+    # run cut short continues from it (train_resumably). None: none.
+    save_every_steps: int | None = Field(50, ge=1)
     seed: int = 0
     logging_steps: int = Field(1, ge=1)
 
@@ -72,7 +75,9 @@ def trainer_arguments(settings: TrainSettings, output_dir: Path) -> dict:
         gradient_checkpointing=settings.gradient_checkpointing or settings.checkpoint_over_tokens is not None,
         seed=settings.seed,
         logging_steps=settings.logging_steps,
-        save_strategy="no",
+        save_strategy="steps" if settings.save_every_steps else "no",
+        save_steps=settings.save_every_steps or 500,
+        save_total_limit=1,
         report_to=[],
         max_length=settings.max_length,
         disable_tqdm=False,
@@ -181,8 +186,52 @@ def load_for_training(model_path: str, settings: TrainSettings):
     return model, load_tokenizer(model_path)
 
 
+def whole_checkpoints(trainer_dir: Path) -> list[Path]:
+    """The trainer's checkpoints that were saved whole, oldest first (trainer_state.json is written last)."""
+    found = [p for p in trainer_dir.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name.rsplit("-", 1)[1]))
+
+
+class _NoFinalCheckpoint(TrainerCallback):
+    """The trained model is saved right after the last step (save_trained): no checkpoint of it too."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_save = False
+
+
+def train_resumably(trainer, inputs: object) -> None:
+    """trainer.train(), continuing from the last whole checkpoint in the trainer's output folder when an
+    earlier call on the same inputs (records or pairs, model and settings: anything JSON-able) was cut
+    short. Other checkpoints (other inputs', or one cut short while saving) are removed first;
+    save_trained removes the rest once the model is saved."""
+    import hashlib
+    import shutil
+
+    folder = Path(trainer.args.output_dir)
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+    stamp = folder / "inputs.sha256"
+    whole = whole_checkpoints(folder) if stamp.is_file() and stamp.read_text() == digest else []
+    checkpoint = whole[-1] if whole else None
+    trainer.accelerator.wait_for_everyone()  # every process has read the folder before it changes
+    if trainer.accelerator.is_main_process:
+        for other in folder.glob("checkpoint-*"):
+            if other != checkpoint:
+                shutil.rmtree(other)
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(digest)
+    trainer.accelerator.wait_for_everyone()
+    if checkpoint:
+        print(f"resuming training from {checkpoint}")
+    trainer.add_callback(_NoFinalCheckpoint())
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+
+
 def save_trained(trainer, tokenizer, output_dir: Path) -> Path:
-    """Merge any adapter, restore the KV cache setting, and save a plain model folder (main process only)."""
+    """Merge any adapter, restore the KV cache setting, and save a plain model folder (main process only);
+    then drop the training checkpoints, which only a cut-short training needs."""
+    import shutil
+
     from exspin.models import merge_adapter, save_model
 
     model = trainer.accelerator.unwrap_model(trainer.model)
@@ -195,16 +244,31 @@ def save_trained(trainer, tokenizer, output_dir: Path) -> Path:
         if getattr(merged, "generation_config", None) is not None:
             merged.generation_config.use_cache = True
         save_model(merged, tokenizer, output_dir / "model")
+        for checkpoint in Path(trainer.args.output_dir).glob("checkpoint-*"):
+            shutil.rmtree(checkpoint)
     trainer.accelerator.wait_for_everyone()
     return output_dir / "model"
 
 
 class StepLog(TrainerCallback):
-    """Appends every logged training step to a JSONL file (loss, log-probs, rewards, lr)."""
+    """Appends every logged training step to a JSONL file (loss, log-probs, rewards, lr).
+
+    A training resumed from a checkpoint keeps the rows up to that checkpoint's step; a fresh one
+    starts the file anew."""
 
     def __init__(self, path: Path):
         self.path = path
         self.rows: list[dict] = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        earlier = [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines()
+                   if line.strip()] if self.path.is_file() else []
+        # trl's closing summary row is written again when training ends.
+        self.rows = [row for row in earlier if row.get("step", 0) <= state.global_step and "train_runtime" not in row]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("".join(json.dumps(row) + "\n" for row in self.rows), encoding="utf-8")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or not state.is_world_process_zero:

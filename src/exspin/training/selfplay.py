@@ -29,6 +29,7 @@ from exspin.training.common import (
     lora_config,
     sampling_arguments,
     save_trained,
+    train_resumably,
     trainer_arguments,
 )
 
@@ -130,7 +131,9 @@ def build_selfplay_trainer(model_path: str, pairs: Sequence[dict], settings: Sel
     # trl caches precomputed reference log-probs in a file named after the dataset's cache files; an
     # in-memory dataset has none, so each process would name another file: precompute in one process only.
     single_process = int(os.environ.get("WORLD_SIZE", "1")) == 1
-    dataset = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
+    # A pair's `weight` (graded negatives, feedback.NegativeWeights) is how many times it is trained on.
+    dataset = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")}
+                                 for p in pairs for _ in range(int(p.get("weight", 1)))])
     dataset, sampling = sampling_arguments(settings, dataset, settings.shared_prompt and takes_4d_mask(model))
     config = DPOConfig(**trainer_arguments(settings, output_dir / "trainer"), **sampling, beta=settings.beta,
                        loss_type=losses, loss_weights=weights,
@@ -146,7 +149,8 @@ def build_selfplay_trainer(model_path: str, pairs: Sequence[dict], settings: Sel
 
 def train_selfplay(model_path: str, pairs: Sequence[dict], settings: SelfPlaySettings, output_dir: Path
                    ) -> tuple[Path, list[dict]]:
-    """pairs: {"prompt", "chosen" (gold SQL), "rejected" (opponent's SQL)}. Returns (model folder, step log)."""
+    """pairs: {"prompt", "chosen" (gold SQL), "rejected" (opponent's SQL), optional "weight" (times trained on)}.
+    Returns (model folder, step log)."""
     trainer, tokenizer, log = build_selfplay_trainer(model_path, pairs, settings, output_dir)
-    trainer.train()
+    train_resumably(trainer, [model_path, list(pairs), settings.model_dump(mode="json")])
     return save_trained(trainer, tokenizer, output_dir), log.rows

@@ -14,6 +14,7 @@ from exspin.training.common import (
     lora_config,
     sampling_arguments,
     save_trained,
+    train_resumably,
     trainer_arguments,
 )
 
@@ -99,5 +100,5 @@ def build_sft_trainer(model_path: str, records: Sequence[dict], settings: SFTSet
 def train_sft(model_path: str, records: Sequence[dict], settings: SFTSettings, output_dir: Path) -> Path:
     """Train on (prompt, gold SQL) with the loss on the SQL tokens only. Returns the merged model folder."""
     trainer, tokenizer = build_sft_trainer(model_path, records, settings, output_dir)
-    trainer.train()
+    train_resumably(trainer, [model_path, list(records), settings.model_dump(mode="json")])
     return save_trained(trainer, tokenizer, output_dir)
