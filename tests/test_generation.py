@@ -226,6 +226,29 @@ def test_statement_end_stops_a_row_at_its_semicolon_and_keeps_it_stopped(tiny):
     assert not any(done for _, done in flags)
 
 
+def test_generation_in_a_separate_process_gives_what_it_gives_here(tiny, tiny_model_dir):
+    """The path vLLM takes (a process per call, freeing its memory when it ends), run here with the
+    transformers backend: the same completions and log-prob, counted tokens, one-line user errors."""
+    from exspin.generation import generate, generate_with_logprobs, load_generator
+
+    config = GenerationConfig(max_new_tokens=8, batch_size=4)
+    here, here_logprobs = generate_with_logprobs(str(tiny_model_dir), SHARED_PREFIX_PROMPTS, config,
+                                                 generator=Generator(*tiny))
+    apart = config.model_copy(update={"separate_process": True})
+    generator = load_generator(str(tiny_model_dir), apart)
+    assert generator.model is None  # the weights are loaded in the child only
+    seen = []
+    there, there_logprobs = generate_with_logprobs(str(tiny_model_dir), SHARED_PREFIX_PROMPTS, apart,
+                                                   lambda n, tokens: seen.append((n, tokens)), generator)
+    assert there == here
+    assert [x for row in there_logprobs for x in row] == pytest.approx([x for row in here_logprobs for x in row],
+                                                                       abs=1e-4)
+    assert sum(n for n, _ in seen) == len(SHARED_PREFIX_PROMPTS)
+    assert generator.stats["tokens"] == sum(t for _, t in seen) > 0
+    with pytest.raises(UserError):
+        generate(str(tiny_model_dir / "absent"), PROMPTS[:1], apart)
+
+
 def test_generation_config_rejects_bad_values():
     with pytest.raises(ValueError):
         GenerationConfig(batch_size=0)

@@ -31,7 +31,7 @@ from exspin.generation import GenerationConfig, generate, generate_with_logprobs
 from exspin.guards import chosen_logp_warning, control, length_drift_warning, reference_logps
 from exspin.hints.schema import SchemaBook
 from exspin.paths import cache_dir
-from exspin.predict import build_prompts, predict_prompts
+from exspin.predict import PromptSet, build_prompts, predict_sets
 from exspin.progress import progress_bar
 from exspin.records import Example
 from exspin.report import write_report
@@ -179,15 +179,15 @@ def _evaluate_model(run: Run, model_path: str, folder: Path) -> dict:
         return {**{k: summary[k] for k in keys}, "scored_in": earlier.name}
 
     generator = load_generator(model_path, run.config.generation)
-    scores = {}
+    sets = []
     for which in ("validation", "eval"):
-        examples = run.examples(which)
-        prompts = run.prompts(which)
-        with progress_bar(len(examples), f"{folder.name}: {which}", "prompts") as advance:
-            result = predict_prompts(model_path, run.split_of(which), examples,
-                                     [prompts[e.index] for e in examples], folder / f"eval_{which}", run.runner,
-                                     generator, run.config.generation, lambda n, _tokens: advance(n))
-        scores[f"{which}_ex"] = round(result.ex, 4)
+        examples, prompts = run.examples(which), run.prompts(which)
+        sets.append(PromptSet(run.split_of(which), examples, [prompts[e.index] for e in examples],
+                              folder / f"eval_{which}"))
+    with progress_bar(sum(len(s.examples) for s in sets), f"{folder.name}: validation and eval", "prompts") as advance:
+        results = predict_sets(model_path, sets, run.runner, generator, run.config.generation,
+                               lambda n, _tokens: advance(n))
+    scores = {f"{which}_ex": round(result.ex, 4) for which, result in zip(("validation", "eval"), results, strict=True)}
     generation = json.loads((folder / "eval_validation" / "generation.json").read_text())
     scores["mean_completion_chars"] = generation["mean_completion_chars"]
     scores["tokens_per_s"] = generation["tokens_per_s"]

@@ -39,6 +39,11 @@ class GenerationConfig(BaseModel):
     seed: int = 0
     reuse_prefix: bool = True  # prefill a batch's shared prompt prefix once (transformers backend)
     stop_at_statement_end: bool = True  # a row stops once its SQL statement is complete (see StatementEnd)
+    # Each call in a process of its own (generation/worker.py), which frees what the engine took when it
+    # ends. None: exactly where vLLM generates (it keeps most of the GPU's memory until its process ends).
+    separate_process: bool | None = None
+    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)  # vLLM: the share of GPU memory it may take
+    tensor_parallel_size: int = Field(1, ge=1)  # vLLM: GPUs one engine spreads the model over
 
 
 MIN_SHARED_PREFIX = 16  # shorter shared prefixes are not worth a separate forward pass
@@ -276,7 +281,8 @@ def _vllm_generate(model_path: str, prompts: Sequence[str], config: GenerationCo
                    progress: Progress | None, with_logprobs: bool) -> tuple[list[list[str]], list[list[float]] | None]:
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=model_path, seed=config.seed, enable_prefix_caching=config.reuse_prefix)
+    llm = LLM(model=model_path, seed=config.seed, enable_prefix_caching=config.reuse_prefix,
+              gpu_memory_utilization=config.gpu_memory_utilization, tensor_parallel_size=config.tensor_parallel_size)
     # logprobs=0: only the sampled token's, which vLLM reports from the raw distribution by default.
     params = SamplingParams(n=config.num_samples, temperature=config.temperature, top_p=config.top_p,
                             max_tokens=config.max_new_tokens, seed=config.seed,
@@ -291,11 +297,17 @@ def _vllm_generate(model_path: str, prompts: Sequence[str], config: GenerationCo
 
 
 def load_generator(model_path: str, config: GenerationConfig) -> Generator:
-    """A Generator for model_path: with its weights loaded, or only its tokenizer where vLLM will
-    generate (vLLM loads the weights itself; a second copy would compete for GPU memory)."""
+    """A Generator for model_path: with its weights loaded, or only its tokenizer where another process
+    or vLLM will generate (a second copy of the weights would compete for GPU memory)."""
     from exspin.models import load_model, load_tokenizer
 
-    return Generator(None, load_tokenizer(model_path)) if use_vllm(config) else Generator(*load_model(model_path))
+    if in_separate_process(config) or use_vllm(config):
+        return Generator(None, load_tokenizer(model_path))
+    return Generator(*load_model(model_path))
+
+
+def in_separate_process(config: GenerationConfig) -> bool:
+    return config.separate_process if config.separate_process is not None else use_vllm(config)
 
 
 def use_vllm(config: GenerationConfig) -> bool:
@@ -323,8 +335,26 @@ def generate_with_logprobs(model_path: str, prompts: Sequence[str], config: Gene
 
 
 def _generate_with(model_path, prompts, config, progress, generator, with_logprobs: bool):
-    if use_vllm(config):
-        return _vllm_generate(model_path, prompts, config, progress, with_logprobs)
+    if in_separate_process(config) or use_vllm(config):
+        # Elsewhere: the generator (if any) holds only a tokenizer; it still counts tokens and time.
+        counted = [0]
+
+        def count(done: int, tokens: int) -> None:
+            counted[0] += tokens
+            if progress:
+                progress(done, tokens)
+
+        start = time.perf_counter()
+        if in_separate_process(config):
+            from exspin.generation.worker import generate_in_worker
+
+            outputs = generate_in_worker(model_path, prompts, config, count, with_logprobs)
+        else:
+            outputs = _vllm_generate(model_path, prompts, config, count, with_logprobs)
+        if generator is not None:
+            generator.stats["tokens"] += counted[0]
+            generator.stats["seconds"] += time.perf_counter() - start
+        return outputs
     if generator is None:
         generator = load_generator(model_path, config)
     return generator.sample(prompts, config, progress) if with_logprobs else (generator(prompts, config, progress), None)
