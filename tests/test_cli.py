@@ -103,3 +103,11 @@ def test_data_check_reports_missing_databases(spider_dir):
     assert result.returncode == 0, result.stderr
     assert "wta_1" in result.stdout and "972 of 972" in result.stdout
     assert "baseball_1" in result.stdout and "soccer_1" in result.stdout
+
+
+def test_run_dry_run_prints_the_plan_and_starts_nothing(spider_dir, tmp_path):
+    config = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+    result = run_cli("run", config, "--dry-run", f"data.path={spider_dir}", f"run_dir={tmp_path / 'run'}")
+    assert result.returncode == 0, result.stderr
+    assert "sft" in result.stdout and "exspin-1" in result.stdout and "(too few)" in result.stdout
+    assert not (tmp_path / "run").exists()

@@ -59,3 +59,49 @@ def test_inconsistent_settings_are_one_line_errors(tmp_path):
     with pytest.raises(UserError, match=r"2257 exceeds sft.train.max_length = 1536"):
         load_config(path)
     assert load_config(path, ["sft.train.max_length=2257", "selfplay.train.max_length=2257"])
+
+
+def test_a_config_inherits_from_another(tmp_path):
+    (tmp_path / "base.yaml").write_text("model: some/model\nsft:\n  train:\n    learning_rate: 0.001\n    batch_size: 8\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("inherit: base.yaml\nsft:\n  train:\n    batch_size: 2\n")
+    config = load_config(child, ["sft.train.epochs=3"])
+    assert (config.model, config.sft.train.learning_rate, config.sft.train.batch_size, config.sft.train.epochs) == (
+        "some/model", 0.001, 2, 3)
+    (tmp_path / "base.yaml").write_text("inherit: child.yaml\n")
+    with pytest.raises(UserError, match="inherits from itself"):
+        load_config(child)
+    child.write_text("inherit: absent.yaml\n")
+    with pytest.raises(UserError, match="absent.yaml .inherited by"):
+        load_config(child)
+
+
+def test_gpu_recipes_give_self_play_at_least_50_steps_on_full_spider(spider_dir):
+    """The dry run's plan: every shipped GPU recipe, with its pairs guessed at one wrong answer in 8."""
+    from exspin.pipeline import plan
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    single = load_config(root / "spider_qwen1.5b_gpu.yaml", [f"data.path={spider_dir}"])
+    multi = load_config(root / "spider_qwen1.5b_multigpu.yaml", [f"data.path={spider_dir}", "launcher.num_processes=8"])
+    assert multi.selfplay.train.learning_rate == single.selfplay.train.learning_rate  # inherited
+    assert (multi.selfplay.train.batch_size, single.selfplay.train.batch_size) == (2, 8)
+    for config in (single, multi, load_config(root / "spider_qwen1.5b_spin_gpu.yaml", [f"data.path={spider_dir}"])):
+        stages = plan(config)
+        assert stages["train"] > 6000
+        selfplay = [s for s in stages["stages"] if s["stage"][-1].isdigit()]
+        assert len(selfplay) == config.selfplay.iterations and min(s["steps"] for s in selfplay) >= 50, selfplay
+    assert plan(multi)["processes"] == 8
+
+
+def test_the_process_count_comes_from_the_accelerate_config_or_the_devices(tmp_path):
+    import torch
+
+    from exspin.config import LauncherSettings
+    from exspin.pipeline import training_processes
+
+    accelerate = tmp_path / "accelerate.yaml"
+    accelerate.write_text("distributed_type: MULTI_GPU\nnum_processes: 3\n")
+    assert training_processes(LauncherSettings(accelerate_config=accelerate)) == 3
+    assert training_processes(LauncherSettings(accelerate_config=accelerate, num_processes=2)) == 2
+    accelerate.write_text("distributed_type: MULTI_GPU\n")
+    assert training_processes(LauncherSettings(accelerate_config=accelerate)) == max(1, torch.cuda.device_count())

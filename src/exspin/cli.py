@@ -77,7 +77,7 @@ def data_check(
                 if not run.ok:
                     console.print(f"  [yellow]{name}[{example.index}] {example.db_id}: gold {run.outcome}: "
                                   f"{run.message}")
-    console.print(table)
+    Console(width=max(console.width, 110)).print(table)  # one line per stage, even in a log
 
 
 @app.command("eval")
@@ -179,7 +179,7 @@ def hints_eval(
                       f"{lengths['median']:.0f} / {lengths['p95']:.0f}")
     table.add_row("build value indexes", f"{result['index_build_s']:.2f} s")
     table.add_row("score all questions", f"{result['score_s']:.2f} s")
-    console.print(table)
+    Console(width=max(console.width, 110)).print(table)  # one line per stage, even in a log
     if out:
         write_json(out, result)
 
@@ -308,16 +308,40 @@ def run_command(
     config: Annotated[Path, typer.Argument(help="Run configuration (YAML).")],
     overrides: Annotated[list[str] | None, typer.Argument(help="Overrides such as selfplay.iterations=1.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue a run from its last finished stage.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Print the stage plan (examples, steps, tokens); start nothing.")]
+    = False,
 ) -> None:
     """SFT, then self-play iterations with execution feedback, evaluated after every stage."""
     from exspin.config import load_config
     from exspin.pipeline import run_pipeline
 
     settings = load_config(config, overrides or [])
+    if dry_run:
+        _print_plan(settings)
+        return
     summary = run_pipeline(settings, resume=resume, log=console.print)
     console.print(f"kept [bold]{summary['best']}[/bold]: {summary['final_model']}")
     console.print(f"stopped: {summary['stop_reason']}")
     console.print(f"report: {settings.run_dir / 'report' / 'report.md'}")
+
+
+def _print_plan(settings) -> None:
+    from rich.table import Table
+
+    from exspin.pipeline import MIN_ITERATION_STEPS, plan
+
+    stages = plan(settings)
+    console.print(f"{stages['train']} train questions, {stages['validation']} validation (from train), "
+                  f"{stages['eval']} eval; training in {stages['processes']} process(es); self-play pairs "
+                  f"guessed at one per wrong answer, {stages['wrong_share']:.0%} of answers wrong")
+    table = Table("stage", "work", "examples (pairs)", "optimizer steps", "tokens at most", "prompt+answer / max_length")
+    for row in stages["stages"]:
+        steps = "-" if row["steps"] is None else str(row["steps"])
+        if row["steps"] is not None and row["stage"] != "sft" and row["steps"] < MIN_ITERATION_STEPS:
+            steps += " (too few)"
+        table.add_row(row["stage"], row["work"], str(row["examples"]), steps, f"{row['tokens_at_most']:,}",
+                      (row["fits"] or "-").replace(" <= ", " / "))
+    Console(width=max(console.width, 110)).print(table)  # one line per stage, even in a log
 
 
 def main() -> None:

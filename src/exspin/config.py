@@ -76,7 +76,8 @@ class LauncherSettings(_Section):
     """How training stages run: in this process, or through `accelerate launch` (multi-GPU, DeepSpeed, FSDP)."""
 
     accelerate_config: Path | None = None  # e.g. configs/accelerate/deepspeed_zero3.yaml
-    num_processes: int = Field(1, ge=1)
+    # None: the accelerate config's own count where it sets one, else one process per visible GPU.
+    num_processes: int | None = Field(None, ge=1)
 
 
 class RunConfig(_Section):
@@ -131,13 +132,12 @@ def _set_dotted(tree: dict, dotted: str, value: object) -> None:
     node[keys[-1]] = value
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Read YAML, apply ``key.sub=value`` overrides, validate; one-line errors for anything wrong."""
-    path = Path(path)
+def _read_tree(path: Path, children: tuple[Path, ...] = ()) -> dict:
+    """A YAML file's settings, over those of the file its `inherit` key names (relative to it)."""
     try:
         tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
-        raise UserError(f"config not found: {path}") from None
+        raise UserError(f"config not found: {path}" + (f" (inherited by {children[-1]})" if children else "")) from None
     except UnicodeDecodeError:
         raise UserError(f"{path} is not UTF-8 text") from None
     except yaml.YAMLError as error:
@@ -146,6 +146,28 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise UserError(f"malformed YAML in {path}{where}") from None
     if not isinstance(tree, dict):
         raise UserError(f"{path} should hold a mapping of settings")
+    parent = tree.pop("inherit", None)
+    if parent is None:
+        return tree
+    parent_path = (path.parent / str(parent)).resolve()
+    if parent_path in children or parent_path == path.resolve():
+        raise UserError(f"{path} inherits from itself through {parent}")
+    return _merged(_read_tree(parent_path, (*children, path.resolve())), tree)
+
+
+def _merged(base: dict, changes: dict) -> dict:
+    """base with changes applied section by section (a mapping in changes updates, anything else replaces)."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read YAML (and the file it inherits from, alignment-handbook style), apply ``key.sub=value``
+    overrides, validate; one-line errors for anything wrong."""
+    path = Path(path)
+    tree = _read_tree(path)
     for override in overrides:
         key, sep, raw = override.partition("=")
         if not sep or not key:

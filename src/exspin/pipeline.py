@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import random
 import shutil
 import subprocess
@@ -60,7 +61,8 @@ class Run:
             # every differing section is reported below).
             with contextlib.suppress(ValueError):
                 saved = RunConfig.model_validate(saved).model_dump(mode="json")
-            changed = sorted(k for k in resolved if k != "run_dir" and resolved[k] != saved.get(k))
+            # Where the run lives and how training is launched (e.g. on a machine with other GPUs) may change.
+            changed = sorted(k for k in resolved if k not in ("run_dir", "launcher") and resolved[k] != saved.get(k))
             if changed:
                 raise UserError(f"{self.dir} was started with other settings ({', '.join(changed)}); resume it "
                                 "with its own config.json, or choose another run_dir")
@@ -199,7 +201,10 @@ def _launch_training(run: Run, kind: str, model_path: str, records: Path, folder
     """Train in a child process group through `accelerate launch`; returns the step log."""
     launcher = run.config.launcher
     config_path = write_text(run.dir / "config.yaml", yaml.safe_dump(run.config.model_dump(mode="json")))
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(launcher.num_processes)]
+    command = [sys.executable, "-m", "accelerate.commands.launch"]
+    processes = _process_count(launcher)
+    if processes is not None:
+        command += ["--num_processes", str(processes)]
     if launcher.accelerate_config:
         command += ["--config_file", str(launcher.accelerate_config)]
     command += ["-m", "exspin.cli", "train", kind, "--model", model_path,
@@ -223,8 +228,42 @@ def _checkpointed(folder: Path) -> bool:
     return bool(whole_checkpoints(folder / "trainer"))
 
 
+def _process_count(launcher) -> int | None:
+    """Training processes: the launcher's setting; else the accelerate config's own (None: accelerate
+    reads it there); else one per visible GPU, or one without a GPU."""
+    if launcher.num_processes is not None:
+        return launcher.num_processes
+    if launcher.accelerate_config is not None:
+        path = Path(launcher.accelerate_config)
+        accelerate = yaml.safe_load(path.read_text()) if path.is_file() else {}
+        if isinstance(accelerate, dict) and (accelerate.get("num_processes") or -1) > 0:
+            return None
+    import torch
+
+    return max(1, torch.cuda.device_count())
+
+
+def training_processes(launcher) -> int:
+    """How many processes a launched training runs (what divides a stage's examples into steps)."""
+    count = _process_count(launcher)
+    if count is None:  # the accelerate config's own
+        return int(yaml.safe_load(Path(launcher.accelerate_config).read_text())["num_processes"])
+    return count
+
+
+def optimizer_steps(examples: int, settings, processes: int) -> int:
+    """Optimizer steps of a training over `examples` (its max_steps where set)."""
+    if settings.max_steps > 0:
+        return settings.max_steps
+    per_step = settings.batch_size * settings.gradient_accumulation * processes
+    return math.ceil(examples * settings.epochs / per_step)
+
+
+MIN_ITERATION_STEPS = 20  # fewer optimizer steps than this barely move the model at self-play learning rates
+
+
 def _use_launcher(run: Run) -> bool:
-    return run.config.launcher.accelerate_config is not None or run.config.launcher.num_processes > 1
+    return run.config.launcher.accelerate_config is not None or (run.config.launcher.num_processes or 1) > 1
 
 
 def _sft_stage(run: Run, model_path: str, folder: Path) -> dict:
@@ -292,6 +331,13 @@ def _iteration_stage(run: Run, number: int, opponent: str, folder: Path, previou
     if reuse and _trained(folder):
         model, steps = folder / "model", read_jsonl(folder / "train_log.jsonl")
     else:
+        processes = training_processes(run.config.launcher) if _use_launcher(run) else 1
+        steps_planned = optimizer_steps(summary["training_rows"], settings.train, processes)
+        if steps_planned < MIN_ITERATION_STEPS:
+            summary.setdefault("warnings", []).append(
+                f"{summary['training_rows']} pairs make only {steps_planned} optimizer steps (effective batch "
+                f"{settings.train.batch_size * settings.train.gradient_accumulation * processes}): "
+                "lower selfplay.train.gradient_accumulation or batch_size")
         # A seed per iteration: an iteration rolled back to an earlier opponent is not an exact repeat.
         seed = settings.train.seed + number - 1
         if _use_launcher(run):
@@ -301,9 +347,53 @@ def _iteration_stage(run: Run, number: int, opponent: str, folder: Path, previou
             model, steps = train_selfplay(opponent, pairs, settings.train.model_copy(update={"seed": seed}), folder)
     write_jsonl(folder / "logps.jsonl", reference_logps(steps, settings.train.beta))
     warning = chosen_logp_warning(steps, settings.train.beta, run.config.guards.chosen_logp_drop)
-    summary.update(model=str(model), warnings=[warning] if warning else [], **_fit(folder),
+    summary.update(model=str(model), warnings=summary.get("warnings", []) + ([warning] if warning else []), **_fit(folder),
                    final_loss=next((r["loss"] for r in reversed(steps) if "loss" in r), None))
     return {**summary, **_evaluate_model(run, str(model), folder)}
+
+
+WRONG_SHARE = 1 / 8  # the dry run's guess: the share of the opponent's training answers that are wrong
+
+
+def plan(config: RunConfig) -> dict:
+    """What `exspin run` would do, read from the data and the config alone (no model, no tokenizer):
+    per stage its examples, optimizer steps, tokens at most (examples x prompt budget + answer), and
+    the prompt budget against the trainer's max_length. Self-play pairs are a guess: one per wrong
+    answer, WRONG_SHARE of them, as many as the iteration trains on with mix_previous_pairs."""
+    data = config.data
+    train, evaluation = load_split(data.path, data.train_split), load_split(data.path, data.eval_split)
+    pool = len(train.executable)
+    validation = min(data.validation_size, pool)
+    n_train = min(data.train_size or pool, pool - validation)
+    n_eval = min(data.eval_size or len(evaluation.executable), len(evaluation.executable))
+    answer = config.prompt.max_prompt_tokens + config.generation.max_new_tokens + 1
+    launched = config.launcher.accelerate_config is not None or (config.launcher.num_processes or 1) > 1
+    processes = training_processes(config.launcher) if launched else 1
+
+    def scoring(name: str) -> dict:
+        return {"stage": name, "work": "score", "examples": validation + n_eval,
+                "steps": None, "tokens_at_most": (validation + n_eval) * answer, "fits": None}
+
+    stages = [scoring("start")]
+    if config.sft.enabled:
+        settings = config.sft.train
+        stages.append({"stage": "sft", "work": "train, score", "examples": n_train,
+                       "steps": optimizer_steps(n_train, settings, processes),
+                       "tokens_at_most": int(n_train * settings.epochs * answer),
+                       "fits": f"{answer} <= {settings.max_length}"})
+    selfplay = config.selfplay
+    answers = n_train * selfplay.samples_per_question
+    pairs = math.ceil(answers * WRONG_SHARE)
+    for iteration in range(1, selfplay.iterations + 1):
+        trained = pairs * (iteration if selfplay.mix_previous_pairs else 1)
+        settings = selfplay.train
+        stages.append({"stage": f"{selfplay.method}-{iteration}",
+                       "work": f"answer {answers}, train, score", "examples": trained,
+                       "steps": optimizer_steps(trained, settings, processes),
+                       "tokens_at_most": answers * answer + int(trained * settings.epochs * (answer + 256)),
+                       "fits": f"{answer} <= {settings.max_length}"})
+    return {"processes": processes, "wrong_share": WRONG_SHARE, "train": n_train, "validation": validation,
+            "eval": n_eval, "stages": stages}
 
 
 def run_pipeline(config: RunConfig, resume: bool = False, log=print) -> dict:
