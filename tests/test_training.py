@@ -247,6 +247,49 @@ def test_two_process_training_through_torchrun(tiny_model_dir, tmp_path):
     assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
+def test_two_process_zero3_training_saves_and_merges_the_sharded_weights(tiny_model_dir, tmp_path):
+    """DeepSpeed ZeRO-3 on 2 CPU processes (gloo), every parameter partitioned: the saved adapter and
+    merged model are whole, and the merged model's logits equal a one-process merge of that adapter."""
+    pytest.importorskip("deepspeed")
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    records = tmp_path / "records.jsonl"
+    rows = [{"prompt": f"<|im_start|>user\nQuestion {i}?<|im_end|>\n<|im_start|>assistant\n",
+             "completion": "SELECT count(*) FROM singer"} for i in range(8)]
+    records.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = tmp_path / "run.yaml"
+    config.write_text("sft:\n  train: {max_steps: 2, batch_size: 2, bf16: false, learning_rate: 0.01,"
+                      " checkpoint_over_tokens: null, save_every_steps: null,"
+                      " lora: {r: 4, alpha: 8, target_modules: [q_proj, v_proj]}}\n")
+    deepspeed = tmp_path / "deepspeed.json"  # threshold 0: even the tiny model's parameters are partitioned
+    deepspeed.write_text(json.dumps({
+        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0,
+                              "stage3_gather_16bit_weights_on_model_save": True},
+        "train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto", "gradient_clipping": "auto"}))
+    accelerate = tmp_path / "accelerate.yaml"
+    accelerate.write_text(f"distributed_type: DEEPSPEED\ndeepspeed_config:\n  deepspeed_config_file: {deepspeed}\n"
+                          "  zero3_init_flag: false\nnum_machines: 1\nnum_processes: 2\nuse_cpu: true\n")
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate), "-m",
+               "exspin.cli", "train", "sft", "--model", str(tiny_model_dir), "--records", str(records),
+               "--out", str(out), "--config", str(config)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    merged = AutoModelForCausalLM.from_pretrained(out / "model", dtype=torch.float32)
+    assert all(p.numel() > 0 for p in merged.parameters())
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    expected = PeftModel.from_pretrained(base, out / "adapter").merge_and_unload()
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, expected(ids).logits, atol=1e-5)
+        unchanged = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+        assert not torch.allclose(merged(ids).logits, unchanged(ids).logits, atol=1e-4)  # the adapter trained
+
+
 def _one_step(trainer, n: int, metric: tuple[str, ...]):
     """One loss and backward on the first n examples, from LoRA weights that are random but the same
     in every trainer (so the policy differs from its reference): (loss, metrics, gradients, batch)."""
@@ -527,3 +570,20 @@ def test_training_cut_short_continues_from_its_checkpoint(tiny_model_dir, tmp_pa
     train_sft(str(tiny_model_dir), records[:6], settings, stale)
     assert "resuming" not in capsys.readouterr().out
     assert [json.loads(line)["step"] for line in (stale / "train_log.jsonl").open()][:3] == [1, 2, 3]
+
+
+def test_full_fine_tuning_keeps_float32_master_weights(tiny_model_dir, tmp_path):
+    """bf16 full fine-tuning: float32 weights under autocast (bf16 weights would round away lr 5e-6
+    updates); bf16 LoRA: a bf16 base, but the adapter that trains in float32."""
+    from exspin.training.common import LoraSettings
+    from exspin.training.sft import SFTSettings, build_sft_trainer
+
+    records = [{"prompt": "<|im_start|>user\nHow many?<|im_end|>\n<|im_start|>assistant\n",
+                "completion": "SELECT count(*) FROM singer"}] * 2
+    full, _ = build_sft_trainer(str(tiny_model_dir), records, SFTSettings(bf16=True, lora=None), tmp_path / "full")
+    assert {p.dtype for p in full.model.parameters()} == {torch.float32} and full.args.bf16
+    lora, _ = build_sft_trainer(str(tiny_model_dir), records, SFTSettings(bf16=True, lora=LoraSettings(r=4, alpha=8)),
+                                tmp_path / "lora")
+    trained = {p.dtype for p in lora.model.parameters() if p.requires_grad}
+    frozen = {p.dtype for p in lora.model.parameters() if not p.requires_grad}
+    assert trained == {torch.float32} and frozen == {torch.bfloat16}

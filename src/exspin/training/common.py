@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import TrainerCallback
 
+from exspin.errors import UserError
+
 
 class LoraSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -180,8 +182,11 @@ def load_for_training(model_path: str, settings: TrainSettings):
 
     from exspin.models import attention_implementation, default_dtype, load_tokenizer
 
-    dtype = torch.bfloat16 if (settings.bf16 or (settings.bf16 is None and default_dtype() == torch.bfloat16)) \
-        else torch.float32
+    bf16 = settings.bf16 or (settings.bf16 is None and default_dtype() == torch.bfloat16)
+    # Full fine-tuning keeps float32 master weights (the trainer's bf16 flag then computes under
+    # autocast): bf16 weights would round away updates of lr 5e-6. Under LoRA the base is frozen and
+    # peft keeps the adapter in float32 itself.
+    dtype = torch.bfloat16 if bf16 and settings.lora is not None else torch.float32
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, attn_implementation=attention_implementation())
     return model, load_tokenizer(model_path)
 
@@ -227,26 +232,57 @@ def train_resumably(trainer, inputs: object) -> None:
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
 
-def save_trained(trainer, tokenizer, output_dir: Path) -> Path:
-    """Merge any adapter, restore the KV cache setting, and save a plain model folder (main process only);
-    then drop the training checkpoints, which only a cut-short training needs."""
+def save_trained(trainer, tokenizer, output_dir: Path, base_model: str) -> Path:
+    """Save output_dir/model, a plain model folder (and output_dir/adapter under LoRA); then drop the
+    training checkpoints, which only a cut-short training needs.
+
+    Every process takes part: under DeepSpeed ZeRO-3 or FSDP each holds a shard of the weights, and only
+    the trainer's own save gathers them (unwrapping the model on one process would save empty tensors).
+    The main process then merges the saved adapter into a fresh copy of base_model."""
     import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     from exspin.models import merge_adapter, save_model
 
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if trainer.accelerator.is_main_process:
-        if hasattr(model, "peft_config"):
-            save_model(model, tokenizer, output_dir / "adapter")
-        merged = merge_adapter(model)
+    accelerator = trainer.accelerator
+    lora = hasattr(accelerator.unwrap_model(trainer.model), "peft_config")
+    staging = output_dir / (".adapter.saving" if lora else ".model.saving")
+    if accelerator.is_main_process and staging.exists():
+        shutil.rmtree(staging)
+    accelerator.wait_for_everyone()
+    trainer.save_model(str(staging))  # collective: gathers what is sharded; the main process writes
+    accelerator.wait_for_everyone()
+    if not any(staging.glob("*.safetensors")):  # every process stops here, none waits for the others
+        raise UserError(f"training saved no weights in {staging}: with DeepSpeed ZeRO-3, set "
+                        "zero3_save_16bit_model: true (stage3_gather_16bit_weights_on_model_save) in the "
+                        "accelerate config; with FSDP, fsdp_state_dict_type: FULL_STATE_DICT")
+    if accelerator.is_main_process:
+        # Training is over: a model loaded under ZeRO-3's config would wait for the other processes.
+        unset_hf_deepspeed_config()
+        if lora:
+            adapter = output_dir / "adapter"
+            if adapter.exists():
+                shutil.rmtree(adapter)
+            staging.replace(adapter)
+            from peft import PeftModel
+
+            dtype = getattr(accelerator.unwrap_model(trainer.model), "dtype", torch.float32)  # the training's
+            base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+            merged = merge_adapter(PeftModel.from_pretrained(base, adapter)).to(dtype)
+        else:
+            merged = AutoModelForCausalLM.from_pretrained(staging, dtype="auto")
         # Gradient checkpointing switches the cache off in the config; generation needs it back on.
         merged.config.use_cache = True
         if getattr(merged, "generation_config", None) is not None:
             merged.generation_config.use_cache = True
         save_model(merged, tokenizer, output_dir / "model")
+        shutil.rmtree(staging, ignore_errors=True)
         for checkpoint in Path(trainer.args.output_dir).glob("checkpoint-*"):
             shutil.rmtree(checkpoint)
-    trainer.accelerator.wait_for_everyone()
+    accelerator.wait_for_everyone()
     return output_dir / "model"
 
 

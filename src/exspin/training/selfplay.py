@@ -153,4 +153,4 @@ def train_selfplay(model_path: str, pairs: Sequence[dict], settings: SelfPlaySet
     Returns (model folder, step log)."""
     trainer, tokenizer, log = build_selfplay_trainer(model_path, pairs, settings, output_dir)
     train_resumably(trainer, [model_path, list(pairs), settings.model_dump(mode="json")])
-    return save_trained(trainer, tokenizer, output_dir), log.rows
+    return save_trained(trainer, tokenizer, output_dir, model_path), log.rows
