@@ -71,6 +71,12 @@ def test_a_config_inherits_from_another(tmp_path):
     (tmp_path / "base.yaml").write_text("inherit: child.yaml\n")
     with pytest.raises(UserError, match="inherits from itself"):
         load_config(child)
+    (tmp_path / "base.yaml").write_text("sft:\n  train:\n    batch_size: 8\n")
+    child.write_text("inherit: base.yaml\nsft:\n  # train: {batch_size: 2}\n")  # a section left empty
+    assert load_config(child).sft.train.batch_size == 8
+    child.write_text("inherit: 5\n")
+    with pytest.raises(UserError, match="inherit should name a YAML file"):
+        load_config(child)
     child.write_text("inherit: absent.yaml\n")
     with pytest.raises(UserError, match="absent.yaml .inherited by"):
         load_config(child)

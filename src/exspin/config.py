@@ -149,6 +149,8 @@ def _read_tree(path: Path, children: tuple[Path, ...] = ()) -> dict:
     parent = tree.pop("inherit", None)
     if parent is None:
         return tree
+    if not isinstance(parent, str):
+        raise UserError(f"{path}: inherit should name a YAML file, relative to {path.parent}")
     parent_path = (path.parent / str(parent)).resolve()
     if parent_path in children or parent_path == path.resolve():
         raise UserError(f"{path} inherits from itself through {parent}")
@@ -156,9 +158,12 @@ def _read_tree(path: Path, children: tuple[Path, ...] = ()) -> dict:
 
 
 def _merged(base: dict, changes: dict) -> dict:
-    """base with changes applied section by section (a mapping in changes updates, anything else replaces)."""
+    """base with changes applied section by section (a mapping in changes updates, anything else replaces;
+    a section left empty, all its keys commented out, changes nothing)."""
     out = dict(base)
     for key, value in changes.items():
+        if value is None and isinstance(out.get(key), dict):
+            continue
         out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 

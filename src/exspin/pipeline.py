@@ -252,11 +252,12 @@ def training_processes(launcher) -> int:
 
 
 def optimizer_steps(examples: int, settings, processes: int) -> int:
-    """Optimizer steps of a training over `examples` (its max_steps where set)."""
+    """Optimizer steps of a training over `examples` (its max_steps where set), as the Trainer counts them:
+    each process's batches per epoch, grouped by gradient_accumulation, times the epochs."""
     if settings.max_steps > 0:
         return settings.max_steps
-    per_step = settings.batch_size * settings.gradient_accumulation * processes
-    return math.ceil(examples * settings.epochs / per_step)
+    batches = math.ceil(examples / (settings.batch_size * processes))
+    return math.ceil(settings.epochs * max(1, math.ceil(batches / settings.gradient_accumulation)))
 
 
 MIN_ITERATION_STEPS = 20  # fewer optimizer steps than this barely move the model at self-play learning rates
@@ -359,7 +360,7 @@ def plan(config: RunConfig) -> dict:
     """What `exspin run` would do, read from the data and the config alone (no model, no tokenizer):
     per stage its examples, optimizer steps, tokens at most (examples x prompt budget + answer), and
     the prompt budget against the trainer's max_length. Self-play pairs are a guess: one per wrong
-    answer, WRONG_SHARE of them, as many as the iteration trains on with mix_previous_pairs."""
+    answer, WRONG_SHARE of them (twice that with mix_previous_pairs, which adds the previous iteration's)."""
     data = config.data
     train, evaluation = load_split(data.path, data.train_split), load_split(data.path, data.eval_split)
     pool = len(train.executable)
@@ -385,12 +386,13 @@ def plan(config: RunConfig) -> dict:
     answers = n_train * selfplay.samples_per_question
     pairs = math.ceil(answers * WRONG_SHARE)
     for iteration in range(1, selfplay.iterations + 1):
-        trained = pairs * (iteration if selfplay.mix_previous_pairs else 1)
+        trained = pairs * (2 if selfplay.mix_previous_pairs and iteration > 1 else 1)  # and the previous one's
         settings = selfplay.train
         stages.append({"stage": f"{selfplay.method}-{iteration}",
                        "work": f"answer {answers}, train, score", "examples": trained,
                        "steps": optimizer_steps(trained, settings, processes),
-                       "tokens_at_most": answers * answer + int(trained * settings.epochs * (answer + 256)),
+                       "tokens_at_most": answers * answer
+                       + int(trained * settings.epochs * (answer + config.generation.max_new_tokens)),
                        "fits": f"{answer} <= {settings.max_length}"})
     return {"processes": processes, "wrong_share": WRONG_SHARE, "train": n_train, "validation": validation,
             "eval": n_eval, "stages": stages}

@@ -107,8 +107,12 @@ def _score(model_path: str, prompt_set: PromptSet, completions: Sequence[Sequenc
     result = evaluate(prompt_set.split, {r["index"]: r["sql"] for r in records}, runner)
     write_results(result, out_dir)
     seconds, tokens = timing["seconds"], timing["tokens"]
+    # Generated with other sets in one call: its time and tokens are the call's, not this set's.
+    shared = timing["prompts_in_call"] > len(examples)
     write_json(out_dir / "generation.json", {
-        "model": model_path, "examples": len(examples), **timing,
+        "model": model_path, "examples": len(examples),
+        **({"call_seconds": seconds, "call_tokens": tokens, "prompts_in_call": timing["prompts_in_call"]}
+           if shared else {"seconds": seconds, "tokens": tokens}),
         "tokens_per_s": tokens / seconds if seconds else 0.0,
         "mean_completion_chars": sum(len(r["completion"]) for r in records) / max(len(records), 1),
         "config": generation_config.model_dump()})

@@ -176,7 +176,7 @@ def lora_config(settings: TrainSettings):
                       target_modules=list(settings.lora.target_modules), task_type="CAUSAL_LM")
 
 
-def load_for_training(model_path: str, settings: TrainSettings):
+def load_for_training(model_path: str, settings: TrainSettings, frozen: bool = False):
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -185,8 +185,8 @@ def load_for_training(model_path: str, settings: TrainSettings):
     bf16 = settings.bf16 or (settings.bf16 is None and default_dtype() == torch.bfloat16)
     # Full fine-tuning keeps float32 master weights (the trainer's bf16 flag then computes under
     # autocast): bf16 weights would round away updates of lr 5e-6. Under LoRA the base is frozen and
-    # peft keeps the adapter in float32 itself.
-    dtype = torch.bfloat16 if bf16 and settings.lora is not None else torch.float32
+    # peft keeps the adapter in float32 itself; a frozen reference model needs no master weights.
+    dtype = torch.bfloat16 if bf16 and (settings.lora is not None or frozen) else torch.float32
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, attn_implementation=attention_implementation())
     return model, load_tokenizer(model_path)
 
@@ -214,7 +214,8 @@ def train_resumably(trainer, inputs: object) -> None:
     import shutil
 
     folder = Path(trainer.args.output_dir)
-    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+    launch = [trainer.accelerator.num_processes, str(trainer.accelerator.distributed_type)]  # a checkpoint's shards
+    digest = hashlib.sha256(json.dumps([inputs, launch], sort_keys=True, default=str).encode()).hexdigest()
     stamp = folder / "inputs.sha256"
     whole = whole_checkpoints(folder) if stamp.is_file() and stamp.read_text() == digest else []
     checkpoint = whole[-1] if whole else None
@@ -254,8 +255,11 @@ def save_trained(trainer, tokenizer, output_dir: Path, base_model: str) -> Path:
         shutil.rmtree(staging)
     accelerator.wait_for_everyone()
     trainer.save_model(str(staging))  # collective: gathers what is sharded; the main process writes
-    accelerator.wait_for_everyone()
-    if not any(staging.glob("*.safetensors")):  # every process stops here, none waits for the others
+    from accelerate.utils import broadcast_object_list
+
+    # The main process looks (the others may not share its disk) and tells all, so all stop or none.
+    saved = broadcast_object_list([accelerator.is_main_process and any(staging.glob("*.safetensors"))])[0]
+    if not saved:
         raise UserError(f"training saved no weights in {staging}: with DeepSpeed ZeRO-3, set "
                         "zero3_save_16bit_model: true (stage3_gather_16bit_weights_on_model_save) in the "
                         "accelerate config; with FSDP, fsdp_state_dict_type: FULL_STATE_DICT")
@@ -269,11 +273,17 @@ def save_trained(trainer, tokenizer, output_dir: Path, base_model: str) -> Path:
             staging.replace(adapter)
             from peft import PeftModel
 
-            dtype = getattr(accelerator.unwrap_model(trainer.model), "dtype", torch.float32)  # the training's
             base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
-            merged = merge_adapter(PeftModel.from_pretrained(base, adapter)).to(dtype)
+            merged = merge_adapter(PeftModel.from_pretrained(base, adapter))
         else:
-            merged = AutoModelForCausalLM.from_pretrained(staging, dtype="auto")
+            merged = AutoModelForCausalLM.from_pretrained(staging, dtype=torch.float32)
+        merged = merged.to(torch.bfloat16 if trainer.args.bf16 else torch.float32)  # float32 master weights: not saved
+        trained = accelerator.unwrap_model(trainer.model)
+        for key in ("pad_token_id", "eos_token_id", "bos_token_id"):  # as trl set them for the tokenizer
+            if getattr(trained.config, key, None) is not None:
+                setattr(merged.config, key, getattr(trained.config, key))
+        if getattr(trained, "generation_config", None) is not None:
+            merged.generation_config = trained.generation_config
         # Gradient checkpointing switches the cache off in the config; generation needs it back on.
         merged.config.use_cache = True
         if getattr(merged, "generation_config", None) is not None:
@@ -284,6 +294,18 @@ def save_trained(trainer, tokenizer, output_dir: Path, base_model: str) -> Path:
             shutil.rmtree(checkpoint)
     accelerator.wait_for_everyone()
     return output_dir / "model"
+
+
+def release_memory() -> None:
+    """Give back what a finished training held (call once its trainer is gone): on a GPU, vLLM or the
+    next stage needs it, and PyTorch's allocator would otherwise keep it reserved."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 class StepLog(TrainerCallback):

@@ -27,6 +27,7 @@ from exspin.training.common import (
     check_lengths,
     load_for_training,
     lora_config,
+    release_memory,
     sampling_arguments,
     save_trained,
     train_resumably,
@@ -125,7 +126,7 @@ def build_selfplay_trainer(model_path: str, pairs: Sequence[dict], settings: Sel
                   output_dir)
     reference = None
     if settings.lora is None:
-        reference, _ = load_for_training(model_path, settings)
+        reference, _ = load_for_training(model_path, settings, frozen=True)
     losses = ["sigmoid"] + (["sft"] if settings.nll_weight > 0 else [])
     weights = [1.0] + ([settings.nll_weight] if settings.nll_weight > 0 else [])
     # trl caches precomputed reference log-probs in a file named after the dataset's cache files; an
@@ -153,4 +154,7 @@ def train_selfplay(model_path: str, pairs: Sequence[dict], settings: SelfPlaySet
     Returns (model folder, step log)."""
     trainer, tokenizer, log = build_selfplay_trainer(model_path, pairs, settings, output_dir)
     train_resumably(trainer, [model_path, list(pairs), settings.model_dump(mode="json")])
-    return save_trained(trainer, tokenizer, output_dir, model_path), log.rows
+    path = save_trained(trainer, tokenizer, output_dir, model_path)
+    del trainer
+    release_memory()
+    return path, log.rows
