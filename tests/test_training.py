@@ -225,16 +225,21 @@ def test_generation_uses_the_kv_cache_after_a_training_step(tiny_model_dir, tmp_
     assert all(width == 1 for width in fed[1:]), fed  # no step re-reads the prompt
 
 
-@pytest.mark.slow
-def test_two_process_training_through_torchrun(tiny_model_dir, tmp_path):
+def _two_step_sft_inputs(tmp_path, settings: str) -> tuple[Path, Path]:
+    """8 records and a run config whose sft.train takes `settings` (YAML flow entries): 2 steps of LoRA."""
     records = tmp_path / "records.jsonl"
     rows = [{"prompt": f"<|im_start|>user\nQuestion {i}?<|im_end|>\n<|im_start|>assistant\n",
              "completion": "SELECT count(*) FROM singer"} for i in range(8)]
     records.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = tmp_path / "run.yaml"
-    config.write_text("sft:\n  train: {max_steps: 2, batch_size: 2, gradient_accumulation: 1, bf16: false,"
-                      " gradient_checkpointing: false,"
+    config.write_text(f"sft:\n  train: {{max_steps: 2, batch_size: 2, bf16: false, {settings},"
                       " lora: {r: 4, alpha: 8, target_modules: [q_proj, v_proj]}}\n")
+    return records, config
+
+
+@pytest.mark.slow
+def test_two_process_training_through_torchrun(tiny_model_dir, tmp_path):
+    records, config = _two_step_sft_inputs(tmp_path, "gradient_checkpointing: false")
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "exspin.cli", "train",
                "sft", "--model", str(tiny_model_dir), "--records", str(records), "--out", str(tmp_path / "out"),
@@ -255,14 +260,8 @@ def test_two_process_zero3_training_saves_and_merges_the_sharded_weights(tiny_mo
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    records = tmp_path / "records.jsonl"
-    rows = [{"prompt": f"<|im_start|>user\nQuestion {i}?<|im_end|>\n<|im_start|>assistant\n",
-             "completion": "SELECT count(*) FROM singer"} for i in range(8)]
-    records.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    config = tmp_path / "run.yaml"
-    config.write_text("sft:\n  train: {max_steps: 2, batch_size: 2, bf16: false, learning_rate: 0.01,"
-                      " checkpoint_over_tokens: null, save_every_steps: null,"
-                      " lora: {r: 4, alpha: 8, target_modules: [q_proj, v_proj]}}\n")
+    records, config = _two_step_sft_inputs(
+        tmp_path, "learning_rate: 0.01, checkpoint_over_tokens: null, save_every_steps: null")
     deepspeed = tmp_path / "deepspeed.json"  # threshold 0: even the tiny model's parameters are partitioned
     deepspeed.write_text(json.dumps({
         "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0,
