@@ -291,15 +291,9 @@ def _fit(folder: Path) -> dict:
 
 
 def _iteration_stage(run: Run, number: int, opponent: str, folder: Path, previous_pairs: Path | None) -> dict:
-    from exspin.training.selfplay import train_selfplay
-
+    """Self-play iteration `number`: the opponent answers the training questions, execution labels the
+    answers, the labels make pairs, the main player trains on them; then it is scored."""
     settings = run.config.selfplay
-    examples = run.examples("train")
-    prompts = run.prompts("train")
-    sampling = settings.samples_per_question > 1
-    config = GenerationConfig(**{**run.config.generation.model_dump(), "num_samples": settings.samples_per_question,
-                                 "temperature": settings.temperature if sampling else 0.0,
-                                 "seed": run.config.seed + number})
     pairs_path = folder / "train_pairs.jsonl"
     # Trained (or began to) before the run was cut short, and what it trained on is on disk (runs before
     # these files existed start over).
@@ -308,49 +302,73 @@ def _iteration_stage(run: Run, number: int, opponent: str, folder: Path, previou
     if reuse:
         labelled, pairs = read_jsonl(folder / "generations.jsonl"), read_jsonl(pairs_path)
     else:
-        texts = [prompts[e.index] for e in examples]
-        with progress_bar(len(examples), f"{folder.name}: opponent answers train", "prompts") as advance:
-            generator, progress = load_generator(opponent, config), lambda n, _tokens: advance(n)
-            if settings.feedback.hardest_negative:  # wrong answers are ranked by the opponent's log-prob
-                completions, logprobs = generate_with_logprobs(opponent, texts, config, progress, generator)
-            else:
-                completions, logprobs = generate(opponent, texts, config, progress, generator), None
-        labelled = label_samples(run.split_of("train"), examples, completions, run.runner, logprobs)
-        write_jsonl(folder / "generations.jsonl", labelled)
-        pairs = make_pairs(settings.method, examples, prompts, labelled, settings.feedback)
-        write_jsonl(folder / "pairs.jsonl", pairs)  # this iteration's own pairs
-        if settings.mix_previous_pairs and previous_pairs is not None and previous_pairs.is_file():
-            pairs = pairs + read_jsonl(previous_pairs)  # SPIN's recipe: the previous iteration's pairs too
-        write_jsonl(pairs_path, pairs)
+        labelled, pairs = _answer_and_pair(run, number, opponent, folder, previous_pairs)
     summary = {"opponent": opponent, "labels": count_labels(labelled), "pairs": len(pairs),
                "pairs_by_label": {k: sum(p["rejected_label"] == k for p in pairs) for k in count_labels(labelled)},
                "chosen_from_samples": sum(p.get("chosen_source") == "sample" for p in pairs),
-               "training_rows": sum(p.get("weight", 1) for p in pairs)}
+               "training_rows": sum(p.get("weight", 1) for p in pairs), "warnings": []}
     if not pairs:
         summary.update(model=opponent, note=no_pairs_reason(settings.method, labelled))
         return {**summary, **_evaluate_model(run, opponent, folder)}
     if reuse and _trained(folder):
         model, steps = folder / "model", read_jsonl(folder / "train_log.jsonl")
     else:
-        processes = training_processes(run.config.launcher) if _use_launcher(run) else 1
-        steps_planned = optimizer_steps(summary["training_rows"], settings.train, processes)
-        if steps_planned < MIN_ITERATION_STEPS:
-            summary.setdefault("warnings", []).append(
-                f"{summary['training_rows']} pairs make only {steps_planned} optimizer steps (effective batch "
-                f"{settings.train.batch_size * settings.train.gradient_accumulation * processes}): "
-                "lower selfplay.train.gradient_accumulation or batch_size")
-        # A seed per iteration: an iteration rolled back to an earlier opponent is not an exact repeat.
-        seed = settings.train.seed + number - 1
-        if _use_launcher(run):
-            steps = _launch_training(run, "selfplay", opponent, pairs_path, folder, seed)
-            model = folder / "model"
-        else:
-            model, steps = train_selfplay(opponent, pairs, settings.train.model_copy(update={"seed": seed}), folder)
+        model, steps = _train_iteration(run, number, opponent, pairs, folder, summary)
     write_jsonl(folder / "logps.jsonl", reference_logps(steps, settings.train.beta))
     warning = chosen_logp_warning(steps, settings.train.beta, run.config.guards.chosen_logp_drop)
-    summary.update(model=str(model), warnings=summary.get("warnings", []) + ([warning] if warning else []), **_fit(folder),
+    summary["warnings"] += [warning] if warning else []
+    summary.update(model=str(model), **_fit(folder),
                    final_loss=next((r["loss"] for r in reversed(steps) if "loss" in r), None))
     return {**summary, **_evaluate_model(run, str(model), folder)}
+
+
+def _answer_and_pair(run: Run, number: int, opponent: str, folder: Path, previous_pairs: Path | None
+                     ) -> tuple[list[dict], list[dict]]:
+    """The opponent's labelled answers (generations.jsonl) and the pairs to train on (pairs.jsonl: this
+    iteration's own; train_pairs.jsonl: with the previous iteration's where mixed)."""
+    settings = run.config.selfplay
+    examples, prompts = run.examples("train"), run.prompts("train")
+    sampling = settings.samples_per_question > 1
+    config = GenerationConfig(**{**run.config.generation.model_dump(), "num_samples": settings.samples_per_question,
+                                 "temperature": settings.temperature if sampling else 0.0,
+                                 "seed": run.config.seed + number})
+    texts = [prompts[e.index] for e in examples]
+    with progress_bar(len(examples), f"{folder.name}: opponent answers train", "prompts") as advance:
+        generator, progress = load_generator(opponent, config), lambda n, _tokens: advance(n)
+        if settings.feedback.hardest_negative:  # wrong answers are ranked by the opponent's log-prob
+            completions, logprobs = generate_with_logprobs(opponent, texts, config, progress, generator)
+        else:
+            completions, logprobs = generate(opponent, texts, config, progress, generator), None
+    labelled = label_samples(run.split_of("train"), examples, completions, run.runner, logprobs)
+    write_jsonl(folder / "generations.jsonl", labelled)
+    pairs = make_pairs(settings.method, examples, prompts, labelled, settings.feedback)
+    write_jsonl(folder / "pairs.jsonl", pairs)
+    if settings.mix_previous_pairs and previous_pairs is not None and previous_pairs.is_file():
+        pairs = pairs + read_jsonl(previous_pairs)  # SPIN's recipe: the previous iteration's pairs too
+    write_jsonl(folder / "train_pairs.jsonl", pairs)
+    return labelled, pairs
+
+
+def _train_iteration(run: Run, number: int, opponent: str, pairs: list[dict], folder: Path, summary: dict
+                     ) -> tuple[Path, list[dict]]:
+    """The main player trained on the pairs, in this process or launched; (model folder, step log).
+    Warns in summary when the pairs make too few optimizer steps to move the model."""
+    from exspin.training.selfplay import train_selfplay
+
+    train = run.config.selfplay.train
+    processes = training_processes(run.config.launcher) if _use_launcher(run) else 1
+    steps_planned = optimizer_steps(summary["training_rows"], train, processes)
+    if steps_planned < MIN_ITERATION_STEPS:
+        summary["warnings"].append(
+            f"{summary['training_rows']} pairs make only {steps_planned} optimizer steps (effective batch "
+            f"{train.batch_size * train.gradient_accumulation * processes}): "
+            "lower selfplay.train.gradient_accumulation or batch_size")
+    # A seed per iteration: an iteration rolled back to an earlier opponent is not an exact repeat.
+    seed = train.seed + number - 1
+    if _use_launcher(run):
+        return folder / "model", _launch_training(run, "selfplay", opponent, folder / "train_pairs.jsonl", folder,
+                                                  seed)
+    return train_selfplay(opponent, pairs, train.model_copy(update={"seed": seed}), folder)
 
 
 WRONG_SHARE = 1 / 8  # the dry run's guess: the share of the opponent's training answers that are wrong
