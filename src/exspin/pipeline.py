@@ -37,6 +37,7 @@ from exspin.progress import progress_bar
 from exspin.records import Example
 from exspin.report import write_report
 from exspin.sqltext import normal_form
+from exspin.training.common import remove_checkpoints, whole_checkpoints
 
 SETS = ("train", "validation", "eval")
 
@@ -99,8 +100,7 @@ class Run:
         if folder.exists() and not (_trained(folder) or _checkpointed(folder)):
             shutil.rmtree(folder)
         if _trained(folder):  # cut short after saving its model, before dropping its checkpoints
-            for checkpoint in (folder / "trainer").glob("checkpoint-*"):
-                shutil.rmtree(checkpoint)
+            remove_checkpoints(folder / "trainer")
         for evaluation in folder.glob("eval_*"):
             shutil.rmtree(evaluation)
         folder.mkdir(parents=True, exist_ok=True)
@@ -201,10 +201,8 @@ def _launch_training(run: Run, kind: str, model_path: str, records: Path, folder
     """Train in a child process group through `accelerate launch`; returns the step log."""
     launcher = run.config.launcher
     config_path = write_text(run.dir / "config.yaml", yaml.safe_dump(run.config.model_dump(mode="json")))
-    command = [sys.executable, "-m", "accelerate.commands.launch"]
-    processes = _process_count(launcher)
-    if processes is not None:
-        command += ["--num_processes", str(processes)]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes",
+               str(training_processes(launcher))]
     if launcher.accelerate_config:
         command += ["--config_file", str(launcher.accelerate_config)]
     command += ["-m", "exspin.cli", "train", kind, "--model", model_path,
@@ -223,32 +221,22 @@ def _trained(folder: Path) -> bool:
 
 def _checkpointed(folder: Path) -> bool:
     """Whether a stage folder holds a whole checkpoint of its training (a run cut short while training)."""
-    from exspin.training.common import whole_checkpoints
-
     return bool(whole_checkpoints(folder / "trainer"))
 
 
-def _process_count(launcher) -> int | None:
-    """Training processes: the launcher's setting; else the accelerate config's own (None: accelerate
-    reads it there); else one per visible GPU, or one without a GPU."""
+def training_processes(launcher) -> int:
+    """How many processes a launched training runs (what divides a stage's examples into steps): the
+    launcher's setting; else the accelerate config's own; else one per visible GPU, or one without a GPU."""
     if launcher.num_processes is not None:
         return launcher.num_processes
     if launcher.accelerate_config is not None:
         path = Path(launcher.accelerate_config)
         accelerate = yaml.safe_load(path.read_text()) if path.is_file() else {}
         if isinstance(accelerate, dict) and (accelerate.get("num_processes") or -1) > 0:
-            return None
+            return int(accelerate["num_processes"])
     import torch
 
     return max(1, torch.cuda.device_count())
-
-
-def training_processes(launcher) -> int:
-    """How many processes a launched training runs (what divides a stage's examples into steps)."""
-    count = _process_count(launcher)
-    if count is None:  # the accelerate config's own
-        return int(yaml.safe_load(Path(launcher.accelerate_config).read_text())["num_processes"])
-    return count
 
 
 def optimizer_steps(examples: int, settings, processes: int) -> int:

@@ -301,13 +301,18 @@ def load_generator(model_path: str, config: GenerationConfig) -> Generator:
     or vLLM will generate (a second copy of the weights would compete for GPU memory)."""
     from exspin.models import load_model, load_tokenizer
 
-    if in_separate_process(config) or use_vllm(config):
+    if _generates_elsewhere(config):
         return Generator(None, load_tokenizer(model_path))
     return Generator(*load_model(model_path))
 
 
 def in_separate_process(config: GenerationConfig) -> bool:
     return config.separate_process if config.separate_process is not None else use_vllm(config)
+
+
+def _generates_elsewhere(config: GenerationConfig) -> bool:
+    """Whether a Generator's own transformers model goes unused: another process or vLLM generates."""
+    return in_separate_process(config) or use_vllm(config)
 
 
 def use_vllm(config: GenerationConfig) -> bool:
@@ -335,7 +340,7 @@ def generate_with_logprobs(model_path: str, prompts: Sequence[str], config: Gene
 
 
 def _generate_with(model_path, prompts, config, progress, generator, with_logprobs: bool):
-    if in_separate_process(config) or use_vllm(config):
+    if _generates_elsewhere(config):
         # Elsewhere: the generator (if any) holds only a tokenizer; it still counts tokens and time.
         counted = [0]
 

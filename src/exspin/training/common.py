@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import TrainerCallback
 
+from exspin.artifacts import read_jsonl, write_jsonl
 from exspin.errors import UserError
 
 
@@ -197,6 +198,15 @@ def whole_checkpoints(trainer_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.rsplit("-", 1)[1]))
 
 
+def remove_checkpoints(trainer_dir: Path, keep: Path | None = None) -> None:
+    """Delete the trainer's checkpoints, all but `keep`."""
+    import shutil
+
+    for checkpoint in trainer_dir.glob("checkpoint-*"):
+        if checkpoint != keep:
+            shutil.rmtree(checkpoint)
+
+
 class _NoFinalCheckpoint(TrainerCallback):
     """The trained model is saved right after the last step (save_trained): no checkpoint of it too."""
 
@@ -211,7 +221,6 @@ def train_resumably(trainer, inputs: object) -> None:
     short. Other checkpoints (other inputs', or one cut short while saving) are removed first;
     save_trained removes the rest once the model is saved."""
     import hashlib
-    import shutil
 
     folder = Path(trainer.args.output_dir)
     launch = [trainer.accelerator.num_processes, str(trainer.accelerator.distributed_type)]  # a checkpoint's shards
@@ -221,9 +230,7 @@ def train_resumably(trainer, inputs: object) -> None:
     checkpoint = whole[-1] if whole else None
     trainer.accelerator.wait_for_everyone()  # every process has read the folder before it changes
     if trainer.accelerator.is_main_process:
-        for other in folder.glob("checkpoint-*"):
-            if other != checkpoint:
-                shutil.rmtree(other)
+        remove_checkpoints(folder, keep=checkpoint)
         folder.mkdir(parents=True, exist_ok=True)
         stamp.write_text(digest)
     trainer.accelerator.wait_for_everyone()
@@ -243,6 +250,7 @@ def save_trained(trainer, tokenizer, output_dir: Path, base_model: str) -> Path:
     import shutil
 
     import torch
+    from accelerate.utils import broadcast_object_list
     from transformers import AutoModelForCausalLM
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
@@ -255,8 +263,6 @@ def save_trained(trainer, tokenizer, output_dir: Path, base_model: str) -> Path:
         shutil.rmtree(staging)
     accelerator.wait_for_everyone()
     trainer.save_model(str(staging))  # collective: gathers what is sharded; the main process writes
-    from accelerate.utils import broadcast_object_list
-
     # The main process looks (the others may not share its disk) and tells all, so all stop or none.
     saved = broadcast_object_list([accelerator.is_main_process and any(staging.glob("*.safetensors"))])[0]
     if not saved:
@@ -290,8 +296,7 @@ def save_trained(trainer, tokenizer, output_dir: Path, base_model: str) -> Path:
             merged.generation_config.use_cache = True
         save_model(merged, tokenizer, output_dir / "model")
         shutil.rmtree(staging, ignore_errors=True)
-        for checkpoint in Path(trainer.args.output_dir).glob("checkpoint-*"):
-            shutil.rmtree(checkpoint)
+        remove_checkpoints(Path(trainer.args.output_dir))
     accelerator.wait_for_everyone()
     return output_dir / "model"
 
@@ -321,12 +326,10 @@ class StepLog(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        earlier = [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines()
-                   if line.strip()] if self.path.is_file() else []
+        earlier = read_jsonl(self.path) if self.path.is_file() else []
         # trl's closing summary row is written again when training ends.
         self.rows = [row for row in earlier if row.get("step", 0) <= state.global_step and "train_runtime" not in row]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("".join(json.dumps(row) + "\n" for row in self.rows), encoding="utf-8")
+        write_jsonl(self.path, self.rows)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or not state.is_world_process_zero:
