@@ -130,7 +130,7 @@ def test_resume_accepts_a_run_saved_before_a_setting_existed(tmp_path):
     Run(RunConfig(run_dir=run_dir), resume=True).runner.close()
 
 
-def test_a_stage_cut_short_while_training_keeps_its_checkpoint(tmp_path):
+def test_a_stage_cut_short_keeps_its_checkpoint_or_its_answers(tmp_path):
     from exspin.config import RunConfig
     from exspin.pipeline import Run
 
@@ -138,7 +138,10 @@ def test_a_stage_cut_short_while_training_keeps_its_checkpoint(tmp_path):
     (run.dir / "04_iter1" / "trainer" / "checkpoint-50").mkdir(parents=True)
     (run.dir / "04_iter1" / "trainer" / "checkpoint-50" / "trainer_state.json").write_text("{}")
     (run.dir / "05_iter2" / "trainer" / "checkpoint-50").mkdir(parents=True)  # cut short while saving it
-    for stage in ("04_iter1", "05_iter2"):
+    (run.dir / "06_iter3").mkdir()  # cut short after answering, before its first checkpoint
+    (run.dir / "06_iter3" / "train_pairs.jsonl").write_text("{}\n")
+    (run.dir / "07_iter4").mkdir()  # cut short while answering
+    for stage in ("04_iter1", "05_iter2", "06_iter3", "07_iter4"):
         (run.dir / stage / "generations.jsonl").write_text("{}\n")
         (run.dir / stage / "eval_eval").mkdir()
     seen = {}
@@ -147,10 +150,11 @@ def test_a_stage_cut_short_while_training_keeps_its_checkpoint(tmp_path):
         seen[folder.name] = sorted(p.name for p in folder.iterdir())
         return {}
 
-    run.stage("04_iter1", look)
-    run.stage("05_iter2", look)
+    for stage in ("04_iter1", "05_iter2", "06_iter3", "07_iter4"):
+        run.stage(stage, look)
     run.runner.close()
-    assert seen == {"04_iter1": ["generations.jsonl", "trainer"], "05_iter2": []}
+    assert seen == {"04_iter1": ["generations.jsonl", "trainer"], "05_iter2": [],
+                    "06_iter3": ["generations.jsonl", "train_pairs.jsonl"], "07_iter4": []}
 
 
 def test_a_model_scored_before_is_not_generated_for_again(tmp_path):

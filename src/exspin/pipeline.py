@@ -92,12 +92,13 @@ class Run:
     def stage(self, name: str, function) -> dict:
         """Run a stage unless it finished before. A stage cut short is rebuilt from scratch, unless it had
         saved its trained model (saved atomically, so whole): then only its evaluation is redone; or a
-        training checkpoint: then its training continues from there."""
+        training checkpoint: then its training continues from there; or its opponent's answers and pairs:
+        then its training starts from them."""
         folder = self.dir / name
         done = folder / "done.json"
         if done.is_file():
             return json.loads(done.read_text())
-        if folder.exists() and not (_trained(folder) or _checkpointed(folder)):
+        if folder.exists() and not (_trained(folder) or _checkpointed(folder) or _answered(folder)):
             shutil.rmtree(folder)
         if _trained(folder):  # cut short after saving its model, before dropping its checkpoints
             remove_checkpoints(folder / "trainer")
@@ -224,6 +225,12 @@ def _checkpointed(folder: Path) -> bool:
     return bool(whole_checkpoints(folder / "trainer"))
 
 
+def _answered(folder: Path) -> bool:
+    """Whether a self-play stage folder holds its opponent's labelled answers and the pairs made from them
+    (written last, atomically), so that a cut during training never repeats the generation."""
+    return (folder / "generations.jsonl").is_file() and (folder / "train_pairs.jsonl").is_file()
+
+
 def training_processes(launcher) -> int:
     """How many processes a launched training runs (what divides a stage's examples into steps): the
     launcher's setting; else the accelerate config's own; else one per visible GPU, or one without a GPU."""
@@ -282,13 +289,9 @@ def _iteration_stage(run: Run, number: int, opponent: str, folder: Path, previou
     """Self-play iteration `number`: the opponent answers the training questions, execution labels the
     answers, the labels make pairs, the main player trains on them; then it is scored."""
     settings = run.config.selfplay
-    pairs_path = folder / "train_pairs.jsonl"
-    # Trained (or began to) before the run was cut short, and what it trained on is on disk (runs before
-    # these files existed start over).
-    reuse = ((_trained(folder) or _checkpointed(folder)) and pairs_path.is_file()
-             and (folder / "generations.jsonl").is_file())
+    reuse = _answered(folder)  # cut short after answering: train on the same pairs
     if reuse:
-        labelled, pairs = read_jsonl(folder / "generations.jsonl"), read_jsonl(pairs_path)
+        labelled, pairs = read_jsonl(folder / "generations.jsonl"), read_jsonl(folder / "train_pairs.jsonl")
     else:
         labelled, pairs = _answer_and_pair(run, number, opponent, folder, previous_pairs)
     summary = {"opponent": opponent, "labels": count_labels(labelled), "pairs": len(pairs),
