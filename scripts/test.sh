@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
 export EXSPIN_CACHE_DIR="${EXSPIN_CACHE_DIR:-$(mktemp -d)}"
 .venv/bin/ruff check src tests bench
-.venv/bin/python -m pytest -n 2 "$@"
+.venv/bin/python -m pytest -n 2 --dist loadgroup "$@"  # one worker builds the shared tiny run

@@ -96,3 +96,21 @@ def tiny_model_dir(tmp_path_factory) -> Path:
         entries = json.loads((SPIDER_DIR / "dev.json").read_text())[:300]
         corpus += [e["query"] for e in entries] + [e["question"] for e in entries]
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", corpus)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(spider_dir, tiny_model_dir, tmp_path_factory) -> tuple[Path, Path]:
+    """(config, run folder) of one finished `exspin run` on the tiny model: SFT and two ExSPIN iterations.
+    Tests that use it share an xdist group (`--dist loadgroup`), so it is built once."""
+    import subprocess
+    import sys
+
+    folder = tmp_path_factory.mktemp("tiny_run")
+    text = (ROOT / "tests" / "data" / "tiny_run.yaml").read_text()
+    config = folder / "tiny_run.yaml"
+    config.write_text(text.replace("MODEL_DIR", str(tiny_model_dir)).replace("DATA_DIR", str(spider_dir)))
+    run_dir = folder / "run"
+    result = subprocess.run([sys.executable, "-m", "exspin.cli", "run", str(config), f"run_dir={run_dir}"],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return config, run_dir

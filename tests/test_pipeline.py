@@ -13,15 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SPIDER_DIR
-
-
-def _config(tmp_path: Path, tiny_model_dir: Path) -> Path:
-    text = (Path(__file__).parent / "data" / "tiny_run.yaml").read_text()
-    path = tmp_path / "tiny_run.yaml"
-    path.write_text(text.replace("MODEL_DIR", str(tiny_model_dir)).replace("DATA_DIR", str(SPIDER_DIR)))
-    return path
-
 
 def _command(config: Path, run_dir: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "exspin.cli", "run", str(config), f"run_dir={run_dir}", *extra]
@@ -34,11 +25,9 @@ def _metrics(run_dir: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_full_run_then_kill_and_resume(spider_dir, tiny_model_dir, tmp_path):
-    config = _config(tmp_path, tiny_model_dir)
-    whole = tmp_path / "whole"
-    result = subprocess.run(_command(config, whole), capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
+@pytest.mark.xdist_group("tiny_run")
+def test_full_run_then_kill_and_resume(tiny_run, tmp_path):
+    config, whole = tiny_run
 
     for path in ["manifest.json", "config.json", "00_data/train.jsonl", "00_data/validation.jsonl",
                  "01_prompts/train.jsonl", "02_start/eval_eval/results.json", "03_sft/model/config.json",

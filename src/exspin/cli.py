@@ -325,6 +325,31 @@ def run_command(
     console.print(f"report: {settings.run_dir / 'report' / 'report.md'}")
 
 
+@app.command("serve")
+def serve_command(
+    model: Annotated[list[str] | None, typer.Option(help="A model to ask (repeat for several).")] = None,
+    data: Annotated[list[Path] | None, typer.Option(help="A data folder whose databases may be asked.")] = None,
+    db: Annotated[list[Path] | None, typer.Option(help="A SQLite file outside the data folders to allow.")] = None,
+    run: Annotated[Path | None, typer.Option(help="A run folder to browse; its stage models become choices.")]
+    = None,
+    classifier: Annotated[Path | None, typer.Option(help="Trained schema classifier for the hints.")] = None,
+    host: Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(help="Port (default: the first free one from 7860).")] = None,
+    timeout: Timeout = 10.0,
+) -> None:
+    """A local web playground: ask a database a question, run SQL in the sandbox, browse a run."""
+    try:
+        from exspin.playground.app import prepare, serve
+    except ImportError as error:
+        raise UserError(f"the playground needs gradio: pip install 'exspin' again ({error})") from None
+
+    if timeout <= 0:
+        raise UserError("--timeout must be positive")
+    asker, models, browsed = prepare(model or [], data or [], db or [], run, classifier, timeout)
+    console.print(f"{len(asker.databases.ids)} databases; models: {', '.join(models)}")
+    serve(asker, models, browsed, host, port)
+
+
 def _print_plan(settings) -> None:
     from rich.table import Table
 

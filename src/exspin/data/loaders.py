@@ -51,9 +51,12 @@ class Split:
     examples: list[Example]
     tables: dict[str, dict] = field(default_factory=dict)  # tables.json entries by db_id
     database_dir: Path | None = None
+    files: dict[str, Path] = field(default_factory=dict)  # db_id -> a SQLite file named outside database_dir
 
     def db_path(self, db_id: str) -> Path | None:
         """The SQLite file of a database, or None when it is not on disk."""
+        if db_id in self.files:
+            return self.files[db_id] if self.files[db_id].is_file() else None
         if self.database_dir is None:
             return None
         path = self.database_dir / db_id / f"{db_id}.sqlite"

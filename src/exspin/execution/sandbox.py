@@ -98,38 +98,50 @@ def execute(
     max_rows: int = DEFAULT_MAX_ROWS,
 ) -> Execution:
     """Run one statement and return its outcome; never raises for anything the SQL does."""
+    return execute_with_columns(db_path, sql, timeout_s, max_rows)[0]
+
+
+def execute_with_columns(
+    db_path: str | Path,
+    sql: str,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_rows: int = DEFAULT_MAX_ROWS,
+) -> tuple[Execution, tuple[str, ...]]:
+    """execute(), and the result's column names (empty unless it ran), for showing the rows."""
     start = time.monotonic()
     deadline = start + timeout_s
     try:
         conn = _connection(str(db_path))
     except (OSError, sqlite3.Error) as error:
-        return Execution("runtime_error", message=f"cannot open database: {error}")
+        return Execution("runtime_error", message=f"cannot open database: {error}"), ()
 
     conn.set_progress_handler(lambda: time.monotonic() > deadline, PROGRESS_EVERY)
     cursor = None
     try:
         cursor = conn.execute(sql)
         rows = cursor.fetchmany(max_rows + 1)
+        columns = tuple(d[0] for d in cursor.description or ())
     except (sqlite3.Error, sqlite3.Warning, ValueError, OverflowError, MemoryError) as error:
         outcome = classify_error(str(error))
         if outcome == "timeout" or time.monotonic() > deadline:
             outcome, message = "timeout", f"timed out after {timeout_s:g} s"
         else:
             message = str(error)
-        return Execution(outcome, message=message, seconds=time.monotonic() - start)
+        return Execution(outcome, message=message, seconds=time.monotonic() - start), ()
     finally:
         if cursor is not None:
             cursor.close()
         conn.set_progress_handler(None, 0)
 
     truncated = len(rows) > max_rows
-    return Execution(
+    execution = Execution(
         "ok",
         rows=tuple(rows[:max_rows]),
         seconds=time.monotonic() - start,
         truncated=truncated,
         message=f"result cut at {max_rows} rows" if truncated else "",
     )
+    return execution, columns
 
 
 def close_all() -> None:

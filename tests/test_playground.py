@@ -1,0 +1,260 @@
+"""`exspin serve`: the library behind it, its HTTP API, and the page itself in headless Chromium."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, SPIDER_DIR
+from tests.test_cli import assert_one_line_error, run_cli
+
+HOSTILE = [json.loads(line) for line in (Path(__file__).parent / "data" / "hostile_sql.jsonl").open()]
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+SCREENSHOTS = ROOT / "test-output" / "playground"  # kept after the run (git ignores it)
+SINGERS_BY_AGE = "SELECT Name, Country FROM singer ORDER BY Age DESC LIMIT 3"
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_databases_open_only_inside_the_data_folders_or_when_named(spider_dir, tmp_path):
+    from exspin.errors import UserError
+    from exspin.playground.ask import Databases
+
+    outside = tmp_path / "mine.sqlite"
+    shutil.copyfile(spider_dir / "database" / "pets_1" / "pets_1.sqlite", outside)
+    databases = Databases([spider_dir])
+    assert "concert_singer" in databases.ids and len(databases.ids) >= 160
+    assert databases.get("concert_singer").split.tables  # Spider's tables.json describes it
+    inside = spider_dir / "database" / "pets_1" / "pets_1.sqlite"
+    assert databases.get(str(inside)).path == inside.resolve()
+    with pytest.raises(UserError, match="outside the data folders"):
+        databases.get(str(outside))
+    with pytest.raises(UserError, match="unknown database"):
+        databases.get("no_such_db")
+    allowed = Databases([spider_dir], [outside])
+    assert allowed.get(str(outside)).path == outside.resolve()
+
+
+@pytest.mark.xdist_group("tiny_run")
+def test_run_folder_reads_stages_pairs_and_flips(tiny_run):
+    from exspin.playground.runs import RunFolder
+
+    _, run_dir = tiny_run
+    run = RunFolder(run_dir)
+    assert run.stages() == ["02_start", "03_sft", "04_iter1", "05_iter2"]
+    assert run.iterations() == ["04_iter1", "05_iter2"]
+    assert {row["stage"] for row in run.ex_table()} == set(run.stages())
+    generations = run.generations("04_iter1")
+    wrong = run.generations("04_iter1", label="wrong_result")
+    assert all(g["label"] == "wrong_result" for g in wrong) and len(wrong) <= len(generations)
+    pairs = run.pairs("04_iter1")
+    assert len(pairs) == sum(g["label"] != "correct" for g in generations)  # ExSPIN: every wrong answer
+    assert all(p["question"] for p in pairs)
+    counts, rows = run.flips("02_start", "05_iter2")
+    assert len(rows) == counts["gained"] + counts["lost"]
+    assert run.decision().startswith("kept **")
+    assert set(run.models()) == set(run.stages())
+
+
+def test_serve_refuses_bad_input_in_one_line(tmp_path):
+    assert_one_line_error(run_cli("serve"), "give a data folder")
+    assert_one_line_error(run_cli("serve", "--data", tmp_path / "absent"), "data directory not found")
+    assert_one_line_error(run_cli("serve", "--run", tmp_path), "not a run folder")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_run, tiny_model_dir, tmp_path_factory):
+    """`exspin serve` on a free port: the tiny model, Spider's databases, the finished tiny run, and a
+    writable copy of flight_4 named with --db (the shared original is read-only, which would hide a write)."""
+    folder = tmp_path_factory.mktemp("serve")
+    flight = folder / "flight_4.sqlite"
+    shutil.copyfile(SPIDER_DIR / "database" / "flight_4" / "flight_4.sqlite", flight)
+    flight.chmod(0o644)
+    port = _free_port()
+    _, run_dir = tiny_run
+    log = (folder / "serve.log").open("w")
+    process = subprocess.Popen([sys.executable, "-m", "exspin.cli", "serve", "--model", str(tiny_model_dir),
+                                "--data", str(SPIDER_DIR), "--db", str(flight), "--run", str(run_dir),
+                                "--port", str(port), "--timeout", "2"], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 180
+    while True:
+        assert process.poll() is None, (folder / "serve.log").read_text()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            assert time.time() < deadline, "server did not start"
+            time.sleep(0.5)
+    run_files = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    yield {"url": url, "flight": flight, "run_dir": run_dir, "model": str(tiny_model_dir)}
+    process.terminate()
+    process.wait(timeout=30)
+    # Nothing was written to the run folder.
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == run_files
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+
+    return Client(server["url"], verbose=False)
+
+
+@pytest.mark.xdist_group("tiny_run")
+def test_http_sql_box_returns_the_rows(client):
+    outcome, table = client.predict("concert_singer", "", SINGERS_BY_AGE, api_name="/run_sql")
+    assert outcome.startswith("**ok**: 3 rows")
+    assert table["headers"] == ["Name", "Country"]
+    assert table["data"] == [["Joe Sharp", "Netherlands"], ["John Nizinik", "France"], ["Rose White", "France"]]
+
+
+@pytest.mark.xdist_group("tiny_run")
+def test_http_sql_box_refuses_a_file_outside_the_folders(client, tmp_path):
+    stray = tmp_path / "stray.sqlite"
+    shutil.copyfile(SPIDER_DIR / "database" / "pets_1" / "pets_1.sqlite", stray)
+    outcome, _ = client.predict("concert_singer", str(stray), "SELECT 1", api_name="/run_sql")
+    assert outcome.startswith("**error**: refused")
+
+
+@pytest.mark.xdist_group("tiny_run")
+def test_http_hostile_sql_leaves_the_database_byte_identical(client, server, tmp_path):
+    flight = server["flight"]
+    before = _digest(flight)
+    attach_target = tmp_path / "attached.db"
+    for case in HOSTILE:
+        sql = case["sql"].format(attach=attach_target)
+        outcome, _ = client.predict("concert_singer", str(flight), sql, api_name="/run_sql")  # the path wins
+        shown = outcome.split("**")[1]
+        expected = {"ok" if e == "truncated" else e for e in case["expect"]}
+        assert shown in expected, (sql, outcome)
+    assert _digest(flight) == before
+    assert not attach_target.exists()
+    assert sorted(p.name for p in flight.parent.iterdir() if p.suffix != ".log") == ["flight_4.sqlite"]
+
+
+@pytest.mark.xdist_group("tiny_run")
+def test_http_ask_shows_hints_prompt_sql_and_outcome(client, server):
+    model = server["model"]
+    shown = client.predict("concert_singer", "", "How many singers are from France?", "", model, model, True,
+                           api_name="/ask")
+    hints, outcome_a, sql_a, _, prompt_a, outcome_b, _, _, prompt_b = shown
+    assert "Tables and columns the hints keep" in hints and "`singer`" in hints
+    assert "France" in hints  # the matched value
+    assert "How many singers are from France?" in prompt_a and prompt_a == prompt_b
+    assert outcome_a.split("**")[1] in {"ok", "syntax_error", "runtime_error", "timeout", "forbidden"}
+    assert outcome_a == outcome_b  # one model, greedy: the same answer on both sides
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (apt-get install chromium "
+                    "chromium-driver); the HTTP tests above cover the same flows")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1400,1800"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    yield driver
+    driver.quit()
+
+
+def _wait_for(driver, condition, seconds: float = 120):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, seconds, poll_frequency=0.25).until(lambda d: condition(d))
+
+
+def _type(driver, elem_id: str, text: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    box = driver.find_element(By.CSS_SELECTOR, f"#{elem_id} textarea, #{elem_id} input")
+    box.clear()
+    box.send_keys(text)
+
+
+def _click(driver, elem_id: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.ID, elem_id).click()
+
+
+def _text(driver, elem_id: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.ID, elem_id).text
+
+
+@pytest.mark.xdist_group("tiny_run")
+def test_browser_sql_box_ask_and_run_browser(server, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.get(server["url"])
+    _wait_for(browser, lambda d: d.find_elements(By.ID, "sql-box"))
+
+    # The SQL box, on a database picked by its path.
+    concert = SPIDER_DIR / "database" / "concert_singer" / "concert_singer.sqlite"
+    _type(browser, "database-path", str(concert))
+    _type(browser, "sql-box", SINGERS_BY_AGE)
+    _click(browser, "run-sql")
+    _wait_for(browser, lambda d: "rows" in _text(d, "sql-outcome"))
+    assert _text(browser, "sql-outcome").startswith("ok: 3 rows")
+    rows = _text(browser, "sql-rows")
+    assert "Joe Sharp" in rows and "Netherlands" in rows and "Rose White" in rows
+    browser.save_screenshot(str(SCREENSHOTS / "sql_box.png"))
+
+    # Hostile SQL typed into the box is refused, and the database is unchanged.
+    flight = server["flight"]
+    before = _digest(flight)
+    _type(browser, "database-path", str(flight))
+    _type(browser, "sql-box", "DROP TABLE routes")
+    _click(browser, "run-sql")
+    _wait_for(browser, lambda d: _text(d, "sql-outcome").startswith("forbidden"))
+    assert _digest(flight) == before
+
+    # Ask: the tiny model's SQL may fail, but the page shows its outcome and why.
+    _type(browser, "database-path", str(concert))
+    _type(browser, "question", "How many singers are from France?")
+    _click(browser, "ask")
+    _wait_for(browser, lambda d: _text(d, "outcome-a").strip())
+    outcome = _text(browser, "outcome-a")
+    assert outcome.split(":")[0] in {"ok", "syntax_error", "runtime_error", "timeout", "forbidden"}, outcome
+    assert "Tables and columns the hints keep" in _text(browser, "hints")
+    browser.save_screenshot(str(SCREENSHOTS / "ask.png"))
+
+    # The run browser: the EX chart and a pair.
+    tab = next(t for t in browser.find_elements(By.CSS_SELECTOR, "button[role=tab]") if t.text.strip() == "Run")
+    tab.click()
+    _wait_for(browser, lambda d: "EX per stage" in _text(d, "ex-chart"))
+    chart = _text(browser, "ex-chart")
+    assert "02_start" in chart and "05_iter2" in chart
+    assert "kept" in _text(browser, "run-decision")
+    from exspin.playground.runs import RunFolder
+
+    first_pair = RunFolder(server["run_dir"]).pairs("05_iter2")[:1]
+    if first_pair:
+        _wait_for(browser, lambda d: first_pair[0]["question"] in _text(d, "pairs"))
+    browser.save_screenshot(str(SCREENSHOTS / "run_browser.png"))
