@@ -20,8 +20,10 @@ other arm hard-links the base run's data, prompt, start and SFT stages into runs
 Arms run one after another; a finished arm is read back, an unfinished one resumes.
 
 Per row: dev and validation EX; questions gained and lost against SFT on each, with an exact
-two-sided sign-test p; pairs by the rejected answer's label; wall time of its stage (opponent
-generation, training and scoring). Writes bench/results/methods.json and methods.md.
+two-sided sign-test p; pairs by the rejected answer's label, and the share of them that is informative
+(the rejected answer executes to another result); trl's reward margin early and late; wall time of its
+stage (opponent generation, training and scoring). Writes bench/results/methods.json (with the flipped
+questions' indices), methods.md, and methods_logps.png (chosen and rejected log-probs per step).
 """
 
 from __future__ import annotations
@@ -109,7 +111,51 @@ def row(name: str, stage: Path, sft: Path) -> dict:
         # Which questions flipped, and which way (indices in the JSON; counts in the table).
         out[f"{which}_vs_sft"] = paired_change(verdicts(sft / f"eval_{which}"), verdicts(stage / f"eval_{which}"))
     out.update(reward_trend(stage / "train_log.jsonl"))
+    out["informative_share"] = informative_share(stage)
     return out
+
+
+def informative_share(stage: Path) -> float | None:
+    """The share of trained pairs whose rejected answer differs from the chosen one in meaning (executes to
+    another result), not only in form: SPIN's pairs over a correct answer teach nothing true."""
+    from exspin.artifacts import read_jsonl
+
+    path = stage / "train_pairs.jsonl"
+    pairs = read_jsonl(path) if path.is_file() else []
+    if not pairs:
+        return None
+    return round(sum(p["rejected_label"] != "correct" for p in pairs) / len(pairs), 4)
+
+
+def plot_logps(rows: list[dict], path: Path) -> None:
+    """Chosen and rejected log-probs under the policy, per training step, one panel per arm (trl's log)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from exspin.artifacts import read_jsonl
+
+    logged = []
+    for r in rows:
+        log = Path(r["stage"]) / "train_log.jsonl"
+        steps = [s for s in read_jsonl(log) if "logps/chosen" in s] if log.is_file() else []
+        if steps:
+            logged.append((r["arm"], steps))
+    if not logged:
+        return
+    figure, axes = plt.subplots(1, len(logged), figsize=(4 * len(logged), 3.5), sharey=True, squeeze=False)
+    for axis, (arm, steps) in zip(axes[0], logged, strict=True):
+        x = [s["step"] for s in steps]
+        axis.plot(x, [s["logps/chosen"] for s in steps], color="tab:green", label="chosen")
+        axis.plot(x, [s["logps/rejected"] for s in steps], color="tab:red", label="rejected")
+        axis.set_title(arm, fontsize=9)
+        axis.set_xlabel("step")
+    axes[0][0].set_ylabel("summed log-prob under the policy")
+    axes[0][0].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def reward_trend(log: Path) -> dict:
@@ -136,8 +182,11 @@ def markdown(rows: list[dict], sft: dict, start: dict) -> str:
              "+/-: questions turned right/wrong against SFT; p: exact two-sided sign test.", "",
              "margin: trl's reward margin (beta x log-ratio, chosen minus rejected), mean over the first -> "
              "last quarter of steps.", "",
-             "| arm | dev EX | dev +/- | dev p | val EX | val +/- | val p | pairs | pairs by label | margin | minutes |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|"]
+             "informative: the share of pairs whose rejected answer executes to another result than the "
+             "chosen one (differs in meaning, not only in form).", "",
+             "| arm | dev EX | dev +/- | dev p | val EX | val +/- | val p | pairs | pairs by label | informative "
+             "| margin | minutes |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---:|"]
     for r in rows:
         dev, val = r["eval_vs_sft"], r["validation_vs_sft"]
         labels = ", ".join(f"{k} {v}" for k, v in r["pairs_by_label"].items() if v) or "-"
@@ -147,11 +196,13 @@ def markdown(rows: list[dict], sft: dict, start: dict) -> str:
         margin = (f"{r['margins_first_quarter']:.2f} -> {r['margins_last_quarter']:.2f}"
                   if "margins_first_quarter" in r else "-")
         pairs = "-" if r["pairs"] is None else str(r["pairs"])
+        informative = "-" if r.get("informative_share") is None else f"{100 * r['informative_share']:.0f}%"
         if r.get("training_rows") not in (None, r["pairs"]):
             pairs += f" ({r['training_rows']} trained)"  # graded negatives repeat pairs
         lines.append(f"| {r['arm']} | {r['dev_ex']:.2f} | +{dev['gained']}/-{dev['lost']} | {dev['p']:.3f} | "
                      f"{r['validation_ex']:.2f} | +{val['gained']}/-{val['lost']} | {val['p']:.3f} | "
-                     f"{pairs} | {labels} | {margin} | {minutes} |")
+                     f"{pairs} | {labels} | {informative} | {margin} | {minutes} |")
+    lines += ["", "![chosen and rejected log-probs per arm](methods_logps.png)"]
     return "\n".join(lines) + "\n"
 
 
@@ -186,6 +237,7 @@ def main() -> None:
     results = {"base": str(base), "start": start_summary, "sft": sft_summary, "rows": rows}
     out = ROOT / "bench" / "results" / "methods.json"
     out.write_text(json.dumps(results, indent=1) + "\n")
+    plot_logps(rows, out.with_name("methods_logps.png"))
     table = markdown(rows, sft_summary, start_summary)
     out.with_suffix(".md").write_text(table)
     print(table)
