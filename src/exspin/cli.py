@@ -339,9 +339,14 @@ def serve_command(
 ) -> None:
     """A local web playground: ask a database a question, run SQL in the sandbox, browse a run."""
     try:
-        from exspin.playground.app import prepare, serve
+        import gradio  # noqa: F401
     except ImportError as error:
-        raise UserError(f"the playground needs gradio: pip install 'exspin' again ({error})") from None
+        raise UserError(f"the playground needs gradio, which exspin's set-up installs: {error}") from None
+    from exspin.playground.app import prepare, serve
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(f"[yellow]warning: serving on {host}: anyone who can reach it can query the databases "
+                      "and run the models (no login)")
 
     if timeout <= 0:
         raise UserError("--timeout must be positive")

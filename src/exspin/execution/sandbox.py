@@ -106,8 +106,11 @@ def execute_with_columns(
     sql: str,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     max_rows: int = DEFAULT_MAX_ROWS,
+    max_bytes: int | None = None,
 ) -> tuple[Execution, tuple[str, ...]]:
-    """execute(), and the result's column names (empty unless it ran), for showing the rows."""
+    """execute(), and the result's column names (empty unless it ran), for showing the rows. With
+    `max_bytes`, rows are fetched in small batches and the result is cut once its text and blobs pass
+    that size (a row cap alone lets a few huge values fill the memory)."""
     start = time.monotonic()
     deadline = start + timeout_s
     try:
@@ -119,7 +122,10 @@ def execute_with_columns(
     cursor = None
     try:
         cursor = conn.execute(sql)
-        rows = cursor.fetchmany(max_rows + 1)
+        if max_bytes is None:
+            rows, over_bytes = cursor.fetchmany(max_rows + 1), False
+        else:
+            rows, over_bytes = _fetch_within(cursor, max_rows + 1, max_bytes)
         columns = tuple(d[0] for d in cursor.description or ())
     except (sqlite3.Error, sqlite3.Warning, ValueError, OverflowError, MemoryError) as error:
         outcome = classify_error(str(error))
@@ -133,15 +139,30 @@ def execute_with_columns(
             cursor.close()
         conn.set_progress_handler(None, 0)
 
-    truncated = len(rows) > max_rows
+    truncated = len(rows) > max_rows or over_bytes
+    message = f"result cut at {max_bytes:,} bytes" if over_bytes else f"result cut at {max_rows} rows"
     execution = Execution(
         "ok",
         rows=tuple(rows[:max_rows]),
         seconds=time.monotonic() - start,
         truncated=truncated,
-        message=f"result cut at {max_rows} rows" if truncated else "",
+        message=message if truncated else "",
     )
     return execution, columns
+
+
+def _fetch_within(cursor: sqlite3.Cursor, max_rows: int, max_bytes: int) -> tuple[list, bool]:
+    """Up to max_rows rows, and whether the byte budget cut them short."""
+    rows, size = [], 0
+    while len(rows) < max_rows:  # one row at a time: a row may hold values of up to MAX_VALUE_BYTES each
+        row = cursor.fetchone()
+        if row is None:
+            break
+        size += sum(len(v) if isinstance(v, str | bytes) else 8 for v in row)
+        if size > max_bytes:
+            return rows, True
+        rows.append(row)
+    return rows, False
 
 
 def close_all() -> None:

@@ -6,6 +6,7 @@ ask.py (hints, prompt, generation, sandboxed execution) and runs.py (reading a r
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from exspin.playground.ask import Answer, Asker, Database, Databases, QueryResul
 from exspin.playground.runs import LABELS, RunFolder
 from exspin.records import SchemaHints
 
+logger = logging.getLogger("exspin.playground")
 ALL = "(all)"
 NONE = "(none)"
 
@@ -31,8 +33,12 @@ def _frame(result: QueryResult):
     return pd.DataFrame([list(map(_cell, row)) for row in result.execution.rows], columns=names)
 
 
-def _cell(value):
-    return value.hex() if isinstance(value, bytes) else value
+def _cell(value, longest: int = 300):
+    """A value as a table cell: blobs in hex, and long text shortened (the page is not the place for it)."""
+    text = value.hex() if isinstance(value, bytes) else value
+    if isinstance(text, str) and len(text) > longest:
+        return f"{text[:longest]}... ({len(text):,} characters)"
+    return text
 
 
 def outcome_text(result: QueryResult) -> str:
@@ -54,6 +60,14 @@ def hints_text(hints: SchemaHints) -> str:
         "; ".join(f"`{t}.{c}` = " + " or ".join(repr(v) for v in found) for (t, c), found in hints.values.items())
         if hints.values else "none found"))
     return "\n".join(lines)
+
+
+def _error_text(error: Exception) -> str:
+    """A user's mistake in one line; anything else also with its traceback in the server's log."""
+    if isinstance(error, UserError):
+        return f"**error**: {error}"
+    logger.error("playground request failed", exc_info=error)
+    return f"**error** ({type(error).__name__}): {error}"
 
 
 def build_app(asker: Asker, models: dict[str, str], run: RunFolder | None = None):
@@ -80,14 +94,14 @@ def build_app(asker: Asker, models: dict[str, str], run: RunFolder | None = None
                     f"-- {line}" for line in answer.completion.splitlines() or [""])
                 shown += (outcome_text(answer.result), sql, _frame(answer.result), answer.prompt)
             return shown
-        except UserError as error:
-            return [f"**error**: {error}", *empty, *empty]
+        except Exception as error:  # shown on the page, never only in a toast
+            return [_error_text(error), *empty, *empty]
 
     def run_sql(choice, path, sql):
         try:
             result = asker.run_sql(database(choice, path), sql)
-        except UserError as error:
-            return f"**error**: {error}", None
+        except Exception as error:
+            return _error_text(error), None
         return outcome_text(result), _frame(result)
 
     with gr.Blocks(title="exspin playground", analytics_enabled=False) as app:
@@ -177,8 +191,8 @@ def _run_tab(gr, run: RunFolder) -> None:
         summary, table = show_flips(before.value, after.value, "eval")
         change = gr.Markdown(summary, elem_id="flip-summary")
         flips = gr.Dataframe(table, label="Flipped questions", interactive=False, wrap=True, elem_id="flips")
-        for control in (before, after, which):
-            control.change(show_flips, [before, after, which], [change, flips], api_name="flips")
+        gr.on([before.change, after.change, which.change], show_flips, [before, after, which], [change, flips],
+              api_name="flips")
 
 
 def prepare(models: list[str], data_dirs: list[Path], db_files: list[Path], run_dir: Path | None,
@@ -188,12 +202,16 @@ def prepare(models: list[str], data_dirs: list[Path], db_files: list[Path], run_
 
     run = RunFolder(run_dir) if run_dir is not None else None
     config = RunConfig.model_validate(run.config) if run else None
-    if run and not data_dirs and not db_files:
+    if run and not data_dirs:
         data_dirs = [Path(config.data.path)]
     if not data_dirs and not db_files:
         raise UserError("give a data folder (--data), a SQLite file (--db) or a run folder (--run)")
-    if run and classifier is None and (run.path / "01_prompts" / "classifier").exists():
-        classifier = run.path / "01_prompts" / "classifier"  # the one the run trained for its hints
+    if run and classifier is None:  # the classifier the run's hints used: its own path, or the one it trained
+        trained = run.path / "01_prompts" / "classifier"
+        if config.hints.classifier == "train" and trained.exists():
+            classifier = trained
+        elif config.hints.classifier not in (None, "train"):
+            classifier = Path(config.hints.classifier)
     choices = {name: name for name in models}
     if run:
         choices.update({f"{run.name} {stage}": model for stage, model in run.models().items()})

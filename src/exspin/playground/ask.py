@@ -8,21 +8,22 @@ line; any other path is refused.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from exspin.config import RunConfig
 from exspin.data import Split, detect_dataset, load_split
 from exspin.errors import UserError
 from exspin.execution.sandbox import execute_with_columns
-from exspin.generation import GenerationConfig, Generator, extract_sql
-from exspin.hints import load_hinter
+from exspin.generation import Generator, extract_sql
+from exspin.hints import Hinter, load_hinter
 from exspin.hints.schema import read_schema
 from exspin.models import load_model, resolve_model
 from exspin.prompts import build_prompt
 from exspin.records import Example, Execution, SchemaHints
 
-SHOWN_ROWS = 1_000  # rows a page shows; the sandbox's own cap still bounds what a query may fetch
+SHOWN_ROWS = 1_000  # rows a page shows
+SHOWN_BYTES = 20_000_000  # text and blobs a result may hold; a few huge values must not fill the memory
 
 
 @dataclass(frozen=True)
@@ -68,11 +69,18 @@ class Databases:
         self._by_id: dict[str, Database] = {}
         for root in self.roots:
             split = _describing_split(root)
-            for path in sorted(root.rglob("*.sqlite")):
-                self._by_id.setdefault(path.stem, Database(path.stem, path.resolve(), _with_file(split, path)))
-        for path in sorted(self.named):  # listed by name, or by path where a data folder has that name
+            for found in sorted(root.rglob("*.sqlite")):
+                path = found.resolve()
+                if self.allowed(path):  # a link out of the folders opens nothing
+                    self._by_id.setdefault(path.stem, Database(path.stem, path, replace(split, files={path.stem: path})))
+        listed = {d.path for d in self._by_id.values()}
+        for path in sorted(self.named - listed):  # by name, or by path where a data folder has that name
             key = path.stem if path.stem not in self._by_id else str(path)
-            self._by_id[key] = Database(path.stem, path, _with_file(_empty_split(path), path))
+            self._by_id[key] = Database(path.stem, path, _split_of_file(path))
+
+    def allowed(self, path: Path) -> bool:
+        """Whether a resolved path may be opened: named on the command line, or inside a data folder."""
+        return path in self.named or any(path.is_relative_to(root) for root in self.roots)
 
     @property
     def ids(self) -> list[str]:
@@ -80,55 +88,63 @@ class Databases:
         return sorted(self._by_id, key=lambda key: (self._by_id[key].path in self.named, key))
 
     def get(self, choice: str) -> Database:
-        """A database by its id, or by a path that lies inside a data folder or was named on the command line."""
+        """A database by its id, or by a path that lies inside a data folder or was named on the command line.
+        The refusal says nothing of whether a file outside exists."""
         choice = choice.strip()
         if choice in self._by_id:
             return self._by_id[choice]
-        path = Path(choice).expanduser().resolve()
-        if not path.is_file():
-            raise UserError(f"unknown database: {choice!r} is neither a database id nor a file")
-        if path not in self.named and not any(path.is_relative_to(root) for root in self.roots):
-            raise UserError(f"refused: {path} is outside the data folders; name it with --db to allow it")
+        try:
+            path = Path(choice).expanduser().resolve()
+            allowed = self.allowed(path)
+            exists = allowed and path.is_file()
+        except (OSError, ValueError, RuntimeError):  # too long, a NUL byte, a symlink loop
+            allowed = exists = False
+        if not allowed:
+            raise UserError(f"refused: {choice!r} is not a database id, a file inside the data folders, "
+                            "or a file named with --db")
+        if not exists:
+            raise UserError(f"unknown database: no file {choice!r}")
         known = next((d for d in self._by_id.values() if d.path == path), None)
-        return known or Database(path.stem, path, _with_file(_empty_split(path), path))
+        return known or Database(path.stem, path, _split_of_file(path))
 
 
 def _describing_split(root: Path) -> Split:
-    """A split of the data folder, for its tables.json (keys and natural names the files do not declare)."""
+    """The data folder's splits merged into one, for their tables.json entries (keys and natural names
+    that the database files do not declare)."""
+    merged = Split(dataset="spider", name="playground", data_dir=root, examples=[])
     try:
         dataset = detect_dataset(root)
     except UserError:
-        return _empty_split(root / "none.sqlite")
-    for name in ("dev", "train", "mini_dev", "test"):
+        return merged
+    for name in ("test", "train", "mini_dev", "dev"):  # dev last: its entries win
         try:
-            return load_split(root, name, dataset)
+            split = load_split(root, name, dataset)
         except UserError:
             continue
-    return _empty_split(root / "none.sqlite")
+        merged = replace(merged, dataset=split.dataset, tables={**merged.tables, **split.tables})
+    return merged
 
 
-def _empty_split(path: Path) -> Split:
-    return Split(dataset="spider", name="playground", data_dir=path.parent, examples=[])
-
-
-def _with_file(split: Split, path: Path) -> Split:
-    return Split(split.dataset, split.name, split.data_dir, split.examples, split.tables, split.database_dir,
-                 {path.stem: path.resolve()})
+def _split_of_file(path: Path) -> Split:
+    return Split(dataset="spider", name="playground", data_dir=path.parent, examples=[], files={path.stem: path})
 
 
 class Asker:
-    """Models loaded once each, and the run's prompt and hint settings (defaults without a run)."""
+    """Models loaded once each, and the run's prompt, hint and generation settings (defaults without a run)."""
 
     def __init__(self, databases: Databases, config: RunConfig | None = None, classifier: Path | None = None,
-                 max_new_tokens: int = 256, timeout_s: float = 10.0, max_rows: int = SHOWN_ROWS):
+                 timeout_s: float = 10.0, max_rows: int = SHOWN_ROWS, max_bytes: int = SHOWN_BYTES):
         self.databases = databases
         self.config = config or RunConfig()
         self.classifier = classifier
-        self.generation = GenerationConfig(backend="hf", batch_size=1, max_new_tokens=max_new_tokens)
-        self.timeout_s, self.max_rows = timeout_s, max_rows
+        self.generation = self.config.generation.model_copy(
+            update={"backend": "hf", "batch_size": 1, "num_samples": 1, "temperature": 0.0,
+                    "separate_process": False})
+        self.timeout_s, self.max_rows, self.max_bytes = timeout_s, max_rows, max_bytes
         self._generators: dict[str, Generator] = {}
-        self._lock = threading.Lock()  # the web server calls from several threads; a model and a connection serve one
-
+        self._hinters: dict[str, Hinter] = {}
+        # The web server calls from several threads: a model serves one at a time, and so does a connection.
+        self._model_lock, self._sql_lock = threading.Lock(), threading.Lock()
 
     def generator(self, model: str) -> Generator:
         if model not in self._generators:
@@ -137,15 +153,17 @@ class Asker:
 
     def hints(self, database: Database, question: str, evidence: str = "") -> SchemaHints:
         """What the hints keep for this question: tables and columns, the best-ranked columns, matched values."""
-        hinter = load_hinter(database.split, self.classifier, self.config.hints.options)
-        return hinter(self._example(database, question, evidence), self._schema(database))
+        with self._model_lock:
+            hinter = self._hinters.get(str(database.path))
+            if hinter is None:
+                hinter = self._hinters[str(database.path)] = load_hinter(database.split, self.classifier,
+                                                                         self.config.hints.options)
+            return hinter(self._example(database, question, evidence), self._schema(database))
 
     def ask(self, model: str, database: Database, question: str, evidence: str = "",
             hints: SchemaHints | None = None) -> Answer:
         """The model's SQL for the question, run in the sandbox. `hints` go into the prompt when given."""
-        if not question.strip():
-            raise UserError("type a question first")
-        with self._lock:
+        with self._model_lock:
             generator = self.generator(model)
             prompt = build_prompt(self._example(database, question, evidence), self._schema(database),
                                   generator.tokenizer, hints, self.config.prompt)
@@ -156,13 +174,16 @@ class Asker:
     def run_sql(self, database: Database, sql: str) -> QueryResult:
         if not sql.strip():
             return QueryResult(Execution("syntax_error", message="no SQL to run: the answer holds none"))
-        with self._lock:
-            return QueryResult(*execute_with_columns(database.path, sql, self.timeout_s, self.max_rows))
+        with self._sql_lock:
+            return QueryResult(*execute_with_columns(database.path, sql, self.timeout_s, self.max_rows,
+                                                     self.max_bytes))
 
     def _schema(self, database: Database):
         return read_schema(database.db_id, database.path, database.split.tables.get(database.db_id))
 
     @staticmethod
     def _example(database: Database, question: str, evidence: str) -> Example:
+        if not question.strip():
+            raise UserError("type a question first")
         return Example(dataset=database.split.dataset, split="playground", index=0, db_id=database.db_id,
                        question=question.strip(), gold_sql="", evidence=evidence.strip() or None)
