@@ -1,7 +1,8 @@
-"""One progress bar style for all long work: count, rate and time left."""
+"""One progress bar style for all long work: count, rate and time left, in a terminal or a log."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -30,11 +31,21 @@ def progress_bar(total: int, description: str, unit: str = "it") -> Iterator[Cal
     )
     with Progress(*columns, transient=False) as progress:
         task = progress.add_task(description, total=total, rate="")
+        # Written to a log rather than a terminal, a bar shows only at the end: print a line instead
+        # every tenth of the way, and at least once a minute.
+        in_log, start = not progress.console.is_terminal, time.monotonic()
+        last = {"done": 0, "time": start}
 
         def advance(n: int = 1) -> None:
             progress.advance(task, n)
             speed = progress.tasks[task].speed
             if speed:
                 progress.update(task, rate=f"{speed:,.1f} {unit}/s")
+            done, now = progress.tasks[task].completed, time.monotonic()
+            if in_log and (done - last["done"] >= total / 10 or now - last["time"] >= 60) and done < total:
+                last.update(done=done, time=now)
+                rate = done / (now - start)
+                left = f", about {(total - done) / rate / 60:.0f} min left" if rate else ""
+                progress.console.print(f"{description}: {done:,.0f}/{total:,} {unit} at {rate:,.2f} {unit}/s{left}")
 
         yield advance
