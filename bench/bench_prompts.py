@@ -27,8 +27,9 @@ PLAIN = {"layout": "sqlite_master", "sample_values": False, "natural_names": Fal
          "system_prompt": None}
 RENDERED = {"layout": "rendered", "sample_values": True, "natural_names": True, "foreign_keys": True,
             "system_prompt": None}
-# name -> (prompt settings, hints on); each differs from plain or rendered in one element.
-ARMS: dict[str, tuple[dict, bool]] = {
+# name -> (prompt settings, hints: off (False), on with defaults (True), or on with these HintsConfig
+# settings); each differs from plain or rendered in one element.
+ARMS: dict[str, tuple[dict, bool | dict]] = {
     "plain": (PLAIN, False),
     "plain+fk": ({**PLAIN, "foreign_keys": True}, False),
     "plain+values": ({**PLAIN, "sample_values": True}, False),
@@ -41,6 +42,9 @@ ARMS: dict[str, tuple[dict, bool]] = {
     "rendered-natural_names": ({**RENDERED, "natural_names": False}, False),
     "rendered-fk": ({**RENDERED, "foreign_keys": False}, False),
     "plain+hints": (PLAIN, True),
+    "plain+value_hints": (PLAIN, {"relevant_columns": 0}),  # only the cell values the question mentions
+    "plain+column_hints": (PLAIN, {"match_values": False}),  # only the columns the scorer ranks relevant
+    "plain+values+value_hints": ({**PLAIN, "sample_values": True}, {"relevant_columns": 0}),
 }
 
 
@@ -65,7 +69,7 @@ def main() -> None:
     from exspin.evaluation.stats import paired_change
     from exspin.execution.pool import SqlRunner
     from exspin.generation import GenerationConfig, Generator
-    from exspin.hints import load_hinter
+    from exspin.hints import HintsConfig, load_hinter
     from exspin.models import DEFAULT_MODEL, load_model, load_tokenizer, resolve_model
     from exspin.predict import predict
     from exspin.progress import progress_bar
@@ -88,7 +92,8 @@ def main() -> None:
             if not (out / "results.json").is_file():
                 if generator is None:
                     generator = Generator(*load_model(model_path))
-                hinter = load_hinter(split, args.classifier) if with_hints else None
+                options = HintsConfig(**with_hints) if isinstance(with_hints, dict) else None
+                hinter = load_hinter(split, args.classifier, options) if with_hints else None
                 start = time.perf_counter()
                 with progress_bar(size, name, "prompts") as advance:
                     predict(model_path, split, examples, out, runner, generator, generation,
