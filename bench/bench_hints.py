@@ -29,7 +29,8 @@ def main() -> None:
 
     from exspin.data import load_split
     from exspin.hints import HintsConfig, load_hinter
-    from exspin.hints.report import evaluate_hints, train_on_split
+    from exspin.hints.evaluate import evaluate_hints
+    from exspin.hints.fit import train_on_split
     from exspin.models import load_tokenizer
 
     dev = load_split(args.data, "dev")

@@ -7,9 +7,9 @@ import pytest
 from exspin.data import load_split
 from exspin.hints import HintsConfig, load_hinter
 from exspin.hints.classifier import LexicalScorer, SchemaClassifier, select_schema_items, train_classifier
+from exspin.hints.evaluate import evaluate_hints, gold_string_literals
 from exspin.hints.labels import used_schema_items
-from exspin.hints.report import evaluate_hints, gold_string_literals, read_schemas
-from exspin.hints.schema import read_schema
+from exspin.hints.schema import read_schema, read_schemas
 from exspin.hints.values import ValueIndex
 from exspin.prompts import PromptConfig, build_prompt, render_schema
 from exspin.records import SchemaHints

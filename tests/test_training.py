@@ -15,7 +15,22 @@ from exspin.data import load_split
 from exspin.execution.pool import SqlRunner
 from exspin.feedback import PairRules, count_labels, label_samples, make_pairs
 from exspin.sqltext import normal_form
-from exspin.training.loss import nll_term, spin_loss
+
+
+def spin_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta: float):
+    """The SPIN loss as the paper writes it, per pair: y the gold SQL, y' the opponent's, p_t the frozen
+    previous iterate. It is DPO's sigmoid loss with the previous iterate as reference; trl's DPOTrainer
+    computes it in training, and these tests check that trainer against this formula:
+
+    loss = -log sigmoid(lambda * [(log p(y|x) - log p_t(y|x)) - (log p(y'|x) - log p_t(y'|x))])"""
+    margin = (policy_chosen - reference_chosen) - (policy_rejected - reference_rejected)
+    return -torch.nn.functional.logsigmoid(beta * margin)
+
+
+def nll_term(chosen_token_logps, chosen_mask):
+    """Mean negative log-likelihood per gold token (masked): trl's "sft" loss, RPO's term."""
+    return -(chosen_token_logps[chosen_mask.bool()]).mean()
+
 
 POLICY_CHOSEN = torch.tensor([-12.0, -30.5, -7.25, -50.0])
 POLICY_REJECTED = torch.tensor([-15.0, -20.0, -9.0, -49.0])

@@ -123,7 +123,7 @@ def hints_train(
     """Train the schema-item classifier on labels derived from the gold SQL."""
     from exspin.data import load_split
     from exspin.hints import load_hinter
-    from exspin.hints.report import train_on_split
+    from exspin.hints.fit import train_on_split
     from exspin.progress import progress_bar
 
     loaded = load_split(data, split)
@@ -150,7 +150,7 @@ def hints_eval(
     from exspin.artifacts import write_json
     from exspin.data import load_split
     from exspin.hints import HintsConfig, load_hinter
-    from exspin.hints.report import evaluate_hints
+    from exspin.hints.evaluate import evaluate_hints
     from exspin.progress import progress_bar
 
     loaded = load_split(data, split)

@@ -86,7 +86,8 @@ class Run:
     def prompts(self, which: str) -> dict[int, str]:
         return {r["index"]: r["prompt"] for r in read_jsonl(self.dir / "01_prompts" / f"{which}.jsonl")}
 
-    def split_of(self, which: str) -> Split:
+    def source_split(self, which: str) -> Split:
+        """The benchmark split a set of the run is drawn from: validation comes from train, like train."""
         return self.split(self.config.data.eval_split if which == "eval" else self.config.data.train_split)
 
     def stage(self, name: str, function) -> dict:
@@ -140,14 +141,14 @@ def _prompts_stage(run: Run, folder: Path) -> dict:
     tokenizer = load_tokenizer(resolve_model(run.config.model))
     summary = {"hints": run.config.hints.enabled}
     for which in SETS:
-        split = run.split_of(which)
+        split = run.source_split(which)
         hinter = None
         if run.config.hints.enabled:
             classifier = run.config.hints.classifier
             if classifier == "train":
                 classifier = folder / "classifier"
                 if not classifier.exists():
-                    from exspin.hints.report import train_on_split
+                    from exspin.hints.fit import train_on_split
 
                     train = run.split(run.config.data.train_split)
                     trained, _ = train_on_split(train, load_hinter(train))
@@ -185,7 +186,7 @@ def _evaluate_model(run: Run, model_path: str, folder: Path) -> dict:
     sets = []
     for which in ("validation", "eval"):
         examples, prompts = run.examples(which), run.prompts(which)
-        sets.append(PromptSet(run.split_of(which), examples, [prompts[e.index] for e in examples],
+        sets.append(PromptSet(run.source_split(which), examples, [prompts[e.index] for e in examples],
                               folder / f"eval_{which}"))
     with progress_bar(sum(len(s.examples) for s in sets), f"{folder.name}: validation and eval", "prompts") as advance:
         results = predict_sets(model_path, sets, run.runner, generator, run.config.generation,
@@ -285,15 +286,15 @@ def _fit(folder: Path) -> dict:
     return {"over_max_length": json.loads(path.read_text())["over_max_length"]} if path.is_file() else {}
 
 
-def _iteration_stage(run: Run, number: int, opponent: str, folder: Path, previous_pairs: Path | None) -> dict:
-    """Self-play iteration `number`: the opponent answers the training questions, execution labels the
+def _iteration_stage(run: Run, iteration: int, opponent: str, folder: Path, previous_pairs: Path | None) -> dict:
+    """One self-play iteration (1, 2, ...): the opponent answers the training questions, execution labels the
     answers, the labels make pairs, the main player trains on them; then it is scored."""
     settings = run.config.selfplay
     reuse = _answered(folder)  # cut short after answering: train on the same pairs
     if reuse:
         labelled, pairs = read_jsonl(folder / "generations.jsonl"), read_jsonl(folder / "train_pairs.jsonl")
     else:
-        labelled, pairs = _answer_and_pair(run, number, opponent, folder, previous_pairs)
+        labelled, pairs = _answer_and_pair(run, iteration, opponent, folder, previous_pairs)
     summary = {"opponent": opponent, "labels": count_labels(labelled), "pairs": len(pairs),
                "pairs_by_label": {k: sum(p["rejected_label"] == k for p in pairs) for k in count_labels(labelled)},
                "chosen_from_samples": sum(p.get("chosen_source") == "sample" for p in pairs),
@@ -304,7 +305,7 @@ def _iteration_stage(run: Run, number: int, opponent: str, folder: Path, previou
     if reuse and _trained(folder):
         model, steps = folder / "model", read_jsonl(folder / "train_log.jsonl")
     else:
-        model, steps = _train_iteration(run, number, opponent, pairs, folder, summary)
+        model, steps = _train_iteration(run, iteration, opponent, pairs, folder, summary)
     write_jsonl(folder / "logps.jsonl", reference_logps(steps, settings.train.beta))
     warning = chosen_logp_warning(steps, settings.train.beta, run.config.guards.chosen_logp_drop)
     summary["warnings"] += [warning] if warning else []
@@ -313,7 +314,7 @@ def _iteration_stage(run: Run, number: int, opponent: str, folder: Path, previou
     return {**summary, **_evaluate_model(run, str(model), folder)}
 
 
-def _answer_and_pair(run: Run, number: int, opponent: str, folder: Path, previous_pairs: Path | None
+def _answer_and_pair(run: Run, iteration: int, opponent: str, folder: Path, previous_pairs: Path | None
                      ) -> tuple[list[dict], list[dict]]:
     """The opponent's labelled answers (generations.jsonl) and the pairs to train on (pairs.jsonl: this
     iteration's own; train_pairs.jsonl: with the previous iteration's where mixed)."""
@@ -322,7 +323,7 @@ def _answer_and_pair(run: Run, number: int, opponent: str, folder: Path, previou
     sampling = settings.samples_per_question > 1
     config = GenerationConfig(**{**run.config.generation.model_dump(), "num_samples": settings.samples_per_question,
                                  "temperature": settings.temperature if sampling else 0.0,
-                                 "seed": run.config.seed + number})
+                                 "seed": run.config.seed + iteration})
     texts = [prompts[e.index] for e in examples]
     with progress_bar(len(examples), f"{folder.name}: opponent answers train", "prompts") as advance:
         generator, progress = load_generator(opponent, config), lambda n, _tokens: advance(n)
@@ -330,7 +331,7 @@ def _answer_and_pair(run: Run, number: int, opponent: str, folder: Path, previou
             completions, logprobs = generate_with_logprobs(opponent, texts, config, progress, generator)
         else:
             completions, logprobs = generate(opponent, texts, config, progress, generator), None
-    labelled = label_samples(run.split_of("train"), examples, completions, run.runner, logprobs)
+    labelled = label_samples(run.source_split("train"), examples, completions, run.runner, logprobs)
     write_jsonl(folder / "generations.jsonl", labelled)
     pairs = make_pairs(settings.method, examples, prompts, labelled, settings.feedback)
     write_jsonl(folder / "pairs.jsonl", pairs)
@@ -340,7 +341,7 @@ def _answer_and_pair(run: Run, number: int, opponent: str, folder: Path, previou
     return labelled, pairs
 
 
-def _train_iteration(run: Run, number: int, opponent: str, pairs: list[dict], folder: Path, summary: dict
+def _train_iteration(run: Run, iteration: int, opponent: str, pairs: list[dict], folder: Path, summary: dict
                      ) -> tuple[Path, list[dict]]:
     """The main player trained on the pairs, in this process or launched; (model folder, step log).
     Warns in summary when the pairs make too few optimizer steps to move the model."""
@@ -355,7 +356,7 @@ def _train_iteration(run: Run, number: int, opponent: str, pairs: list[dict], fo
             f"{train.batch_size * train.gradient_accumulation * processes}): "
             "lower selfplay.train.gradient_accumulation or batch_size")
     # A seed per iteration: an iteration rolled back to an earlier opponent is not an exact repeat.
-    seed = train.seed + number - 1
+    seed = train.seed + iteration - 1
     if _use_launcher(run):
         return folder / "model", _launch_training(run, "selfplay", opponent, folder / "train_pairs.jsonl", folder,
                                                   seed)
@@ -422,11 +423,11 @@ def run_pipeline(config: RunConfig, resume: bool = False, log=print) -> dict:
         log(f"start: validation EX {stages['start']['validation_ex']:.2f}%, eval EX {stages['start']['eval_ex']:.2f}%")
         history = [("start", stages["start"]["validation_ex"])]
         decision = control(history, **config.control.model_dump())
-        number = 3
+        folder_number = 3
         if config.sft.enabled:
             current = stages[decision.build_on]["model"]
-            stages["sft"] = run.stage(f"{number:02d}_sft", lambda folder: _sft_stage(run, current, folder))
-            number += 1
+            stages["sft"] = run.stage(f"{folder_number:02d}_sft", lambda folder: _sft_stage(run, current, folder))
+            folder_number += 1
             history.append(("sft", stages["sft"]["validation_ex"]))
             decision = control(history, **config.control.model_dump())
             log(f"sft: validation EX {stages['sft']['validation_ex']:.2f}%; {decision.reason}")
@@ -438,11 +439,11 @@ def run_pipeline(config: RunConfig, resume: bool = False, log=print) -> dict:
                 break
             name = f"{config.selfplay.method}-{iteration}"
             opponent = stages[decision.build_on]["model"]  # never worse than the best, unless rollback is off
-            folder_name = f"{number:02d}_iter{iteration}"
+            folder_name = f"{folder_number:02d}_iter{iteration}"
             stages[name] = run.stage(folder_name, lambda folder, i=iteration, o=opponent, p=previous_pairs:
                                      _iteration_stage(run, i, o, folder, p))
             previous_pairs = run.dir / folder_name / "pairs.jsonl"
-            number += 1
+            folder_number += 1
             drift = length_drift_warning(stages["start"]["mean_completion_chars"],
                                          stages[name]["mean_completion_chars"], config.guards.length_drift)
             if drift:

@@ -226,3 +226,9 @@ class SchemaBook:
             self._schemas[db_id] = read_schema(db_id, self.split.db_path(db_id), self.split.tables.get(db_id),
                                                self.n_values)
         return self._schemas[db_id]
+
+
+def read_schemas(split: Split, n_values: int = 3) -> dict[str, DatabaseSchema]:
+    """Schemas of the split's present databases."""
+    book = SchemaBook(split, n_values)
+    return {db: book[db] for db in split.db_ids if split.db_path(db) is not None}
