@@ -38,6 +38,11 @@ def test_full_run_then_kill_and_resume(tiny_run, tmp_path):
         assert (whole / path).is_file(), path
     summary = json.loads((whole / "report" / "metrics.json").read_text())
     assert list(summary["stages"]) == ["start", "sft", "exspin-1", "exspin-2"]
+    # Each trained model says what trained it, beside its weights.
+    made = json.loads((whole / "04_iter1" / "model" / "exspin_training.json").read_text())
+    assert made["stage"] == "selfplay" and made["base_model"] == json.loads((whole / "04_iter1" / "done.json").read_text())["opponent"]
+    assert made["optimizer_steps"] == 2 and made["settings"]["beta"] == 0.1 and made["versions"]["trl"]
+    assert json.loads((whole / "03_sft" / "model" / "exspin_training.json").read_text())["examples"] == 8
     assert summary["final_model"] == summary["stages"][summary["best"]]["model"]
     validation = {json.loads(line)["index"] for line in (whole / "00_data" / "validation.jsonl").open()}
     train = {json.loads(line)["index"] for line in (whole / "00_data" / "train.jsonl").open()}

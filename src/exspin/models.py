@@ -12,6 +12,7 @@ import functools
 import hashlib
 import importlib
 import importlib.resources
+import json
 import os
 import shutil
 import tempfile
@@ -224,14 +225,20 @@ def merge_adapter(model):
     return model.merge_and_unload() if isinstance(model, PeftModel) else model
 
 
-def save_model(model, tokenizer, output_dir: str | Path) -> Path:
-    """Save weights (or an adapter) and tokenizer atomically into output_dir."""
+TRAINING_RECORD = "exspin_training.json"  # beside the weights: what trained them
+
+
+def save_model(model, tokenizer, output_dir: str | Path, training: dict | None = None) -> Path:
+    """Save weights (or an adapter) and tokenizer atomically into output_dir, with `training` (the stage,
+    base model, settings and library versions that made them) as exspin_training.json."""
     output_dir = Path(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}."))
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if training is not None:
+            (tmp / TRAINING_RECORD).write_text(json.dumps(training, indent=2, default=str) + "\n")
         if output_dir.exists():
             shutil.rmtree(output_dir)
         os.replace(tmp, output_dir)

@@ -240,8 +240,10 @@ def train_resumably(trainer, inputs: object) -> None:
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
 
-def save_trained(trainer, tokenizer, output_dir: Path, base_model: str) -> Path:
-    """Save output_dir/model, a plain model folder (and output_dir/adapter under LoRA); then drop the
+def save_trained(trainer, tokenizer, output_dir: Path, base_model: str, settings: TrainSettings,
+                 stage: str, examples: int) -> Path:
+    """Save output_dir/model, a plain model folder (and output_dir/adapter under LoRA) that records what
+    trained it (exspin_training.json: stage, base model, examples, settings, versions); then drop the
     training checkpoints, which only a cut-short training needs.
 
     Every process takes part: under DeepSpeed ZeRO-3 or FSDP each holds a shard of the weights, and only
@@ -294,11 +296,22 @@ def save_trained(trainer, tokenizer, output_dir: Path, base_model: str) -> Path:
         merged.config.use_cache = True
         if getattr(merged, "generation_config", None) is not None:
             merged.generation_config.use_cache = True
-        save_model(merged, tokenizer, output_dir / "model")
+        save_model(merged, tokenizer, output_dir / "model", training_record(stage, base_model, examples, settings,
+                                                                           trainer.state.global_step))
         shutil.rmtree(staging, ignore_errors=True)
         remove_checkpoints(Path(trainer.args.output_dir))
     accelerator.wait_for_everyone()
     return output_dir / "model"
+
+
+def training_record(stage: str, base_model: str, examples: int, settings: TrainSettings, steps: int) -> dict:
+    """What a saved model folder says about its making, as nanoGPT and litgpt keep their configs beside
+    the weights."""
+    import importlib.metadata as metadata
+
+    versions = {name: metadata.version(name) for name in ("exspin", "torch", "transformers", "trl", "peft")}
+    return {"stage": stage, "base_model": base_model, "examples": examples, "optimizer_steps": steps,
+            "settings": settings.model_dump(mode="json"), "versions": versions}
 
 
 def release_memory() -> None:

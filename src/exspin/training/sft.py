@@ -102,7 +102,7 @@ def train_sft(model_path: str, records: Sequence[dict], settings: SFTSettings, o
     """Train on (prompt, gold SQL) with the loss on the SQL tokens only. Returns the merged model folder."""
     trainer, tokenizer = build_sft_trainer(model_path, records, settings, output_dir)
     train_resumably(trainer, [model_path, list(records), settings.model_dump(mode="json")])
-    path = save_trained(trainer, tokenizer, output_dir, model_path)
+    path = save_trained(trainer, tokenizer, output_dir, model_path, settings, "sft", len(records))
     del trainer
     release_memory()
     return path
