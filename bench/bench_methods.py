@@ -1,7 +1,7 @@
 """One self-play iteration of each feedback method from one shared SFT model, on all of Spider dev.
 
     .venv/bin/python bench/bench_methods.py [--base runs/spider_cpu] [--config configs/spider_cpu.yaml]
-                                            [--arms spin dpo control]
+                                            [--arms spin dpo control] [--set selfplay.train.learning_rate=5e-5]
 
 The base run (configs/spider_cpu.yaml: SFT, then ExSPIN iterations) gives three rows itself: SFT,
 ExSPIN (its first iteration) and ExSPIN's second iteration (when its control let it run). Every
@@ -17,7 +17,11 @@ other arm hard-links the base run's data, prompt, start and SFT stages into runs
   trained further with the NLL on the gold SQL alone, on
   the questions and prompts of ExSPIN's pairs, with ExSPIN's trainer settings, so the same number
   of optimizer steps on the same gold answers, without the rejected side.
-Arms run one after another; a finished arm is read back, an unfinished one resumes.
+Arms run one after another; a finished arm is read back, an unfinished one resumes. Greedy arms start
+from the base run's labelled answers (the same SFT model answers the same prompts the same way), so
+only their pairs, training and scoring are their own. `--set KEY=VALUE` changes a setting for every
+arm, the control and a plain `exspin` arm included, in folders and result files of its own
+(runs/bench-methods-<setting>/, bench/results/methods-<setting>.md).
 
 Per row: dev and validation EX; questions gained and lost against SFT on each, with an exact
 two-sided sign-test p; pairs by the rejected answer's label, and the share of them that is informative
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -40,6 +45,7 @@ from bench_sweep import run_from_base
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLED = ["selfplay.samples_per_question=4", "selfplay.temperature=0.8"]
 ARMS = {
+    "exspin": [],  # plain ExSPIN: the base run's own first iteration, unless --set changes a setting
     "spin": ["selfplay.method=spin"],
     "dpo": ["selfplay.method=dpo", *SAMPLED],
     # Feedback beyond the paper, each against plain ExSPIN (greedy, every wrong answer, the gold as chosen):
@@ -51,11 +57,19 @@ ARMS = {
 
 
 def run_iteration(base: Path, config: Path, run_dir: Path, overrides: list[str]) -> None:
-    """One self-play iteration with `overrides` on the base run's shared stages (resumable)."""
+    """One self-play iteration with `overrides` on the base run's shared stages (resumable). An arm that
+    answers as the base run did (greedy, from the same SFT model) starts from the base run's labelled
+    answers instead of generating them again; only its pairs, training and scores are its own."""
+    greedy = not any(o.startswith(("selfplay.samples_per_question", "selfplay.temperature", "selfplay.feedback."
+                                   "hardest_negative")) for o in overrides)
+    answers = base / "04_iter1" / "generations.jsonl"
+    if greedy and answers.is_file() and not (run_dir / "04_iter1").exists():
+        (run_dir / "04_iter1").mkdir(parents=True)
+        os.link(answers, run_dir / "04_iter1" / "generations.jsonl")
     run_from_base(base, config, run_dir, [*overrides, "selfplay.iterations=1", "control.patience=99"])
 
 
-def run_control(base: Path, config_path: Path, run_dir: Path) -> None:
+def run_control(base: Path, config_path: Path, run_dir: Path, overrides: list[str]) -> None:
     """The SFT model trained further with the NLL alone, on ExSPIN's pairs' prompts and gold SQL."""
     from exspin.artifacts import read_jsonl, write_json
     from exspin.config import load_config
@@ -70,7 +84,7 @@ def run_control(base: Path, config_path: Path, run_dir: Path) -> None:
     folder = run_dir / "04_control"
     if (folder / "done.json").is_file():
         return
-    config = load_config(config_path)
+    config = load_config(config_path, overrides)
     for scored in folder.glob("eval_*"):  # cut short: score again; training resumes from its checkpoint
         shutil.rmtree(scored)
     start = time.perf_counter()
@@ -175,8 +189,9 @@ def reward_trend(log: Path) -> dict:
             for part, rows in (("first_quarter", steps[:quarter]), ("last_quarter", steps[-quarter:]))}
 
 
-def markdown(rows: list[dict], sft: dict, start: dict) -> str:
-    lines = ["# One iteration of each method from one SFT model (default model, Spider, 2 CPU cores)", "",
+def markdown(rows: list[dict], sft: dict, start: dict, overrides: list[str], plot: str) -> str:
+    setting = f" with {', '.join(f'`{o}`' for o in overrides)}" if overrides else ""
+    lines = [f"# One iteration of each method from one SFT model{setting} (default model, Spider, 2 CPU cores)", "",
              f"Start (zero-shot): dev {start['eval_ex']:.2f}, validation {start['validation_ex']:.2f}. "
              f"SFT: dev {sft['eval_ex']:.2f}, validation {sft['validation_ex']:.2f}. "
              "+/-: questions turned right/wrong against SFT; p: exact two-sided sign test.", "",
@@ -202,7 +217,7 @@ def markdown(rows: list[dict], sft: dict, start: dict) -> str:
         lines.append(f"| {r['arm']} | {r['dev_ex']:.2f} | +{dev['gained']}/-{dev['lost']} | {dev['p']:.3f} | "
                      f"{r['validation_ex']:.2f} | +{val['gained']}/-{val['lost']} | {val['p']:.3f} | "
                      f"{pairs} | {labels} | {informative} | {margin} | {minutes} |")
-    lines += ["", "![chosen and rejected log-probs per arm](methods_logps.png)"]
+    lines += ["", f"![chosen and rejected log-probs per arm]({plot})"]
     return "\n".join(lines) + "\n"
 
 
@@ -211,22 +226,28 @@ def main() -> None:
     parser.add_argument("--base", type=Path, default=ROOT / "runs" / "spider_cpu")
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "spider_cpu.yaml")
     parser.add_argument("--arms", nargs="*", default=[*ARMS, "control"], choices=[*ARMS, "control"])
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="settings for every arm, e.g. selfplay.train.learning_rate=5e-5 (its own folder "
+                             "and table)")
     args = parser.parse_args()
     base = args.base
     for stage in ("03_sft", "04_iter1"):
         if not (base / stage / "done.json").is_file():
             sys.exit(f"{base} has not finished {stage}: run `exspin run --config {args.config} --resume` first")
-    out_root = base.parent / "bench-methods"
+    tag = "".join(f"-{o.rsplit('.', 1)[-1].replace('=', '')}" for o in args.overrides)
+    out_root = base.parent / f"bench-methods{tag}"
     for arm in args.arms:
-        print(f"arm {arm}", flush=True)
+        if arm == "exspin" and not args.overrides:
+            continue  # that is the base run's own first iteration
+        print(f"arm {arm}{tag}", flush=True)
         if arm == "control":
-            run_control(base, args.config, out_root / "control")
+            run_control(base, args.config, out_root / "control", args.overrides)
         else:
-            run_iteration(base, args.config, out_root / arm, ARMS[arm])
+            run_iteration(base, args.config, out_root / arm, [*ARMS[arm], *args.overrides])
 
     sft = base / "03_sft"
-    rows = [row("exspin", base / "04_iter1", sft)]
-    if (base / "05_iter2" / "done.json").is_file():
+    rows = [] if args.overrides else [row("exspin", base / "04_iter1", sft)]
+    if (base / "05_iter2" / "done.json").is_file() and not args.overrides:
         rows.append(row("exspin, iteration 2", base / "05_iter2", sft))
     for arm in [*ARMS, "control"]:
         stage = out_root / arm / ("04_control" if arm == "control" else "04_iter1")
@@ -234,11 +255,12 @@ def main() -> None:
             rows.append(row(arm, stage, sft))
     sft_summary = json.loads((sft / "done.json").read_text())
     start_summary = json.loads((base / "02_start" / "done.json").read_text())
-    results = {"base": str(base), "start": start_summary, "sft": sft_summary, "rows": rows}
-    out = ROOT / "bench" / "results" / "methods.json"
+    results = {"base": str(base), "overrides": args.overrides, "start": start_summary, "sft": sft_summary,
+               "rows": rows}
+    out = ROOT / "bench" / "results" / f"methods{tag}.json"
     out.write_text(json.dumps(results, indent=1) + "\n")
-    plot_logps(rows, out.with_name("methods_logps.png"))
-    table = markdown(rows, sft_summary, start_summary)
+    plot_logps(rows, out.with_name(f"methods{tag}_logps.png"))
+    table = markdown(rows, sft_summary, start_summary, args.overrides, f"methods{tag}_logps.png")
     out.with_suffix(".md").write_text(table)
     print(table)
 

@@ -129,14 +129,15 @@ def test_a_stage_cut_short_keeps_its_checkpoint_or_its_answers(tmp_path):
     from exspin.pipeline import Run
 
     run = Run(RunConfig(run_dir=tmp_path / "run"), resume=False)
-    (run.dir / "04_iter1" / "trainer" / "checkpoint-50").mkdir(parents=True)
+    (run.dir / "04_iter1" / "trainer" / "checkpoint-50").mkdir(parents=True)  # cut short while training
     (run.dir / "04_iter1" / "trainer" / "checkpoint-50" / "trainer_state.json").write_text("{}")
-    (run.dir / "05_iter2" / "trainer" / "checkpoint-50").mkdir(parents=True)  # cut short while saving it
+    (run.dir / "04_iter1" / "generations.jsonl").write_text("{}\n")
+    (run.dir / "05_sft" / "trainer" / "checkpoint-50").mkdir(parents=True)  # cut short while saving it
     (run.dir / "06_iter3").mkdir()  # cut short after answering, before its first checkpoint
-    (run.dir / "06_iter3" / "train_pairs.jsonl").write_text("{}\n")
+    (run.dir / "06_iter3" / "generations.jsonl").write_text("{}\n")
     (run.dir / "07_iter4").mkdir()  # cut short while answering
-    for stage in ("04_iter1", "05_iter2", "06_iter3", "07_iter4"):
-        (run.dir / stage / "generations.jsonl").write_text("{}\n")
+    (run.dir / "07_iter4" / ".generations.jsonl.x.tmp").write_text("{}\n")
+    for stage in ("04_iter1", "05_sft", "06_iter3", "07_iter4"):
         (run.dir / stage / "eval_eval").mkdir()
     seen = {}
 
@@ -144,11 +145,11 @@ def test_a_stage_cut_short_keeps_its_checkpoint_or_its_answers(tmp_path):
         seen[folder.name] = sorted(p.name for p in folder.iterdir())
         return {}
 
-    for stage in ("04_iter1", "05_iter2", "06_iter3", "07_iter4"):
+    for stage in ("04_iter1", "05_sft", "06_iter3", "07_iter4"):
         run.stage(stage, look)
     run.runner.close()
-    assert seen == {"04_iter1": ["generations.jsonl", "trainer"], "05_iter2": [],
-                    "06_iter3": ["generations.jsonl", "train_pairs.jsonl"], "07_iter4": []}
+    assert seen == {"04_iter1": ["generations.jsonl", "trainer"], "05_sft": [], "06_iter3": ["generations.jsonl"],
+                    "07_iter4": []}
 
 
 def test_a_model_scored_before_is_not_generated_for_again(tmp_path):

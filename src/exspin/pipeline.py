@@ -93,8 +93,8 @@ class Run:
     def stage(self, name: str, function) -> dict:
         """Run a stage unless it finished before. A stage cut short is rebuilt from scratch, unless it had
         saved its trained model (saved atomically, so whole): then only its evaluation is redone; or a
-        training checkpoint: then its training continues from there; or its opponent's answers and pairs:
-        then its training starts from them."""
+        training checkpoint: then its training continues from there; or its opponent's answers: then its
+        pairs are made from them again and training starts."""
         folder = self.dir / name
         done = folder / "done.json"
         if done.is_file():
@@ -227,9 +227,9 @@ def _checkpointed(folder: Path) -> bool:
 
 
 def _answered(folder: Path) -> bool:
-    """Whether a self-play stage folder holds its opponent's labelled answers and the pairs made from them
-    (written last, atomically), so that a cut during training never repeats the generation."""
-    return (folder / "generations.jsonl").is_file() and (folder / "train_pairs.jsonl").is_file()
+    """Whether a self-play stage folder holds its opponent's labelled answers (written once whole), so that
+    a cut during training never repeats the generation."""
+    return (folder / "generations.jsonl").is_file()
 
 
 def training_processes(launcher) -> int:
@@ -290,11 +290,11 @@ def _iteration_stage(run: Run, iteration: int, opponent: str, folder: Path, prev
     """One self-play iteration (1, 2, ...): the opponent answers the training questions, execution labels the
     answers, the labels make pairs, the main player trains on them; then it is scored."""
     settings = run.config.selfplay
-    reuse = _answered(folder)  # cut short after answering: train on the same pairs
-    if reuse:
-        labelled, pairs = read_jsonl(folder / "generations.jsonl"), read_jsonl(folder / "train_pairs.jsonl")
+    if _answered(folder):  # cut short after answering: the same answers, so the same pairs
+        labelled = read_jsonl(folder / "generations.jsonl")
     else:
-        labelled, pairs = _answer_and_pair(run, iteration, opponent, folder, previous_pairs)
+        labelled = _answer(run, iteration, opponent, folder)
+    pairs = _pair(run, labelled, folder, previous_pairs)
     summary = {"opponent": opponent, "labels": count_labels(labelled), "pairs": len(pairs),
                "pairs_by_label": {k: sum(p["rejected_label"] == k for p in pairs) for k in count_labels(labelled)},
                "chosen_from_samples": sum(p.get("chosen_source") == "sample" for p in pairs),
@@ -302,7 +302,7 @@ def _iteration_stage(run: Run, iteration: int, opponent: str, folder: Path, prev
     if not pairs:
         summary.update(model=opponent, note=no_pairs_reason(settings.method, labelled))
         return {**summary, **_evaluate_model(run, opponent, folder)}
-    if reuse and _trained(folder):
+    if _trained(folder):
         model, steps = folder / "model", read_jsonl(folder / "train_log.jsonl")
     else:
         model, steps = _train_iteration(run, iteration, opponent, pairs, folder, summary)
@@ -314,10 +314,8 @@ def _iteration_stage(run: Run, iteration: int, opponent: str, folder: Path, prev
     return {**summary, **_evaluate_model(run, str(model), folder)}
 
 
-def _answer_and_pair(run: Run, iteration: int, opponent: str, folder: Path, previous_pairs: Path | None
-                     ) -> tuple[list[dict], list[dict]]:
-    """The opponent's labelled answers (generations.jsonl) and the pairs to train on (pairs.jsonl: this
-    iteration's own; train_pairs.jsonl: with the previous iteration's where mixed)."""
+def _answer(run: Run, iteration: int, opponent: str, folder: Path) -> list[dict]:
+    """The opponent's answers to the training questions, labelled by execution (generations.jsonl)."""
     settings = run.config.selfplay
     examples, prompts = run.examples("train"), run.prompts("train")
     sampling = settings.samples_per_question > 1
@@ -332,13 +330,20 @@ def _answer_and_pair(run: Run, iteration: int, opponent: str, folder: Path, prev
         else:
             completions, logprobs = generate(opponent, texts, config, progress, generator), None
     labelled = label_samples(run.source_split("train"), examples, completions, run.runner, logprobs)
-    write_jsonl(folder / "generations.jsonl", labelled)
-    pairs = make_pairs(settings.method, examples, prompts, labelled, settings.feedback)
+    write_jsonl(folder / "generations.jsonl", labelled)  # written once whole: a resumed stage starts here
+    return labelled
+
+
+def _pair(run: Run, labelled: list[dict], folder: Path, previous_pairs: Path | None) -> list[dict]:
+    """The pairs to train on, made from the labelled answers by the method's rules (pairs.jsonl: this
+    iteration's own; train_pairs.jsonl: with the previous iteration's where mixed). Cheap: no model."""
+    settings = run.config.selfplay
+    pairs = make_pairs(settings.method, run.examples("train"), run.prompts("train"), labelled, settings.feedback)
     write_jsonl(folder / "pairs.jsonl", pairs)
     if settings.mix_previous_pairs and previous_pairs is not None and previous_pairs.is_file():
         pairs = pairs + read_jsonl(previous_pairs)  # SPIN's recipe: the previous iteration's pairs too
     write_jsonl(folder / "train_pairs.jsonl", pairs)
-    return labelled, pairs
+    return pairs
 
 
 def _train_iteration(run: Run, iteration: int, opponent: str, pairs: list[dict], folder: Path, summary: dict
