@@ -33,12 +33,13 @@ def logprob_agreement(pairs: list[dict], out_dir: Path) -> dict:
 
     found = {}
     for shared in (False, True):
+        # group_by_prompt off: both trainers keep the file's order, so row i is the same pair in both.
         settings = SelfPlaySettings(shared_prompt=shared, bf16=True, batch_size=len(pairs), max_length=1160,
-                                    gradient_checkpointing=False)
+                                    gradient_checkpointing=False, group_by_prompt=False)
         start = time.perf_counter()
         trainer, _, _ = build_selfplay_trainer(resolve_model(DEFAULT_MODEL), pairs, settings,
                                                out_dir / ("shared" if shared else "stock"))
-        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(pairs))])
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(trainer.train_dataset))])
         found[shared] = {"chosen": batch["ref_chosen_logps"].float(), "rejected": batch["ref_rejected_logps"].float(),
                          "seconds": time.perf_counter() - start}
         del trainer
@@ -94,7 +95,7 @@ def main() -> None:
 
     if not args.pairs_file.is_file():
         raise SystemExit(f"no pairs at {args.pairs_file}: give --pairs-file (a run's NN_iterK/pairs.jsonl)")
-    pairs = read_jsonl(args.pairs_file)[: args.pairs]
+    pairs = [p for p in read_jsonl(args.pairs_file) if p.get("weight", 1) == 1][: args.pairs]  # one row each
     scratch = Path("/tmp") / "exspin-bench-agreement"
     results = {"logprobs": logprob_agreement(pairs, scratch)}
     print(f"log-probs: largest difference {results['logprobs']['max_abs_difference']:.4f}", flush=True)

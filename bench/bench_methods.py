@@ -26,7 +26,7 @@ arm, the control and a plain `exspin` arm included, in folders and result files 
 Per row: dev and validation EX; questions gained and lost against SFT on each, with an exact
 two-sided sign-test p; pairs by the rejected answer's label, and the share of them that is informative
 (the rejected answer executes to another result); trl's reward margin early and late; wall time of its
-stage (opponent generation, training and scoring). Writes bench/results/methods.json (with the flipped
+stage (opponent generation, where not reused from the base run, training and scoring). Writes bench/results/methods.json (with the flipped
 questions' indices), methods.md, and methods_logps.png (chosen and rejected log-probs per step).
 """
 
@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -44,6 +45,11 @@ from bench_sweep import run_from_base
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLED = ["selfplay.samples_per_question=4", "selfplay.temperature=0.8"]
+SAMPLING = ("selfplay.samples_per_question", "selfplay.temperature", "selfplay.feedback.hardest_negative")
+# What --set may change: how pairs are made and trained on. Anything else (model, data, prompt, hints,
+# generation, SFT) would not reach the stages every arm shares with the base run.
+SETTABLE = ("selfplay.train.", "selfplay.method=", "selfplay.feedback.", "selfplay.mix_previous_pairs=",
+            "control.", "guards.")
 ARMS = {
     "exspin": [],  # plain ExSPIN: the base run's own first iteration, unless --set changes a setting
     "spin": ["selfplay.method=spin"],
@@ -60,8 +66,7 @@ def run_iteration(base: Path, config: Path, run_dir: Path, overrides: list[str])
     """One self-play iteration with `overrides` on the base run's shared stages (resumable). An arm that
     answers as the base run did (greedy, from the same SFT model) starts from the base run's labelled
     answers instead of generating them again; only its pairs, training and scores are its own."""
-    greedy = not any(o.startswith(("selfplay.samples_per_question", "selfplay.temperature", "selfplay.feedback."
-                                   "hardest_negative")) for o in overrides)
+    greedy = not any(o.startswith(SAMPLING) for o in overrides)
     answers = base / "04_iter1" / "generations.jsonl"
     if greedy and answers.is_file() and not (run_dir / "04_iter1").exists():
         (run_dir / "04_iter1").mkdir(parents=True)
@@ -230,11 +235,16 @@ def main() -> None:
                         help="settings for every arm, e.g. selfplay.train.learning_rate=5e-5 (its own folder "
                              "and table)")
     args = parser.parse_args()
+    for override in args.overrides:
+        if not override.startswith(SETTABLE) or override.startswith(SAMPLING) or "=" not in override:
+            sys.exit(f"--set {override}: only {', '.join(s.rstrip('.=') for s in SETTABLE)} settings (not sampling) "
+                     "may differ from the base run, whose shared stages every arm reuses")
     base = args.base
     for stage in ("03_sft", "04_iter1"):
         if not (base / stage / "done.json").is_file():
             sys.exit(f"{base} has not finished {stage}: run `exspin run --config {args.config} --resume` first")
-    tag = "".join(f"-{o.rsplit('.', 1)[-1].replace('=', '')}" for o in args.overrides)
+    tag = "".join("-" + re.sub(r"[^\w.+-]", "_", f"{key.rsplit('.', 1)[-1]}{value}")
+                  for key, _, value in (o.partition("=") for o in args.overrides))
     out_root = base.parent / f"bench-methods{tag}"
     for arm in args.arms:
         if arm == "exspin" and not args.overrides:

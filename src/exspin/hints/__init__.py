@@ -5,7 +5,8 @@
 - values.py:     cell values the question mentions (BM25 + longest common substring)
 - classifier.py: score tables and columns; keep the top k1 tables and top k2 columns
 - hinter.py:     all of it per question, as SchemaHints for the prompt
-- report.py:     recall, prompt length and timing of the hints on a split
+- fit.py:        fit the classifier on a split's gold labels
+- evaluate.py:   recall, prompt length and timing of the hints on a split
 """
 
 from exspin.hints.hinter import Hinter, HintsConfig, load_hinter

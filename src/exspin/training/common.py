@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import TrainerCallback
 
-from exspin.artifacts import read_jsonl, write_jsonl
+from exspin.artifacts import write_jsonl
 from exspin.errors import UserError
 
 
@@ -309,7 +310,12 @@ def training_record(stage: str, base_model: str, examples: int, settings: TrainS
     the weights."""
     import importlib.metadata as metadata
 
-    versions = {name: metadata.version(name) for name in ("exspin", "torch", "transformers", "trl", "peft")}
+    import exspin
+
+    versions = {"exspin": exspin.__version__}
+    for name in ("torch", "transformers", "trl", "peft"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
     return {"stage": stage, "base_model": base_model, "examples": examples, "optimizer_steps": steps,
             "settings": settings.model_dump(mode="json"), "versions": versions}
 
@@ -339,10 +345,22 @@ class StepLog(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        earlier = read_jsonl(self.path) if self.path.is_file() else []
+        earlier = self._whole_rows()
         # trl's closing summary row is written again when training ends.
         self.rows = [row for row in earlier if row.get("step", 0) <= state.global_step and "train_runtime" not in row]
         write_jsonl(self.path, self.rows)
+
+    def _whole_rows(self) -> list[dict]:
+        """The rows logged so far; a last line cut short by a kill mid-write is dropped."""
+        if not self.path.is_file():
+            return []
+        rows = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+        return rows
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or not state.is_world_process_zero:

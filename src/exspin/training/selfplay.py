@@ -154,7 +154,7 @@ def train_selfplay(model_path: str, pairs: Sequence[dict], settings: SelfPlaySet
     Returns (model folder, step log)."""
     trainer, tokenizer, log = build_selfplay_trainer(model_path, pairs, settings, output_dir)
     train_resumably(trainer, [model_path, list(pairs), settings.model_dump(mode="json")])
-    path = save_trained(trainer, tokenizer, output_dir, model_path, settings, "selfplay", len(pairs))
+    path = save_trained(trainer, tokenizer, output_dir, model_path, settings, "selfplay", len(trainer.train_dataset))
     del trainer
     release_memory()
     return path, log.rows
