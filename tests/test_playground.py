@@ -264,6 +264,7 @@ def test_browser_sql_box_ask_and_run_browser(server, browser):
     assert _text(browser, "sql-outcome").startswith("ok: 3 rows")
     rows = _text(browser, "sql-rows")
     assert "Joe Sharp" in rows and "Netherlands" in rows and "Rose White" in rows
+    browser.execute_script("arguments[0].scrollIntoView()", browser.find_element(By.ID, "sql-box"))
     browser.save_screenshot(str(SCREENSHOTS / "sql_box.png"))
 
     # Hostile SQL typed into the box is refused, and the database is unchanged.
@@ -283,6 +284,7 @@ def test_browser_sql_box_ask_and_run_browser(server, browser):
     outcome = _text(browser, "outcome-a")
     assert outcome.split(":")[0] in {"ok", "syntax_error", "runtime_error", "timeout", "forbidden"}, outcome
     assert "Tables and columns the hints keep" in _text(browser, "hints")
+    browser.execute_script("arguments[0].scrollIntoView()", browser.find_element(By.ID, "hints"))
     browser.save_screenshot(str(SCREENSHOTS / "ask.png"))
 
     # The run browser: the EX chart and a pair.
