@@ -194,6 +194,10 @@ def reward_trend(log: Path) -> dict:
             for part, rows in (("first_quarter", steps[:quarter]), ("last_quarter", steps[-quarter:]))}
 
 
+def _p(p: float) -> str:
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
 def markdown(rows: list[dict], sft: dict, start: dict, overrides: list[str], plot: str) -> str:
     setting = f" with {', '.join(f'`{o}`' for o in overrides)}" if overrides else ""
     lines = [f"# One iteration of each method from one SFT model{setting} (default model, Spider, 2 CPU cores)", "",
@@ -219,8 +223,8 @@ def markdown(rows: list[dict], sft: dict, start: dict, overrides: list[str], plo
         informative = "-" if r.get("informative_share") is None else f"{100 * r['informative_share']:.0f}%"
         if r.get("training_rows") not in (None, r["pairs"]):
             pairs += f" ({r['training_rows']} trained)"  # graded negatives repeat pairs
-        lines.append(f"| {r['arm']} | {r['dev_ex']:.2f} | +{dev['gained']}/-{dev['lost']} | {dev['p']:.3f} | "
-                     f"{r['validation_ex']:.2f} | +{val['gained']}/-{val['lost']} | {val['p']:.3f} | "
+        lines.append(f"| {r['arm']} | {r['dev_ex']:.2f} | +{dev['gained']}/-{dev['lost']} | {_p(dev['p'])} | "
+                     f"{r['validation_ex']:.2f} | +{val['gained']}/-{val['lost']} | {_p(val['p'])} | "
                      f"{pairs} | {labels} | {informative} | {margin} | {minutes} |")
     lines += ["", f"![chosen and rejected log-probs per arm]({plot})"]
     return "\n".join(lines) + "\n"
