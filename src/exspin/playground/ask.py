@@ -17,7 +17,7 @@ from exspin.errors import UserError
 from exspin.execution.sandbox import execute_with_columns
 from exspin.generation import Generator, extract_sql
 from exspin.hints import Hinter, load_hinter
-from exspin.hints.schema import read_schema
+from exspin.hints.schema import SchemaBook
 from exspin.models import load_model, resolve_model
 from exspin.prompts import build_prompt
 from exspin.records import Example, Execution, SchemaHints
@@ -143,6 +143,7 @@ class Asker:
         self.timeout_s, self.max_rows, self.max_bytes = timeout_s, max_rows, max_bytes
         self._generators: dict[str, Generator] = {}
         self._hinters: dict[str, Hinter] = {}
+        self._schemas: dict[Path, SchemaBook] = {}
         # The web server calls from several threads: a model serves one at a time, and so does a connection.
         self._model_lock, self._sql_lock = threading.Lock(), threading.Lock()
 
@@ -179,7 +180,11 @@ class Asker:
                                                      self.max_bytes))
 
     def _schema(self, database: Database):
-        return read_schema(database.db_id, database.path, database.split.tables.get(database.db_id))
+        """Read once per database (its sample values take queries), as SchemaBook does for a split."""
+        book = self._schemas.get(database.path)
+        if book is None:
+            book = self._schemas[database.path] = SchemaBook(database.split)
+        return book[database.db_id]
 
     @staticmethod
     def _example(database: Database, question: str, evidence: str) -> Example:
