@@ -14,6 +14,7 @@ import torch
 from exspin.data import load_split
 from exspin.execution.pool import SqlRunner
 from exspin.feedback import PairRules, count_labels, label_samples, make_pairs
+from exspin.records import Pair
 from exspin.sqltext import normal_form
 
 
@@ -130,27 +131,27 @@ def test_feedback_labels_and_pairs(concert):
     ]
     with SqlRunner(workers=1) as runner:
         labelled = label_samples(split, [first, second], samples, runner)
-    assert [r["label"] for r in labelled] == ["correct", "wrong_result", "runtime_error", "syntax_error",
+    assert [r.label for r in labelled] == ["correct", "wrong_result", "runtime_error", "syntax_error",
                                               "syntax_error", "correct", "wrong_result", "correct", "correct"]
     assert count_labels(labelled)["correct"] == 4
     prompts = {first.index: "P0", second.index: "P1"}
     exspin = make_pairs("exspin", [first, second], prompts, labelled)
     # Both sides in normal form; "select   count(*) from stadium" is the same answer as the second sample.
-    assert [(p["index"], p["rejected"]) for p in exspin] == [
+    assert [(p.index, p.rejected) for p in exspin] == [
         (first.index, "SELECT COUNT(*) FROM stadium"), (first.index, "SELECT nope FROM singer"),
         (first.index, "SELECT name FROM singer WHERE"), (first.index, "I do not know.")]
-    assert all(p["chosen"] == "SELECT COUNT(*) FROM singer" and p["prompt"] == "P0" for p in exspin)
+    assert all(p.chosen == "SELECT COUNT(*) FROM singer" and p.prompt == "P0" for p in exspin)
     spin = make_pairs("spin", [first, second], prompts, labelled)
     # SPIN also pushes down a correct answer written differently; never one whose normal form is the gold's.
-    assert "SELECT COUNT(singer_id) FROM singer" in [p["rejected"] for p in spin]
+    assert "SELECT COUNT(singer_id) FROM singer" in [p.rejected for p in spin]
     assert len(spin) == len(exspin) + 1
-    assert not any(p["index"] == second.index for p in spin)
+    assert not any(p.index == second.index for p in spin)
     dpo = make_pairs("dpo", [first, second], prompts, labelled)
-    assert dpo == [{"index": first.index, "db_id": "concert_singer", "prompt": "P0",
-                    "chosen": "SELECT COUNT(*) FROM singer", "rejected": "SELECT COUNT(*) FROM stadium",
-                    "rejected_label": "wrong_result", "chosen_source": "sample", "weight": 1}]
+    assert dpo == [Pair(index=first.index, db_id="concert_singer", prompt="P0",
+                        chosen="SELECT COUNT(*) FROM singer", rejected="SELECT COUNT(*) FROM stadium",
+                        rejected_label="wrong_result", chosen_source="sample", weight=1)]
     for pair in exspin + spin + dpo:
-        assert normal_form(pair["chosen"]) != normal_form(pair["rejected"])
+        assert normal_form(pair.chosen) != normal_form(pair.rejected)
 
 
 def test_pair_rules_beyond_the_paper(concert):
@@ -159,12 +160,12 @@ def test_pair_rules_beyond_the_paper(concert):
                 "SELECT name FROM singer WHERE"]]
     with SqlRunner(workers=1) as runner:
         labelled = label_samples(split, [first], samples, runner, logprobs=[[-9.0, -2.0, -1.0, -5.0]])
-    assert [(r["label"], r["logprob"]) for r in labelled] == [
+    assert [(r.label, r.logprob) for r in labelled] == [
         ("wrong_result", -9.0), ("runtime_error", -2.0), ("correct", -1.0), ("syntax_error", -5.0)]
     prompts = {first.index: "P0"}
 
     def pairs(method="exspin", **rules):
-        return [(p["chosen_source"], p["rejected_label"], p["weight"])
+        return [(p.chosen_source, p.rejected_label, p.weight)
                 for p in make_pairs(method, [first], prompts, labelled, PairRules(**rules))]
 
     assert pairs() == [("gold", "wrong_result", 1), ("gold", "runtime_error", 1), ("gold", "syntax_error", 1)]
@@ -173,7 +174,7 @@ def test_pair_rules_beyond_the_paper(concert):
                                                                       ("gold", "runtime_error", 1)]
     # The correct sample in another normal form is a second chosen answer, against the same wrong ones.
     positives = make_pairs("exspin", [first], prompts, labelled, PairRules(equivalent_positives=True))
-    assert [p["chosen"] for p in positives if p["chosen_source"] == "sample"] == ["SELECT COUNT(singer_id) FROM singer"] * 3
+    assert [p.chosen for p in positives if p.chosen_source == "sample"] == ["SELECT COUNT(singer_id) FROM singer"] * 3
     assert len(positives) == 6
     # SPIN would push the same correct sample down against the gold.
     with pytest.raises(ValueError, match="ExSPIN rule"):
@@ -184,10 +185,11 @@ def test_pair_rules_beyond_the_paper(concert):
     # ... among the outcomes kept.
     assert pairs(hardest_negative=True, negatives={"runtime_error": 0}) == [("gold", "syntax_error", 1)]
     # One answer sampled twice: its likelier sample speaks for it.
-    again = [*labelled, {**labelled[3], "sample": 4, "completion": "SELECT  name FROM singer WHERE", "logprob": -0.5}]
+    again = [*labelled, labelled[3].model_copy(update={"sample": 4, "completion": "SELECT  name FROM singer WHERE",
+                                                        "logprob": -0.5})]
     hardest = make_pairs("exspin", [first], prompts, again, PairRules(hardest_negative=True))
-    assert [p["rejected_label"] for p in hardest] == ["syntax_error"]
-    without = [{k: v for k, v in r.items() if k != "logprob"} for r in labelled]
+    assert [p.rejected_label for p in hardest] == ["syntax_error"]
+    without = [r.model_copy(update={"logprob": None}) for r in labelled]
     with pytest.raises(ValueError, match="log-prob"):
         make_pairs("exspin", [first], prompts, without, PairRules(hardest_negative=True))
 

@@ -27,11 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from exspin.data import Split
 from exspin.execution.pool import JudgeTask, SqlRunner
 from exspin.generation import extract_sql
-from exspin.records import Example
+from exspin.records import LABELS, Example, Generation, Label, Pair
 from exspin.sqltext import normal_form
 
-Label = Literal["correct", "wrong_result", "runtime_error", "syntax_error", "timeout", "forbidden"]
-LABELS: tuple[Label, ...] = ("correct", "wrong_result", "runtime_error", "syntax_error", "timeout", "forbidden")
 PairMethod = Literal["exspin", "spin", "dpo"]
 
 
@@ -69,8 +67,8 @@ class PairRules(BaseModel):
 
 
 def label_samples(split: Split, examples: Sequence[Example], completions: Sequence[Sequence[str]],
-                  runner: SqlRunner, logprobs: Sequence[Sequence[float]] | None = None) -> list[dict]:
-    """One record per (example, completion): its SQL, its feedback label and the sandbox's message
+                  runner: SqlRunner, logprobs: Sequence[Sequence[float]] | None = None) -> list[Generation]:
+    """One Generation per (example, completion): its SQL, its feedback label and the sandbox's message
     (and the completion's log-prob under the model that wrote it, where given).
 
     Examples whose gold query fails or whose database is missing get no records.
@@ -97,71 +95,67 @@ def label_samples(split: Split, examples: Sequence[Example], completions: Sequen
             label, message = "wrong_result", judgement.pred.message
         else:
             label, message = judgement.pred.outcome, judgement.pred.message
-        record = {"index": example.index, "db_id": example.db_id, "sample": number, "sql": sql,
-                  "completion": completion, "label": label, "message": message}
-        if logprob is not None:
-            record["logprob"] = logprob
-        records.append(record)
+        records.append(Generation(index=example.index, db_id=example.db_id, sample=number, sql=sql,
+                                  completion=completion, label=label, message=message, logprob=logprob))
     return records
 
 
-def _rejected_text(record: dict) -> str:
+def _rejected_text(answer: Generation) -> str:
     """The opponent's answer in normal form; its completion as written when it held no SQL at all."""
-    return normal_form(record["sql"]) if record["sql"].strip() else record["completion"]
+    return normal_form(answer.sql) if answer.sql.strip() else answer.completion
 
 
 def make_pairs(method: PairMethod, examples: Sequence[Example], prompts: dict[int, str],
-               labelled: Sequence[dict], rules: PairRules = PairRules()) -> list[dict]:
-    """Preference pairs {index, db_id, prompt, chosen, rejected, rejected_label, chosen_source, weight}
-    for one iteration; `weight` is how many times training repeats the pair (train_selfplay)."""
+               labelled: Sequence[Generation], rules: PairRules = PairRules()) -> list[Pair]:
+    """The preference pairs of one iteration; a pair's `weight` is how many times training repeats it."""
     if rules.equivalent_positives and method != "exspin":
         raise ValueError(f"equivalent_positives is an ExSPIN rule: {method} would push its positives down too"
                          if method == "spin" else "equivalent_positives is an ExSPIN rule; dpo's chosen is a sample")
-    by_example: dict[int, list[dict]] = {}
-    for record in labelled:
-        by_example.setdefault(record["index"], []).append(record)
+    by_example: dict[int, list[Generation]] = {}
+    for answer in labelled:
+        by_example.setdefault(answer.index, []).append(answer)
     pairs = []
     for example in examples:
-        unique: dict[str, dict] = {}  # one record per distinct normal form: the first, or the likeliest
-        for record in by_example.get(example.index, []):
-            text = _rejected_text(record)
-            if text not in unique or rules.hardest_negative and _logprob(record) > _logprob(unique[text]):
-                unique[text] = record
-        correct = [text for text, r in unique.items() if r["label"] == "correct"]
+        unique: dict[str, Generation] = {}  # one answer per distinct normal form: the first, or the likeliest
+        for answer in by_example.get(example.index, []):
+            text = _rejected_text(answer)
+            if text not in unique or rules.hardest_negative and _logprob(answer) > _logprob(unique[text]):
+                unique[text] = answer
+        correct = [text for text, a in unique.items() if a.label == "correct"]
         if method == "dpo":
             chosen = [("sample", text) for text in correct[:1]]
-            rejected = [(text, r) for text, r in unique.items() if r["label"] != "correct"]
+            rejected = [(text, a) for text, a in unique.items() if a.label != "correct"]
         else:
             gold = normal_form(example.gold_sql)
             chosen = [("gold", gold)]
             if rules.equivalent_positives:
                 chosen += [("sample", text) for text in correct if text != gold]
-            rejected = [(text, r) for text, r in unique.items()
-                        if (method == "spin" and text != gold) or r["label"] != "correct"]
-        rejected = [(text, r) for text, r in rejected if rules.negatives.of(r["label"]) > 0]
+            rejected = [(text, a) for text, a in unique.items()
+                        if (method == "spin" and text != gold) or a.label != "correct"]
+        rejected = [(text, a) for text, a in rejected if rules.negatives.of(a.label) > 0]
         if rules.hardest_negative and rejected:
             rejected = [max(rejected, key=lambda item: _logprob(item[1]))]
         elif method == "dpo":
             rejected = rejected[:1]  # one pair per question: a correct sample against a wrong one
         for source, chosen_text in chosen:
-            for text, r in rejected:
+            for text, answer in rejected:
                 # A correct answer is rejected only by SPIN, and only against the gold itself.
-                if text != chosen_text and (r["label"] != "correct" or source == "gold"):
-                    pairs.append({"index": example.index, "db_id": example.db_id, "prompt": prompts[example.index],
-                                  "chosen": chosen_text, "rejected": text, "rejected_label": r["label"],
-                                  "chosen_source": source, "weight": rules.negatives.of(r["label"])})
+                if text != chosen_text and (answer.label != "correct" or source == "gold"):
+                    pairs.append(Pair(index=example.index, db_id=example.db_id, prompt=prompts[example.index],
+                                      chosen=chosen_text, rejected=text, rejected_label=answer.label,
+                                      chosen_source=source, weight=rules.negatives.of(answer.label)))
     return pairs
 
 
-def _logprob(record: dict) -> float:
-    if record.get("logprob") is None:
+def _logprob(answer: Generation) -> float:
+    if answer.logprob is None:
         raise ValueError("hardest_negative needs each sample's log-prob (Generator.sample)")
-    return record["logprob"]
+    return answer.logprob
 
 
-def no_pairs_reason(method: PairMethod, labelled: Sequence[dict]) -> str:
+def no_pairs_reason(method: PairMethod, labelled: Sequence[Generation]) -> str:
     """Why an iteration made no pairs, in words, for its summary."""
-    if labelled and all(r["label"] == "correct" for r in labelled):
+    if labelled and all(a.label == "correct" for a in labelled):
         return "no pairs: the opponent got every training question right"
     if method == "dpo":
         return "no pairs: no question had both a correct and a wrong sample"
@@ -169,5 +163,10 @@ def no_pairs_reason(method: PairMethod, labelled: Sequence[dict]) -> str:
             "or selfplay.feedback left none)")
 
 
-def count_labels(labelled: Sequence[dict]) -> dict[str, int]:
-    return {label: sum(r["label"] == label for r in labelled) for label in LABELS}
+def count_labels(labelled: Sequence[Generation]) -> dict[str, int]:
+    return {label: sum(a.label == label for a in labelled) for label in LABELS}
+
+
+def count_pair_labels(pairs: Sequence[Pair]) -> dict[str, int]:
+    """Pairs by their rejected answer's label."""
+    return {label: sum(p.rejected_label == label for p in pairs) for label in LABELS}

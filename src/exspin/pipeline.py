@@ -27,14 +27,14 @@ from exspin.config import RunConfig
 from exspin.data import Split, load_split
 from exspin.errors import UserError
 from exspin.execution.pool import GoldCache, SqlRunner
-from exspin.feedback import count_labels, label_samples, make_pairs, no_pairs_reason
+from exspin.feedback import count_labels, count_pair_labels, label_samples, make_pairs, no_pairs_reason
 from exspin.generation import GenerationConfig, generate, generate_with_logprobs, load_generator
 from exspin.guards import chosen_logp_warning, control, length_drift_warning, reference_logps
 from exspin.hints.schema import SchemaBook
 from exspin.paths import cache_dir
 from exspin.predict import PromptSet, build_prompts, predict_sets
 from exspin.progress import progress_bar
-from exspin.records import Example
+from exspin.records import Example, Generation, Pair
 from exspin.report import write_report
 from exspin.sqltext import normal_form
 from exspin.training.common import remove_checkpoints, whole_checkpoints
@@ -291,14 +291,14 @@ def _iteration_stage(run: Run, iteration: int, opponent: str, folder: Path, prev
     answers, the labels make pairs, the main player trains on them; then it is scored."""
     settings = run.config.selfplay
     if _answered(folder):  # cut short after answering: the same answers, so the same pairs
-        labelled = read_jsonl(folder / "generations.jsonl")
+        labelled = [Generation.model_validate(r) for r in read_jsonl(folder / "generations.jsonl")]
     else:
         labelled = _answer(run, iteration, opponent, folder)
     pairs = _pair(run, labelled, folder, previous_pairs)
     summary = {"opponent": opponent, "labels": count_labels(labelled), "pairs": len(pairs),
-               "pairs_by_label": {k: sum(p["rejected_label"] == k for p in pairs) for k in count_labels(labelled)},
-               "chosen_from_samples": sum(p.get("chosen_source") == "sample" for p in pairs),
-               "training_rows": sum(p.get("weight", 1) for p in pairs), "warnings": []}
+               "pairs_by_label": count_pair_labels(pairs),
+               "chosen_from_samples": sum(p.chosen_source == "sample" for p in pairs),
+               "training_rows": sum(p.weight for p in pairs), "warnings": []}
     if not pairs:
         summary.update(model=opponent, note=no_pairs_reason(settings.method, labelled))
         return {**summary, **_evaluate_model(run, opponent, folder)}
@@ -314,7 +314,7 @@ def _iteration_stage(run: Run, iteration: int, opponent: str, folder: Path, prev
     return {**summary, **_evaluate_model(run, str(model), folder)}
 
 
-def _answer(run: Run, iteration: int, opponent: str, folder: Path) -> list[dict]:
+def _answer(run: Run, iteration: int, opponent: str, folder: Path) -> list[Generation]:
     """The opponent's answers to the training questions, labelled by execution (generations.jsonl)."""
     settings = run.config.selfplay
     examples, prompts = run.examples("train"), run.prompts("train")
@@ -330,23 +330,25 @@ def _answer(run: Run, iteration: int, opponent: str, folder: Path) -> list[dict]
         else:
             completions, logprobs = generate(opponent, texts, config, progress, generator), None
     labelled = label_samples(run.source_split("train"), examples, completions, run.runner, logprobs)
-    write_jsonl(folder / "generations.jsonl", labelled)  # written once whole: a resumed stage starts here
+    # Written once whole: a resumed stage starts here.
+    write_jsonl(folder / "generations.jsonl", [a.model_dump(exclude_none=True) for a in labelled])
     return labelled
 
 
-def _pair(run: Run, labelled: list[dict], folder: Path, previous_pairs: Path | None) -> list[dict]:
+def _pair(run: Run, labelled: list[Generation], folder: Path, previous_pairs: Path | None) -> list[Pair]:
     """The pairs to train on, made from the labelled answers by the method's rules (pairs.jsonl: this
     iteration's own; train_pairs.jsonl: with the previous iteration's where mixed). Cheap: no model."""
     settings = run.config.selfplay
     pairs = make_pairs(settings.method, run.examples("train"), run.prompts("train"), labelled, settings.feedback)
-    write_jsonl(folder / "pairs.jsonl", pairs)
+    write_jsonl(folder / "pairs.jsonl", [p.model_dump() for p in pairs])
     if settings.mix_previous_pairs and previous_pairs is not None and previous_pairs.is_file():
-        pairs = pairs + read_jsonl(previous_pairs)  # SPIN's recipe: the previous iteration's pairs too
-    write_jsonl(folder / "train_pairs.jsonl", pairs)
+        # SPIN's recipe: the previous iteration's pairs too
+        pairs = pairs + [Pair.model_validate(r) for r in read_jsonl(previous_pairs)]
+    write_jsonl(folder / "train_pairs.jsonl", [p.model_dump() for p in pairs])
     return pairs
 
 
-def _train_iteration(run: Run, iteration: int, opponent: str, pairs: list[dict], folder: Path, summary: dict
+def _train_iteration(run: Run, iteration: int, opponent: str, pairs: list[Pair], folder: Path, summary: dict
                      ) -> tuple[Path, list[dict]]:
     """The main player trained on the pairs, in this process or launched; (model folder, step log).
     Warns in summary when the pairs make too few optimizer steps to move the model."""
@@ -365,7 +367,7 @@ def _train_iteration(run: Run, iteration: int, opponent: str, pairs: list[dict],
     if _use_launcher(run):
         return folder / "model", _launch_training(run, "selfplay", opponent, folder / "train_pairs.jsonl", folder,
                                                   seed)
-    return train_selfplay(opponent, pairs, train.model_copy(update={"seed": seed}), folder)
+    return train_selfplay(opponent, [p.model_dump() for p in pairs], train.model_copy(update={"seed": seed}), folder)
 
 
 WRONG_SHARE = 1 / 8  # the dry run's guess: the share of the opponent's training answers that are wrong

@@ -17,6 +17,10 @@ Dataset = Literal["spider", "bird"]
 Outcome = Literal["ok", "syntax_error", "runtime_error", "timeout", "forbidden"]
 OUTCOMES: tuple[Outcome, ...] = ("ok", "syntax_error", "runtime_error", "timeout", "forbidden")
 
+# What execution feedback says of one generated answer, judged against the gold query's result.
+Label = Literal["correct", "wrong_result", "runtime_error", "syntax_error", "timeout", "forbidden"]
+LABELS: tuple[Label, ...] = ("correct", "wrong_result", "runtime_error", "syntax_error", "timeout", "forbidden")
+
 
 class Example(BaseModel):
     """One question over one database, with its gold SQL."""
@@ -74,3 +78,33 @@ class SchemaHints:
     columns: dict[str, tuple[str, ...]] | None = None
     values: dict[tuple[str, str], tuple[str, ...]] | None = None
     relevant: tuple[tuple[str, str], ...] = ()
+
+
+class Generation(BaseModel):
+    """One answer of the opponent to one training question, labelled by execution (generations.jsonl)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    index: int  # the example's position in its split file
+    db_id: str
+    sample: int  # which of the question's samples (0 when greedy)
+    sql: str  # extracted from the completion; empty when it held none
+    completion: str  # the model's text as written
+    label: Label
+    message: str = ""  # the sandbox's message for a failed or wrong answer
+    logprob: float | None = None  # the completion's log-prob under the model that wrote it, where asked
+
+
+class Pair(BaseModel):
+    """One preference pair for the self-play loss (pairs.jsonl): chosen over rejected, for one prompt."""
+
+    model_config = ConfigDict(frozen=True)
+
+    index: int
+    db_id: str
+    prompt: str
+    chosen: str  # in SQL normal form: the gold, or a sample that executes to the gold result
+    rejected: str  # the opponent's answer, in SQL normal form
+    rejected_label: Label
+    chosen_source: Literal["gold", "sample"] = "gold"
+    weight: int = 1  # how many times per epoch training repeats the pair (graded negatives)

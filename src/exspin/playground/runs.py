@@ -10,7 +10,7 @@ from pathlib import Path
 from exspin.artifacts import read_jsonl
 from exspin.errors import UserError
 from exspin.evaluation.stats import paired_change
-from exspin.feedback import LABELS
+from exspin.records import LABELS, Generation, Pair
 
 _STAGE = re.compile(r"^\d\d_(.+)$")
 SETS = {"eval": "evaluation", "validation": "validation (from train)"}
@@ -83,24 +83,23 @@ class RunFolder:
         """The opponent's answers to the training questions, with their feedback labels."""
         questions = self._questions("train")
         rows = []
-        for record in read_jsonl(self._file(stage, "generations.jsonl")):
-            if (label and record["label"] != label) or (db_id and record["db_id"] != db_id):
+        for answer in map(Generation.model_validate, read_jsonl(self._file(stage, "generations.jsonl"))):
+            if (label and answer.label != label) or (db_id and answer.db_id != db_id):
                 continue
-            question = questions.get(record["index"], {})
-            rows.append({"index": record["index"], "db_id": record["db_id"], "question": question.get("question", ""),
-                         "label": record["label"], "sql": record["sql"], "gold": question.get("gold_sql", ""),
-                         "message": record.get("message", "")})
+            question = questions.get(answer.index, {})
+            rows.append({"index": answer.index, "db_id": answer.db_id, "question": question.get("question", ""),
+                         "label": answer.label, "sql": answer.sql, "gold": question.get("gold_sql", ""),
+                         "message": answer.message})
         return rows
 
     def pairs(self, stage: str) -> list[dict]:
         """The pairs the stage trained on: gold (or a correct sample) over the opponent's answer."""
         questions = self._questions("train")
         path = self._file(stage, "train_pairs.jsonl", "pairs.jsonl")
-        return [{"index": p["index"], "db_id": p["db_id"],
-                 "question": questions.get(p["index"], {}).get("question", ""), "chosen": p["chosen"],
-                 "rejected": p["rejected"], "rejected_label": p["rejected_label"],
-                 "chosen_source": p.get("chosen_source", "gold"), "weight": p.get("weight", 1)}
-                for p in read_jsonl(path)]
+        return [{"index": p.index, "db_id": p.db_id, "question": questions.get(p.index, {}).get("question", ""),
+                 "chosen": p.chosen, "rejected": p.rejected, "rejected_label": p.rejected_label,
+                 "chosen_source": p.chosen_source, "weight": p.weight}
+                for p in map(Pair.model_validate, read_jsonl(path))]
 
     def flips(self, before: str, after: str, which: str = "eval") -> tuple[dict, list[dict]]:
         """The paired change from one stage to another on one set, and each flipped question."""
