@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from exspin.errors import UserError
-from exspin.feedback import PairRules
+from exspin.feedback import PairMethod, PairRules
 from exspin.generation import GenerationConfig
 from exspin.hints import HintsConfig
 from exspin.prompts import PromptConfig
@@ -46,7 +46,7 @@ class SFTStage(_Section):
 
 
 class SelfPlayStage(_Section):
-    method: Literal["exspin", "spin", "dpo"] = "exspin"
+    method: PairMethod = "exspin"
     iterations: int = Field(2, ge=0)
     samples_per_question: int = Field(1, ge=1)  # 1: greedy; more: sampling at `temperature`
     temperature: float = Field(0.8, gt=0.0)

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict
 
 from exspin.hints.schema import Column, DatabaseSchema, Table
 from exspin.records import Example, SchemaHints
+from exspin.sqltext import readable_identifier
 
 SYSTEM_PROMPT = "You are a SQLite expert. Given a database schema and a question, write one SQLite query."
 INSTRUCTION = "Write one SQLite query that answers the question. Output only the SQL."
@@ -49,10 +50,6 @@ class PromptConfig(BaseModel):
     instruction: str | None = INSTRUCTION  # None: no answer instruction
     filter_schema: Literal["over_budget", "always", "never"] = "over_budget"  # cut to the hints' columns
     max_prompt_tokens: int = 1024
-
-
-def quote_identifier(name: str) -> str:
-    return name if name.replace("_", "").isalnum() and not name[0].isdigit() else '"' + name.replace('"', '""') + '"'
 
 
 def sql_literal(value: str) -> str:
@@ -82,8 +79,8 @@ def _undeclared_keys(schema: DatabaseSchema, table: Table, names: set[str], kept
     lines = []
     for fk in schema.foreign_keys:
         if fk.table == table.name and fk.column.lower() in names and (kept is None or fk.ref_table in kept):
-            lines.append(f"FOREIGN KEY ({quote_identifier(fk.column)}) REFERENCES "
-                         f"{quote_identifier(fk.ref_table)}({quote_identifier(fk.ref_column)})")
+            lines.append(f"FOREIGN KEY ({readable_identifier(fk.column)}) REFERENCES "
+                         f"{readable_identifier(fk.ref_table)}({readable_identifier(fk.ref_column)})")
     return lines
 
 
@@ -93,28 +90,28 @@ def _rendered_table(schema: DatabaseSchema, table: Table, columns: list[Column],
     for column in columns:
         key = " PRIMARY KEY" if table.primary_key == (column.name,) else ""
         notes = _column_notes(column, config, values)
-        lines.append((f"{quote_identifier(column.name)} {column.type or 'text'}{key}", notes))
+        lines.append((f"{readable_identifier(column.name)} {column.type or 'text'}{key}", notes))
     if len(table.primary_key) > 1:
-        lines.append((f"PRIMARY KEY ({', '.join(map(quote_identifier, table.primary_key))})", []))
+        lines.append((f"PRIMARY KEY ({', '.join(map(readable_identifier, table.primary_key))})", []))
     if config.foreign_keys:
         lines += [(fk, []) for fk in _undeclared_keys(schema, table, {c.name.lower() for c in columns}, kept)]
     body = []
     for number, (definition, notes) in enumerate(lines):
         comma = "," if number < len(lines) - 1 else ""
         body.append(f"  {definition}{comma}" + (f" -- {'; '.join(notes)}" if notes else ""))
-    return f"CREATE TABLE {quote_identifier(table.name)} (\n" + "\n".join(body) + "\n);"
+    return f"CREATE TABLE {readable_identifier(table.name)} (\n" + "\n".join(body) + "\n);"
 
 
 def _stored_table(schema: DatabaseSchema, table: Table, config: PromptConfig, values: bool) -> str:
     """The table's own DDL, then its column notes and any keys it does not declare, as comments."""
     parts = [table.ddl.rstrip(";") + ";"]
     notes = [(c.name, _column_notes(c, config, values)) for c in table.columns]
-    notes = [f"{quote_identifier(name)}: {'; '.join(n)}" for name, n in notes if n]
+    notes = [f"{readable_identifier(name)}: {'; '.join(n)}" for name, n in notes if n]
     if notes:
-        parts.append(f"/* Columns of {quote_identifier(table.name)}:\n   " + "\n   ".join(notes) + " */")
+        parts.append(f"/* Columns of {readable_identifier(table.name)}:\n   " + "\n   ".join(notes) + " */")
     if config.foreign_keys and "references" not in table.ddl.lower():  # Spider often leaves keys undeclared
         names = {c.name.lower() for c in table.columns}
-        parts += [f"-- {quote_identifier(table.name)}: {fk}" for fk in _undeclared_keys(schema, table, names, None)]
+        parts += [f"-- {readable_identifier(table.name)}: {fk}" for fk in _undeclared_keys(schema, table, names, None)]
     return "\n".join(parts)
 
 
@@ -141,11 +138,11 @@ def question_block(example: Example, hints: SchemaHints | None, config: PromptCo
     """What is specific to one question: relevant columns, matched values, the question, the instruction."""
     lines = []
     if hints and hints.relevant:
-        lines.append("Relevant columns: " + ", ".join(f"{quote_identifier(t)}.{quote_identifier(c)}"
+        lines.append("Relevant columns: " + ", ".join(f"{readable_identifier(t)}.{readable_identifier(c)}"
                                                       for t, c in hints.relevant))
     if hints and hints.values:
         lines.append("Values the question mentions: " + "; ".join(
-            f"{quote_identifier(t)}.{quote_identifier(c)} = " + " or ".join(map(sql_literal, found))
+            f"{readable_identifier(t)}.{readable_identifier(c)} = " + " or ".join(map(sql_literal, found))
             for (t, c), found in hints.values.items()))
     if example.evidence:
         lines.append(f"External knowledge: {example.evidence.strip()}")

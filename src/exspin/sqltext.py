@@ -78,6 +78,16 @@ def squeeze(sql: str) -> str:
                    for kind, text in segments(uncommented)).strip()
 
 
+def quote_identifier(name: str) -> str:
+    """A SQLite identifier in double quotes, inner quotes doubled: safe for any table or column name."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def readable_identifier(name: str) -> str:
+    """The name as it is where it is a plain identifier, else quoted: for prompts that people and models read."""
+    return name if name.replace("_", "").isalnum() and not name[0].isdigit() else quote_identifier(name)
+
+
 def quoted_runs(sql: str) -> list[str]:
     """Every string literal and quoted identifier, in order, quotes included."""
     return [text for kind, text in segments(sql) if kind == "quoted"]

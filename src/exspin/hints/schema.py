@@ -14,6 +14,7 @@ from pathlib import Path
 
 from exspin.data import Split
 from exspin.execution.sandbox import open_readonly
+from exspin.sqltext import quote_identifier
 
 MAX_VALUE_CHARS = 80
 
@@ -58,10 +59,6 @@ class DatabaseSchema:
         return next((t for t in self.tables if t.name.lower() == name.lower()), None)
 
 
-def _quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
-
-
 def _short(value: object) -> str:
     text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
     text = " ".join(text.split())
@@ -75,22 +72,22 @@ def _from_sqlite(db_path: Path, n_values: int) -> tuple[list[Table], list[Foreig
             "SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY rowid")
         tables, foreign_keys = [], []
         for name, ddl in stored.fetchall():
-            info = conn.execute(f"PRAGMA table_info({_quote(name)})").fetchall()
+            info = conn.execute(f"PRAGMA table_info({quote_identifier(name)})").fetchall()
             columns = []
             for _cid, column, column_type, _notnull, _default, _pk in info:
                 values: tuple[str, ...] = ()
                 if n_values > 0:
                     try:
                         rows = conn.execute(
-                            f"SELECT DISTINCT {_quote(column)} FROM {_quote(name)} "
-                            f"WHERE {_quote(column)} IS NOT NULL AND {_quote(column)} != '' LIMIT {n_values}")
+                            f"SELECT DISTINCT {quote_identifier(column)} FROM {quote_identifier(name)} "
+                            f"WHERE {quote_identifier(column)} IS NOT NULL AND {quote_identifier(column)} != '' LIMIT {n_values}")
                         values = tuple(_short(r[0]) for r in rows)
                     except Exception:  # noqa: BLE001 - a broken column must not stop the schema
                         values = ()
                 columns.append(Column(column, (column_type or "").lower(), values=values))
             primary_key = tuple(row[1] for row in sorted((r for r in info if r[5]), key=lambda r: r[5]))
             tables.append(Table(name, tuple(columns), primary_key, ddl=(ddl or "").strip()))
-            for fk in conn.execute(f"PRAGMA foreign_key_list({_quote(name)})"):
+            for fk in conn.execute(f"PRAGMA foreign_key_list({quote_identifier(name)})"):
                 ref_table, from_column, to_column = fk[2], fk[3], fk[4]
                 foreign_keys.append(ForeignKey(name, from_column, ref_table, to_column or ""))
         return tables, foreign_keys

@@ -21,6 +21,7 @@ from rapidfuzz import fuzz
 from exspin.artifacts import write_json
 from exspin.execution.sandbox import open_readonly
 from exspin.hints.schema import DatabaseSchema
+from exspin.sqltext import quote_identifier
 
 MAX_VALUE_CHARS = 80
 MAX_VALUES_PER_COLUMN = 5_000
@@ -47,8 +48,7 @@ def _distinct_text_values(db_path: Path, schema: DatabaseSchema) -> list[tuple[s
     try:
         for table in schema.tables:
             for column in table.columns:
-                quoted_t = '"' + table.name.replace('"', '""') + '"'
-                quoted_c = '"' + column.name.replace('"', '""') + '"'
+                quoted_t, quoted_c = quote_identifier(table.name), quote_identifier(column.name)
                 try:
                     rows = conn.execute(
                         f"SELECT DISTINCT {quoted_c} FROM {quoted_t} WHERE typeof({quoted_c}) = 'text' "
