@@ -1,11 +1,13 @@
 """Prompt ablation: zero-shot EX of the default model under each prompt element, on and off.
 
     .venv/bin/python bench/bench_prompts.py [--limit 200] [--arms plain values ...] [--classifier DIR]
+                                            [--reference plain]
 
 Every arm is one PromptConfig (plus hints on or off), greedy, on the first N executable Spider dev
 questions (--limit 0: all 972), judged by `exspin eval`'s semantics. Each arm is compared with the
-plain reference prompt question by question (gained / lost, exact two-sided sign test). Arms are
-resumable: a finished arm's folder under runs/bench-prompts/ is read back, not regenerated.
+reference arm (plain unless --reference) question by question (gained / lost, exact two-sided sign
+test). Arms are resumable: a finished arm's folder under runs/bench-prompts/ is read back, not
+regenerated.
 Writes bench/results/prompts_<N>.json and prompts_<N>.md.
 
 The plain reference (issue 12): one user message through the chat template (its default system
@@ -63,6 +65,8 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--classifier", type=Path, default=None, help="a trained classifier (default: lexical)")
     parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--reference", default="plain", choices=list(ARMS),
+                        help="the arm every other is compared with, question by question")
     args = parser.parse_args()
 
     from exspin.data import load_split
@@ -112,17 +116,17 @@ def main() -> None:
             results_path.write_text(json.dumps(results, indent=1) + "\n")
 
     arms = results["arms"]
-    plain = arms.get("plain")
+    reference = arms.get(args.reference)
     lines = [f"# Prompt ablation: zero-shot EX, {DEFAULT_MODEL}, first {size} executable Spider dev questions", "",
-             "| arm | hints | EX % | +/- vs plain | sign test p | mean prompt tokens | seconds |",
+             f"| arm | hints | EX % | +/- vs {args.reference} | sign test p | mean prompt tokens | seconds |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for name, arm in arms.items():
         change = ""
-        if plain and name != "plain":
-            before = [{"index": i, "ex": v} for i, v in plain["verdicts"].items()]
+        if reference and name != args.reference:
+            before = [{"index": i, "ex": v} for i, v in reference["verdicts"].items()]
             after = [{"index": i, "ex": v} for i, v in arm["verdicts"].items()]
             c = paired_change(before, after)
-            arm["vs_plain"] = {k: c[k] for k in ("gained", "lost", "p")}
+            arm[f"vs_{args.reference}"] = {k: c[k] for k in ("gained", "lost", "p")}
             change = f"+{c['gained']}/-{c['lost']} | {c['p']:.3f}"
         else:
             change = " | "
