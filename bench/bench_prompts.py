@@ -120,7 +120,11 @@ def main() -> None:
     lines = [f"# Prompt ablation: zero-shot EX, {DEFAULT_MODEL}, first {size} executable Spider dev questions", "",
              f"| arm | hints | EX % | +/- vs {args.reference} | sign test p | mean prompt tokens | seconds |",
              "|---|---|---:|---:|---:|---:|---:|"]
+    if reference is None:
+        print(f"no comparisons: the reference arm {args.reference} has not run at this size", flush=True)
     for name, arm in arms.items():
+        for key in [k for k in arm if k.startswith("vs_")]:  # an earlier run's comparisons
+            del arm[key]
         change = ""
         if reference and name != args.reference:
             before = [{"index": i, "ex": v} for i, v in reference["verdicts"].items()]

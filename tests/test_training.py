@@ -213,7 +213,7 @@ def test_timeouts_are_labelled(concert):
     slow = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
     with SqlRunner(workers=1, timeout_s=0.2) as runner:
         [record] = label_samples(split, [first], [[slow]], runner)
-    assert record["label"] == "timeout"
+    assert record.label == "timeout"
 
 
 def test_generation_uses_the_kv_cache_after_a_training_step(tiny_model_dir, tmp_path):

@@ -340,11 +340,12 @@ def _pair(run: Run, labelled: list[Generation], folder: Path, previous_pairs: Pa
     iteration's own; train_pairs.jsonl: with the previous iteration's where mixed). Cheap: no model."""
     settings = run.config.selfplay
     pairs = make_pairs(settings.method, run.examples("train"), run.prompts("train"), labelled, settings.feedback)
-    write_jsonl(folder / "pairs.jsonl", [p.model_dump() for p in pairs])
+    # exclude_unset: a pair read back from an older run's file is written and trained on as it was.
+    write_jsonl(folder / "pairs.jsonl", [p.model_dump(exclude_unset=True) for p in pairs])
     if settings.mix_previous_pairs and previous_pairs is not None and previous_pairs.is_file():
         # SPIN's recipe: the previous iteration's pairs too
         pairs = pairs + [Pair.model_validate(r) for r in read_jsonl(previous_pairs)]
-    write_jsonl(folder / "train_pairs.jsonl", [p.model_dump() for p in pairs])
+    write_jsonl(folder / "train_pairs.jsonl", [p.model_dump(exclude_unset=True) for p in pairs])
     return pairs
 
 
@@ -367,7 +368,8 @@ def _train_iteration(run: Run, iteration: int, opponent: str, pairs: list[Pair],
     if _use_launcher(run):
         return folder / "model", _launch_training(run, "selfplay", opponent, folder / "train_pairs.jsonl", folder,
                                                   seed)
-    return train_selfplay(opponent, [p.model_dump() for p in pairs], train.model_copy(update={"seed": seed}), folder)
+    rows = [p.model_dump(exclude_unset=True) for p in pairs]
+    return train_selfplay(opponent, rows, train.model_copy(update={"seed": seed}), folder)
 
 
 WRONG_SHARE = 1 / 8  # the dry run's guess: the share of the opponent's training answers that are wrong
