@@ -95,6 +95,8 @@ def main() -> None:
 
     if not args.pairs_file.is_file():
         raise SystemExit(f"no pairs at {args.pairs_file}: give --pairs-file (a run's NN_iterK/pairs.jsonl)")
+    pairs_file = args.pairs_file.resolve()
+    shown = pairs_file.relative_to(ROOT) if pairs_file.is_relative_to(ROOT) else pairs_file
     pairs = [p for p in read_jsonl(args.pairs_file) if p.get("weight", 1) == 1][: args.pairs]  # one row each
     scratch = Path("/tmp") / "exspin-bench-agreement"
     results = {"logprobs": logprob_agreement(pairs, scratch)}
@@ -103,7 +105,7 @@ def main() -> None:
     lp, gen = results["logprobs"], results["generation"]
     batched, single = gen["arms"]["batched"], gen["arms"]["one at a time"]
     lines = ["# Do the fast paths agree with the plain ones? (default model, 2 cores)", "",
-             f"**Self-play reference log-probs, bfloat16**, {lp['pairs']} real pairs from `{args.pairs_file}`: "
+             f"**Self-play reference log-probs, bfloat16**, {lp['pairs']} real pairs from `{shown}`: "
              "exspin's one-pass trainer against trl's stock DPOTrainer.", "",
              "| largest abs difference | mean abs difference | largest relative difference | mean abs log-prob |",
              "|---:|---:|---:|---:|",
