@@ -43,7 +43,7 @@ ARMS: dict[str, tuple[dict, bool | dict]] = {
     "rendered-values": ({**RENDERED, "sample_values": False}, False),
     "rendered-natural_names": ({**RENDERED, "natural_names": False}, False),
     "rendered-fk": ({**RENDERED, "foreign_keys": False}, False),
-    "plain+hints": (PLAIN, True),
+    "plain+hints": (PLAIN, {"relevant_columns": 6}),  # the 6 best-ranked columns and matched values
     "plain+value_hints": (PLAIN, {"relevant_columns": 0}),  # only the cell values the question mentions
     "plain+column_hints": (PLAIN, {"match_values": False}),  # only the columns the scorer ranks relevant
     "plain+values+value_hints": ({**PLAIN, "sample_values": True}, {"relevant_columns": 0}),

@@ -19,7 +19,9 @@ class HintsConfig(BaseModel):
 
     top_tables: int = Field(6, ge=1)  # k1, as in CodeS: kept when the schema must be cut to fit
     top_columns: int = Field(10, ge=1)  # k2, per kept table
-    relevant_columns: int = Field(6, ge=0)  # the best-ranked columns, named after the schema; 0: none
+    # The best-ranked columns, named after the schema; 0: none. Off by default: with the lexical scorer
+    # they cost 10 EX points zero-shot (bench/results/prompts_200.md), while matched values gain.
+    relevant_columns: int = Field(0, ge=0)
     match_values: bool = True  # retrieve cell values the question mentions
     values_per_question: int = Field(10, ge=0)
 
