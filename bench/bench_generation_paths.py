@@ -12,7 +12,8 @@ float32, greedy, in its own process, one arm at a time:
   batch size;
 - today's library at each batch size given.
 Reports prompts/s, generated tokens/s, the ratio to the baseline, and how many extracted SQL strings
-equal the baseline's. Writes bench/results/generation_paths.json and .md.
+equal the baseline's. Writes bench/results/generation_paths[_spread][_N].json and .md (N: --prompts,
+where not 96).
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ def main() -> None:
                      f"{arm['tokens_per_s']:.1f} | {arm['speedup']:.2f} | "
                      f"{arm['same_sql_as_baseline']}/{args.prompts} |")
     out, name = ROOT / "bench" / "results", "generation_paths_spread" if args.spread else "generation_paths"
+    name += "" if args.prompts == 96 else f"_{args.prompts}"  # 96: the first results, kept under their name
     (out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
