@@ -117,7 +117,8 @@ def main() -> None:
                      f"{arm['tokens_per_s']:.1f} | {arm['speedup']:.2f} | "
                      f"{arm['same_sql_as_baseline']}/{args.prompts} |")
     out, name = ROOT / "bench" / "results", "generation_paths_spread" if args.spread else "generation_paths"
-    name += "" if args.prompts == 96 else f"_{args.prompts}"  # 96: the first results, kept under their name
+    first_size = 64 if args.spread else 96  # the first results' sizes, kept under their names
+    name += "" if args.prompts == first_size else f"_{args.prompts}"
     (out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

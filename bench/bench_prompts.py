@@ -88,6 +88,7 @@ def main() -> None:
     out_root = ROOT / "runs" / "bench-prompts" / f"dev{size}"
     results_path = ROOT / "bench" / "results" / f"prompts_{size}.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {"arms": {}}
+    # generation: the settings of arms generated now; each arm keeps the batch size it was generated at
     results.update(model=DEFAULT_MODEL, questions=size, generation=generation.model_dump())
     with SqlRunner() as runner:
         for name in args.arms:
@@ -102,15 +103,17 @@ def main() -> None:
                 with progress_bar(size, name, "prompts") as advance:
                     predict(model_path, split, examples, out, runner, generator, generation,
                             prompt_config(settings), hinter, lambda n, _tokens: advance(n))
-                seconds = time.perf_counter() - start
-            else:
+                seconds, batch_size = time.perf_counter() - start, generation.batch_size
+            else:  # read back: as it was generated
                 seconds = results["arms"].get(name, {}).get("seconds")
+                batch_size = results["arms"].get(name, {}).get("batch_size")
             verdicts = json.loads((out / "results.json").read_text())["examples"]
             prompts = [json.loads(line)["prompt"] for line in (out / "prompts.jsonl").open()]
             tokens = sum(len(tokenizer(p)["input_ids"]) for p in prompts)
             results["arms"][name] = {
                 "settings": settings, "hints": with_hints, "ex": 100.0 * sum(e["ex"] for e in verdicts) / len(verdicts),
-                "n": len(verdicts), "seconds": seconds, "mean_prompt_tokens": round(tokens / len(prompts)),
+                "n": len(verdicts), "seconds": seconds, "batch_size": batch_size,
+                "mean_prompt_tokens": round(tokens / len(prompts)),
                 "verdicts": {str(e["index"]): e["ex"] for e in verdicts}}
             print(f"{name}: EX {results['arms'][name]['ex']:.1f}% on {len(verdicts)}", flush=True)
             results_path.write_text(json.dumps(results, indent=1) + "\n")

@@ -124,6 +124,22 @@ def test_resume_accepts_a_run_saved_before_a_setting_existed(tmp_path):
     Run(RunConfig(run_dir=run_dir), resume=True).runner.close()
 
 
+def test_hint_options_matter_on_resume_only_while_hints_are_on(tmp_path):
+    from exspin.config import RunConfig
+    from exspin.errors import UserError
+    from exspin.pipeline import Run
+
+    def start(enabled: bool, relevant_columns: int) -> RunConfig:
+        return RunConfig.model_validate({"run_dir": str(tmp_path / f"run-{enabled}"), "hints": {
+            "enabled": enabled, "options": {"relevant_columns": relevant_columns}}})
+
+    for enabled in (False, True):
+        Run(start(enabled, 6), resume=False).runner.close()
+    Run(start(False, 0), resume=True).runner.close()  # a default changed since: nothing the run used
+    with pytest.raises(UserError, match="hints"):
+        Run(start(True, 0), resume=True)
+
+
 def test_a_stage_cut_short_keeps_its_checkpoint_or_its_answers(tmp_path):
     from exspin.config import RunConfig
     from exspin.pipeline import Run

@@ -194,7 +194,7 @@ def predict_command(
     limit: Annotated[int | None, typer.Option(help="Only the first N questions whose database exists.")] = None,
     hints: Annotated[str, typer.Option(help="on: filtered schema with matched values; off: full schema.")] = "off",
     classifier: Annotated[Path | None, typer.Option(help="Trained schema classifier (hints on).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 8,
+    batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 32,
     max_new_tokens: Annotated[int, typer.Option(help="Longest completion in tokens.")] = 256,
     backend: Annotated[str, typer.Option(help="auto, hf or vllm.")] = "auto",
     timeout: Timeout = 30.0,

@@ -42,6 +42,12 @@ from exspin.training.common import remove_checkpoints, whole_checkpoints
 SETS = ("train", "validation", "eval")
 
 
+def _compared(config: dict) -> dict:
+    """The settings a resumed run must share with its start. Hint options change nothing while hints are off."""
+    hints = config.get("hints") or {}
+    return {**config, "hints": {"enabled": False}} if hints.get("enabled") is False else config
+
+
 class Run:
     """The state of one run: its config, folder, loaded splits and finished stage summaries."""
 
@@ -63,7 +69,8 @@ class Run:
             with contextlib.suppress(ValueError):
                 saved = RunConfig.model_validate(saved).model_dump(mode="json")
             # Where the run lives and how training is launched (e.g. on a machine with other GPUs) may change.
-            changed = sorted(k for k in resolved if k not in ("run_dir", "launcher") and resolved[k] != saved.get(k))
+            current, started = _compared(resolved), _compared(saved)
+            changed = sorted(k for k in current if k not in ("run_dir", "launcher") and current[k] != started.get(k))
             if changed:
                 raise UserError(f"{self.dir} was started with other settings ({', '.join(changed)}); resume it "
                                 "with its own config.json, or choose another run_dir")

@@ -5,8 +5,8 @@ same text, which generation and training can compute once:
 
     Database schema (SQLite):            <- the database's schema: shared by its questions
     CREATE TABLE ...;
-    Relevant columns: ...                <- what the hints found for this question
-    Values the question mentions: ...
+    Relevant columns: ...                <- what the hints found for this question (ranked
+    Values the question mentions: ...       columns only with hints.options.relevant_columns > 0)
     Question: ...
     <answer instruction>
 

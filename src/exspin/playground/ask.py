@@ -153,7 +153,8 @@ class Asker:
         return self._generators[model]
 
     def hints(self, database: Database, question: str, evidence: str = "") -> SchemaHints:
-        """What the hints keep for this question: tables and columns, the best-ranked columns, matched values."""
+        """What the hints keep for this question: tables and columns, matched values, and the best-ranked
+        columns where the hints list them (relevant_columns > 0)."""
         with self._model_lock:
             hinter = self._hinters.get(str(database.path))
             if hinter is None:
