@@ -78,9 +78,9 @@ def _from_sqlite(db_path: Path, n_values: int) -> tuple[list[Table], list[Foreig
                 values: tuple[str, ...] = ()
                 if n_values > 0:
                     try:
-                        rows = conn.execute(
-                            f"SELECT DISTINCT {quote_identifier(column)} FROM {quote_identifier(name)} "
-                            f"WHERE {quote_identifier(column)} IS NOT NULL AND {quote_identifier(column)} != '' LIMIT {n_values}")
+                        quoted_t, quoted_c = quote_identifier(name), quote_identifier(column)
+                        rows = conn.execute(f"SELECT DISTINCT {quoted_c} FROM {quoted_t} "
+                                            f"WHERE {quoted_c} IS NOT NULL AND {quoted_c} != '' LIMIT {n_values}")
                         values = tuple(_short(r[0]) for r in rows)
                     except Exception:  # noqa: BLE001 - a broken column must not stop the schema
                         values = ()
