@@ -26,8 +26,11 @@ arm, the control and a plain `exspin` arm included, in folders and result files 
 Per row: dev and validation EX; questions gained and lost against SFT on each, with an exact
 two-sided sign-test p; pairs by the rejected answer's label, and the share of them that is informative
 (the rejected answer executes to another result); trl's reward margin early and late; wall time of its
-stage (opponent generation, where not reused from the base run, training and scoring). Writes bench/results/methods.json (with the flipped
-questions' indices), methods.md, and methods_logps.png (chosen and rejected log-probs per step).
+stage (opponent generation, where not reused from the base run, training and scoring). A second table
+shows what each model writes on dev (the share of answers that join tables, and that fail to run)
+against the gold SQL, beside the share of its training targets that join. Writes
+bench/results/methods.json (with the flipped questions' indices), methods.md, and methods_logps.png
+(chosen and rejected log-probs per step).
 """
 
 from __future__ import annotations
@@ -118,7 +121,9 @@ def verdicts(folder: Path) -> list[dict]:
     return json.loads((folder / "results.json").read_text())["examples"]
 
 
-def row(name: str, stage: Path, sft: Path) -> dict:
+def row(name: str, stage: Path, sft: Path, targets: Path | None = None) -> dict:
+    """One arm's table row; `targets`: the pairs whose chosen side it trained on, where not its own."""
+    from exspin.artifacts import read_jsonl
     from exspin.evaluation.stats import paired_change
 
     summary = json.loads((stage / "done.json").read_text())
@@ -131,7 +136,51 @@ def row(name: str, stage: Path, sft: Path) -> dict:
         out[f"{which}_vs_sft"] = paired_change(verdicts(sft / f"eval_{which}"), verdicts(stage / f"eval_{which}"))
     out.update(reward_trend(stage / "train_log.jsonl"))
     out["informative_share"] = informative_share(stage)
+    out.update(structure(verdicts(stage / "eval_eval")))
+    pairs = targets or stage / "train_pairs.jsonl"
+    if pairs.is_file():
+        out["targets_join_share"] = join_share([p["chosen"] for p in read_jsonl(pairs)])
     return out
+
+
+def joins(sql: str) -> bool:
+    """Whether a query joins tables (sqlglot's parse; unparsable text by its words)."""
+    import sqlglot
+    from sqlglot import exp
+
+    try:
+        return any(True for _ in sqlglot.parse_one(sql, read="sqlite").find_all(exp.Join))
+    except sqlglot.errors.SqlglotError:
+        return " JOIN " in f" {sql.upper()} "
+
+
+def join_share(queries: list[str]) -> float | None:
+    return round(sum(map(joins, queries)) / len(queries), 4) if queries else None
+
+
+def structure(examples: list[dict]) -> dict:
+    """What kind of SQL a model writes on dev: the share that joins tables, and the share that fails to
+    run (mostly a column the table does not have). Training only on the questions the opponent got
+    wrong, which join more often than the rest, can shift the first without making answers righter."""
+    return {"dev_join_share": join_share([e["pred"] for e in examples]),
+            "dev_runtime_error_share": round(sum(e["outcome"] == "runtime_error" for e in examples)
+                                             / len(examples), 4)}
+
+
+def structure_table(rows: list[dict], reference: list[tuple[str, dict, float | None]]) -> list[str]:
+    """Markdown: the dev predictions' structure per model, and the training targets' share of joins."""
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.0f}%"
+
+    lines = ["| model | dev answers that join | dev answers that fail to run | training targets that join |",
+             "|---|---:|---:|---:|"]
+    for name, facts, targets in reference:
+        lines.append(f"| {name} | {pct(facts.get('dev_join_share'))} | {pct(facts.get('dev_runtime_error_share'))} "
+                     f"| {pct(targets)} |")
+    for r in rows:
+        lines.append(f"| {r['arm']} | {pct(r.get('dev_join_share'))} | {pct(r.get('dev_runtime_error_share'))} | "
+                     f"{pct(r.get('targets_join_share'))} |")
+    return lines
 
 
 def informative_share(stage: Path) -> float | None:
@@ -198,7 +247,19 @@ def _p(p: float) -> str:
     return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
 
 
-def markdown(rows: list[dict], sft: dict, start: dict, overrides: list[str], plot: str) -> str:
+def reference_structure(base: Path) -> list[tuple[str, dict, float | None]]:
+    """The structure facts of the gold dev SQL, the start model and the SFT model (with its targets)."""
+    from exspin.artifacts import read_jsonl
+
+    gold = [e["gold_sql"] for e in read_jsonl(base / "00_data" / "eval.jsonl")]
+    sft_targets = [r["completion"] for r in read_jsonl(base / "03_sft" / "sft_records.jsonl")]
+    return [("gold dev SQL", {"dev_join_share": join_share(gold), "dev_runtime_error_share": 0.0}, None),
+            ("start", structure(verdicts(base / "02_start" / "eval_eval")), None),
+            ("SFT", structure(verdicts(base / "03_sft" / "eval_eval")), join_share(sft_targets))]
+
+
+def markdown(rows: list[dict], sft: dict, start: dict, overrides: list[str], plot: str,
+             reference: list[tuple[str, dict, float | None]]) -> str:
     setting = f" with {', '.join(f'`{o}`' for o in overrides)}" if overrides else ""
     lines = [f"# One iteration of each method from one SFT model{setting} (default model, Spider, 2 CPU cores)", "",
              f"Start (zero-shot): dev {start['eval_ex']:.2f}, validation {start['validation_ex']:.2f}. "
@@ -226,7 +287,9 @@ def markdown(rows: list[dict], sft: dict, start: dict, overrides: list[str], plo
         lines.append(f"| {r['arm']} | {r['dev_ex']:.2f} | +{dev['gained']}/-{dev['lost']} | {_p(dev['p'])} | "
                      f"{r['validation_ex']:.2f} | +{val['gained']}/-{val['lost']} | {_p(val['p'])} | "
                      f"{pairs} | {labels} | {informative} | {margin} | {minutes} |")
-    lines += ["", f"![chosen and rejected log-probs per arm]({plot})"]
+    lines += ["", "What each model writes on dev, and what it was trained towards (the chosen side of its pairs; "
+              "the control trains on ExSPIN's):", "", *structure_table(rows, reference),
+              "", f"![chosen and rejected log-probs per arm]({plot})"]
     return "\n".join(lines) + "\n"
 
 
@@ -266,7 +329,7 @@ def main() -> None:
     for arm in [*ARMS, "control"]:
         stage = out_root / arm / ("04_control" if arm == "control" else "04_iter1")
         if (stage / "done.json").is_file():
-            rows.append(row(arm, stage, sft))
+            rows.append(row(arm, stage, sft, base / "04_iter1" / "train_pairs.jsonl" if arm == "control" else None))
     sft_summary = json.loads((sft / "done.json").read_text())
     start_summary = json.loads((base / "02_start" / "done.json").read_text())
     results = {"base": str(base), "overrides": args.overrides, "start": start_summary, "sft": sft_summary,
@@ -274,7 +337,8 @@ def main() -> None:
     out = ROOT / "bench" / "results" / f"methods{tag}.json"
     out.write_text(json.dumps(results, indent=1) + "\n")
     plot_logps(rows, out.with_name(f"methods{tag}_logps.png"))
-    table = markdown(rows, sft_summary, start_summary, args.overrides, f"methods{tag}_logps.png")
+    results["reference"] = reference = reference_structure(base)
+    table = markdown(rows, sft_summary, start_summary, args.overrides, f"methods{tag}_logps.png", reference)
     out.with_suffix(".md").write_text(table)
     print(table)
 
