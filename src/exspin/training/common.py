@@ -56,13 +56,20 @@ class TrainSettings(BaseModel):
     logging_steps: int = Field(1, ge=1)
 
 
-def trainer_arguments(settings: TrainSettings, output_dir: Path) -> dict:
-    """Keyword arguments that every trl config (SFTConfig, DPOConfig) accepts."""
+def uses_bf16(settings: TrainSettings) -> bool:
+    """Train in bf16: as set, else where the hardware computes it fast (models.default_dtype)."""
     import torch
 
     from exspin.models import default_dtype
 
-    bf16 = settings.bf16 if settings.bf16 is not None else default_dtype() == torch.bfloat16
+    return settings.bf16 if settings.bf16 is not None else default_dtype() == torch.bfloat16
+
+
+def trainer_arguments(settings: TrainSettings, output_dir: Path) -> dict:
+    """Keyword arguments that every trl config (SFTConfig, DPOConfig) accepts."""
+    import torch
+
+    bf16 = uses_bf16(settings)
     return dict(
         output_dir=str(output_dir),
         learning_rate=settings.learning_rate,
@@ -182,9 +189,9 @@ def load_for_training(model_path: str, settings: TrainSettings, frozen: bool = F
     import torch
     from transformers import AutoModelForCausalLM
 
-    from exspin.models import attention_implementation, default_dtype, load_tokenizer
+    from exspin.models import attention_implementation, load_tokenizer
 
-    bf16 = settings.bf16 or (settings.bf16 is None and default_dtype() == torch.bfloat16)
+    bf16 = uses_bf16(settings)
     # Full fine-tuning keeps float32 master weights (the trainer's bf16 flag then computes under
     # autocast): bf16 weights would round away updates of lr 5e-6. Under LoRA the base is frozen and
     # peft keeps the adapter in float32 itself; a frozen reference model needs no master weights.
