@@ -27,7 +27,7 @@ Per row: dev and validation EX; questions gained and lost against SFT on each, w
 two-sided sign-test p; pairs by the rejected answer's label, and the share of them that is informative
 (the rejected answer executes to another result); trl's reward margin early and late; wall time of its
 stage (opponent generation, where not reused from the base run, training and scoring). A second table
-shows what each model writes on dev (the share of answers that join tables, and that fail to run)
+shows what each model writes on dev (the share of answers that join tables, and that do not run)
 against the gold SQL, beside the share of its training targets that join. Writes
 bench/results/methods.json (with the flipped questions' indices), methods.md, and methods_logps.png
 (chosen and rejected log-probs per step).
@@ -144,14 +144,14 @@ def row(name: str, stage: Path, sft: Path, targets: Path | None = None) -> dict:
 
 
 def joins(sql: str) -> bool:
-    """Whether a query joins tables (sqlglot's parse; unparsable text by its words)."""
+    """Whether a query joins tables (sqlglot's parse, comma joins included; unparsable text by its words)."""
     import sqlglot
     from sqlglot import exp
 
     try:
         return any(True for _ in sqlglot.parse_one(sql, read="sqlite").find_all(exp.Join))
-    except sqlglot.errors.SqlglotError:
-        return " JOIN " in f" {sql.upper()} "
+    except (sqlglot.errors.SqlglotError, ValueError, RecursionError):
+        return re.search(r"\bJOIN\b", sql, re.IGNORECASE) is not None
 
 
 def join_share(queries: list[str]) -> float | None:
@@ -159,27 +159,25 @@ def join_share(queries: list[str]) -> float | None:
 
 
 def structure(examples: list[dict]) -> dict:
-    """What kind of SQL a model writes on dev: the share that joins tables, and the share that fails to
+    """What kind of SQL a model writes on dev: the share that joins tables, and the share that does not
     run (mostly a column the table does not have). Training only on the questions the opponent got
     wrong, which join more often than the rest, can shift the first without making answers righter."""
+    if not examples:
+        return {"dev_join_share": None, "dev_error_share": None}
     return {"dev_join_share": join_share([e["pred"] for e in examples]),
-            "dev_runtime_error_share": round(sum(e["outcome"] == "runtime_error" for e in examples)
-                                             / len(examples), 4)}
+            "dev_error_share": round(sum(e["outcome"] != "ok" for e in examples) / len(examples), 4)}
 
 
-def structure_table(rows: list[dict], reference: list[tuple[str, dict, float | None]]) -> list[str]:
-    """Markdown: the dev predictions' structure per model, and the training targets' share of joins."""
+def structure_table(rows: list[dict]) -> list[str]:
+    """Markdown: per model, its dev answers' structure and its training targets' share of joins."""
     def pct(x):
         return "-" if x is None else f"{100 * x:.0f}%"
 
-    lines = ["| model | dev answers that join | dev answers that fail to run | training targets that join |",
+    lines = ["| model | dev answers that join | dev answers that do not run | training targets that join |",
              "|---|---:|---:|---:|"]
-    for name, facts, targets in reference:
-        lines.append(f"| {name} | {pct(facts.get('dev_join_share'))} | {pct(facts.get('dev_runtime_error_share'))} "
-                     f"| {pct(targets)} |")
     for r in rows:
-        lines.append(f"| {r['arm']} | {pct(r.get('dev_join_share'))} | {pct(r.get('dev_runtime_error_share'))} | "
-                     f"{pct(r.get('targets_join_share'))} |")
+        lines.append(f"| {r.get('model', r.get('arm'))} | {pct(r.get('dev_join_share'))} | "
+                     f"{pct(r.get('dev_error_share'))} | {pct(r.get('targets_join_share'))} |")
     return lines
 
 
@@ -247,19 +245,22 @@ def _p(p: float) -> str:
     return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
 
 
-def reference_structure(base: Path) -> list[tuple[str, dict, float | None]]:
-    """The structure facts of the gold dev SQL, the start model and the SFT model (with its targets)."""
+def reference_structure(base: Path) -> list[dict]:
+    """The structure facts of the gold dev SQL (on the questions the models are scored on, so none fails
+    to run: a gold query that does not is skipped), the start model and the SFT model (with its targets)."""
     from exspin.artifacts import read_jsonl
 
-    gold = [e["gold_sql"] for e in read_jsonl(base / "00_data" / "eval.jsonl")]
+    sft = verdicts(base / "03_sft" / "eval_eval")
+    scored = {e["index"] for e in sft}
+    gold = [e["gold_sql"] for e in read_jsonl(base / "00_data" / "eval.jsonl") if e["index"] in scored]
     sft_targets = [r["completion"] for r in read_jsonl(base / "03_sft" / "sft_records.jsonl")]
-    return [("gold dev SQL", {"dev_join_share": join_share(gold), "dev_runtime_error_share": 0.0}, None),
-            ("start", structure(verdicts(base / "02_start" / "eval_eval")), None),
-            ("SFT", structure(verdicts(base / "03_sft" / "eval_eval")), join_share(sft_targets))]
+    return [{"model": "gold dev SQL", "dev_join_share": join_share(gold), "dev_error_share": 0.0},
+            {"model": "start", **structure(verdicts(base / "02_start" / "eval_eval"))},
+            {"model": "SFT", **structure(sft), "targets_join_share": join_share(sft_targets)}]
 
 
 def markdown(rows: list[dict], sft: dict, start: dict, overrides: list[str], plot: str,
-             reference: list[tuple[str, dict, float | None]]) -> str:
+             reference: list[dict]) -> str:
     setting = f" with {', '.join(f'`{o}`' for o in overrides)}" if overrides else ""
     lines = [f"# One iteration of each method from one SFT model{setting} (default model, Spider, 2 CPU cores)", "",
              f"Start (zero-shot): dev {start['eval_ex']:.2f}, validation {start['validation_ex']:.2f}. "
@@ -287,8 +288,9 @@ def markdown(rows: list[dict], sft: dict, start: dict, overrides: list[str], plo
         lines.append(f"| {r['arm']} | {r['dev_ex']:.2f} | +{dev['gained']}/-{dev['lost']} | {_p(dev['p'])} | "
                      f"{r['validation_ex']:.2f} | +{val['gained']}/-{val['lost']} | {_p(val['p'])} | "
                      f"{pairs} | {labels} | {informative} | {margin} | {minutes} |")
-    lines += ["", "What each model writes on dev, and what it was trained towards (the chosen side of its pairs; "
-              "the control trains on ExSPIN's):", "", *structure_table(rows, reference),
+    lines += ["", "What each model writes on dev, and what it was trained towards: SFT's records; an arm's pairs' "
+              "chosen side, once per pair (the control trains on the base run's ExSPIN pairs):", "",
+              *structure_table([*reference, *rows]),
               "", f"![chosen and rejected log-probs per arm]({plot})"]
     return "\n".join(lines) + "\n"
 
@@ -334,11 +336,12 @@ def main() -> None:
     start_summary = json.loads((base / "02_start" / "done.json").read_text())
     results = {"base": str(base), "overrides": args.overrides, "start": start_summary, "sft": sft_summary,
                "rows": rows}
+    results["reference"] = reference_structure(base)
     out = ROOT / "bench" / "results" / f"methods{tag}.json"
     out.write_text(json.dumps(results, indent=1) + "\n")
     plot_logps(rows, out.with_name(f"methods{tag}_logps.png"))
-    results["reference"] = reference = reference_structure(base)
-    table = markdown(rows, sft_summary, start_summary, args.overrides, f"methods{tag}_logps.png", reference)
+    table = markdown(rows, sft_summary, start_summary, args.overrides, f"methods{tag}_logps.png",
+                     results["reference"])
     out.with_suffix(".md").write_text(table)
     print(table)
 
