@@ -83,8 +83,7 @@ def run_control(base: Path, config_path: Path, run_dir: Path, overrides: list[st
     from exspin.config import load_config
     from exspin.data import load_split
     from exspin.execution.pool import SqlRunner
-    from exspin.generation import Generator
-    from exspin.models import load_model
+    from exspin.generation import load_generator
     from exspin.predict import predict_prompts
     from exspin.records import Example
     from exspin.training.sft import SFTSettings, train_sft
@@ -103,7 +102,7 @@ def run_control(base: Path, config_path: Path, run_dir: Path, overrides: list[st
     opponent = json.loads((base / "04_iter1" / "done.json").read_text())["opponent"]  # what ExSPIN built on
     trained = folder / "model"
     model = trained if (trained / "config.json").is_file() else train_sft(opponent, records, settings, folder)
-    generator = Generator(*load_model(str(model)))
+    generator = load_generator(str(model), config.generation)
     summary = {"model": str(model), "records": len(records)}
     with SqlRunner(timeout_s=config.execution.timeout_s, max_rows=config.execution.max_rows) as runner:
         for which in ("validation", "eval"):

@@ -15,10 +15,10 @@ from exspin.config import RunConfig
 from exspin.data import Split, detect_dataset, load_split
 from exspin.errors import UserError
 from exspin.execution.sandbox import execute_with_columns
-from exspin.generation import Generator, extract_sql
+from exspin.generation import Generator, extract_sql, load_generator
 from exspin.hints import Hinter, load_hinter
 from exspin.hints.schema import SchemaBook
-from exspin.models import load_model, resolve_model
+from exspin.models import resolve_model
 from exspin.prompts import build_prompt
 from exspin.records import Example, Execution, SchemaHints
 
@@ -149,7 +149,7 @@ class Asker:
 
     def generator(self, model: str) -> Generator:
         if model not in self._generators:
-            self._generators[model] = Generator(*load_model(resolve_model(model)))
+            self._generators[model] = load_generator(resolve_model(model), self.generation)
         return self._generators[model]
 
     def hints(self, database: Database, question: str, evidence: str = "") -> SchemaHints:
