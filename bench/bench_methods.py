@@ -120,8 +120,9 @@ def verdicts(folder: Path) -> list[dict]:
     return json.loads((folder / "results.json").read_text())["examples"]
 
 
-def row(name: str, stage: Path, sft: Path, targets: Path | None = None) -> dict:
-    """One arm's table row; `targets`: the pairs whose chosen side it trained on, where not its own."""
+def row(name: str, stage: Path, sft: Path, targets: Path | None = None, exspin: Path | None = None) -> dict:
+    """One arm's table row; `targets`: the pairs whose chosen side it trained on, where not its own;
+    `exspin`: the base run's ExSPIN iteration, to compare against as well as SFT."""
     from exspin.artifacts import read_jsonl
     from exspin.evaluation.stats import paired_change
 
@@ -133,12 +134,15 @@ def row(name: str, stage: Path, sft: Path, targets: Path | None = None) -> dict:
     for which in ("eval", "validation"):
         # Which questions flipped, and which way (indices in the JSON; counts in the table).
         out[f"{which}_vs_sft"] = paired_change(verdicts(sft / f"eval_{which}"), verdicts(stage / f"eval_{which}"))
+    if exspin is not None and exspin != stage:
+        out["eval_vs_exspin"] = paired_change(verdicts(exspin / "eval_eval"), verdicts(stage / "eval_eval"))
     out.update(reward_trend(stage / "train_log.jsonl"))
     out["informative_share"] = informative_share(stage)
     out.update(structure(verdicts(stage / "eval_eval")))
     pairs = targets or stage / "train_pairs.jsonl"
     if pairs.is_file():
-        out["targets_join_share"] = join_share([p["chosen"] for p in read_jsonl(pairs)])
+        # Each pair as often as training repeats it (graded negatives weigh some pairs more).
+        out["targets_join_share"] = join_share([p["chosen"] for p in read_jsonl(pairs) for _ in range(p.get("weight", 1))])
     return out
 
 
@@ -269,9 +273,12 @@ def markdown(rows: list[dict], sft: dict, start: dict, overrides: list[str], plo
              "last quarter of steps.", "",
              "informative: the share of pairs whose rejected answer executes to another result than the "
              "chosen one (differs in meaning, not only in form).", "",
-             "| arm | dev EX | dev +/- | dev p | val EX | val +/- | val p | pairs | pairs by label | informative "
-             "| margin | minutes |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---:|"]
+             "dev vs ExSPIN: questions turned right/wrong against the base run's first ExSPIN iteration, and p.", "",
+             "minutes: the arm's stage; arms that answer greedily reuse the base run's answers, so their time "
+             "has no generation.", "",
+             "| arm | dev EX | dev +/- | dev p | dev vs ExSPIN | val EX | val +/- | val p | pairs | pairs by label "
+             "| informative | margin | minutes |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---:|"]
     for r in rows:
         dev, val = r["eval_vs_sft"], r["validation_vs_sft"]
         labels = ", ".join(f"{k} {v}" for k, v in r["pairs_by_label"].items() if v) or "-"
@@ -284,11 +291,14 @@ def markdown(rows: list[dict], sft: dict, start: dict, overrides: list[str], plo
         informative = "-" if r.get("informative_share") is None else f"{100 * r['informative_share']:.0f}%"
         if r.get("training_rows") not in (None, r["pairs"]):
             pairs += f" ({r['training_rows']} trained)"  # graded negatives repeat pairs
-        lines.append(f"| {r['arm']} | {r['dev_ex']:.2f} | +{dev['gained']}/-{dev['lost']} | {_p(dev['p'])} | "
+        versus = r.get("eval_vs_exspin")
+        versus = f"+{versus['gained']}/-{versus['lost']}, p {_p(versus['p'])}" if versus else "-"
+        lines.append(f"| {r['arm']} | {r['dev_ex']:.2f} | +{dev['gained']}/-{dev['lost']} | {_p(dev['p'])} | {versus} | "
                      f"{r['validation_ex']:.2f} | +{val['gained']}/-{val['lost']} | {_p(val['p'])} | "
                      f"{pairs} | {labels} | {informative} | {margin} | {minutes} |")
+    control = " (the control trains on the base run's ExSPIN pairs)" if any(r["arm"] == "control" for r in rows) else ""
     lines += ["", "What each model writes on dev, and what it was trained towards: SFT's records; an arm's pairs' "
-              "chosen side, once per pair (the control trains on the base run's ExSPIN pairs):", "",
+              f"chosen side, each as often as training repeats it{control}:", "",
               *structure_table([*reference, *rows]),
               "", f"![chosen and rejected log-probs per arm]({plot})"]
     return "\n".join(lines) + "\n"
@@ -324,13 +334,16 @@ def main() -> None:
             run_iteration(base, args.config, out_root / arm, [*ARMS[arm], *args.overrides])
 
     sft = base / "03_sft"
-    rows = [] if args.overrides else [row("exspin", base / "04_iter1", sft)]
+    exspin = base / "04_iter1"
+    rows = [] if args.overrides else [row("exspin", exspin, sft)]
     if (base / "05_iter2" / "done.json").is_file() and not args.overrides:
-        rows.append(row("exspin, iteration 2", base / "05_iter2", sft))
+        rows.append(row("exspin, iteration 2", base / "05_iter2", sft, exspin=exspin))
     for arm in [*ARMS, "control"]:
         stage = out_root / arm / ("04_control" if arm == "control" else "04_iter1")
         if (stage / "done.json").is_file():
-            rows.append(row(arm, stage, sft, base / "04_iter1" / "train_pairs.jsonl" if arm == "control" else None))
+            targets = exspin / "train_pairs.jsonl" if arm == "control" else None
+            label = f"{arm} ({', '.join(o.rsplit('.', 1)[-1] for o in args.overrides)})" if args.overrides else arm
+            rows.append(row(label, stage, sft, targets, exspin=exspin))
     sft_summary = json.loads((sft / "done.json").read_text())
     start_summary = json.loads((base / "02_start" / "done.json").read_text())
     results = {"base": str(base), "overrides": args.overrides, "start": start_summary, "sft": sft_summary,

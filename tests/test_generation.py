@@ -237,6 +237,8 @@ def test_generation_in_a_separate_process_gives_what_it_gives_here(tiny, tiny_mo
     apart = config.model_copy(update={"separate_process": True})
     generator = load_generator(str(tiny_model_dir), apart)
     assert generator.model is None  # the weights are loaded in the child only
+    with pytest.raises(RuntimeError, match="only a tokenizer"):  # it cannot generate by itself
+        generator(PROMPTS[:1], apart)
     seen = []
     there, there_logprobs = generate_with_logprobs(str(tiny_model_dir), SHARED_PREFIX_PROMPTS, apart,
                                                    lambda n, tokens: seen.append((n, tokens)), generator)

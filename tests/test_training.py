@@ -604,3 +604,19 @@ def test_full_fine_tuning_keeps_float32_master_weights(tiny_model_dir, tmp_path)
     trained = {p.dtype for p in lora.model.parameters() if p.requires_grad}
     frozen = {p.dtype for p in lora.model.parameters() if not p.requires_grad}
     assert trained == {torch.float32} and frozen == {torch.bfloat16}
+
+
+def test_bf16_is_decided_once_for_loader_and_trainer(tiny_model_dir, tmp_path):
+    """A setting wins; unset, bf16 is used where the hardware computes it fast (models.default_dtype),
+    and the trainer's flag and the loaded weights follow the same answer."""
+    from exspin.models import default_dtype
+    from exspin.training.common import uses_bf16
+    from exspin.training.sft import SFTSettings, build_sft_trainer
+
+    assert uses_bf16(SFTSettings(bf16=True)) is True
+    assert uses_bf16(SFTSettings(bf16=False)) is False
+    assert uses_bf16(SFTSettings()) == (default_dtype() == torch.bfloat16)
+    records = [{"prompt": "<|im_start|>user\nHow many?<|im_end|>\n<|im_start|>assistant\n",
+                "completion": "SELECT count(*) FROM singer"}] * 2
+    trainer, _ = build_sft_trainer(str(tiny_model_dir), records, SFTSettings(bf16=False), tmp_path / "fp32")
+    assert not trainer.args.bf16 and {p.dtype for p in trainer.model.parameters()} == {torch.float32}

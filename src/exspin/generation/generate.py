@@ -223,6 +223,9 @@ class Generator:
         import torch
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
+        if self.model is None:
+            raise RuntimeError("this Generator holds only a tokenizer (vLLM or another process generates): "
+                               "call exspin.generation.generate() with it")
         tokenizer, model = self.tokenizer, self.model
         token_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
         if config.reuse_prefix:  # same schema, same batch: long shared prefixes

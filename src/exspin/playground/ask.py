@@ -149,6 +149,7 @@ class Asker:
 
     def generator(self, model: str) -> Generator:
         if model not in self._generators:
+            # In this process, on transformers (self.generation says so): a Generator with the weights.
             self._generators[model] = load_generator(resolve_model(model), self.generation)
         return self._generators[model]
 
