@@ -131,14 +131,15 @@ def row(name: str, stage: Path, sft: Path, targets: Path | None = None, exspin: 
            "pairs": summary.get("pairs"), "pairs_by_label": summary.get("pairs_by_label", {}),
            "training_rows": summary.get("training_rows"), "chosen_from_samples": summary.get("chosen_from_samples"),
            "seconds": summary.get("seconds")}
-    for which in ("eval", "validation"):
-        # Which questions flipped, and which way (indices in the JSON; counts in the table).
-        out[f"{which}_vs_sft"] = paired_change(verdicts(sft / f"eval_{which}"), verdicts(stage / f"eval_{which}"))
-    if exspin is not None and exspin != stage:
-        out["eval_vs_exspin"] = paired_change(verdicts(exspin / "eval_eval"), verdicts(stage / "eval_eval"))
+    dev = verdicts(stage / "eval_eval")
+    # Which questions flipped, and which way (indices in the JSON; counts in the table).
+    out["eval_vs_sft"] = paired_change(verdicts(sft / "eval_eval"), dev)
+    out["validation_vs_sft"] = paired_change(verdicts(sft / "eval_validation"), verdicts(stage / "eval_validation"))
+    if exspin is not None:
+        out["eval_vs_exspin"] = paired_change(verdicts(exspin / "eval_eval"), dev)
     out.update(reward_trend(stage / "train_log.jsonl"))
     out["informative_share"] = informative_share(stage)
-    out.update(structure(verdicts(stage / "eval_eval")))
+    out.update(structure(dev))
     pairs = targets or stage / "train_pairs.jsonl"
     if pairs.is_file():
         # Each pair as often as training repeats it (graded negatives weigh some pairs more).
