@@ -19,7 +19,8 @@ other arm hard-links the base run's data, prompt, start and SFT stages into runs
   of optimizer steps on the same gold answers, without the rejected side.
 Arms run one after another; a finished arm is read back, an unfinished one resumes. Greedy arms start
 from the base run's labelled answers (the same SFT model answers the same prompts the same way), so
-only their pairs, training and scoring are their own. `--set KEY=VALUE` changes a setting for every
+only their pairs, training and scoring are their own; sampling arms likewise share the first sampling
+arm's labelled samples (each with its log-prob). `--set KEY=VALUE` changes a setting for every
 arm, the control and a plain `exspin` arm included, in folders and result files of its own
 (runs/bench-methods-<setting>/, bench/results/methods-<setting>.md).
 
@@ -63,15 +64,21 @@ ARMS = {
     "exspin_k4_positives": [*SAMPLED, "selfplay.feedback.equivalent_positives=true"],
     "exspin_k4_hardest": [*SAMPLED, "selfplay.feedback.hardest_negative=true"],
 }
+SAMPLED_ARMS = [arm for arm, settings in ARMS.items() if all(s in settings for s in SAMPLED)]
 
 
 def run_iteration(base: Path, config: Path, run_dir: Path, overrides: list[str]) -> None:
     """One self-play iteration with `overrides` on the base run's shared stages (resumable). An arm that
     answers as the base run did (greedy, from the same SFT model) starts from the base run's labelled
-    answers instead of generating them again; only its pairs, training and scores are its own."""
+    answers instead of generating them again; a sampling arm starts from another sampling arm's (the same
+    opponent, samples, temperature and seed, with log-probs). Only its pairs, training and scores are its own."""
     greedy = not any(o.startswith(SAMPLING) for o in overrides)
-    answers = base / "04_iter1" / "generations.jsonl"
-    if greedy and answers.is_file() and not (run_dir / "04_iter1").exists():
+    if greedy:
+        answers = base / "04_iter1" / "generations.jsonl"
+    else:
+        answers = next((run_dir.parent / arm / "04_iter1" / "generations.jsonl" for arm in SAMPLED_ARMS
+                        if (run_dir.parent / arm / "04_iter1" / "generations.jsonl").is_file()), None)
+    if answers is not None and answers.is_file() and not (run_dir / "04_iter1").exists():
         (run_dir / "04_iter1").mkdir(parents=True)
         os.link(answers, run_dir / "04_iter1" / "generations.jsonl")
     run_from_base(base, config, run_dir, [*overrides, "selfplay.iterations=1", "control.patience=99"])

@@ -332,7 +332,9 @@ def _answer(run: Run, iteration: int, opponent: str, folder: Path) -> list[Gener
     texts = [prompts[e.index] for e in examples]
     with progress_bar(len(examples), f"{folder.name}: opponent answers train", "prompts") as advance:
         generator, progress = load_generator(opponent, config), lambda n, _tokens: advance(n)
-        if settings.feedback.hardest_negative:  # wrong answers are ranked by the opponent's log-prob
+        # Sampled answers keep their log-prob: the hardest negative ranks by it, and one file of samples then
+        # serves every feedback rule (the methods bench reuses it across arms).
+        if sampling or settings.feedback.hardest_negative:
             completions, logprobs = generate_with_logprobs(opponent, texts, config, progress, generator)
         else:
             completions, logprobs = generate(opponent, texts, config, progress, generator), None
