@@ -1,7 +1,7 @@
 """Greedy generation: the code before a change (a git ref, run from a worktree) against today's, in one run.
 
     .venv/bin/python bench/bench_generation_paths.py [--prompts 96] [--spread] [--baseline 852cc75]
-                                                     [--batch-sizes 8 16 32]
+                                                     [--batch-sizes 8 16 32] [--rounds 0 16]
 
 Every arm generates for the same prompts (the default prompt; the first N executable Spider dev
 questions, so a few databases in a row, as a dev evaluation meets them; or with --spread every k-th,
@@ -10,7 +10,8 @@ the default model in
 float32, greedy, in its own process, one arm at a time:
 - the baseline: the library as of `--baseline`, checked out into a git worktree, at its default
   batch size;
-- today's library at each batch size given.
+- today's library at each batch size given, and each `--rounds` (GenerationConfig.decode_round: finished
+  rows leave the batch every that many new tokens; 0: never), where given.
 Reports prompts/s, generated tokens/s, the ratio to the baseline, and how many extracted SQL strings
 equal the baseline's. Writes bench/results/generation_paths[_spread][_N].json and .md (N: --prompts,
 where not 96).
@@ -49,20 +50,23 @@ def worker(args) -> None:
     config = GenerationConfig(max_new_tokens=args.max_new_tokens)
     if args.batch_size:
         config = config.model_copy(update={"batch_size": args.batch_size})
+    if args.decode_round >= 0:  # not for a baseline from before the setting
+        config = config.model_copy(update={"decode_round": args.decode_round or None})
     generator(prompts[:2], config.model_copy(update={"max_new_tokens": 2}))  # warm-up
     tokens_before = generator.stats["tokens"]
     start = time.perf_counter()
     completions = generator(prompts, config)
     seconds = time.perf_counter() - start
     print(json.dumps({"seconds": seconds, "tokens": generator.stats["tokens"] - tokens_before,
-                      "batch_size": config.batch_size, "attention": generator.model.config._attn_implementation,
+                      "batch_size": config.batch_size, "decode_round": getattr(config, "decode_round", None),
+                      "attention": generator.model.config._attn_implementation,
                       "sql": [extract_sql(c[0]) for c in completions]}))
 
 
-def run_arm(source: Path, args, batch_size: int | None) -> dict:
+def run_arm(source: Path, args, batch_size: int | None, decode_round: int) -> dict:
     command = [sys.executable, __file__, "--worker", "--data", str(args.data), "--prompts", str(args.prompts),
-               *(["--spread"] if args.spread else []),
-               "--max-new-tokens", str(args.max_new_tokens), "--batch-size", str(batch_size or 0)]
+               *(["--spread"] if args.spread else []), "--max-new-tokens", str(args.max_new_tokens),
+               "--batch-size", str(batch_size or 0), "--decode-round", str(decode_round)]
     env = {**os.environ, "PYTHONPATH": str(source / "src")}
     result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -87,20 +91,26 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=96)
     parser.add_argument("--baseline", default="852cc75")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16, 32])
+    parser.add_argument("--rounds", type=int, nargs="*", default=[],
+                        help="decode_round values for today's arms (0: finished rows never leave the batch)")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--spread", action="store_true",
                         help="every k-th dev question (many databases, few questions each) instead of the first N")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--decode-round", type=int, default=-1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
 
-    arms = {f"baseline {args.baseline}": (baseline_tree(args.baseline), None)}
-    arms.update({f"today, batch {size}": (ROOT, size) for size in args.batch_sizes})
+    arms = {f"baseline {args.baseline}": (baseline_tree(args.baseline), None, -1)}
+    for size in args.batch_sizes:
+        for rounds in args.rounds or [-1]:
+            label = "" if rounds < 0 else f", rounds of {rounds}" if rounds else ", no rounds"
+            arms[f"today, batch {size}{label}"] = (ROOT, size, rounds)
     results: dict = {"prompts": args.prompts, "baseline": args.baseline, "dtype": "float32", "arms": {}}
-    for name, (source, batch_size) in arms.items():
-        arm = run_arm(source, args, batch_size)
+    for name, (source, batch_size, decode_round) in arms.items():
+        arm = run_arm(source, args, batch_size, decode_round)
         arm.update(prompts_per_s=args.prompts / arm["seconds"], tokens_per_s=arm["tokens"] / arm["seconds"])
         results["arms"][name] = arm
         print(f"{name} (batch {arm['batch_size']}, {arm['attention']}): {arm['prompts_per_s']:.2f} prompts/s, "
@@ -108,12 +118,12 @@ def main() -> None:
     baseline = results["arms"][f"baseline {args.baseline}"]
     which = "every k-th executable Spider dev question" if args.spread else "the first executable Spider dev questions"
     lines = [f"# Greedy generation: {args.prompts} prompts, {which} (default prompt), default model, float32, "
-             "2 cores", "", "| arm | batch | attention | prompts/s | tokens/s | x baseline | same SQL as baseline |",
-             "|---|---:|---|---:|---:|---:|---:|"]
+             "2 cores", "", "| arm | batch | rounds | attention | prompts/s | tokens/s | x baseline | same SQL as baseline |",
+             "|---|---:|---:|---|---:|---:|---:|---:|"]
     for name, arm in results["arms"].items():
         arm["speedup"] = arm["prompts_per_s"] / baseline["prompts_per_s"]
         arm["same_sql_as_baseline"] = sum(a == b for a, b in zip(arm["sql"], baseline["sql"], strict=True))
-        lines.append(f"| {name} | {arm['batch_size']} | {arm['attention']} | {arm['prompts_per_s']:.2f} | "
+        lines.append(f"| {name} | {arm['batch_size']} | {arm.get('decode_round') or '-'} | {arm['attention']} | {arm['prompts_per_s']:.2f} | "
                      f"{arm['tokens_per_s']:.1f} | {arm['speedup']:.2f} | "
                      f"{arm['same_sql_as_baseline']}/{args.prompts} |")
     out, name = ROOT / "bench" / "results", "generation_paths_spread" if args.spread else "generation_paths"

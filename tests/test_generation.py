@@ -154,6 +154,42 @@ def test_grouped_kv_attention_generates_what_sdpa_does(tiny_model_dir):
     assert torch.allclose(logits["sdpa"], logits[CPU_ATTENTION], atol=1e-5)
 
 
+def _ending_early(tiny_model_dir, prompts, steps: int):
+    """A fresh tiny model whose end-of-sequence token is the token its greedy answers to `prompts` write
+    most often, so that rows of one batch finish at different steps."""
+    model, tokenizer = load_model(str(tiny_model_dir), dtype=torch.float32)
+    counts: dict[int, int] = {}
+    for prompt in prompts:
+        ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+        out = model.generate(ids, do_sample=False, max_new_tokens=steps, pad_token_id=tokenizer.pad_token_id)
+        for token in set(out[0, ids.shape[1] : -1].tolist()):
+            counts[token] = counts.get(token, 0) + 1
+    model.generation_config.eos_token_id = max(counts, key=counts.get)
+    return model, tokenizer
+
+
+def test_finished_rows_leave_the_batch_and_the_rest_write_what_they_would_have(tiny_model_dir):
+    prompts = SHARED_PREFIX_PROMPTS + PROMPTS
+    generator = Generator(*_ending_early(tiny_model_dir, prompts, 12))
+    rows_per_step: list[int] = []
+    generator.model.get_decoder().register_forward_pre_hook(
+        lambda module, args, kwargs: rows_per_step.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    config = GenerationConfig(max_new_tokens=12, batch_size=len(prompts), stop_at_statement_end=False)
+    in_rounds = generator(prompts, config.model_copy(update={"decode_round": 3}))
+    row_steps = sum(rows_per_step)
+    rows_per_step.clear()
+    whole = generator(prompts, config.model_copy(update={"decode_round": None}))
+    assert in_rounds == whole == [generator([p], config)[0] for p in prompts]
+    assert sum(rows_per_step) > row_steps  # the rounds dropped finished rows
+    assert len({len(c[0]) for c in whole}) > 1  # the rows ended at different steps
+    # Samples: the first round expands each prompt into its rows, later rounds keep them expanded. At a
+    # tiny temperature every sample is the greedy answer.
+    near_greedy = config.model_copy(update={"temperature": 1e-4, "num_samples": 2, "decode_round": 3})
+    texts, logprobs = generator.sample(prompts, near_greedy)
+    assert texts == [[c[0], c[0]] for c in whole]
+    assert all(a == pytest.approx(b, abs=1e-4) for a, b in logprobs)
+
+
 def test_sampling_returns_n_samples_per_prompt_and_counts_tokens(tiny):
     generator = Generator(*tiny)
     seen = []
@@ -191,12 +227,14 @@ def test_completion_log_probs_are_the_models_own_not_the_sampling_ones(tiny):
         assert totals[row] != pytest.approx(_logprob_from_logits(raw / 0.5, new_tokens[row], skip), abs=1e-2)
 
 
-def test_generator_sample_scores_each_completion_through_the_prefix_cache(tiny):
-    """Greedy through the shared-prefix path: each completion's log-prob is the one a plain
-    generate of that prompt alone gives its tokens."""
+@pytest.mark.parametrize("decode_round", [None, 3])
+def test_generator_sample_scores_each_completion_through_the_prefix_cache(tiny, decode_round):
+    """Greedy through the shared-prefix path, in one go and in rounds: each completion's log-prob is the
+    one a plain generate of that prompt alone gives its tokens."""
     model, tokenizer = tiny
     generator = Generator(*tiny)
-    config = GenerationConfig(max_new_tokens=10, batch_size=4, stop_at_statement_end=False)
+    config = GenerationConfig(max_new_tokens=10, batch_size=4, stop_at_statement_end=False,
+                              decode_round=decode_round)
     texts, logprobs = generator.sample(SHARED_PREFIX_PROMPTS, config)
     assert texts == generator(SHARED_PREFIX_PROMPTS, config)
     skip = [tokenizer.pad_token_id, model.generation_config.eos_token_id]
