@@ -151,9 +151,12 @@ def test_a_stage_cut_short_keeps_its_checkpoint_or_its_answers(tmp_path):
     (run.dir / "05_sft" / "trainer" / "checkpoint-50").mkdir(parents=True)  # cut short while saving it
     (run.dir / "06_iter3").mkdir()  # cut short after answering, before its first checkpoint
     (run.dir / "06_iter3" / "generations.jsonl").write_text("{}\n")
-    (run.dir / "07_iter4").mkdir()  # cut short while answering
+    (run.dir / "07_iter4").mkdir()  # cut short while writing its answers
     (run.dir / "07_iter4" / ".generations.jsonl.x.tmp").write_text("{}\n")
-    for stage in ("04_iter1", "05_sft", "06_iter3", "07_iter4"):
+    (run.dir / "08_iter5" / "answer_pieces").mkdir(parents=True)  # cut short while answering
+    (run.dir / "08_iter5" / "answer_pieces" / "0000.jsonl").write_text("{}\n")
+    stages = ("04_iter1", "05_sft", "06_iter3", "07_iter4", "08_iter5")
+    for stage in stages:
         (run.dir / stage / "eval_eval").mkdir()
     seen = {}
 
@@ -161,11 +164,63 @@ def test_a_stage_cut_short_keeps_its_checkpoint_or_its_answers(tmp_path):
         seen[folder.name] = sorted(p.name for p in folder.iterdir())
         return {}
 
-    for stage in ("04_iter1", "05_sft", "06_iter3", "07_iter4"):
+    for stage in stages:
         run.stage(stage, look)
     run.runner.close()
     assert seen == {"04_iter1": ["generations.jsonl", "trainer"], "05_sft": [], "06_iter3": ["generations.jsonl"],
-                    "07_iter4": []}
+                    "07_iter4": [], "08_iter5": ["answer_pieces"]}
+
+
+def test_answering_cut_short_goes_on_from_its_first_missing_piece(spider_dir, tiny_model_dir, tmp_path,
+                                                                   monkeypatch):
+    import yaml
+
+    from exspin import pipeline
+    from exspin.config import RunConfig
+
+    text = (Path(__file__).parent / "data" / "tiny_run.yaml").read_text()
+    settings = yaml.safe_load(text.replace("MODEL_DIR", str(tiny_model_dir)).replace("DATA_DIR", str(spider_dir)))
+    settings["hints"] = {"enabled": False}
+    settings["selfplay"].update(samples_per_question=2, temperature=1.0)
+    monkeypatch.setattr(pipeline, "ANSWER_PIECE", 3)  # 8 training questions: pieces of 3, 3 and 2
+    generated, labelled = [], []
+    generate, label = pipeline.generate_with_logprobs, pipeline.label_samples
+
+    def counted_generate(*args, **kwargs):
+        generated.append(len(args[1]))
+        return generate(*args, **kwargs)
+
+    def label_then_cut(*args, **kwargs):
+        labelled.append(1)
+        if len(labelled) == 2:
+            raise KeyboardInterrupt  # a kill while the second piece is labelled
+        return label(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "generate_with_logprobs", counted_generate)
+
+    def answers(name: str) -> list:
+        run = pipeline.Run(RunConfig.model_validate({**settings, "run_dir": tmp_path / name}), resume=True)
+        run.stage("00_data", lambda folder: pipeline._data_stage(run, folder))
+        run.stage("01_prompts", lambda folder: pipeline._prompts_stage(run, folder))
+        (run.dir / "04_iter1").mkdir(exist_ok=True)
+        try:
+            return pipeline._answer(run, 1, str(tiny_model_dir), run.dir / "04_iter1")
+        finally:
+            run.runner.close()
+
+    whole = answers("whole")
+    assert generated == [3, 3, 2] and len(whole) == 16
+    monkeypatch.setattr(pipeline, "label_samples", label_then_cut)
+    generated.clear()
+    with pytest.raises(KeyboardInterrupt):
+        answers("cut")
+    pieces = tmp_path / "cut" / "04_iter1" / "answer_pieces"
+    assert sorted(p.name for p in pieces.iterdir()) == ["0000.jsonl"]
+    generated.clear()
+    resumed = answers("cut")
+    assert generated == [3, 2]  # the first piece is read back, not answered again
+    assert resumed == whole  # each piece draws its own seed's samples
+    assert not pieces.exists() and (tmp_path / "cut" / "04_iter1" / "generations.jsonl").is_file()
 
 
 def test_a_model_scored_before_is_not_generated_for_again(tmp_path):

@@ -28,7 +28,13 @@ from exspin.data import Split, load_split
 from exspin.errors import UserError
 from exspin.execution.pool import GoldCache, SqlRunner
 from exspin.feedback import count_labels, count_pair_labels, label_samples, make_pairs, no_pairs_reason
-from exspin.generation import GenerationConfig, generate, generate_with_logprobs, load_generator
+from exspin.generation import (
+    GenerationConfig,
+    generate,
+    generate_with_logprobs,
+    in_separate_process,
+    load_generator,
+)
 from exspin.guards import chosen_logp_warning, control, length_drift_warning, reference_logps
 from exspin.hints.schema import SchemaBook
 from exspin.paths import cache_dir
@@ -101,12 +107,13 @@ class Run:
         """Run a stage unless it finished before. A stage cut short is rebuilt from scratch, unless it had
         saved its trained model (saved atomically, so whole): then only its evaluation is redone; or a
         training checkpoint: then its training continues from there; or its opponent's answers: then its
-        pairs are made from them again and training starts."""
+        pairs are made from them again and training starts; or some of them: then answering goes on."""
         folder = self.dir / name
         done = folder / "done.json"
         if done.is_file():
             return json.loads(done.read_text())
-        if folder.exists() and not (_trained(folder) or _checkpointed(folder) or _answered(folder)):
+        if folder.exists() and not (_trained(folder) or _checkpointed(folder) or _answered(folder)
+                                    or _answering(folder)):
             shutil.rmtree(folder)
         if _trained(folder):  # cut short after saving its model, before dropping its checkpoints
             remove_checkpoints(folder / "trainer")
@@ -239,6 +246,11 @@ def _answered(folder: Path) -> bool:
     return (folder / "generations.jsonl").is_file()
 
 
+def _answering(folder: Path) -> bool:
+    """Whether a self-play stage folder holds some pieces of its opponent's answers (a cut while answering)."""
+    return any((folder / ANSWER_PIECES).glob("*.jsonl"))
+
+
 def training_processes(launcher) -> int:
     """How many processes a launched training runs (what divides a stage's examples into steps): the
     launcher's setting; else the accelerate config's own; else one per visible GPU, or one without a GPU."""
@@ -321,26 +333,52 @@ def _iteration_stage(run: Run, iteration: int, opponent: str, folder: Path, prev
     return {**summary, **_evaluate_model(run, str(model), folder)}
 
 
+ANSWER_PIECE = 128  # prompts per piece of the opponent's answers: a cut loses at most one piece
+ANSWER_PIECES = "answer_pieces"  # the folder of finished pieces, in a self-play stage's folder
+
+
 def _answer(run: Run, iteration: int, opponent: str, folder: Path) -> list[Generation]:
-    """The opponent's answers to the training questions, labelled by execution (generations.jsonl)."""
+    """The opponent's answers to the training questions, labelled by execution (generations.jsonl).
+
+    They are made piece by piece, each piece generated, labelled and written whole to answer_pieces/; a
+    stage cut short goes on from the first missing piece. The questions are ordered by prompt first, so
+    a piece holds whole runs of one database's questions, which share their schema's prefill."""
     settings = run.config.selfplay
-    examples, prompts = run.examples("train"), run.prompts("train")
+    prompts, order = run.prompts("train"), {e.index: i for i, e in enumerate(run.examples("train"))}
+    examples = sorted(run.examples("train"), key=lambda e: prompts[e.index])
     sampling = settings.samples_per_question > 1
     config = GenerationConfig(**{**run.config.generation.model_dump(), "num_samples": settings.samples_per_question,
                                  "temperature": settings.temperature if sampling else 0.0,
                                  "seed": run.config.seed + iteration})
-    texts = [prompts[e.index] for e in examples]
+    # A process or engine of its own per call (vLLM) costs a model load: then one piece.
+    size = len(examples) if in_separate_process(config) else ANSWER_PIECE
+    pieces = [examples[start : start + size] for start in range(0, len(examples), size)]
+    labelled: list[Generation] = []
     with progress_bar(len(examples), f"{folder.name}: opponent answers train", "prompts") as advance:
-        generator, progress = load_generator(opponent, config), lambda n, _tokens: advance(n)
-        # Sampled answers keep their log-prob: the hardest negative ranks by it, and one file of samples then
-        # serves every feedback rule (the methods bench reuses it across arms).
-        if sampling or settings.feedback.hardest_negative:
-            completions, logprobs = generate_with_logprobs(opponent, texts, config, progress, generator)
-        else:
-            completions, logprobs = generate(opponent, texts, config, progress, generator), None
-    labelled = label_samples(run.source_split("train"), examples, completions, run.runner, logprobs)
+        generator, progress = None, lambda n, _tokens: advance(n)
+        for number, piece in enumerate(pieces):
+            path = folder / ANSWER_PIECES / f"{number:04d}.jsonl"
+            if path.is_file():  # answered before a cut
+                labelled += [Generation.model_validate(r) for r in read_jsonl(path)]
+                advance(len(piece))
+                continue
+            generator = generator or load_generator(opponent, config)
+            # A seed per piece: a piece answered again after a cut draws the same samples.
+            piece_config = config.model_copy(update={"seed": config.seed + 1000 * number})
+            texts = [prompts[e.index] for e in piece]
+            # Sampled answers keep their log-prob: the hardest negative ranks by it, and one file of samples
+            # then serves every feedback rule (the methods bench reuses it across arms).
+            if sampling or settings.feedback.hardest_negative:
+                completions, logprobs = generate_with_logprobs(opponent, texts, piece_config, progress, generator)
+            else:
+                completions, logprobs = generate(opponent, texts, piece_config, progress, generator), None
+            answers = label_samples(run.source_split("train"), piece, completions, run.runner, logprobs)
+            write_jsonl(path, [a.model_dump(exclude_none=True) for a in answers])
+            labelled += answers
+    labelled.sort(key=lambda a: (order[a.index], a.sample))  # the training questions' order
     # Written once whole: a resumed stage starts here.
     write_jsonl(folder / "generations.jsonl", [a.model_dump(exclude_none=True) for a in labelled])
+    shutil.rmtree(folder / ANSWER_PIECES, ignore_errors=True)
     return labelled
 
 

@@ -6,7 +6,9 @@ from exspin.generation.generate import (
     Generator,
     generate,
     generate_with_logprobs,
+    in_separate_process,
     load_generator,
 )
 
-__all__ = ["GenerationConfig", "Generator", "extract_sql", "generate", "generate_with_logprobs", "load_generator"]
+__all__ = ["GenerationConfig", "Generator", "extract_sql", "generate", "generate_with_logprobs", "in_separate_process",
+           "load_generator"]
