@@ -75,9 +75,9 @@ def run_iteration(base: Path, config: Path, run_dir: Path, overrides: list[str])
     greedy = not any(o.startswith(SAMPLING) for o in overrides)
     if greedy:
         answers = base / "04_iter1" / "generations.jsonl"
-    else:
-        answers = next((run_dir.parent / arm / "04_iter1" / "generations.jsonl" for arm in SAMPLED_ARMS
-                        if (run_dir.parent / arm / "04_iter1" / "generations.jsonl").is_file()), None)
+    else:  # samples written with their log-probs (the hardest negative ranks by them)
+        answers = next((path for arm in SAMPLED_ARMS if (path := run_dir.parent / arm / "04_iter1" /
+                        "generations.jsonl").is_file() and '"logprob"' in path.open().readline()), None)
     if answers is not None and answers.is_file() and not (run_dir / "04_iter1").exists():
         (run_dir / "04_iter1").mkdir(parents=True)
         os.link(answers, run_dir / "04_iter1" / "generations.jsonl")

@@ -153,8 +153,8 @@ def test_a_stage_cut_short_keeps_its_checkpoint_or_its_answers(tmp_path):
     (run.dir / "06_iter3" / "generations.jsonl").write_text("{}\n")
     (run.dir / "07_iter4").mkdir()  # cut short while writing its answers
     (run.dir / "07_iter4" / ".generations.jsonl.x.tmp").write_text("{}\n")
-    (run.dir / "08_iter5" / "answer_pieces").mkdir(parents=True)  # cut short while answering
-    (run.dir / "08_iter5" / "answer_pieces" / "0000.jsonl").write_text("{}\n")
+    (run.dir / "08_iter5" / "answer_pieces" / "128").mkdir(parents=True)  # cut short while answering
+    (run.dir / "08_iter5" / "answer_pieces" / "128" / "0000.jsonl").write_text("{}\n")
     stages = ("04_iter1", "05_sft", "06_iter3", "07_iter4", "08_iter5")
     for stage in stages:
         (run.dir / stage / "eval_eval").mkdir()
@@ -215,7 +215,9 @@ def test_answering_cut_short_goes_on_from_its_first_missing_piece(spider_dir, ti
     with pytest.raises(KeyboardInterrupt):
         answers("cut")
     pieces = tmp_path / "cut" / "04_iter1" / "answer_pieces"
-    assert sorted(p.name for p in pieces.iterdir()) == ["0000.jsonl"]
+    assert sorted(p.name for p in (pieces / "3").iterdir()) == ["0000.jsonl"]
+    (pieces / "4").mkdir()  # a piece of another size (cut on a machine that split otherwise): not read
+    (pieces / "4" / "0001.jsonl").write_text("{}\n")
     generated.clear()
     resumed = answers("cut")
     assert generated == [3, 2]  # the first piece is read back, not answered again

@@ -32,7 +32,7 @@ from exspin.generation import (
     GenerationConfig,
     generate,
     generate_with_logprobs,
-    in_separate_process,
+    generates_elsewhere,
     load_generator,
 )
 from exspin.guards import chosen_logp_warning, control, length_drift_warning, reference_logps
@@ -248,7 +248,7 @@ def _answered(folder: Path) -> bool:
 
 def _answering(folder: Path) -> bool:
     """Whether a self-play stage folder holds some pieces of its opponent's answers (a cut while answering)."""
-    return any((folder / ANSWER_PIECES).glob("*.jsonl"))
+    return any((folder / ANSWER_PIECES).glob("*/*.jsonl"))
 
 
 def training_processes(launcher) -> int:
@@ -340,9 +340,10 @@ ANSWER_PIECES = "answer_pieces"  # the folder of finished pieces, in a self-play
 def _answer(run: Run, iteration: int, opponent: str, folder: Path) -> list[Generation]:
     """The opponent's answers to the training questions, labelled by execution (generations.jsonl).
 
-    They are made piece by piece, each piece generated, labelled and written whole to answer_pieces/; a
-    stage cut short goes on from the first missing piece. The questions are ordered by prompt first, so
-    a piece holds whole runs of one database's questions, which share their schema's prefill."""
+    They are made piece by piece, each piece generated, labelled and written whole to
+    answer_pieces/<piece size>/; a stage cut short goes on from the first missing piece. The questions
+    are ordered by prompt first, so a piece holds whole runs of one database's questions, which share
+    their schema's prefill."""
     settings = run.config.selfplay
     prompts, order = run.prompts("train"), {e.index: i for i, e in enumerate(run.examples("train"))}
     examples = sorted(run.examples("train"), key=lambda e: prompts[e.index])
@@ -351,13 +352,16 @@ def _answer(run: Run, iteration: int, opponent: str, folder: Path) -> list[Gener
                                  "temperature": settings.temperature if sampling else 0.0,
                                  "seed": run.config.seed + iteration})
     # A process or engine of its own per call (vLLM) costs a model load: then one piece.
-    size = len(examples) if in_separate_process(config) else ANSWER_PIECE
+    size = max(1, len(examples) if generates_elsewhere(config) else ANSWER_PIECE)
     pieces = [examples[start : start + size] for start in range(0, len(examples), size)]
+    for other in (folder / ANSWER_PIECES).glob("*"):  # pieces of another size (resumed elsewhere): void
+        if other.name != str(size):
+            shutil.rmtree(other)
     labelled: list[Generation] = []
     with progress_bar(len(examples), f"{folder.name}: opponent answers train", "prompts") as advance:
         generator, progress = None, lambda n, _tokens: advance(n)
         for number, piece in enumerate(pieces):
-            path = folder / ANSWER_PIECES / f"{number:04d}.jsonl"
+            path = folder / ANSWER_PIECES / str(size) / f"{number:04d}.jsonl"
             if path.is_file():  # answered before a cut
                 labelled += [Generation.model_validate(r) for r in read_jsonl(path)]
                 advance(len(piece))

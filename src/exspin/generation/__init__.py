@@ -6,9 +6,9 @@ from exspin.generation.generate import (
     Generator,
     generate,
     generate_with_logprobs,
-    in_separate_process,
+    generates_elsewhere,
     load_generator,
 )
 
-__all__ = ["GenerationConfig", "Generator", "extract_sql", "generate", "generate_with_logprobs", "in_separate_process",
+__all__ = ["GenerationConfig", "Generator", "extract_sql", "generate", "generate_with_logprobs", "generates_elsewhere",
            "load_generator"]

@@ -7,10 +7,13 @@ different question) sit next to each other. Within a batch, each run of prompts 
 has its common prefix (system prompt and schema) prefilled once, and that KV cache is copied to
 each of its rows (prefixes of different databases left-padded to one width, the padding masked);
 only each row's own suffix is prefilled. The next batch about the same database starts from that
-prefix's cache too. So a batch mixes databases freely (decoding is memory-bound: a bigger batch
-costs little more per step) without prefilling any schema twice. On a CPU prefill
-is compute-bound and batching alone does not speed it up, so this reuse is what makes batches pay off
-for long schema prompts. vLLM does the same by itself (automatic prefix caching).
+prefix's cache too. So a batch mixes databases freely without prefilling any schema twice. On a CPU
+prefill is compute-bound and batching alone does not speed it up, so this reuse is what makes batches
+pay off for long schema prompts. vLLM does the same by itself (automatic prefix caching).
+
+Decoding runs in rounds of a few tokens, and the rows that finished leave the batch between rounds
+(Generator._decode): SQL answers vary in length, and a finished row would otherwise be computed on
+every step until the batch's longest answer ends. vLLM schedules rows one by one by itself.
 """
 
 from __future__ import annotations
@@ -31,9 +34,9 @@ class GenerationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     backend: Literal["auto", "hf", "vllm"] = "auto"
-    # Decoding is memory-bound on a CPU: a bigger batch costs little more per step. 32 was 1.15x faster
-    # than 16 on 96 dev prompts (bench/results/generation_paths.md).
-    batch_size: int = Field(32, ge=1)
+    # Prompts per batch. With finished rows leaving every 8 tokens, 64 was 1.17x faster than 32 on the first
+    # 192 dev prompts, and 1.70x faster than 32 without rounds (bench/results/generation_paths_192.md).
+    batch_size: int = Field(64, ge=1)
     max_new_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.0, ge=0.0)  # 0 means greedy
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -41,8 +44,8 @@ class GenerationConfig(BaseModel):
     seed: int = 0
     reuse_prefix: bool = True  # prefill a batch's shared prompt prefix once (transformers backend)
     stop_at_statement_end: bool = True  # a row stops once its SQL statement is complete (see StatementEnd)
-    # Finished rows leave the batch every this many new tokens (Generator._decode); None: never.
-    decode_round: int | None = Field(16, ge=1)
+    # Finished rows leave the batch every this many new tokens (Generator._decode); None: never. 8 beat 16.
+    decode_round: int | None = Field(8, ge=1)
     # Each call in a process of its own (generation/worker.py), which frees what the engine took when it
     # ends. None: exactly where vLLM generates (it keeps most of the GPU's memory until its process ends).
     separate_process: bool | None = None
@@ -276,7 +279,11 @@ class Generator:
 
         model, tokenizer = self.model, self.tokenizer
         sampling = config.temperature > 0
-        ends = {i for i in end_ids if i is not None}
+        skip = sorted({i for i in end_ids if i is not None})  # not scored: padding and end tokens
+        eos = model.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, list) else [eos])  # what ends a row (padding follows an ended row)
+        # A cache of a fixed kind (cache_implementation) cannot be handed back to generate(): one round.
+        step = config.decode_round if model.generation_config.cache_implementation is None else None
         prompt_width = input_ids.shape[1]
         rows = input_ids.shape[0] * config.num_samples
         tokens: list[list[int]] = [[] for _ in range(rows)]
@@ -285,12 +292,12 @@ class Generator:
         written, first = 0, True
         while True:
             stop = StatementEnd(tokenizer, prompt_width) if config.stop_at_statement_end else None
-            scorer = CompletionLogProbs(sorted(ends)) if with_logprobs else None
+            scorer = CompletionLogProbs(skip) if with_logprobs else None
             out = model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 past_key_values=cache,
-                max_new_tokens=min(config.decode_round or config.max_new_tokens, config.max_new_tokens - written),
+                max_new_tokens=min(step or config.max_new_tokens, config.max_new_tokens - written),
                 do_sample=sampling,
                 temperature=config.temperature if sampling else None,
                 top_p=config.top_p if sampling else None,
@@ -309,12 +316,15 @@ class Generator:
             for j, row in enumerate(live):
                 tokens[row] += new[j].tolist()
                 totals[row] += scores[j] if scores else 0.0
-                if not (ends.intersection(tokens[row][-new.shape[1]:]) or stop and stop.done[j]):
+                if not (eos.intersection(tokens[row][-new.shape[1]:]) or stop and stop.done[j]):
                     writing.append(j)
             if not writing or written >= config.max_new_tokens:
                 return tokens, (totals if with_logprobs else None)
             if first:
                 attention_mask = attention_mask.repeat_interleave(config.num_samples, dim=0)
+            if out.past_key_values is None:
+                raise RuntimeError("this model's generate() returns no KV cache to resume from: "
+                                   "set generation.decode_round to null")
             keep = torch.tensor(writing, device=new.device)
             cache = out.past_key_values  # every token but the last: generate() feeds that one next round
             cache.batch_select_indices(keep)
@@ -347,7 +357,7 @@ def load_generator(model_path: str, config: GenerationConfig) -> Generator:
     or vLLM will generate (a second copy of the weights would compete for GPU memory)."""
     from exspin.models import load_model, load_tokenizer
 
-    if _generates_elsewhere(config):
+    if generates_elsewhere(config):
         return Generator(None, load_tokenizer(model_path))
     return Generator(*load_model(model_path))
 
@@ -356,8 +366,9 @@ def in_separate_process(config: GenerationConfig) -> bool:
     return config.separate_process if config.separate_process is not None else use_vllm(config)
 
 
-def _generates_elsewhere(config: GenerationConfig) -> bool:
-    """Whether a Generator's own transformers model goes unused: another process or vLLM generates."""
+def generates_elsewhere(config: GenerationConfig) -> bool:
+    """Whether a Generator's own transformers model goes unused: another process or vLLM generates (each
+    call then loads the model anew)."""
     return in_separate_process(config) or use_vllm(config)
 
 
@@ -386,7 +397,7 @@ def generate_with_logprobs(model_path: str, prompts: Sequence[str], config: Gene
 
 
 def _generate_with(model_path, prompts, config, progress, generator, with_logprobs: bool):
-    if _generates_elsewhere(config):
+    if generates_elsewhere(config):
         # Elsewhere: the generator (if any) holds only a tokenizer; it still counts tokens and time.
         counted = [0]
 
