@@ -13,6 +13,9 @@ other arm hard-links the base run's data, prompt, start and SFT stages into runs
 - exspin_graded: graded negatives, a wrong result weighed twice, a syntax error not at all;
 - exspin_k4_positives: exspin_k4, and a sample that executes to the gold result is a chosen answer too;
 - exspin_k4_hardest: exspin_k4, keeping per question only the wrong sample the opponent rated likeliest;
+- exspin_iter2: ExSPIN's second iteration as the paper runs it: the first iteration's model (the base
+  run's 04_iter1, copied) is the opponent and the model trained on, whatever validation said of it
+  (control.rollback=false; the base run's own control stops or rolls back after a drop);
 - control: compute-matched, ExSPIN's starting model (the SFT model unless the run rolled back)
   trained further with the NLL on the gold SQL alone, on
   the questions and prompts of ExSPIN's pairs, with ExSPIN's trainer settings, so the same number
@@ -65,6 +68,17 @@ ARMS = {
     "exspin_k4_hardest": [*SAMPLED, "selfplay.feedback.hardest_negative=true"],
 }
 SAMPLED_ARMS = [arm for arm, settings in ARMS.items() if all(s in settings for s in SAMPLED)]
+SECOND_ITERATION = "exspin_iter2"  # builds on the plain ExSPIN arm's first iteration
+ARMS[SECOND_ITERATION] = ["control.rollback=false"]
+
+
+def run_second_iteration(base: Path, first: Path, config: Path, run_dir: Path, overrides: list[str]) -> None:
+    """ExSPIN's second iteration on the base run's shared stages and a copy of `first` (a finished first
+    ExSPIN iteration), always building on its model (resumable)."""
+    if not (first / "done.json").is_file():
+        sys.exit(f"{SECOND_ITERATION} builds on {first}, which has not finished: run the exspin arm first")
+    run_from_base(base, config, run_dir, [*overrides, "selfplay.iterations=2", "control.patience=99"],
+                  shared={"04_iter1": first})
 
 
 def run_iteration(base: Path, config: Path, run_dir: Path, overrides: list[str]) -> None:
@@ -338,6 +352,9 @@ def main() -> None:
         print(f"arm {arm}{tag}", flush=True)
         if arm == "control":
             run_control(base, args.config, out_root / "control", args.overrides)
+        elif arm == SECOND_ITERATION:
+            first = out_root / "exspin" / "04_iter1" if args.overrides else base / "04_iter1"
+            run_second_iteration(base, first, args.config, out_root / arm, [*ARMS[arm], *args.overrides])
         else:
             run_iteration(base, args.config, out_root / arm, [*ARMS[arm], *args.overrides])
 
@@ -347,7 +364,8 @@ def main() -> None:
     if (base / "05_iter2" / "done.json").is_file() and not args.overrides:
         rows.append(row("exspin, iteration 2", base / "05_iter2", sft, exspin=exspin))
     for arm in [*ARMS, "control"]:
-        stage = out_root / arm / ("04_control" if arm == "control" else "04_iter1")
+        folder = {"control": "04_control", SECOND_ITERATION: "05_iter2"}.get(arm, "04_iter1")
+        stage = out_root / arm / folder
         if (stage / "done.json").is_file():
             targets = exspin / "train_pairs.jsonl" if arm == "control" else None
             label = f"{arm} ({', '.join(o.rsplit('.', 1)[-1] for o in args.overrides)})" if args.overrides else arm

@@ -32,19 +32,24 @@ def cells() -> list[dict]:
                                        c["beta"] != 0.1))
 
 
-def run_from_base(base: Path, config: Path, run_dir: Path, overrides: list[str]) -> dict:
-    """Self-play stages with `overrides` on top of copies of the base run's data, prompt, start and SFT stages.
+SHARED_STAGES = ("00_data", "01_prompts", "02_start", "03_sft")
+
+
+def run_from_base(base: Path, config: Path, run_dir: Path, overrides: list[str],
+                  shared: dict[str, Path] | None = None) -> dict:
+    """Self-play stages with `overrides` on top of copies of the base run's data, prompt, start and SFT stages
+    (and of any finished stage in `shared`: folder name -> folder to copy).
 
     A finished run is reused; an unfinished one resumes. Returns the run's metrics.json.
     """
     metrics = run_dir / "report" / "metrics.json"
     if not metrics.is_file():
         run_dir.mkdir(parents=True, exist_ok=True)
-        for stage in ("00_data", "01_prompts", "02_start", "03_sft"):
+        for stage, source in {**{stage: base / stage for stage in SHARED_STAGES}, **(shared or {})}.items():
             if not (run_dir / stage).exists():
                 # Hard links: no copy of the SFT model, and no stage file is ever rewritten in place
                 # (models are saved to a new folder and renamed).
-                shutil.copytree(base / stage, run_dir / stage, copy_function=os.link)
+                shutil.copytree(source, run_dir / stage, copy_function=os.link)
         subprocess.run([sys.executable, "-m", "exspin.cli", "run", str(config), f"run_dir={run_dir}",
                         *overrides, "--resume"], check=True)
     return json.loads(metrics.read_text())
