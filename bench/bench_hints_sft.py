@@ -1,0 +1,70 @@
+"""Do the schema hints earn their place after SFT? Hints on against off, zero-shot and after SFT, on all of dev.
+
+    .venv/bin/python bench/bench_hints_sft.py [--base runs/spider_cpu] [--config configs/spider_cpu.yaml]
+
+The base run (hints as its config says) gives the one side; a run with hints switched the other way,
+otherwise the same config (data, seed, SFT settings), stops after SFT (`selfplay.iterations=0`) and
+gives the other: runs/<base>-hints_on (or -hints_off), resumable. Both score the same validation
+(from train) and dev questions, so each row compares the same questions: EX with hints off and on,
+questions gained and lost by switching hints on, with an exact two-sided sign-test p. Writes
+bench/results/hints_sft.json and hints_sft.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = {"zero-shot": "02_start", "after SFT": "03_sft"}
+
+
+def verdicts(folder: Path) -> list[dict]:
+    return json.loads((folder / "results.json").read_text())["examples"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", type=Path, default=ROOT / "runs" / "spider_cpu")
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "spider_cpu.yaml")
+    args = parser.parse_args()
+
+    from exspin.evaluation.stats import paired_change
+
+    base_config = json.loads((args.base / "config.json").read_text())
+    for stage in STAGES.values():
+        if not (args.base / stage / "done.json").is_file():
+            sys.exit(f"{args.base} has not finished {stage}: run `exspin run {args.config} --resume` first")
+    base_hints = bool(base_config["hints"]["enabled"])
+    other = args.base.parent / f"{args.base.name}-hints_{'off' if base_hints else 'on'}"
+    subprocess.run([sys.executable, "-m", "exspin.cli", "run", str(args.config), f"run_dir={other}",
+                    f"hints.enabled={str(not base_hints).lower()}", "selfplay.iterations=0", "--resume"], check=True)
+    off, on = (other, args.base) if base_hints else (args.base, other)
+
+    rows = []
+    for name, stage in STAGES.items():
+        for which, label in (("eval", "dev"), ("validation", "validation")):
+            before, after = verdicts(off / stage / f"eval_{which}"), verdicts(on / stage / f"eval_{which}")
+            change = paired_change(before, after)
+            rows.append({"stage": name, "set": label, "n": change["n"],
+                         "ex_off": 100 * sum(e["ex"] for e in before) / len(before),
+                         "ex_on": 100 * sum(e["ex"] for e in after) / len(after), **change})
+    results = {"hints_off": str(off), "hints_on": str(on), "rows": rows}
+    out = ROOT / "bench" / "results" / "hints_sft"
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+    lines = [f"# Schema hints on against off, zero-shot and after SFT ({args.config.name}: hints off {off}, "
+             f"on {on})", "", "+/-: questions turned right/wrong by switching hints on; p: exact two-sided sign "
+             "test.", "", "| stage | set | n | EX hints off | EX hints on | on - off | +/- | p |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['stage']} | {r['set']} | {r['n']} | {r['ex_off']:.2f} | {r['ex_on']:.2f} | "
+                     f"{r['ex_on'] - r['ex_off']:+.2f} | +{r['gained']}/-{r['lost']} | {r['p']:.3g} |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
