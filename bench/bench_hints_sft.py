@@ -40,8 +40,19 @@ def main() -> None:
             sys.exit(f"{args.base} has not finished {stage}: run `exspin run {args.config} --resume` first")
     base_hints = bool(base_config["hints"]["enabled"])
     other = args.base.parent / f"{args.base.name}-hints_{'off' if base_hints else 'on'}"
-    subprocess.run([sys.executable, "-m", "exspin.cli", "run", str(args.config), f"run_dir={other}",
-                    f"hints.enabled={str(not base_hints).lower()}", "selfplay.iterations=0", "--resume"], check=True)
+    overrides = [f"hints.enabled={str(not base_hints).lower()}", "selfplay.iterations=0"]
+    if "decode_round" not in base_config["generation"]:  # begun before rounds: decode as it did
+        overrides.append("generation.decode_round=null")
+    from exspin.config import RunConfig, load_config
+
+    ours = load_config(args.config, overrides).model_dump(mode="json")
+    theirs = RunConfig.model_validate(base_config).model_dump(mode="json")
+    theirs["generation"] = {**theirs["generation"], "decode_round": ours["generation"]["decode_round"]}
+    differ = [k for k in ours if k not in ("run_dir", "hints", "selfplay", "control") and ours[k] != theirs.get(k)]
+    if differ:
+        sys.exit(f"{args.config} and {args.base}/config.json differ in {', '.join(differ)}: pass the base run's config")
+    subprocess.run([sys.executable, "-m", "exspin.cli", "run", str(args.config), f"run_dir={other}", *overrides,
+                    "--resume"], check=True)
     off, on = (other, args.base) if base_hints else (args.base, other)
 
     rows = []
@@ -49,6 +60,7 @@ def main() -> None:
         for which, label in (("eval", "dev"), ("validation", "validation")):
             before, after = verdicts(off / stage / f"eval_{which}"), verdicts(on / stage / f"eval_{which}")
             change = paired_change(before, after)
+            assert change["n"] == len(before) == len(after), "the two runs scored different questions"
             rows.append({"stage": name, "set": label, "n": change["n"],
                          "ex_off": 100 * sum(e["ex"] for e in before) / len(before),
                          "ex_on": 100 * sum(e["ex"] for e in after) / len(after), **change})

@@ -296,8 +296,9 @@ def markdown(rows: list[dict], sft: dict, start: dict, overrides: list[str], plo
              "informative: the share of pairs whose rejected answer executes to another result than the "
              "chosen one (differs in meaning, not only in form).", "",
              "dev vs ExSPIN: questions turned right/wrong against the base run's first ExSPIN iteration, and p.", "",
-             "minutes: the arm's stage; arms that answer greedily reuse the base run's answers, so their time "
-             "has no generation.", "",
+             "minutes: the arm's stage; greedy first-iteration arms reuse the base run's answers, and sampling "
+             "arms after the first reuse its samples, so their time has no generation (exspin_iter2 answers "
+             "anew, as its opponent is the first iteration's model).", "",
              "| arm | dev EX | dev +/- | dev p | dev vs ExSPIN | val EX | val +/- | val p | pairs | pairs by label "
              "| informative | margin | minutes |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---:|"]

@@ -48,8 +48,12 @@ def run_from_base(base: Path, config: Path, run_dir: Path, overrides: list[str],
         for stage, source in {**{stage: base / stage for stage in SHARED_STAGES}, **(shared or {})}.items():
             if not (run_dir / stage).exists():
                 # Hard links: no copy of the SFT model, and no stage file is ever rewritten in place
-                # (models are saved to a new folder and renamed).
-                shutil.copytree(source, run_dir / stage, copy_function=os.link)
+                # (models are saved to a new folder and renamed). Linked aside, then renamed: a cut
+                # never leaves a half-linked stage that the run would redo in place.
+                partial = run_dir / f".{stage}.linking"
+                shutil.rmtree(partial, ignore_errors=True)
+                shutil.copytree(source, partial, copy_function=os.link)
+                partial.rename(run_dir / stage)
         subprocess.run([sys.executable, "-m", "exspin.cli", "run", str(config), f"run_dir={run_dir}",
                         *overrides, "--resume"], check=True)
     return json.loads(metrics.read_text())
