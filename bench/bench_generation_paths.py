@@ -123,7 +123,8 @@ def main() -> None:
     for name, arm in results["arms"].items():
         arm["speedup"] = arm["prompts_per_s"] / baseline["prompts_per_s"]
         arm["same_sql_as_baseline"] = sum(a == b for a, b in zip(arm["sql"], baseline["sql"], strict=True))
-        lines.append(f"| {name} | {arm['batch_size']} | {arm.get('decode_round') or ('-' if name.startswith('baseline') else 'none')} | {arm['attention']} | {arm['prompts_per_s']:.2f} | "
+        rounds = arm.get("decode_round") or ("-" if arm is baseline else "none")
+        lines.append(f"| {name} | {arm['batch_size']} | {rounds} | {arm['attention']} | {arm['prompts_per_s']:.2f} | "
                      f"{arm['tokens_per_s']:.1f} | {arm['speedup']:.2f} | "
                      f"{arm['same_sql_as_baseline']}/{args.prompts} |")
     out, name = ROOT / "bench" / "results", "generation_paths_spread" if args.spread else "generation_paths"

@@ -18,12 +18,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench_methods import verdicts
+
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = {"zero-shot": "02_start", "after SFT": "03_sft"}
-
-
-def verdicts(folder: Path) -> list[dict]:
-    return json.loads((folder / "results.json").read_text())["examples"]
 
 
 def main() -> None:

@@ -81,17 +81,25 @@ def run_second_iteration(base: Path, first: Path, config: Path, run_dir: Path, o
                   shared={"04_iter1": first})
 
 
+def shared_samples(out_root: Path) -> Path | None:
+    """A finished sampling arm's labelled samples, written with their log-probs (the hardest negative
+    ranks by them); None before any."""
+    for arm in SAMPLED_ARMS:
+        path = out_root / arm / "04_iter1" / "generations.jsonl"
+        if path.is_file():
+            with path.open(encoding="utf-8") as handle:
+                if '"logprob"' in handle.readline():
+                    return path
+    return None
+
+
 def run_iteration(base: Path, config: Path, run_dir: Path, overrides: list[str]) -> None:
     """One self-play iteration with `overrides` on the base run's shared stages (resumable). An arm that
     answers as the base run did (greedy, from the same SFT model) starts from the base run's labelled
     answers instead of generating them again; a sampling arm starts from another sampling arm's (the same
     opponent, samples, temperature and seed, with log-probs). Only its pairs, training and scores are its own."""
     greedy = not any(o.startswith(SAMPLING) for o in overrides)
-    if greedy:
-        answers = base / "04_iter1" / "generations.jsonl"
-    else:  # samples written with their log-probs (the hardest negative ranks by them)
-        answers = next((path for arm in SAMPLED_ARMS if (path := run_dir.parent / arm / "04_iter1" /
-                        "generations.jsonl").is_file() and '"logprob"' in path.open().readline()), None)
+    answers = base / "04_iter1" / "generations.jsonl" if greedy else shared_samples(run_dir.parent)
     if answers is not None and answers.is_file() and not (run_dir / "04_iter1").exists():
         (run_dir / "04_iter1").mkdir(parents=True)
         os.link(answers, run_dir / "04_iter1" / "generations.jsonl")

@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_methods import verdicts
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -56,8 +58,8 @@ def main() -> None:
         result = predict_prompts(str(model), split, examples, [prompts[e.index] for e in examples], Path(out),
                                  runner, generator, generation)
         seconds = time.perf_counter() - start
-        now = json.loads((Path(out) / "results.json").read_text())["examples"]
-    then = json.loads((args.stage / "eval_eval" / "results.json").read_text())["examples"]
+        now = verdicts(Path(out))
+    then = verdicts(args.stage / "eval_eval")
     before = {e["index"]: e for e in then}
     same_sql = sum(e["pred"] == before[e["index"]]["pred"] for e in now)
     same_verdict = sum(bool(e["ex"]) == bool(before[e["index"]]["ex"]) for e in now)

@@ -345,8 +345,9 @@ def _answer(run: Run, iteration: int, opponent: str, folder: Path) -> list[Gener
     are ordered by prompt first, so a piece holds whole runs of one database's questions, which share
     their schema's prefill."""
     settings = run.config.selfplay
-    prompts, order = run.prompts("train"), {e.index: i for i, e in enumerate(run.examples("train"))}
-    examples = sorted(run.examples("train"), key=lambda e: prompts[e.index])
+    prompts, train = run.prompts("train"), run.examples("train")
+    order = {e.index: i for i, e in enumerate(train)}
+    examples = sorted(train, key=lambda e: prompts[e.index])
     sampling = settings.samples_per_question > 1
     config = GenerationConfig(**{**run.config.generation.model_dump(), "num_samples": settings.samples_per_question,
                                  "temperature": settings.temperature if sampling else 0.0,
