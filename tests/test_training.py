@@ -14,6 +14,7 @@ import torch
 from exspin.data import load_split
 from exspin.execution.pool import SqlRunner
 from exspin.feedback import PairRules, count_labels, label_samples, make_pairs
+from exspin.pipeline import free_port
 from exspin.records import Pair
 from exspin.sqltext import normal_form
 
@@ -256,10 +257,12 @@ def _two_step_sft_inputs(tmp_path, settings: str) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("two_processes")  # one 2-process launch at a time on 2 cores
 def test_two_process_training_through_torchrun(tiny_model_dir, tmp_path):
     records, config = _two_step_sft_inputs(tmp_path, "gradient_checkpointing: false")
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "exspin.cli", "train",
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_port", str(free_port()), "-m", "exspin.cli", "train",
                "sft", "--model", str(tiny_model_dir), "--records", str(records), "--out", str(tmp_path / "out"),
                "--config", str(config)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
@@ -271,6 +274,7 @@ def test_two_process_training_through_torchrun(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("two_processes")
 def test_two_process_zero3_training_saves_and_merges_the_sharded_weights(tiny_model_dir, tmp_path):
     """DeepSpeed ZeRO-3 on 2 CPU processes (gloo), every parameter partitioned: the saved adapter and
     merged model are whole, and the merged model's logits equal a one-process merge of that adapter."""
@@ -289,12 +293,14 @@ def test_two_process_zero3_training_saves_and_merges_the_sharded_weights(tiny_mo
     accelerate = tmp_path / "accelerate.yaml"
     accelerate.write_text(f"distributed_type: DEEPSPEED\ndeepspeed_config:\n  deepspeed_config_file: {deepspeed}\n"
                           "  zero3_init_flag: false\nnum_machines: 1\nnum_processes: 2\nuse_cpu: true\n")
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    # Its own folder for DeepSpeed's JIT-built ops: a build killed elsewhere leaves a lock that hangs the next.
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1",
+           "TORCH_EXTENSIONS_DIR": str(tmp_path / "torch_extensions")}
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate), "-m",
-               "exspin.cli", "train", "sft", "--model", str(tiny_model_dir), "--records", str(records),
-               "--out", str(out), "--config", str(config)]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate),
+               "--main_process_port", str(free_port()), "-m", "exspin.cli", "train", "sft", "--model",
+               str(tiny_model_dir), "--records", str(records), "--out", str(out), "--config", str(config)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     merged = AutoModelForCausalLM.from_pretrained(out / "model", dtype=torch.float32)
     assert all(p.numel() > 0 for p in merged.parameters())

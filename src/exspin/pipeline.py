@@ -14,6 +14,7 @@ import json
 import math
 import random
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -221,6 +222,8 @@ def _launch_training(run: Run, kind: str, model_path: str, records: Path, folder
                str(training_processes(launcher))]
     if launcher.accelerate_config:
         command += ["--config_file", str(launcher.accelerate_config)]
+    if _needs_own_port(launcher):
+        command += ["--main_process_port", str(free_port())]
     command += ["-m", "exspin.cli", "train", kind, "--model", model_path,
                 "--records" if kind == "sft" else "--pairs", str(records), "--out", str(folder),
                 "--config", str(config_path)] + (["--seed", str(seed)] if seed is not None else [])
@@ -264,6 +267,28 @@ def training_processes(launcher) -> int:
     import torch
 
     return max(1, torch.cuda.device_count())
+
+
+def free_port() -> int:
+    """A TCP port that is free on this machine now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _needs_own_port(launcher) -> bool:
+    """Whether a launch on this one machine should take a free port for its processes' rendezvous: two
+    launches at once would both take accelerate's default (29500), and the second one hangs. An accelerate
+    config that names a port or spans machines keeps its own."""
+    if training_processes(launcher) < 2:
+        return False
+    if launcher.accelerate_config is None:
+        return True
+    path = Path(launcher.accelerate_config)
+    accelerate = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    if not isinstance(accelerate, dict):
+        return True
+    return accelerate.get("main_process_port") is None and (accelerate.get("num_machines") or 1) == 1
 
 
 def optimizer_steps(examples: int, settings, processes: int) -> int:
