@@ -13,6 +13,8 @@ other arm hard-links the base run's data, prompt, start and SFT stages into runs
 - exspin_graded: graded negatives, a wrong result weighed twice, a syntax error not at all;
 - exspin_k4_positives: exspin_k4, and a sample that executes to the gold result is a chosen answer too;
 - exspin_k4_hardest: exspin_k4, keeping per question only the wrong sample the opponent rated likeliest;
+- exspin_k4_own_hardest: exspin_k4_hardest, with the opponent's own right answer as the chosen side where
+  it wrote one (the gold where it did not): one pair per question it got wrong at least once;
 - exspin_iter2: ExSPIN's second iteration as the paper runs it: the first iteration's model (the base
   run's 04_iter1, copied) is the opponent and the model trained on, whatever validation said of it
   (control.rollback=false; the base run's own control stops or rolls back after a drop);
@@ -66,6 +68,7 @@ ARMS = {
     "exspin_graded": ["selfplay.feedback.negatives.wrong_result=2", "selfplay.feedback.negatives.syntax_error=0"],
     "exspin_k4_positives": [*SAMPLED, "selfplay.feedback.equivalent_positives=true"],
     "exspin_k4_hardest": [*SAMPLED, "selfplay.feedback.hardest_negative=true"],
+    "exspin_k4_own_hardest": [*SAMPLED, "selfplay.feedback.own_chosen=true", "selfplay.feedback.hardest_negative=true"],
 }
 SAMPLED_ARMS = [arm for arm, settings in ARMS.items() if all(s in settings for s in SAMPLED)]
 SECOND_ITERATION = "exspin_iter2"  # builds on the plain ExSPIN arm's first iteration

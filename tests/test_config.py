@@ -51,6 +51,13 @@ def test_inconsistent_settings_are_one_line_errors(tmp_path):
     with pytest.raises(UserError, match="equivalent_positives is an ExSPIN rule"):
         load_config(path, ["selfplay.samples_per_question=4", "selfplay.method=spin",
                            "selfplay.feedback.equivalent_positives=true"])
+    with pytest.raises(UserError, match="choose one"):
+        load_config(path, ["selfplay.samples_per_question=4", "selfplay.feedback.own_chosen=true",
+                           "selfplay.feedback.equivalent_positives=true"])
+    own = tmp_path / "own.yaml"
+    own.write_text("selfplay:\n  feedback:\n    own_chosen: true\n")
+    with pytest.raises(UserError, match="own_chosen .*samples_per_question >= 2"):
+        load_config(own)
     zero = [f"selfplay.feedback.negatives.{label}=0"
             for label in ("wrong_result", "runtime_error", "syntax_error", "timeout", "forbidden")]
     with pytest.raises(UserError, match="every outcome has weight 0"):

@@ -180,6 +180,17 @@ def test_pair_rules_beyond_the_paper(concert):
     # SPIN would push the same correct sample down against the gold.
     with pytest.raises(ValueError, match="ExSPIN rule"):
         make_pairs("spin", [first], prompts, labelled, PairRules(equivalent_positives=True))
+    # Own chosen: the correct sample replaces the gold as the chosen side; a question without one keeps the gold.
+    own = make_pairs("exspin", [first], prompts, labelled, PairRules(own_chosen=True))
+    assert [(p.chosen_source, p.chosen, p.rejected_label) for p in own] == [
+        ("sample", "SELECT COUNT(singer_id) FROM singer", label)
+        for label in ("wrong_result", "runtime_error", "syntax_error")]
+    wrong_only = [r for r in labelled if r.label != "correct"]
+    assert {p.chosen_source for p in make_pairs("exspin", [first], prompts, wrong_only,
+                                                 PairRules(own_chosen=True))} == {"gold"}
+    assert pairs(own_chosen=True, hardest_negative=True) == [("sample", "runtime_error", 1)]
+    with pytest.raises(ValueError, match="choose one"):
+        make_pairs("exspin", [first], prompts, labelled, PairRules(own_chosen=True, equivalent_positives=True))
     # Hardest negative: of the wrong answers, the one the opponent rated most likely (-2.0).
     assert pairs(hardest_negative=True) == [("gold", "runtime_error", 1)]
     assert pairs("dpo", hardest_negative=True) == [("sample", "runtime_error", 1)]

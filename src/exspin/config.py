@@ -101,13 +101,17 @@ class RunConfig(_Section):
             raise ValueError("selfplay.method dpo pairs a correct sample with a wrong one: it needs "
                              "selfplay.samples_per_question >= 2")
         rules = self.selfplay.feedback
-        if rules.equivalent_positives and self.selfplay.method != "exspin":
-            raise ValueError("selfplay.feedback.equivalent_positives is an ExSPIN rule (SPIN would push the same "
-                             "answers down; DPO's chosen answer is a sample already)")
+        for name, on in (("equivalent_positives", rules.equivalent_positives), ("own_chosen", rules.own_chosen)):
+            if on and self.selfplay.method != "exspin":
+                raise ValueError(f"selfplay.feedback.{name} is an ExSPIN rule (SPIN would push the same answers "
+                                 "down; DPO's chosen answer is a sample already)")
+        if rules.equivalent_positives and rules.own_chosen:
+            raise ValueError("selfplay.feedback: equivalent_positives and own_chosen are two ways to use the right "
+                             "samples; choose one")
         if not any(rules.negatives.model_dump().values()):
             raise ValueError("selfplay.feedback.negatives: every outcome has weight 0, so no pair would be made")
         for name, on in (("hardest_negative", rules.hardest_negative),
-                         ("equivalent_positives", rules.equivalent_positives)):
+                         ("equivalent_positives", rules.equivalent_positives), ("own_chosen", rules.own_chosen)):
             if on and self.selfplay.iterations and self.selfplay.samples_per_question < 2:
                 raise ValueError(f"selfplay.feedback.{name} chooses among several answers to a question: it needs "
                                  "selfplay.samples_per_question >= 2")

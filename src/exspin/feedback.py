@@ -60,6 +60,11 @@ class PairRules(BaseModel):
     # term (nll_weight) then also trains on these answers, and may hold a false positive: one that
     # matches the gold result on this database only.
     equivalent_positives: bool = False
+    # ExSPIN only: where the opponent wrote an answer that executes to the gold result, that answer (its
+    # first in normal form) is the chosen side instead of the gold; the gold stays chosen where it wrote
+    # none. The pairs then ask the model to prefer its own right answers, as DPO's do, and still teach the
+    # questions it never gets right.
+    own_chosen: bool = False
     # Of a question's rejected answers keep one: the one the opponent gave the highest log-prob, the
     # sum over its tokens (so a short answer is favoured), the best of its samples with one normal
     # form. Needs the generation's log-probs (Generator.sample).
@@ -108,9 +113,12 @@ def _rejected_text(answer: Generation) -> str:
 def make_pairs(method: PairMethod, examples: Sequence[Example], prompts: dict[int, str],
                labelled: Sequence[Generation], rules: PairRules = PairRules()) -> list[Pair]:
     """The preference pairs of one iteration; a pair's `weight` is how many times training repeats it."""
-    if rules.equivalent_positives and method != "exspin":
-        raise ValueError(f"equivalent_positives is an ExSPIN rule: {method} would push its positives down too"
-                         if method == "spin" else "equivalent_positives is an ExSPIN rule; dpo's chosen is a sample")
+    for name, on in (("equivalent_positives", rules.equivalent_positives), ("own_chosen", rules.own_chosen)):
+        if on and method != "exspin":
+            raise ValueError(f"{name} is an ExSPIN rule: {method} would push its positives down too"
+                             if method == "spin" else f"{name} is an ExSPIN rule; dpo's chosen is a sample")
+    if rules.equivalent_positives and rules.own_chosen:
+        raise ValueError("equivalent_positives and own_chosen are two ways to use the right samples: choose one")
     by_example: dict[int, list[Generation]] = {}
     for answer in labelled:
         by_example.setdefault(answer.index, []).append(answer)
@@ -127,7 +135,7 @@ def make_pairs(method: PairMethod, examples: Sequence[Example], prompts: dict[in
             rejected = [(text, a) for text, a in unique.items() if a.label != "correct"]
         else:
             gold = normal_form(example.gold_sql)
-            chosen = [("gold", gold)]
+            chosen = [("sample", correct[0])] if rules.own_chosen and correct else [("gold", gold)]
             if rules.equivalent_positives:
                 chosen += [("sample", text) for text in correct if text != gold]
             rejected = [(text, a) for text, a in unique.items()
