@@ -118,3 +118,18 @@ def test_the_process_count_comes_from_the_accelerate_config_or_the_devices(tmp_p
     assert training_processes(LauncherSettings(accelerate_config=accelerate, num_processes=2)) == 2
     accelerate.write_text("distributed_type: MULTI_GPU\n")
     assert training_processes(LauncherSettings(accelerate_config=accelerate)) == max(1, torch.cuda.device_count())
+
+
+def test_a_launch_on_one_machine_takes_a_free_port_unless_its_config_names_one(tmp_path):
+    from exspin.config import LauncherSettings
+    from exspin.pipeline import port_arguments
+
+    assert port_arguments(LauncherSettings(num_processes=1)) == []
+    flag, port = port_arguments(LauncherSettings(num_processes=2))
+    assert flag == "--main_process_port" and 1024 <= int(port) <= 65535
+    accelerate = tmp_path / "accelerate.yaml"
+    accelerate.write_text("num_processes: 2\n")
+    assert port_arguments(LauncherSettings(accelerate_config=accelerate))[0] == "--main_process_port"
+    for own in ("main_process_port: 29600", "num_machines: 2", "rdzv_backend: c10d"):
+        accelerate.write_text(f"num_processes: 2\n{own}\n")
+        assert port_arguments(LauncherSettings(accelerate_config=accelerate)) == [], own

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -189,6 +190,12 @@ def test_pair_rules_beyond_the_paper(concert):
     assert {p.chosen_source for p in make_pairs("exspin", [first], prompts, wrong_only,
                                                  PairRules(own_chosen=True))} == {"gold"}
     assert pairs(own_chosen=True, hardest_negative=True) == [("sample", "runtime_error", 1)]
+    # The gold's own form is never rejected, even judged wrong (here a timeout), once the chosen is a sample.
+    gold_timeout = labelled[0].model_copy(update={"sample": 5, "sql": first.gold_sql, "completion": first.gold_sql,
+                                                  "label": "timeout", "logprob": -0.1})
+    own = make_pairs("exspin", [first], prompts, [*labelled, gold_timeout],
+                     PairRules(own_chosen=True, hardest_negative=True))
+    assert [(p.chosen_source, p.rejected_label) for p in own] == [("sample", "runtime_error")]
     with pytest.raises(ValueError, match="choose one"):
         make_pairs("exspin", [first], prompts, labelled, PairRules(own_chosen=True, equivalent_positives=True))
     # Hardest negative: of the wrong answers, the one the opponent rated most likely (-2.0).
@@ -255,6 +262,20 @@ def test_generation_uses_the_kv_cache_after_a_training_step(tiny_model_dir, tmp_
     assert all(width == 1 for width in fed[1:]), fed  # no step re-reads the prompt
 
 
+def _run_launch(command: list[str], env: dict, timeout: int) -> subprocess.CompletedProcess:
+    """A multi-process launch in its own process group, killed whole if it overruns (so no worker is left
+    holding the cores, the port or a build lock)."""
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"the launch ran past {timeout} s: {stderr[-3000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
 def _two_step_sft_inputs(tmp_path, settings: str) -> tuple[Path, Path]:
     """8 records and a run config whose sft.train takes `settings` (YAML flow entries): 2 steps of LoRA."""
     records = tmp_path / "records.jsonl"
@@ -276,7 +297,7 @@ def test_two_process_training_through_torchrun(tiny_model_dir, tmp_path):
                "--master_port", str(free_port()), "-m", "exspin.cli", "train",
                "sft", "--model", str(tiny_model_dir), "--records", str(records), "--out", str(tmp_path / "out"),
                "--config", str(config)]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    result = _run_launch(command, env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     log = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").open()]
     # 2 processes x batch 2 x 2 steps = all 8 records: one epoch. One process would reach 0.5.
@@ -311,7 +332,7 @@ def test_two_process_zero3_training_saves_and_merges_the_sharded_weights(tiny_mo
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate),
                "--main_process_port", str(free_port()), "-m", "exspin.cli", "train", "sft", "--model",
                str(tiny_model_dir), "--records", str(records), "--out", str(out), "--config", str(config)]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    result = _run_launch(command, env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     merged = AutoModelForCausalLM.from_pretrained(out / "model", dtype=torch.float32)
     assert all(p.numel() > 0 for p in merged.parameters())

@@ -103,8 +103,8 @@ class RunConfig(_Section):
         rules = self.selfplay.feedback
         for name, on in (("equivalent_positives", rules.equivalent_positives), ("own_chosen", rules.own_chosen)):
             if on and self.selfplay.method != "exspin":
-                raise ValueError(f"selfplay.feedback.{name} is an ExSPIN rule (SPIN would push the same answers "
-                                 "down; DPO's chosen answer is a sample already)")
+                raise ValueError(f"selfplay.feedback.{name} is an ExSPIN rule; selfplay.method is "
+                                 f"{self.selfplay.method}")
         if rules.equivalent_positives and rules.own_chosen:
             raise ValueError("selfplay.feedback: equivalent_positives and own_chosen are two ways to use the right "
                              "samples; choose one")

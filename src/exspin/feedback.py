@@ -63,7 +63,8 @@ class PairRules(BaseModel):
     # ExSPIN only: where the opponent wrote an answer that executes to the gold result, that answer (its
     # first in normal form) is the chosen side instead of the gold; the gold stays chosen where it wrote
     # none. The pairs then ask the model to prefer its own right answers, as DPO's do, and still teach the
-    # questions it never gets right.
+    # questions it never gets right. As with equivalent_positives, a chosen answer may match the gold's
+    # result on this database only.
     own_chosen: bool = False
     # Of a question's rejected answers keep one: the one the opponent gave the highest log-prob, the
     # sum over its tokens (so a short answer is favoured), the best of its samples with one normal
@@ -115,8 +116,7 @@ def make_pairs(method: PairMethod, examples: Sequence[Example], prompts: dict[in
     """The preference pairs of one iteration; a pair's `weight` is how many times training repeats it."""
     for name, on in (("equivalent_positives", rules.equivalent_positives), ("own_chosen", rules.own_chosen)):
         if on and method != "exspin":
-            raise ValueError(f"{name} is an ExSPIN rule: {method} would push its positives down too"
-                             if method == "spin" else f"{name} is an ExSPIN rule; dpo's chosen is a sample")
+            raise ValueError(f"{name} is an ExSPIN rule, not a {method} one")
     if rules.equivalent_positives and rules.own_chosen:
         raise ValueError("equivalent_positives and own_chosen are two ways to use the right samples: choose one")
     by_example: dict[int, list[Generation]] = {}
@@ -138,8 +138,10 @@ def make_pairs(method: PairMethod, examples: Sequence[Example], prompts: dict[in
             chosen = [("sample", correct[0])] if rules.own_chosen and correct else [("gold", gold)]
             if rules.equivalent_positives:
                 chosen += [("sample", text) for text in correct if text != gold]
+            # Never the gold's own form, even where it was judged wrong (say a timeout): with a sampled
+            # chosen side, nothing else would keep the gold out of the rejected side.
             rejected = [(text, a) for text, a in unique.items()
-                        if (method == "spin" and text != gold) or a.label != "correct"]
+                        if text != gold and (method == "spin" or a.label != "correct")]
         rejected = [(text, a) for text, a in rejected if rules.negatives.of(a.label) > 0]
         if rules.hardest_negative and rejected:
             rejected = [max(rejected, key=lambda item: _logprob(item[1]))]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 
 def chosen_logp_warning(steps: Sequence[dict], beta: float, max_drop: float) -> str | None:
-    """Warn when the policy's log-prob of the gold SQL falls more than max_drop nats below the reference's.
+    """Warn when the policy's log-prob of the chosen SQL falls more than max_drop nats below the reference's.
 
     trl logs rewards/chosen = beta * (policy - reference) on each batch, so the fall is measured on the
     same examples, not across batches of different lengths.
@@ -22,8 +22,8 @@ def chosen_logp_warning(steps: Sequence[dict], beta: float, max_drop: float) -> 
         return None
     drop = -min(changes)
     if drop > max_drop:
-        return (f"the gold SQL's log-prob fell {drop:.1f} nats below the reference's (threshold {max_drop:g}): "
-                "the model is unlearning the gold answers; lower the learning rate or raise nll_weight")
+        return (f"the chosen SQL's log-prob fell {drop:.1f} nats below the reference's (threshold {max_drop:g}): "
+                "the model is unlearning the right answers; lower the learning rate or raise nll_weight")
     return None
 
 

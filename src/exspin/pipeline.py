@@ -222,8 +222,7 @@ def _launch_training(run: Run, kind: str, model_path: str, records: Path, folder
                str(training_processes(launcher))]
     if launcher.accelerate_config:
         command += ["--config_file", str(launcher.accelerate_config)]
-    if _needs_own_port(launcher):
-        command += ["--main_process_port", str(free_port())]
+    command += port_arguments(launcher)
     command += ["-m", "exspin.cli", "train", kind, "--model", model_path,
                 "--records" if kind == "sft" else "--pairs", str(records), "--out", str(folder),
                 "--config", str(config_path)] + (["--seed", str(seed)] if seed is not None else [])
@@ -276,19 +275,22 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _needs_own_port(launcher) -> bool:
-    """Whether a launch on this one machine should take a free port for its processes' rendezvous: two
-    launches at once would both take accelerate's default (29500), and the second one hangs. An accelerate
-    config that names a port or spans machines keeps its own."""
+def port_arguments(launcher) -> list[str]:
+    """`accelerate launch` arguments that give a launch on this one machine a free port for its processes'
+    rendezvous: two launches at once would both take the default (29500), and the second one hangs. None
+    for one process, or where the accelerate config names a port, spans machines, or meets through c10d
+    (whose rendezvous ignores this port)."""
     if training_processes(launcher) < 2:
-        return False
-    if launcher.accelerate_config is None:
-        return True
-    path = Path(launcher.accelerate_config)
-    accelerate = yaml.safe_load(path.read_text()) if path.is_file() else {}
-    if not isinstance(accelerate, dict):
-        return True
-    return accelerate.get("main_process_port") is None and (accelerate.get("num_machines") or 1) == 1
+        return []
+    accelerate = {}
+    if launcher.accelerate_config is not None:
+        path = Path(launcher.accelerate_config)
+        accelerate = yaml.safe_load(path.read_text()) if path.is_file() else {}
+        accelerate = accelerate if isinstance(accelerate, dict) else {}
+    if (accelerate.get("main_process_port") is not None or (accelerate.get("num_machines") or 1) > 1
+            or accelerate.get("rdzv_backend", "static") != "static"):
+        return []
+    return ["--main_process_port", str(free_port())]
 
 
 def optimizer_steps(examples: int, settings, processes: int) -> int:
