@@ -196,6 +196,9 @@ def test_pair_rules_beyond_the_paper(concert):
     own = make_pairs("exspin", [first], prompts, [*labelled, gold_timeout],
                      PairRules(own_chosen=True, hardest_negative=True))
     assert [(p.chosen_source, p.rejected_label) for p in own] == [("sample", "runtime_error")]
+    for method in ("exspin", "dpo"):  # the gold's form, the likeliest answer, never uses up the hardest negative
+        hardest = make_pairs(method, [first], prompts, [*labelled, gold_timeout], PairRules(hardest_negative=True))
+        assert [p.rejected_label for p in hardest] == ["runtime_error"], method
     with pytest.raises(ValueError, match="choose one"):
         make_pairs("exspin", [first], prompts, labelled, PairRules(own_chosen=True, equivalent_positives=True))
     # Hardest negative: of the wrong answers, the one the opponent rated most likely (-2.0).
@@ -273,6 +276,9 @@ def _run_launch(command: list[str], env: dict, timeout: int) -> subprocess.Compl
         os.killpg(process.pid, signal.SIGKILL)
         stdout, stderr = process.communicate()
         pytest.fail(f"the launch ran past {timeout} s: {stderr[-3000:]}")
+    except BaseException:  # an interrupt no longer reaches a new session's workers
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 

@@ -130,16 +130,16 @@ def make_pairs(method: PairMethod, examples: Sequence[Example], prompts: dict[in
             if text not in unique or rules.hardest_negative and _logprob(answer) > _logprob(unique[text]):
                 unique[text] = answer
         correct = [text for text, a in unique.items() if a.label == "correct"]
+        gold = normal_form(example.gold_sql)
+        # No method rejects the gold's own form, even where it was judged wrong (say a timeout): against
+        # a sampled chosen side nothing else would keep it out, and it would use up the hardest negative.
         if method == "dpo":
             chosen = [("sample", text) for text in correct[:1]]
-            rejected = [(text, a) for text, a in unique.items() if a.label != "correct"]
+            rejected = [(text, a) for text, a in unique.items() if text != gold and a.label != "correct"]
         else:
-            gold = normal_form(example.gold_sql)
             chosen = [("sample", correct[0])] if rules.own_chosen and correct else [("gold", gold)]
             if rules.equivalent_positives:
                 chosen += [("sample", text) for text in correct if text != gold]
-            # Never the gold's own form, even where it was judged wrong (say a timeout): with a sampled
-            # chosen side, nothing else would keep the gold out of the rejected side.
             rejected = [(text, a) for text, a in unique.items()
                         if text != gold and (method == "spin" or a.label != "correct")]
         rejected = [(text, a) for text, a in rejected if rules.negatives.of(a.label) > 0]
