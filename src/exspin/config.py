@@ -101,20 +101,14 @@ class RunConfig(_Section):
             raise ValueError("selfplay.method dpo pairs a correct sample with a wrong one: it needs "
                              "selfplay.samples_per_question >= 2")
         rules = self.selfplay.feedback
-        for name, on in (("equivalent_positives", rules.equivalent_positives), ("own_chosen", rules.own_chosen)):
-            if on and self.selfplay.method != "exspin":
-                raise ValueError(f"selfplay.feedback.{name} is an ExSPIN rule; selfplay.method is "
-                                 f"{self.selfplay.method}")
-        if rules.equivalent_positives and rules.own_chosen:
-            raise ValueError("selfplay.feedback: equivalent_positives and own_chosen are two ways to use the right "
-                             "samples; choose one")
+        if self.selfplay.method != "exspin" and rules.exspin_only():
+            raise ValueError(f"selfplay.feedback.{rules.exspin_only()[0]} is an ExSPIN rule; selfplay.method is "
+                             f"{self.selfplay.method}")
         if not any(rules.negatives.model_dump().values()):
             raise ValueError("selfplay.feedback.negatives: every outcome has weight 0, so no pair would be made")
-        for name, on in (("hardest_negative", rules.hardest_negative),
-                         ("equivalent_positives", rules.equivalent_positives), ("own_chosen", rules.own_chosen)):
-            if on and self.selfplay.iterations and self.selfplay.samples_per_question < 2:
-                raise ValueError(f"selfplay.feedback.{name} chooses among several answers to a question: it needs "
-                                 "selfplay.samples_per_question >= 2")
+        if rules.choosing_among_samples() and self.selfplay.iterations and self.selfplay.samples_per_question < 2:
+            raise ValueError(f"selfplay.feedback.{rules.choosing_among_samples()[0]} chooses among several answers "
+                             "to a question: it needs selfplay.samples_per_question >= 2")
         need = self.prompt.max_prompt_tokens + self.generation.max_new_tokens + 1  # + EOS
         stages = [("sft", self.sft.train.max_length, self.sft.enabled),
                   ("selfplay", self.selfplay.train.max_length, self.selfplay.iterations > 0)]

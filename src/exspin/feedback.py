@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from exspin.data import Split
 from exspin.execution.pool import JudgeTask, SqlRunner
@@ -71,6 +71,21 @@ class PairRules(BaseModel):
     # form. Needs the generation's log-probs (Generator.sample).
     hardest_negative: bool = False
 
+    @model_validator(mode="after")
+    def _one_use_of_right_samples(self) -> PairRules:
+        if self.equivalent_positives and self.own_chosen:
+            raise ValueError("equivalent_positives and own_chosen are two ways to use the right samples: "
+                             "choose one")
+        return self
+
+    def exspin_only(self) -> list[str]:
+        """The rules switched on that only ExSPIN may use (they put right samples on the chosen side)."""
+        return [name for name in ("equivalent_positives", "own_chosen") if getattr(self, name)]
+
+    def choosing_among_samples(self) -> list[str]:
+        """The rules switched on that choose among several answers to a question."""
+        return [name for name in ("hardest_negative", "equivalent_positives", "own_chosen") if getattr(self, name)]
+
 
 def label_samples(split: Split, examples: Sequence[Example], completions: Sequence[Sequence[str]],
                   runner: SqlRunner, logprobs: Sequence[Sequence[float]] | None = None) -> list[Generation]:
@@ -114,11 +129,8 @@ def _rejected_text(answer: Generation) -> str:
 def make_pairs(method: PairMethod, examples: Sequence[Example], prompts: dict[int, str],
                labelled: Sequence[Generation], rules: PairRules = PairRules()) -> list[Pair]:
     """The preference pairs of one iteration; a pair's `weight` is how many times training repeats it."""
-    for name, on in (("equivalent_positives", rules.equivalent_positives), ("own_chosen", rules.own_chosen)):
-        if on and method != "exspin":
-            raise ValueError(f"{name} is an ExSPIN rule, not a {method} one")
-    if rules.equivalent_positives and rules.own_chosen:
-        raise ValueError("equivalent_positives and own_chosen are two ways to use the right samples: choose one")
+    if method != "exspin" and rules.exspin_only():
+        raise ValueError(f"{rules.exspin_only()[0]} is an ExSPIN rule, not a {method} one")
     by_example: dict[int, list[Generation]] = {}
     for answer in labelled:
         by_example.setdefault(answer.index, []).append(answer)

@@ -258,14 +258,21 @@ def training_processes(launcher) -> int:
     launcher's setting; else the accelerate config's own; else one per visible GPU, or one without a GPU."""
     if launcher.num_processes is not None:
         return launcher.num_processes
-    if launcher.accelerate_config is not None:
-        path = Path(launcher.accelerate_config)
-        accelerate = yaml.safe_load(path.read_text()) if path.is_file() else {}
-        if isinstance(accelerate, dict) and (accelerate.get("num_processes") or -1) > 0:
-            return int(accelerate["num_processes"])
+    accelerate = _accelerate_settings(launcher)
+    if (accelerate.get("num_processes") or -1) > 0:
+        return int(accelerate["num_processes"])
     import torch
 
     return max(1, torch.cuda.device_count())
+
+
+def _accelerate_settings(launcher) -> dict:
+    """The launcher's accelerate config file as a mapping; empty without one (or for one that is not)."""
+    if launcher.accelerate_config is None:
+        return {}
+    path = Path(launcher.accelerate_config)
+    settings = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    return settings if isinstance(settings, dict) else {}
 
 
 def free_port() -> int:
@@ -282,11 +289,7 @@ def port_arguments(launcher) -> list[str]:
     (whose rendezvous ignores this port)."""
     if training_processes(launcher) < 2:
         return []
-    accelerate = {}
-    if launcher.accelerate_config is not None:
-        path = Path(launcher.accelerate_config)
-        accelerate = yaml.safe_load(path.read_text()) if path.is_file() else {}
-        accelerate = accelerate if isinstance(accelerate, dict) else {}
+    accelerate = _accelerate_settings(launcher)
     if (accelerate.get("main_process_port") is not None or (accelerate.get("num_machines") or 1) > 1
             or accelerate.get("rdzv_backend", "static") != "static"):
         return []
