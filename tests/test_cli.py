@@ -111,3 +111,7 @@ def test_run_dry_run_prints_the_plan_and_starts_nothing(spider_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "sft" in result.stdout and "exspin-1" in result.stdout and "(too few)" in result.stdout
     assert not (tmp_path / "run").exists()
+    # The quickstart carves 4 questions a database; asking more of the databases than they hold is one line.
+    result = run_cli("run", config, "--dry-run", f"data.path={spider_dir}", "data.validation_size=2000")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "data.per_database=4 gives 0 training questions, not 48" in result.stderr + result.stdout

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import random
+from collections import Counter
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from exspin.data import load_split
+from exspin.data.carve import carve
 from exspin.errors import UserError
 from exspin.hints.schema import read_schema
+from exspin.records import Example
 
 
 def test_spider_dev_counts_and_missing_database(spider_dir):
@@ -95,3 +101,51 @@ def test_unknown_db_id_is_counted_missing(tmp_path):
     (tmp_path / "dev.json").write_text(json.dumps([{"question": "q", "query": "SELECT 1", "db_id": "nowhere"}]))
     split = load_split(tmp_path, "dev")
     assert split.missing_dbs == ["nowhere"] and split.executable == []
+
+
+def _questions(db_ids: list[str]) -> list[Example]:
+    return [Example(dataset="spider", split="train", index=i, db_id=db, question=f"q{i}", gold_sql="SELECT 1")
+            for i, db in enumerate(db_ids)]
+
+
+def test_carving_question_by_question_is_a_seeded_shuffle_then_slices():
+    pool = _questions([f"db{i % 7}" for i in range(60)])
+    validation, train = carve(pool, 10, 20, seed=3)
+    order = list(pool)
+    random.Random(3).shuffle(order)
+    assert validation == sorted(order[:10], key=lambda e: e.index)
+    assert train == sorted(order[10:30], key=lambda e: e.index)
+    assert len(carve(pool, 10, None, seed=3)[1]) == 50
+
+
+@given(sizes=st.lists(st.integers(1, 12), min_size=1, max_size=15), per_database=st.integers(1, 5),
+       validation_size=st.integers(1, 20), train_size=st.one_of(st.none(), st.integers(1, 40)),
+       seed=st.integers(0, 3))
+def test_carving_by_database_keeps_validation_and_training_on_different_databases(
+        sizes, per_database, validation_size, train_size, seed):
+    pool = _questions([f"db{d}" for d, size in enumerate(sizes) for _ in range(size)])
+    try:
+        validation, train = carve(pool, validation_size, train_size, seed, per_database)
+    except UserError as error:  # only where the databases after validation hold too few questions
+        assert "training questions" in str(error)
+        if train_size is not None:
+            try:
+                _, everything = carve(pool, validation_size, None, seed, per_database)
+            except UserError:  # none at all
+                return
+            assert len(everything) < train_size
+        return
+    assert carve(pool, validation_size, train_size, seed, per_database) == (validation, train)
+    assert not {e.db_id for e in validation} & {e.db_id for e in train}
+    assert max(Counter(e.db_id for e in validation + train).values()) <= per_database
+    assert [e.index for e in validation] == sorted(e.index for e in validation)
+    assert [e.index for e in train] == sorted(e.index for e in train)
+    available = sum(min(size, per_database) for size in sizes)
+    assert len(validation) == min(validation_size, available)  # whole databases, the last one cut
+    assert train and (train_size is None or len(train) == train_size)
+
+
+def test_carving_by_database_on_spider_train(spider_dir):
+    validation, train = carve(load_split(spider_dir, "train").executable, 32, 48, seed=0, per_database=4)
+    assert (len(validation), len(train)) == (32, 48)
+    assert (len({e.db_id for e in validation}), len({e.db_id for e in train})) == (8, 12)

@@ -99,6 +99,25 @@ def test_outcomes_are_classified(tmp_path):
     assert sandbox.execute(db, "SELECT count(*) FROM orders").rows == ((4,),)
 
 
+def test_text_without_a_query_is_no_answer(tmp_path, spider_dir):
+    """SQLite runs empty text or a lone comment as nothing, with no rows; that must not equal a gold
+    query's empty result (49 of Spider dev's 972 have one, and a model that wrote no SQL scored on them)."""
+    from exspin.data import load_split
+    from exspin.evaluation import evaluate
+    from exspin.execution.pool import SqlRunner
+
+    db = make_db(tmp_path / "shop.sqlite", SHOP_SQL)
+    for text in ("", "  \n ", "-- the answer", "/* SELECT 1 */"):
+        result = sandbox.execute(db, text)
+        assert (result.outcome, result.message) == ("syntax_error", "no statement that returns rows")
+    assert sandbox.execute(db, "SELECT 1 WHERE 0").outcome == "ok"  # an empty result is still an answer
+    split = load_split(spider_dir, "dev")
+    assert sandbox.execute(split.db_path(split.examples[14].db_id), split.examples[14].gold_sql).rows == ()
+    with SqlRunner(workers=1) as runner:
+        verdicts = evaluate(split, {14: "", 15: split.examples[15].gold_sql}, runner).examples
+    assert [(v["index"], v["ex"], v["outcome"]) for v in verdicts] == [(14, 0, "syntax_error"), (15, 1, "ok")]
+
+
 def test_reindex_of_a_real_index_is_forbidden(tmp_path):
     # flight_4 has no index, so REINDEX there is a no-op that SQLite never asks about.
     db = make_db(tmp_path / "indexed.sqlite", "CREATE TABLE t (x TEXT); CREATE INDEX t_x ON t(x);")

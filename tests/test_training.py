@@ -65,10 +65,15 @@ def test_nll_term_gradient_is_minus_one_over_gold_tokens():
     assert torch.allclose(token_logps.grad, -mask.float() / 5)
 
 
+def _on_device(batch: dict, device) -> dict:
+    """A collated batch on the model's device, where the Trainer would put it (these tests call the loss directly)."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 def _completion_logp(model, tokenizer, prompt: str, completion: str) -> torch.Tensor:
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     full_ids = tokenizer(prompt + completion + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([full_ids])
+    ids = torch.tensor([full_ids], device=model.device)
     logps = torch.log_softmax(model(ids).logits[0, :-1].float(), dim=-1)
     targets = ids[0, 1:]
     token_logps = logps.gather(-1, targets[:, None])[:, 0]
@@ -99,7 +104,7 @@ def test_trl_trainer_computes_the_spin_loss(tiny_model_dir, tmp_path):
         for name, parameter in policy.named_parameters():
             if "lora_B" in name:
                 parameter.normal_(0, 0.3)
-    batch = next(iter(trainer.get_train_dataloader()))
+    batch = _on_device(next(iter(trainer.get_train_dataloader())), policy.device)
     policy.eval()
     with torch.no_grad():
         trl_loss = trainer.compute_loss(trainer.model, batch)
@@ -359,7 +364,7 @@ def _one_step(trainer, n: int, metric: tuple[str, ...]):
         for name, parameter in trainer.model.named_parameters():
             if "lora_" in name:
                 parameter.normal_(0, 0.3)
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(n)])
+    batch = _on_device(trainer.data_collator([trainer.train_dataset[i] for i in range(n)]), trainer.model.device)
     trainer.model.train()
     loss = trainer.compute_loss(trainer.model, batch)
     loss.backward()

@@ -30,6 +30,8 @@ class DataSettings(_Section):
     train_split: str = "train"
     train_size: int | None = Field(None, ge=1)  # a fixed random subset of train questions; None: all
     validation_size: int = Field(100, ge=1)  # carved from train, never from dev: it picks the best iterate
+    per_database: int | None = Field(None, ge=1)  # carve N questions a database, validation and train on
+    # different databases (data/carve.py); None: question by question
     eval_split: str = "dev"
     eval_size: int | None = Field(200, ge=1)  # the first N dev questions whose database exists
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import random
 import shutil
 import socket
 import subprocess
@@ -26,6 +25,7 @@ from exspin import __version__
 from exspin.artifacts import read_jsonl, write_json, write_jsonl, write_text
 from exspin.config import RunConfig
 from exspin.data import Split, load_split
+from exspin.data.carve import carve
 from exspin.errors import UserError
 from exspin.execution.pool import GoldCache, SqlRunner
 from exspin.feedback import count_labels, count_pair_labels, label_samples, make_pairs, no_pairs_reason
@@ -137,11 +137,8 @@ def _data_stage(run: Run, folder: Path) -> dict:
     settings = run.config.data
     train = run.split(settings.train_split)
     evaluation = run.split(settings.eval_split)
-    pool = list(train.executable)
-    random.Random(run.config.seed).shuffle(pool)
-    validation = sorted(pool[: settings.validation_size], key=lambda e: e.index)
-    rest = pool[settings.validation_size :]
-    train_set = sorted(rest[: settings.train_size] if settings.train_size else rest, key=lambda e: e.index)
+    validation, train_set = carve(train.executable, settings.validation_size, settings.train_size,
+                                  run.config.seed, settings.per_database)
     eval_set = evaluation.executable[: settings.eval_size] if settings.eval_size else evaluation.executable
     for which, examples in (("train", train_set), ("validation", validation), ("eval", eval_set)):
         write_jsonl(folder / f"{which}.jsonl", (e.model_dump() for e in examples))
@@ -464,9 +461,9 @@ def plan(config: RunConfig) -> dict:
     answer, WRONG_SHARE of them (twice that with mix_previous_pairs, which adds the previous iteration's)."""
     data = config.data
     train, evaluation = load_split(data.path, data.train_split), load_split(data.path, data.eval_split)
-    pool = len(train.executable)
-    validation = min(data.validation_size, pool)
-    n_train = min(data.train_size or pool, pool - validation)
+    validation_set, train_set = carve(train.executable, data.validation_size, data.train_size, config.seed,
+                                      data.per_database)
+    validation, n_train = len(validation_set), len(train_set)
     n_eval = min(data.eval_size or len(evaluation.executable), len(evaluation.executable))
     answer = config.prompt.max_prompt_tokens + config.generation.max_new_tokens + 1
     launched = config.launcher.accelerate_config is not None or (config.launcher.num_processes or 1) > 1

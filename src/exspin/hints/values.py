@@ -30,6 +30,16 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 _NUMERIC = re.compile(r"^[\d\s.,:/+-]*$")
 
 
+def _bm25s():
+    """bm25s, kept off the GPU. Where JAX is installed, bm25s imports it and runs a top-k at import, and
+    JAX then takes 75% of the GPU's memory: on an H100 the self-play training step after the hints ran
+    out of memory for it. So JAX in this process stays on the CPU, unless the user set its platform."""
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import bm25s
+
+    return bm25s
+
+
 @dataclass(frozen=True)
 class ValueMatch:
     table: str
@@ -67,11 +77,11 @@ class ValueIndex:
     """BM25 over one database's distinct text values."""
 
     def __init__(self, entries: list[tuple[str, str, str]], retriever=None):
-        import bm25s
+        bm25s = _bm25s()
 
         self.entries = entries
         if retriever is None and entries:
-            retriever = bm25s.BM25()
+            retriever = bm25s.BM25(backend="numpy")
             retriever.index(bm25s.tokenize([e[2] for e in entries], stopwords=None, show_progress=False),
                             show_progress=False)
         self.retriever = retriever
@@ -85,7 +95,7 @@ class ValueIndex:
         key = hashlib.sha256(f"{os.path.realpath(db_path)}|{stat.st_size}|{stat.st_mtime_ns}|v1".encode()).hexdigest()
         folder = cache_root / f"{schema.db_id}-{key[:16]}"
         if (folder / "entries.json").is_file():
-            import bm25s
+            bm25s = _bm25s()
 
             entries = [tuple(e) for e in json.loads((folder / "entries.json").read_text(encoding="utf-8"))]
             retriever = bm25s.BM25.load(str(folder / "bm25")) if entries else None
@@ -99,12 +109,12 @@ class ValueIndex:
     def search(self, question: str, top_k: int = 30, min_score: float = 85.0, limit: int = 10) -> list[ValueMatch]:
         if not self.entries or not _tokens(question):
             return []
-        import bm25s
+        bm25s = _bm25s()
 
         query = bm25s.tokenize([question], stopwords=None, show_progress=False)
         k = min(top_k, len(self.entries))
         try:
-            documents, _scores = self.retriever.retrieve(query, k=k, show_progress=False)
+            documents, _scores = self.retriever.retrieve(query, k=k, show_progress=False, backend_selection="numpy")
         except (ValueError, IndexError):  # no query token is in the vocabulary
             return []
         candidates = {int(i) for i in documents[0]}
