@@ -7,7 +7,7 @@ import random
 from collections import Counter
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exspin.data import load_split
@@ -118,6 +118,7 @@ def test_carving_question_by_question_is_a_seeded_shuffle_then_slices():
     assert len(carve(pool, 10, None, seed=3)[1]) == 50
 
 
+@settings(deadline=None)
 @given(sizes=st.lists(st.integers(1, 12), min_size=1, max_size=15), per_database=st.integers(1, 5),
        validation_size=st.integers(1, 20), train_size=st.one_of(st.none(), st.integers(1, 40)),
        seed=st.integers(0, 3))

@@ -126,7 +126,7 @@ def execute_with_columns(
             rows, over_bytes = cursor.fetchmany(max_rows + 1), False
         else:
             rows, over_bytes = _fetch_within(cursor, max_rows + 1, max_bytes)
-        if cursor.description is None:  # empty text, a lone comment, REINDEX: SQLite ran it, but no query
+        if cursor.description is None:  # empty text, a lone comment, a REINDEX of nothing: no query
             return Execution("syntax_error", message="no statement that returns rows",
                              seconds=time.monotonic() - start), ()
         columns = tuple(d[0] for d in cursor.description)
