@@ -295,10 +295,21 @@ def reference_structure(base: Path) -> list[dict]:
             {"model": "SFT", **structure(sft), "targets_join_share": join_share(sft_targets)}]
 
 
+def describe_base(base: Path) -> str:
+    """The base run's folder, carving and generation batch, as its config.json records them (the model's
+    dtype is not recorded: the default follows the hardware)."""
+    config = json.loads((base / "config.json").read_text())
+    data, generation = config["data"], config["generation"]
+    carving = f"{data['per_database']} a database" if data.get("per_database") else "question by question"
+    return (f"`{base.name}`, {data['train_size']} training and {data['validation_size']} validation questions "
+            f"carved {carving}, generation batch {generation['batch_size']}")
+
+
 def markdown(rows: list[dict], sft: dict, start: dict, overrides: list[str], plot: str,
-             reference: list[dict]) -> str:
+             reference: list[dict], base: str) -> str:
     setting = f" with {', '.join(f'`{o}`' for o in overrides)}" if overrides else ""
     lines = [f"# One iteration of each method from one SFT model{setting} (default model, Spider, 2 CPU cores)", "",
+             f"Base run: {base}.", "",
              f"Start (zero-shot): dev {start['eval_ex']:.2f}, validation {start['validation_ex']:.2f}. "
              f"SFT: dev {sft['eval_ex']:.2f}, validation {sft['validation_ex']:.2f}. "
              "+/-: questions turned right/wrong against SFT; p: exact two-sided sign test.", "",
@@ -391,7 +402,7 @@ def main() -> None:
     out.write_text(json.dumps(results, indent=1) + "\n")
     plot_logps(rows, out.with_name(f"methods{tag}_logps.png"))
     table = markdown(rows, sft_summary, start_summary, args.overrides, f"methods{tag}_logps.png",
-                     results["reference"])
+                     results["reference"], describe_base(base))
     out.with_suffix(".md").write_text(table)
     print(table)
 
