@@ -69,6 +69,8 @@ def worker(args) -> None:
         settings = config.sft.train.model_copy(update={"max_steps": args.steps, "save_every_steps": None})
         # The same questions on both sides: the runs share their data stage, so record i is one question.
         records = read_jsonl(args.prompts_from / "03_sft" / "sft_records.jsonl")[: args.steps * settings.batch_size]
+        theirs = read_jsonl(args.base / "03_sft" / "sft_records.jsonl")[: len(records)]
+        assert [r["completion"] for r in records] == [r["completion"] for r in theirs], "not the same questions"
         start_model = json.loads((args.base / "02_start" / "done.json").read_text())["model"]
         with tempfile.TemporaryDirectory(prefix="exspin-hints-speed-") as out:
             trainer, _ = build_sft_trainer(start_model, records, settings, Path(out))
