@@ -111,6 +111,12 @@ class RunConfig(_Section):
         if rules.choosing_among_samples() and self.selfplay.iterations and self.selfplay.samples_per_question < 2:
             raise ValueError(f"selfplay.feedback.{rules.choosing_among_samples()[0]} chooses among several answers "
                              "to a question: it needs selfplay.samples_per_question >= 2")
+        if self.sft.enabled and self.sft.train.epoch_snapshots and (
+                self.launcher.accelerate_config is not None or (self.launcher.num_processes or 1) > 1):
+            raise ValueError("sft.train.epoch_snapshots saves the adapter from one process: it cannot be used "
+                             "with a launcher")
+        if self.sft.enabled and self.sft.train.epoch_snapshots and self.sft.train.lora is None:
+            raise ValueError("sft.train.epoch_snapshots saves LoRA adapters: set sft.train.lora")
         need = self.prompt.max_prompt_tokens + self.generation.max_new_tokens + 1  # + EOS
         stages = [("sft", self.sft.train.max_length, self.sft.enabled),
                   ("selfplay", self.selfplay.train.max_length, self.selfplay.iterations > 0)]

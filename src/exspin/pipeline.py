@@ -184,9 +184,10 @@ def _earlier_evaluation(run: Run, model_path: str) -> Path | None:
     return None
 
 
-def _evaluate_model(run: Run, model_path: str, folder: Path) -> dict:
-
-    earlier = _earlier_evaluation(run, model_path)
+def _evaluate_model(run: Run, model_path: str, folder: Path, which_sets: tuple[str, ...] = ("validation", "eval")
+                    ) -> dict:
+    """The model's scores on the validation and evaluation sets (or on `which_sets` of them only)."""
+    earlier = _earlier_evaluation(run, model_path) if len(which_sets) == 2 else None
     if earlier is not None:
         for which in ("validation", "eval"):
             shutil.copytree(earlier / f"eval_{which}", folder / f"eval_{which}")
@@ -196,14 +197,14 @@ def _evaluate_model(run: Run, model_path: str, folder: Path) -> dict:
 
     generator = load_generator(model_path, run.config.generation)
     sets = []
-    for which in ("validation", "eval"):
+    for which in which_sets:
         examples, prompts = run.examples(which), run.prompts(which)
         sets.append(PromptSet(run.source_split(which), examples, [prompts[e.index] for e in examples],
                               folder / f"eval_{which}"))
     with progress_bar(sum(len(s.examples) for s in sets), f"{folder.name}: validation and eval", "prompts") as advance:
         results = predict_sets(model_path, sets, run.runner, generator, run.config.generation,
                                lambda n, _tokens: advance(n))
-    scores = {f"{which}_ex": round(result.ex, 4) for which, result in zip(("validation", "eval"), results, strict=True)}
+    scores = {f"{which}_ex": round(result.ex, 4) for which, result in zip(which_sets, results, strict=True)}
     generation = json.loads((folder / "eval_validation" / "generation.json").read_text())
     scores["mean_completion_chars"] = generation["mean_completion_chars"]
     scores["tokens_per_s"] = generation["tokens_per_s"]
@@ -323,7 +324,28 @@ def _sft_stage(run: Run, model_path: str, folder: Path) -> dict:
         model = folder / "model"
     else:
         model = train_sft(model_path, records, run.config.sft.train, folder)
-    return {"model": str(model), **_fit(folder), **_evaluate_model(run, str(model), folder)}
+    summary = {"model": str(model), **_fit(folder), **_evaluate_model(run, str(model), folder)}
+    if run.config.sft.train.epoch_snapshots:
+        summary.update(_pick_epoch(run, model_path, folder, summary))
+    return summary
+
+
+def _pick_epoch(run: Run, base_model: str, folder: Path, final: dict) -> dict:
+    """Validation picks the epoch: each earlier epoch's snapshot is scored on validation, and one that beats
+    the final model there (ties go to the final) is scored on the evaluation set and becomes the stage's model."""
+    from exspin.training.sft import epoch_models
+
+    final_epoch = math.ceil(run.config.sft.train.epochs)
+    validation = {final_epoch: final["validation_ex"]}
+    snapshots = epoch_models(folder, base_model)
+    for epoch, model in snapshots.items():
+        validation[epoch] = _evaluate_model(run, str(model), model.parent, ("validation",))["validation_ex"]
+    best = max(validation, key=lambda epoch: (validation[epoch], epoch == final_epoch))
+    picked = {"validation_ex_by_epoch": dict(sorted(validation.items())), "epoch": best}
+    if best != final_epoch:
+        picked.update(model=str(snapshots[best]), final_epoch_scores={k: final[k] for k in ("validation_ex", "eval_ex")},
+                      **_evaluate_model(run, str(snapshots[best]), snapshots[best].parent))
+    return picked
 
 
 def _fit(folder: Path) -> dict:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from transformers import TrainerCallback
+
+from exspin.models import TRAINING_RECORD, load_tokenizer, merge_adapter, save_model
 from exspin.training.common import (
     CheckpointLargeBatches,
     StepLog,
@@ -22,6 +26,45 @@ from exspin.training.common import (
 
 class SFTSettings(TrainSettings):
     completion_head_only: bool = True  # the LM head only where the loss is (the SQL), never on the prompt
+    # Save the adapter after every epoch but the last (epochs/<n>/adapter), so that validation picks
+    # the number of epochs from one training (the run's SFT stage scores each). LoRA, one process.
+    epoch_snapshots: bool = False
+
+
+class EpochSnapshots(TrainerCallback):
+    """Saves the LoRA adapter at the end of each epoch before the last into folder/epochs/<epoch>/adapter."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        if state.is_world_process_zero and state.global_step < state.max_steps:
+            save_model(model, kwargs["processing_class"], self.folder / "epochs" / str(round(state.epoch)) / "adapter")
+
+
+def epoch_models(folder: Path, base_model: str) -> dict[int, Path]:
+    """The merged model of each epoch snapshot in a trained SFT stage's folder (merged once, into
+    epochs/<n>/model), by epoch; the configuration the final model was saved with applies to each."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    final = folder / "model"
+    models = {}
+    for adapter in sorted((folder / "epochs").glob("*/adapter"), key=lambda p: int(p.parent.name)):
+        epoch, merged_path = int(adapter.parent.name), adapter.parent / "model"
+        if not (merged_path / "config.json").is_file():
+            base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+            merged = merge_adapter(PeftModel.from_pretrained(base, adapter))
+            saved = AutoConfig.from_pretrained(final)  # token ids as trl set them, the cache back on
+            for key in ("pad_token_id", "eos_token_id", "bos_token_id", "use_cache"):
+                setattr(merged.config, key, getattr(saved, key, None))
+            merged.generation_config = GenerationConfig.from_pretrained(final)
+            dtype = saved.dtype if isinstance(saved.dtype, torch.dtype) else getattr(torch, str(saved.dtype or "float32"))
+            record = json.loads((final / TRAINING_RECORD).read_text())
+            save_model(merged.to(dtype), load_tokenizer(str(final)), merged_path, {**record, "epoch": epoch})
+        models[epoch] = merged_path
+    return models
 
 
 def sft_trainer_class():
@@ -93,6 +136,8 @@ def build_sft_trainer(model_path: str, records: Sequence[dict], settings: SFTSet
     trainer_class = sft_trainer_class() if settings.completion_head_only else SFTTrainer
     trainer = trainer_class(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                             peft_config=lora_config(settings), callbacks=[StepLog(output_dir / "train_log.jsonl")])
+    if settings.epoch_snapshots:
+        trainer.add_callback(EpochSnapshots(output_dir))
     if settings.completion_head_only:
         trainer.checkpointing = CheckpointLargeBatches(settings)
     return trainer, tokenizer
