@@ -21,6 +21,8 @@ from pathlib import Path
 
 from bench_sweep import run_from_base
 
+from exspin.run_folder import RunFolder
+
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ["selfplay.train.batch_size=2", "selfplay.train.max_steps=22",
          "selfplay.train.gradient_checkpointing=false"]  # checkpointing only trades speed for memory
@@ -44,12 +46,12 @@ def main() -> None:
     parser.add_argument("--variants", type=int, default=len(VARIANTS))
     args = parser.parse_args()
     rows = []
-    base = json.loads((args.base / "report" / "metrics.json").read_text())
+    base = RunFolder(args.base).metrics().to_json()
     rows.append({"variant": "quickstart defaults", "guards": "on", "stages": base["stages"], "best": base["best"],
                  "stop_reason": base["stop_reason"]})
     for name, guards, method, iterations, overrides in VARIANTS[: args.variants]:
         metrics = run_from_base(args.base, args.config, args.base.parent / "guards" / name,
-                                [f"selfplay.method={method}", f"selfplay.iterations={iterations}", *overrides])
+                                [f"selfplay.method={method}", f"selfplay.iterations={iterations}", *overrides]).to_json()
         rows.append({"variant": name, "guards": guards, "overrides": overrides, "stages": metrics["stages"],
                      "best": metrics["best"], "stop_reason": metrics["stop_reason"]})
     out = ROOT / "bench" / "results" / "guards.json"

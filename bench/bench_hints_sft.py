@@ -18,10 +18,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench_methods import verdicts
+from exspin.run_folder import RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = {"zero-shot": "02_start", "after SFT": "03_sft"}
+STAGES = {"zero-shot": "start", "after SFT": "sft"}
 
 
 def main() -> None:
@@ -32,9 +32,9 @@ def main() -> None:
 
     from exspin.evaluation.stats import paired_change
 
-    base_config = json.loads((args.base / "config.json").read_text())
+    base_config = RunFolder(args.base).config()
     for stage in STAGES.values():
-        if not (args.base / stage / "done.json").is_file():
+        if not RunFolder(args.base).is_done(stage):
             sys.exit(f"{args.base} has not finished {stage}: run `exspin run {args.config} --resume` first")
     base_hints = bool(base_config["hints"]["enabled"])
     other = args.base.parent / f"{args.base.name}-hints_{'off' if base_hints else 'on'}"
@@ -56,12 +56,12 @@ def main() -> None:
     rows = []
     for name, stage in STAGES.items():
         for which, label in (("eval", "dev"), ("validation", "validation")):
-            before, after = verdicts(off / stage / f"eval_{which}"), verdicts(on / stage / f"eval_{which}")
+            before, after = RunFolder(off).verdicts(stage, which), RunFolder(on).verdicts(stage, which)
             change = paired_change(before, after)
-            assert change["n"] == len(before) == len(after), "the two runs scored different questions"
-            rows.append({"stage": name, "set": label, "n": change["n"],
-                         "ex_off": 100 * sum(e["ex"] for e in before) / len(before),
-                         "ex_on": 100 * sum(e["ex"] for e in after) / len(after), **change})
+            assert change.n == len(before) == len(after), "the two runs scored different questions"
+            rows.append({"stage": name, "set": label, "n": change.n,
+                         "ex_off": 100 * sum(e.ex for e in before) / len(before),
+                         "ex_on": 100 * sum(e.ex for e in after) / len(after), **change.to_json()})
     results = {"hints_off": str(off), "hints_on": str(on), "rows": rows}
     out = ROOT / "bench" / "results" / "hints_sft"
     out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")

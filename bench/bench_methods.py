@@ -42,15 +42,19 @@ bench/results/methods.json (with the flipped questions' indices), methods.md, an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
-import shutil
 import sys
-import time
 from pathlib import Path
 
 from bench_sweep import run_from_base
+
+from exspin.errors import UserError
+from exspin.evaluation.stats import paired_change
+from exspin.records import Verdict
+from exspin.run_folder import RunFolder, branch_run, stage_folder_name
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLED = ["selfplay.samples_per_question=4", "selfplay.temperature=0.8"]
@@ -75,108 +79,100 @@ SECOND_ITERATION = "exspin_iter2"  # builds on the plain ExSPIN arm's first iter
 ARMS[SECOND_ITERATION] = ["control.rollback=false"]
 
 
-def run_second_iteration(base: Path, first: Path, config: Path, run_dir: Path, overrides: list[str]) -> None:
-    """ExSPIN's second iteration on the base run's shared stages and a copy of `first` (a finished first
-    ExSPIN iteration), always building on its model (resumable)."""
-    if not (first / "done.json").is_file():
-        sys.exit(f"{SECOND_ITERATION} builds on {first}, which has not finished: run the exspin arm first")
-    run_from_base(base, config, run_dir, [*overrides, "selfplay.iterations=2", "control.patience=99"],
-                  shared={"04_iter1": first})
+def run_second_iteration(first: Path, config: Path, run_dir: Path, overrides: list[str]) -> None:
+    """ExSPIN's second iteration in a branch of `first` (the base run, or the plain ExSPIN arm's run, with
+    a finished first iteration), always building on its model (resumable)."""
+    if not RunFolder(first).is_done("exspin-1"):
+        sys.exit(f"{SECOND_ITERATION} builds on {first}, which has not finished exspin-1: run the exspin arm first")
+    run_from_base(first, config, run_dir, [*overrides, "selfplay.iterations=2", "control.patience=99"],
+                  stages=("start", "sft", "exspin-1"))
 
 
 def shared_samples(out_root: Path) -> Path | None:
     """A finished sampling arm's labelled samples, written with their log-probs (the hardest negative
     ranks by them); None before any."""
     for arm in SAMPLED_ARMS:
-        path = out_root / arm / "04_iter1" / "generations.jsonl"
-        if path.is_file():
-            with path.open(encoding="utf-8") as handle:
-                if '"logprob"' in handle.readline():
-                    return path
+        run = RunFolder(out_root / arm, must_exist=False)
+        with contextlib.suppress(UserError):
+            answers = run.generations(f"{run.method}-1")
+            if answers and answers[0].logprob is not None:
+                return run.stage_dir(f"{run.method}-1") / "generations.jsonl"
     return None
 
 
 def run_iteration(base: Path, config: Path, run_dir: Path, overrides: list[str]) -> None:
-    """One self-play iteration with `overrides` on the base run's shared stages (resumable). An arm that
+    """One self-play iteration with `overrides` in a branch of the base run (resumable). An arm that
     answers as the base run did (greedy, from the same SFT model) starts from the base run's labelled
     answers instead of generating them again; a sampling arm starts from another sampling arm's (the same
     opponent, samples, temperature and seed, with log-probs). Only its pairs, training and scores are its own."""
     greedy = not any(o.startswith(SAMPLING) for o in overrides)
-    answers = base / "04_iter1" / "generations.jsonl" if greedy else shared_samples(run_dir.parent)
-    if answers is not None and answers.is_file() and not (run_dir / "04_iter1").exists():
-        (run_dir / "04_iter1").mkdir(parents=True)
-        os.link(answers, run_dir / "04_iter1" / "generations.jsonl")
+    answers = RunFolder(base).stage_dir("exspin-1") / "generations.jsonl" if greedy else shared_samples(run_dir.parent)
+    first = run_dir / stage_folder_name(4, "exspin-1")  # where the branch's first iteration will run
+    if answers is not None and answers.is_file() and not first.exists():
+        first.mkdir(parents=True)
+        os.link(answers, first / "generations.jsonl")  # the pipeline's resume point: answered, not yet paired
     run_from_base(base, config, run_dir, [*overrides, "selfplay.iterations=1", "control.patience=99"])
 
 
 def run_control(base: Path, config_path: Path, run_dir: Path, overrides: list[str]) -> None:
-    """The SFT model trained further with the NLL alone, on ExSPIN's pairs' prompts and gold SQL."""
-    from exspin.artifacts import read_jsonl, write_json
+    """The SFT model trained further with the NLL alone, on ExSPIN's pairs' prompts and gold SQL: a stage
+    of its own (control) in a branch of the base run, run and scored by the library's Run."""
     from exspin.config import load_config
-    from exspin.data import load_split
-    from exspin.execution.pool import SqlRunner
-    from exspin.generation import load_generator
-    from exspin.predict import predict_prompts
-    from exspin.records import Example
+    from exspin.pipeline import Run
     from exspin.training.sft import SFTSettings, train_sft
 
-    folder = run_dir / "04_control"
-    if (folder / "done.json").is_file():
-        return
-    config = load_config(config_path, overrides)
-    for scored in folder.glob("eval_*"):  # cut short: score again; training resumes from its checkpoint
-        shutil.rmtree(scored)
-    start = time.perf_counter()
-    pairs = read_jsonl(base / "04_iter1" / "train_pairs.jsonl")
-    records = [{"prompt": p["prompt"], "completion": p["chosen"]} for p in pairs]
+    source = RunFolder(base)
+    branch_run(base, run_dir)
+    config = load_config(config_path, [*overrides, f"run_dir={run_dir}"])
+    run = Run(config, resume=True)
+    records = [{"prompt": p.prompt, "completion": p.chosen} for p in source.pairs("exspin-1")]
     selfplay = config.selfplay.train.model_dump()
     settings = SFTSettings(**{k: v for k, v in selfplay.items() if k in SFTSettings.model_fields})
-    opponent = json.loads((base / "04_iter1" / "done.json").read_text())["opponent"]  # what ExSPIN built on
-    trained = folder / "model"
-    model = trained if (trained / "config.json").is_file() else train_sft(opponent, records, settings, folder)
-    generator = load_generator(str(model), config.generation)
-    summary = {"model": str(model), "records": len(records)}
-    with SqlRunner(timeout_s=config.execution.timeout_s, max_rows=config.execution.max_rows) as runner:
-        for which in ("validation", "eval"):
-            examples = [Example.model_validate(r) for r in read_jsonl(base / "00_data" / f"{which}.jsonl")]
-            prompts = {r["index"]: r["prompt"] for r in read_jsonl(base / "01_prompts" / f"{which}.jsonl")}
-            split = load_split(config.data.path, config.data.eval_split if which == "eval" else config.data.train_split)
-            result = predict_prompts(str(model), split, examples, [prompts[e.index] for e in examples],
-                                     folder / f"eval_{which}", runner, generator, config.generation)
-            summary[f"{which}_ex"] = round(result.ex, 4)
-    summary["seconds"] = round(time.perf_counter() - start, 2)
-    write_json(folder / "done.json", summary)
+    opponent = source.summary("exspin-1").opponent  # what ExSPIN built on
+
+    def control(folder: Path) -> dict:
+        trained = folder / "model"
+        model = trained if (trained / "config.json").is_file() else train_sft(opponent, records, settings, folder)
+        return {"model": str(model), "training_rows": len(records), **run.score(str(model), folder)}
+
+    try:
+        run.stage(stage_folder_name(4, "control"), control)
+    finally:
+        run.runner.close()
 
 
-def verdicts(folder: Path) -> list[dict]:
-    return json.loads((folder / "results.json").read_text())["examples"]
-
-
-def row(name: str, stage: Path, sft: Path, targets: Path | None = None, exspin: Path | None = None) -> dict:
-    """One arm's table row; `targets`: the pairs whose chosen side it trained on, where not its own;
-    `exspin`: the base run's ExSPIN iteration, to compare against as well as SFT."""
-    from exspin.artifacts import read_jsonl
-    from exspin.evaluation.stats import paired_change
-
-    summary = json.loads((stage / "done.json").read_text())
-    out = {"arm": name, "stage": str(stage), "dev_ex": summary["eval_ex"], "validation_ex": summary["validation_ex"],
-           "pairs": summary.get("pairs"), "pairs_by_label": summary.get("pairs_by_label", {}),
-           "training_rows": summary.get("training_rows"), "chosen_from_samples": summary.get("chosen_from_samples"),
-           "seconds": summary.get("seconds")}
-    dev = verdicts(stage / "eval_eval")
+def row(name: str, run: RunFolder, stage: str, base: RunFolder, targets: list[str] | None = None,
+        exspin: str | None = None) -> dict:
+    """One arm's table row; `targets`: the chosen side of the pairs it trained on, where not its own;
+    `exspin`: the base run's ExSPIN stage, to compare against as well as SFT."""
+    summary = run.summary(stage)
+    out = {"arm": name, "stage": str(run.stage_dir(stage)), "dev_ex": summary.eval_ex,
+           "validation_ex": summary.validation_ex, "pairs": summary.pairs, "pairs_by_label": summary.pairs_by_label or {},
+           "training_rows": summary.training_rows, "chosen_from_samples": summary.chosen_from_samples,
+           "seconds": summary.seconds}
+    dev = run.verdicts(stage, "eval")
     # Which questions flipped, and which way (indices in the JSON; counts in the table).
-    out["eval_vs_sft"] = paired_change(verdicts(sft / "eval_eval"), dev)
-    out["validation_vs_sft"] = paired_change(verdicts(sft / "eval_validation"), verdicts(stage / "eval_validation"))
+    out["eval_vs_sft"] = paired_change(base.verdicts("sft", "eval"), dev).to_json()
+    out["validation_vs_sft"] = paired_change(base.verdicts("sft", "validation"), run.verdicts(stage, "validation")).to_json()
     if exspin is not None:
-        out["eval_vs_exspin"] = paired_change(verdicts(exspin / "eval_eval"), dev)
-    out.update(reward_trend(stage / "train_log.jsonl"))
-    out["informative_share"] = informative_share(stage)
+        out["eval_vs_exspin"] = paired_change(base.verdicts(exspin, "eval"), dev).to_json()
+    out["train_log"] = run.train_log(stage)  # for the plot; not kept in the JSON
+    out.update(reward_trend(out["train_log"]))
+    trained = [] if targets is not None else _trained_pairs(run, stage)
+    out["informative_share"] = informative_share(trained)
     out.update(structure(dev))
-    pairs = targets or stage / "train_pairs.jsonl"
-    if pairs.is_file():
-        # Each pair as often as training repeats it (graded negatives weigh some pairs more).
-        out["targets_join_share"] = join_share([p["chosen"] for p in read_jsonl(pairs) for _ in range(p.get("weight", 1))])
+    # Each pair as often as training repeats it (graded negatives weigh some pairs more).
+    chosen = targets if targets is not None else [p.chosen for p in trained for _ in range(p.weight)]
+    if chosen:
+        out["targets_join_share"] = join_share(chosen)
     return out
+
+
+def _trained_pairs(run: RunFolder, stage: str) -> list:
+    try:
+        return run.pairs(stage)
+    except UserError:  # an iteration that made no pairs
+        return []
 
 
 def joins(sql: str) -> bool:
@@ -194,14 +190,14 @@ def join_share(queries: list[str]) -> float | None:
     return round(sum(map(joins, queries)) / len(queries), 4) if queries else None
 
 
-def structure(examples: list[dict]) -> dict:
+def structure(examples: list[Verdict]) -> dict:
     """What kind of SQL a model writes on dev: the share that joins tables, and the share that does not
     run (mostly a column the table does not have). Training only on the questions the opponent got
     wrong, which join more often than the rest, can shift the first without making answers righter."""
     if not examples:
         return {"dev_join_share": None, "dev_error_share": None}
-    return {"dev_join_share": join_share([e["pred"] for e in examples]),
-            "dev_error_share": round(sum(e["outcome"] != "ok" for e in examples) / len(examples), 4)}
+    return {"dev_join_share": join_share([e.pred for e in examples]),
+            "dev_error_share": round(sum(e.outcome != "ok" for e in examples) / len(examples), 4)}
 
 
 def structure_table(rows: list[dict]) -> list[str]:
@@ -217,16 +213,12 @@ def structure_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def informative_share(stage: Path) -> float | None:
+def informative_share(pairs: list) -> float | None:
     """The share of trained pairs whose rejected answer differs from the chosen one in meaning (executes to
     another result), not only in form: SPIN's pairs over a correct answer teach nothing true."""
-    from exspin.artifacts import read_jsonl
-
-    path = stage / "train_pairs.jsonl"
-    pairs = read_jsonl(path) if path.is_file() else []
     if not pairs:
         return None
-    return round(sum(p["rejected_label"] != "correct" for p in pairs) / len(pairs), 4)
+    return round(sum(p.rejected_label != "correct" for p in pairs) / len(pairs), 4)
 
 
 def plot_logps(rows: list[dict], path: Path) -> None:
@@ -236,12 +228,9 @@ def plot_logps(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from exspin.artifacts import read_jsonl
-
     logged = []
     for r in rows:
-        log = Path(r["stage"]) / "train_log.jsonl"
-        steps = [s for s in read_jsonl(log) if "logps/chosen" in s] if log.is_file() else []
+        steps = [s for s in r["train_log"] if "logps/chosen" in s]
         if steps:
             logged.append((r["arm"], steps))
     if not logged:
@@ -260,11 +249,9 @@ def plot_logps(rows: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
-def reward_trend(log: Path) -> dict:
+def reward_trend(log: list[dict]) -> dict:
     """The reward margin and preference accuracy trl logged, over the first and the last quarter of steps."""
-    from exspin.artifacts import read_jsonl
-
-    steps = [r for r in read_jsonl(log) if "rewards/margins" in r] if log.is_file() else []
+    steps = [r for r in log if "rewards/margins" in r]
     if not steps:
         return {}
     quarter = max(1, len(steps) // 4)
@@ -281,24 +268,24 @@ def _p(p: float) -> str:
     return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
 
 
-def reference_structure(base: Path) -> list[dict]:
+def reference_structure(base: RunFolder) -> list[dict]:
     """The structure facts of the gold dev SQL (on the questions the models are scored on, so none fails
     to run: a gold query that does not is skipped), the start model and the SFT model (with its targets)."""
-    from exspin.artifacts import read_jsonl
+    from exspin.sqltext import normal_form
 
-    sft = verdicts(base / "03_sft" / "eval_eval")
-    scored = {e["index"] for e in sft}
-    gold = [e["gold_sql"] for e in read_jsonl(base / "00_data" / "eval.jsonl") if e["index"] in scored]
-    sft_targets = [r["completion"] for r in read_jsonl(base / "03_sft" / "sft_records.jsonl")]
+    sft = base.verdicts("sft", "eval")
+    scored = {e.index for e in sft}
+    gold = [e.gold_sql for e in base.examples("eval") if e.index in scored]
+    sft_targets = [normal_form(e.gold_sql) for e in base.examples("train")]  # as the SFT stage trains on them
     return [{"model": "gold dev SQL", "dev_join_share": join_share(gold), "dev_error_share": 0.0},
-            {"model": "start", **structure(verdicts(base / "02_start" / "eval_eval"))},
+            {"model": "start", **structure(base.verdicts("start", "eval"))},
             {"model": "SFT", **structure(sft), "targets_join_share": join_share(sft_targets)}]
 
 
-def describe_base(base: Path) -> str:
+def describe_base(base: RunFolder) -> str:
     """The base run's folder, carving and generation batch, as its config.json records them (the model's
     dtype is not recorded: the default follows the hardware)."""
-    config = json.loads((base / "config.json").read_text())
+    config = base.config()
     data, generation = config["data"], config["generation"]
     carving = f"{data['per_database']} a database" if data.get("per_database") else "question by question"
     return (f"`{base.name}`, {data['train_size']} training and {data['validation_size']} validation questions "
@@ -362,45 +349,44 @@ def main() -> None:
         if not override.startswith(SETTABLE) or override.startswith(SAMPLING) or "=" not in override:
             sys.exit(f"--set {override}: only {', '.join(s.rstrip('.=') for s in SETTABLE)} settings (not sampling) "
                      "may differ from the base run, whose shared stages every arm reuses")
-    base = args.base
-    for stage in ("03_sft", "04_iter1"):
-        if not (base / stage / "done.json").is_file():
-            sys.exit(f"{base} has not finished {stage}: run `exspin run --config {args.config} --resume` first")
+    base = RunFolder(args.base)
+    for stage in ("sft", "exspin-1"):
+        if not base.is_done(stage):
+            sys.exit(f"{base.path} has not finished {stage}: run `exspin run --config {args.config} --resume` first")
     tag = "".join("-" + re.sub(r"[^\w.+-]", "_", f"{key.rsplit('.', 1)[-1]}{value}")
                   for key, _, value in (o.partition("=") for o in args.overrides))
-    out_root = base.parent / f"bench-methods{tag}"
+    out_root = base.path.parent / f"bench-methods{tag}"
     for arm in args.arms:
         if arm == "exspin" and not args.overrides:
             continue  # that is the base run's own first iteration
         print(f"arm {arm}{tag}", flush=True)
         if arm == "control":
-            run_control(base, args.config, out_root / "control", args.overrides)
+            run_control(base.path, args.config, out_root / "control", args.overrides)
         elif arm == SECOND_ITERATION:
-            first = out_root / "exspin" / "04_iter1" if args.overrides else base / "04_iter1"
-            run_second_iteration(base, first, args.config, out_root / arm, [*ARMS[arm], *args.overrides])
+            first = out_root / "exspin" if args.overrides else base.path
+            run_second_iteration(first, args.config, out_root / arm, [*ARMS[arm], *args.overrides])
         else:
-            run_iteration(base, args.config, out_root / arm, [*ARMS[arm], *args.overrides])
+            run_iteration(base.path, args.config, out_root / arm, [*ARMS[arm], *args.overrides])
 
-    sft = base / "03_sft"
-    exspin = base / "04_iter1"
-    rows = [] if args.overrides else [row("exspin", exspin, sft)]
-    if (base / "05_iter2" / "done.json").is_file() and not args.overrides:
-        rows.append(row("exspin, iteration 2", base / "05_iter2", sft, exspin=exspin))
+    rows = [] if args.overrides else [row("exspin", base, "exspin-1", base)]
+    if base.is_done("exspin-2") and not args.overrides:
+        rows.append(row("exspin, iteration 2", base, "exspin-2", base, exspin="exspin-1"))
+    control_targets = [p.chosen for p in base.pairs("exspin-1")]
     for arm in [*ARMS, "control"]:
-        folder = {"control": "04_control", SECOND_ITERATION: "05_iter2"}.get(arm, "04_iter1")
-        stage = out_root / arm / folder
-        if (stage / "done.json").is_file():
-            targets = exspin / "train_pairs.jsonl" if arm == "control" else None
+        run = RunFolder(out_root / arm, must_exist=False)
+        stage = {"control": "control", SECOND_ITERATION: f"{run.method}-2"}.get(arm, f"{run.method}-1")
+        if run.is_done(stage):
             label = f"{arm} ({', '.join(o.rsplit('.', 1)[-1] for o in args.overrides)})" if args.overrides else arm
-            rows.append(row(label, stage, sft, targets, exspin=exspin))
-    sft_summary = json.loads((sft / "done.json").read_text())
-    start_summary = json.loads((base / "02_start" / "done.json").read_text())
-    results = {"base": str(base), "overrides": args.overrides, "start": start_summary, "sft": sft_summary,
+            rows.append(row(label, run, stage, base, control_targets if arm == "control" else None, exspin="exspin-1"))
+    sft_summary, start_summary = base.summary("sft").to_json(), base.summary("start").to_json()
+    results = {"base": str(base.path), "overrides": args.overrides, "start": start_summary, "sft": sft_summary,
                "rows": rows}
     results["reference"] = reference_structure(base)
     out = ROOT / "bench" / "results" / f"methods{tag}.json"
-    out.write_text(json.dumps(results, indent=1) + "\n")
     plot_logps(rows, out.with_name(f"methods{tag}_logps.png"))
+    for r in rows:
+        del r["train_log"]
+    out.write_text(json.dumps(results, indent=1) + "\n")
     table = markdown(rows, sft_summary, start_summary, args.overrides, f"methods{tag}_logps.png",
                      results["reference"], describe_base(base))
     out.with_suffix(".md").write_text(table)

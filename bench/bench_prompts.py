@@ -70,13 +70,14 @@ def main() -> None:
     args = parser.parse_args()
 
     from exspin.data import load_split
-    from exspin.evaluation.stats import paired_change
+    from exspin.evaluation.stats import change_by_index
     from exspin.execution.pool import SqlRunner
     from exspin.generation import GenerationConfig, Generator
     from exspin.hints import HintsConfig, load_hinter
     from exspin.models import DEFAULT_MODEL, load_model, load_tokenizer, resolve_model
     from exspin.predict import predict
     from exspin.progress import progress_bar
+    from exspin.run_folder import read_verdicts
 
     split = load_split(args.data, "dev")
     examples = split.executable[: args.limit] if args.limit else split.executable
@@ -107,14 +108,14 @@ def main() -> None:
             else:  # read back: as it was generated
                 seconds = results["arms"].get(name, {}).get("seconds")
                 batch_size = results["arms"].get(name, {}).get("batch_size")
-            verdicts = json.loads((out / "results.json").read_text())["examples"]
+            verdicts = read_verdicts(out)
             prompts = [json.loads(line)["prompt"] for line in (out / "prompts.jsonl").open()]
             tokens = sum(len(tokenizer(p)["input_ids"]) for p in prompts)
             results["arms"][name] = {
-                "settings": settings, "hints": with_hints, "ex": 100.0 * sum(e["ex"] for e in verdicts) / len(verdicts),
+                "settings": settings, "hints": with_hints, "ex": 100.0 * sum(e.ex for e in verdicts) / len(verdicts),
                 "n": len(verdicts), "seconds": seconds, "batch_size": batch_size,
                 "mean_prompt_tokens": round(tokens / len(prompts)),
-                "verdicts": {str(e["index"]): e["ex"] for e in verdicts}}
+                "verdicts": {str(e.index): e.ex for e in verdicts}}
             print(f"{name}: EX {results['arms'][name]['ex']:.1f}% on {len(verdicts)}", flush=True)
             results_path.write_text(json.dumps(results, indent=1) + "\n")
 
@@ -130,11 +131,10 @@ def main() -> None:
             del arm[key]
         change = ""
         if reference and name != args.reference:
-            before = [{"index": i, "ex": v} for i, v in reference["verdicts"].items()]
-            after = [{"index": i, "ex": v} for i, v in arm["verdicts"].items()]
-            c = paired_change(before, after)
-            arm[f"vs_{args.reference}"] = {k: c[k] for k in ("gained", "lost", "p")}
-            change = f"+{c['gained']}/-{c['lost']} | {c['p']:.3f}"
+            c = change_by_index({int(i): bool(v) for i, v in reference["verdicts"].items()},
+                                {int(i): bool(v) for i, v in arm["verdicts"].items()})
+            arm[f"vs_{args.reference}"] = {"gained": c.gained, "lost": c.lost, "p": c.p}
+            change = f"+{c.gained}/-{c.lost} | {c.p:.3f}"
         else:
             change = " | "
         seconds = f"{arm['seconds']:.0f}" if arm.get("seconds") else ""

@@ -1,6 +1,6 @@
 """Does today's generation write what a stage's model wrote when it was scored? All of a stage's dev questions.
 
-    .venv/bin/python bench/bench_rescore.py [--stage runs/spider_cpu/03_sft] [--set decode_round=8]
+    .venv/bin/python bench/bench_rescore.py [--run runs/spider_cpu] [--stage sft] [--set decode_round=8]
 
 Loads the stage's model and its run's generation settings (with `--set` changes, e.g. today's
 defaults a run begun before them lacks), generates greedily for the stage's own dev prompts, and
@@ -18,38 +18,35 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_methods import verdicts
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stage", type=Path, default=ROOT / "runs" / "spider_cpu" / "03_sft")
+    parser.add_argument("--run", type=Path, default=ROOT / "runs" / "spider_cpu")
+    parser.add_argument("--stage", default="sft", help="a stage of the run: start, sft, exspin-1, ...")
     parser.add_argument("--set", nargs="*", default=["decode_round=8"], metavar="KEY=VALUE", dest="overrides",
                         help="generation settings to change (null: None)")
     args = parser.parse_args()
 
-    from exspin.artifacts import read_jsonl
     from exspin.config import RunConfig
     from exspin.data import load_split
     from exspin.evaluation.stats import paired_change
     from exspin.execution.pool import SqlRunner
     from exspin.generation import GenerationConfig, load_generator
     from exspin.predict import predict_prompts
-    from exspin.records import Example
+    from exspin.run_folder import RunFolder, read_verdicts
 
-    run_dir = args.stage.parent
-    config = RunConfig.model_validate(json.loads((run_dir / "config.json").read_text()))
-    recorded = json.loads((args.stage / "eval_eval" / "generation.json").read_text())
+    run = RunFolder(args.run)
+    config = RunConfig.model_validate(run.config())
+    recorded = json.loads((run.scored_dir(args.stage, "eval") / "generation.json").read_text())
     settings = {**recorded["config"]}  # as the stage was scored (keys it predates take their defaults)
     for override in args.overrides:
         key, _, value = override.partition("=")
         settings[key] = None if value == "null" else json.loads(value)
     generation = GenerationConfig(**settings)
-    model = json.loads((args.stage / "done.json").read_text())["model"]
-    examples = [Example.model_validate(r) for r in read_jsonl(run_dir / "00_data" / "eval.jsonl")]
-    prompts = {r["index"]: r["prompt"] for r in read_jsonl(run_dir / "01_prompts" / "eval.jsonl")}
+    model = run.model(args.stage)
+    examples, prompts = run.examples("eval"), run.prompts("eval")
     split = load_split(config.data.path, config.data.eval_split)
     generator = load_generator(str(model), generation)
     with tempfile.TemporaryDirectory() as out, SqlRunner(timeout_s=config.execution.timeout_s,
@@ -58,22 +55,22 @@ def main() -> None:
         result = predict_prompts(str(model), split, examples, [prompts[e.index] for e in examples], Path(out),
                                  runner, generator, generation)
         seconds = time.perf_counter() - start
-        now = verdicts(Path(out))
-    then = verdicts(args.stage / "eval_eval")
-    before = {e["index"]: e for e in then}
-    same_sql = sum(e["pred"] == before[e["index"]]["pred"] for e in now)
-    same_verdict = sum(bool(e["ex"]) == bool(before[e["index"]]["ex"]) for e in now)
-    change = paired_change(then, now)
-    results = {"stage": str(args.stage), "model": model, "settings_then": recorded["config"],
+        now = read_verdicts(Path(out))
+    then = run.verdicts(args.stage, "eval")
+    before = {e.index: e for e in then}
+    same_sql = sum(e.pred == before[e.index].pred for e in now)
+    same_verdict = sum(bool(e.ex) == bool(before[e.index].ex) for e in now)
+    change = paired_change(then, now).to_json()
+    results = {"run": str(run.path), "stage": args.stage, "model": model, "settings_then": recorded["config"],
                "settings_now": generation.model_dump(), "n": len(now), "same_sql": same_sql,
-               "same_verdict": same_verdict, "ex_then": 100 * sum(e["ex"] for e in then) / len(then),
+               "same_verdict": same_verdict, "ex_then": 100 * sum(e.ex for e in then) / len(then),
                "ex_now": result.ex, "change": change, "seconds_now": round(seconds, 1),
                "seconds_then": round(recorded["seconds"], 1)}
-    name = f"rescore_{run_dir.name}_{args.stage.name}"
+    name = f"rescore_{run.name}_{run.stage_dir(args.stage).name}"
     out_path = ROOT / "bench" / "results" / name
     out_path.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     changed = ", ".join(f"{k}={v}" for k, v in settings.items() if recorded["config"].get(k, "unset") != v)
-    lines = [f"# {args.stage}: its dev questions generated again ({changed or 'same settings'})", "",
+    lines = [f"# {run.name} {args.stage}: its dev questions generated again ({changed or 'same settings'})", "",
              "| questions | same SQL | same verdict | EX then | EX now | +/- | p | prompts/s now | prompts/s then |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
              f"| {len(now)} | {same_sql} | {same_verdict} | {results['ex_then']:.2f} | {result.ex:.2f} | "

@@ -14,11 +14,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from exspin.evaluation.stats import paired_change
+from exspin.run_folder import RunFolder, RunSummary, branch_run
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = {"method": ["exspin", "spin"], "learning_rate": [5e-6, 5e-5], "nll_weight": [1.0, 0.0], "beta": [0.1, 0.5]}
@@ -32,41 +33,16 @@ def cells() -> list[dict]:
                                        c["beta"] != 0.1))
 
 
-SHARED_STAGES = ("00_data", "01_prompts", "02_start", "03_sft")
-
-
 def run_from_base(base: Path, config: Path, run_dir: Path, overrides: list[str],
-                  shared: dict[str, Path] | None = None) -> dict:
-    """Self-play stages with `overrides` on top of copies of the base run's data, prompt, start and SFT stages
-    (and of any finished stage in `shared`: folder name -> folder to copy).
-
-    A finished run is reused; an unfinished one resumes. Returns the run's metrics.json.
-    """
-    metrics = run_dir / "report" / "metrics.json"
-    if not metrics.is_file():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for stage, source in {**{stage: base / stage for stage in SHARED_STAGES}, **(shared or {})}.items():
-            if not (run_dir / stage).exists():
-                # Hard links: no copy of the SFT model, and no stage file is ever rewritten in place
-                # (models are saved to a new folder and renamed). Linked aside, then renamed: a cut
-                # never leaves a half-linked stage that the run would redo in place.
-                partial = run_dir / f".{stage}.linking"
-                shutil.rmtree(partial, ignore_errors=True)
-                shutil.copytree(source, partial, copy_function=os.link)
-                partial.rename(run_dir / stage)
+                  stages: tuple[str, ...] = ("start", "sft")) -> RunSummary:
+    """Self-play stages with `overrides` in a branch of the base run that shares its data, prompts and the
+    given finished stages (run_folder.branch_run). A finished run is reused; an unfinished one resumes."""
+    branch = RunFolder(run_dir, must_exist=False)
+    if branch.metrics() is None:
+        branch_run(base, run_dir, stages)
         subprocess.run([sys.executable, "-m", "exspin.cli", "run", str(config), f"run_dir={run_dir}",
                         *overrides, "--resume"], check=True)
-    return json.loads(metrics.read_text())
-
-
-def changed_answers(before: Path, after: Path) -> dict:
-    """Questions turned right (gained) or wrong (lost) between two evaluation folders of the same questions."""
-    def correct(folder: Path) -> dict[int, int]:
-        results = json.loads((folder / "results.json").read_text())
-        return {e["index"]: e["ex"] for e in results["examples"]}
-
-    old, new = correct(before), correct(after)
-    return {"gained": sum(new[i] > old[i] for i in new), "lost": sum(new[i] < old[i] for i in new)}
+    return branch.metrics()
 
 
 def markdown_table(start: dict, sft: dict, rows: list[dict]) -> str:
@@ -91,32 +67,32 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "quickstart.yaml")
     parser.add_argument("--cells", type=int, default=len(cells()))
     args = parser.parse_args()
-    base_metrics = json.loads((args.base / "report" / "metrics.json").read_text())
-    base_config = json.loads((args.base / "config.json").read_text())["selfplay"]
+    base = RunFolder(args.base)
+    base_metrics = base.metrics()
+    base_config = base.config()["selfplay"]
     base_cell = {"method": base_config["method"], **{k: base_config["train"][k]
                                                      for k in ("learning_rate", "nll_weight", "beta")}}
     rows = []
     for number, cell in enumerate(cells()):
         name = f"{cell['method']}-lr{cell['learning_rate']:g}-nll{cell['nll_weight']:g}-beta{cell['beta']:g}"
         run_dir = args.base.parent / "sweep" / name
-        if cell == base_cell and f"{cell['method']}-1" in base_metrics["stages"]:
-            run_dir, metrics = args.base, base_metrics  # the base run's own first iteration is this cell
-        elif number >= args.cells and not (run_dir / "report" / "metrics.json").is_file():
+        stage = f"{cell['method']}-1"
+        if cell == base_cell and stage in base_metrics.stages:
+            run, metrics = base, base_metrics  # the base run's own first iteration is this cell
+        elif number >= args.cells and RunFolder(run_dir, must_exist=False).metrics() is None:
             continue  # beyond --cells and not measured before
         else:
             overrides = [f"selfplay.method={cell['method']}", "selfplay.iterations=1", "control.patience=99",
                          f"selfplay.train.learning_rate={cell['learning_rate']}",
                          f"selfplay.train.nll_weight={cell['nll_weight']}", f"selfplay.train.beta={cell['beta']}"]
-            metrics = run_from_base(args.base, args.config, run_dir, overrides)
-        iteration = metrics["stages"][f"{cell['method']}-1"]
-        rows.append({**cell, "pairs": iteration.get("pairs"), "validation_ex": iteration["validation_ex"],
-                     "dev_ex": iteration["eval_ex"], "warnings": iteration.get("warnings", []),
-                     "final_loss": iteration.get("final_loss"),
-                     "vs_sft": {split: changed_answers(args.base / "03_sft" / f"eval_{split}",
-                                                       run_dir / "04_iter1" / f"eval_{split}")
-                                for split in ("validation", "eval")}})
-    start = base_metrics["stages"]["start"]
-    sft = base_metrics["stages"].get("sft", start)
+            run, metrics = RunFolder(run_dir, must_exist=False), run_from_base(args.base, args.config, run_dir, overrides)
+        iteration = metrics.stages[stage]
+        rows.append({**cell, "pairs": iteration.pairs, "validation_ex": iteration.validation_ex,
+                     "dev_ex": iteration.eval_ex, "warnings": iteration.warnings, "final_loss": iteration.final_loss,
+                     "vs_sft": {which: paired_change(base.verdicts("sft", which), run.verdicts(stage, which)).to_json()
+                                for which in ("validation", "eval")}})
+    start = base_metrics.stages["start"].to_json()
+    sft = base_metrics.stages["sft"].to_json() if "sft" in base_metrics.stages else start
     out = ROOT / "bench" / "results" / "sweep.json"
     out.write_text(json.dumps({"start": start, "sft": sft, "cells": rows}, indent=2) + "\n")
     table = markdown_table(start, sft, rows)

@@ -9,15 +9,16 @@ import json
 import sys
 from pathlib import Path
 
-KEYS = ("seconds", "training_rows", "tokens_per_s", "validation_ex", "eval_ex")  # keys of a stage's done.json
+from exspin.run_folder import RunFolder
+
+KEYS = ("seconds", "training_rows", "tokens_per_s", "validation_ex", "eval_ex")  # StageSummary fields
 
 
 def main() -> None:
     run, out = Path(sys.argv[1]), Path(sys.argv[2])
     model = sys.argv[3] if len(sys.argv) > 3 else ""
-    stages = {}
-    for done in sorted(run.glob("*/done.json")):
-        stages[done.parent.name] = json.loads(done.read_text())
+    folder = RunFolder(run)
+    stages = {stage: folder.summary(stage).to_json() for stage in folder.stage_names()}
     gpu = (out / "gpu.txt").read_text() if (out / "gpu.txt").is_file() else ""
     (out / "gpu_check.json").write_text(json.dumps({"gpu": gpu, "model": model, "stages": stages}, indent=2))
     lines = [f"# GPU check: {run}", "", "```", gpu.strip(), "```", "", f"model: {model}", "",

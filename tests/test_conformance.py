@@ -26,7 +26,7 @@ def test_every_verdict_matches_official_exec(spider_dir, official):
     with SqlRunner(workers=2) as runner:
         result = evaluate(split, predictions, runner)
     assert result.n == 972 and not result.skipped
-    mismatches = [(e["index"], official[e["index"]]["kind"]) for e in result.examples
-                  if e["ex"] != official[e["index"]]["official_exec"]]
+    mismatches = [(e.index, official[e.index]["kind"]) for e in result.examples
+                  if e.ex != official[e.index]["official_exec"]]
     assert mismatches == []
     assert result.correct == sum(r["official_exec"] for r in official.values())

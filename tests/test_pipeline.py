@@ -162,7 +162,7 @@ def test_a_stage_cut_short_keeps_its_checkpoint_or_its_answers(tmp_path):
 
     def look(folder):
         seen[folder.name] = sorted(p.name for p in folder.iterdir())
-        return {}
+        return {"model": "m", "validation_ex": 0.0, "eval_ex": 0.0}
 
     for stage in stages:
         run.stage(stage, look)
@@ -229,8 +229,9 @@ def test_a_model_scored_before_is_not_generated_for_again(tmp_path):
     from types import SimpleNamespace
 
     from exspin.pipeline import _evaluate_model
+    from exspin.run_folder import RunFolder
 
-    run = SimpleNamespace(dir=tmp_path)
+    run = SimpleNamespace(dir=tmp_path, folder=RunFolder(tmp_path, must_exist=False))
     earlier = tmp_path / "03_sft"
     for which in ("validation", "eval"):
         (earlier / f"eval_{which}").mkdir(parents=True)

@@ -84,20 +84,20 @@ def test_links_and_odd_paths_never_open_a_file_outside(spider_dir, tmp_path):
 
 @pytest.mark.xdist_group("tiny_run")
 def test_run_folder_reads_stages_pairs_and_flips(tiny_run):
-    from exspin.playground.runs import RunFolder
+    from exspin.playground.runs import RunTables
 
     _, run_dir = tiny_run
-    run = RunFolder(run_dir)
-    assert run.stages() == ["02_start", "03_sft", "04_iter1", "05_iter2"]
-    assert run.iterations() == ["04_iter1", "05_iter2"]
+    run = RunTables(run_dir)
+    assert run.stages() == ["start", "sft", "exspin-1", "exspin-2"]
+    assert run.iterations() == ["exspin-1", "exspin-2"]
     assert {row["stage"] for row in run.ex_table()} == set(run.stages())
-    generations = run.generations("04_iter1")
-    wrong = run.generations("04_iter1", label="wrong_result")
+    generations = run.generation_rows("exspin-1")
+    wrong = run.generation_rows("exspin-1", label="wrong_result")
     assert all(g["label"] == "wrong_result" for g in wrong) and len(wrong) <= len(generations)
-    pairs = run.pairs("04_iter1")
+    pairs = run.pair_rows("exspin-1")
     assert pairs and len(pairs) == sum(g["label"] != "correct" for g in generations)  # ExSPIN: every wrong one
     assert all(p["question"] for p in pairs)
-    counts, rows = run.flips("02_start", "05_iter2")
+    counts, rows = run.flips("start", "exspin-2")
     assert len(rows) == counts["gained"] + counts["lost"]
     assert run.decision().startswith("kept **")
     assert set(run.models()) == set(run.stages())
@@ -292,10 +292,10 @@ def test_browser_sql_box_ask_and_run_browser(server, browser):
     tab.click()
     _wait_for(browser, lambda d: "EX per stage" in _text(d, "ex-chart"))
     chart = _text(browser, "ex-chart")
-    assert "02_start" in chart and "05_iter2" in chart
+    assert "start" in chart and "exspin-2" in chart
     assert "kept" in _text(browser, "run-decision")
-    from exspin.playground.runs import RunFolder
+    from exspin.playground.runs import RunTables
 
-    first_pair = RunFolder(server["run_dir"]).pairs("05_iter2")[0]
+    first_pair = RunTables(server["run_dir"]).pair_rows("exspin-2")[0]
     _wait_for(browser, lambda d: first_pair["question"] in _text(d, "pairs"))
     browser.save_screenshot(str(SCREENSHOTS / "run_browser.png"))

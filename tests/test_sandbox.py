@@ -115,7 +115,7 @@ def test_text_without_a_query_is_no_answer(tmp_path, spider_dir):
     assert sandbox.execute(split.db_path(split.examples[14].db_id), split.examples[14].gold_sql).rows == ()
     with SqlRunner(workers=1) as runner:
         verdicts = evaluate(split, {14: "", 15: split.examples[15].gold_sql}, runner).examples
-    assert [(v["index"], v["ex"], v["outcome"]) for v in verdicts] == [(14, 0, "syntax_error"), (15, 1, "ok")]
+    assert [(v.index, v.ex, v.outcome) for v in verdicts] == [(14, 0, "syntax_error"), (15, 1, "ok")]
 
 
 def test_reindex_of_a_real_index_is_forbidden(tmp_path):

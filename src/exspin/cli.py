@@ -320,8 +320,8 @@ def run_command(
         _print_plan(settings)
         return
     summary = run_pipeline(settings, resume=resume, log=console.print)
-    console.print(f"kept [bold]{summary['best']}[/bold]: {summary['final_model']}")
-    console.print(f"stopped: {summary['stop_reason']}")
+    console.print(f"kept [bold]{summary.best}[/bold]: {summary.final_model}")
+    console.print(f"stopped: {summary.stop_reason}")
     console.print(f"report: {settings.run_dir / 'report' / 'report.md'}")
 
 

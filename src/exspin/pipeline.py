@@ -43,10 +43,18 @@ from exspin.predict import PromptSet, build_prompts, predict_sets
 from exspin.progress import progress_bar
 from exspin.records import Example, Generation, Pair
 from exspin.report import write_report
+from exspin.run_folder import (
+    DATA,
+    DONE,
+    PROMPTS,
+    SETS,
+    RunFolder,
+    RunSummary,
+    StageSummary,
+    stage_folder_name,
+)
 from exspin.sqltext import normal_form
 from exspin.training.common import remove_checkpoints, whole_checkpoints
-
-SETS = ("train", "validation", "eval")
 
 
 def _compared(config: dict) -> dict:
@@ -61,6 +69,7 @@ class Run:
     def __init__(self, config: RunConfig, resume: bool):
         self.config = config
         self.dir = config.run_dir
+        self.folder = RunFolder(self.dir, must_exist=False)
         manifest_path = self.dir / "manifest.json"
         if manifest_path.is_file() and not resume:
             raise UserError(f"{self.dir} already holds a run; pass --resume to continue it, or choose another "
@@ -95,24 +104,30 @@ class Run:
         return self.splits[name]
 
     def examples(self, which: str) -> list[Example]:
-        return [Example.model_validate(r) for r in read_jsonl(self.dir / "00_data" / f"{which}.jsonl")]
+        return self.folder.examples(which)
 
     def prompts(self, which: str) -> dict[int, str]:
-        return {r["index"]: r["prompt"] for r in read_jsonl(self.dir / "01_prompts" / f"{which}.jsonl")}
+        return self.folder.prompts(which)
+
+    def score(self, model_path: str, folder: Path) -> dict:
+        """A model's scores on the run's validation and evaluation sets, its predictions kept in folder."""
+        return _evaluate_model(self, model_path, folder)
 
     def source_split(self, which: str) -> Split:
         """The benchmark split a set of the run is drawn from: validation comes from train, like train."""
         return self.split(self.config.data.eval_split if which == "eval" else self.config.data.train_split)
 
-    def stage(self, name: str, function) -> dict:
+    def stage(self, name: str, function) -> dict | StageSummary:
         """Run a stage unless it finished before. A stage cut short is rebuilt from scratch, unless it had
         saved its trained model (saved atomically, so whole): then only its evaluation is redone; or a
         training checkpoint: then its training continues from there; or its opponent's answers: then its
         pairs are made from them again and training starts; or some of them: then answering goes on."""
         folder = self.dir / name
-        done = folder / "done.json"
+        done = folder / DONE
+        model_stage = name not in (DATA, PROMPTS)
         if done.is_file():
-            return json.loads(done.read_text())
+            summary = json.loads(done.read_text())
+            return StageSummary.model_validate(summary) if model_stage else summary
         if folder.exists() and not (_trained(folder) or _checkpointed(folder) or _answered(folder)
                                     or _answering(folder)):
             shutil.rmtree(folder)
@@ -127,8 +142,11 @@ class Run:
         start = time.perf_counter()
         summary = function(folder) or {}
         summary["seconds"] = round(time.perf_counter() - start, 2)
-        write_json(done, summary)  # last: marks the stage finished
-        self.manifest["stages"][name] = {"status": "done", "seconds": summary["seconds"]}
+        if model_stage:  # typed: a misspelt or missing key fails here, not in a reader later
+            summary = StageSummary.model_validate(summary)
+        write_json(done, summary.to_json() if model_stage else summary)  # last: marks the stage finished
+        self.manifest["stages"][name] = {"status": "done", "seconds": summary["seconds"] if not model_stage
+                                         else summary.seconds}
         self.save_manifest()
         return summary
 
@@ -158,7 +176,7 @@ def _prompts_stage(run: Run, folder: Path) -> dict:
         if run.config.hints.enabled:
             classifier = run.config.hints.classifier
             if classifier == "train":
-                classifier = folder / "classifier"
+                classifier = run.folder.trained_classifier
                 if not classifier.exists():
                     from exspin.hints.fit import train_on_split
 
@@ -177,10 +195,9 @@ def _prompts_stage(run: Run, folder: Path) -> dict:
 def _earlier_evaluation(run: Run, model_path: str) -> Path | None:
     """A finished stage of this run that already scored this very model (e.g. an iteration that made
     no pairs hands its opponent on unchanged): its folder, so the model is not generated for twice."""
-    for done in sorted(run.dir.glob("*/done.json")):
-        summary = json.loads(done.read_text())
-        if summary.get("model") == model_path and "validation_ex" in summary:
-            return done.parent
+    for stage in run.folder.stage_names():
+        if run.folder.summary(stage).model == model_path:
+            return run.folder.stage_dir(stage)
     return None
 
 
@@ -191,9 +208,9 @@ def _evaluate_model(run: Run, model_path: str, folder: Path, which_sets: tuple[s
     if earlier is not None:
         for which in ("validation", "eval"):
             shutil.copytree(earlier / f"eval_{which}", folder / f"eval_{which}")
-        summary = json.loads((earlier / "done.json").read_text())
-        keys = ("validation_ex", "eval_ex", "mean_completion_chars", "tokens_per_s")
-        return {**{k: summary[k] for k in keys}, "scored_in": earlier.name}
+        summary = StageSummary.model_validate(json.loads((earlier / DONE).read_text()))
+        return {**summary.model_dump(include={"validation_ex", "eval_ex", "mean_completion_chars", "tokens_per_s"}),
+                "scored_in": earlier.name}
 
     generator = load_generator(model_path, run.config.generation)
     sets = []
@@ -518,29 +535,30 @@ def plan(config: RunConfig) -> dict:
             "eval": n_eval, "stages": stages}
 
 
-def run_pipeline(config: RunConfig, resume: bool = False, log=print) -> dict:
+def run_pipeline(config: RunConfig, resume: bool = False, log=print) -> RunSummary:
     """Run (or resume) every stage and write the report; returns the final summary."""
     from exspin.models import resolve_model
 
     run = Run(config, resume)
     try:
-        run.stage("00_data", lambda folder: _data_stage(run, folder))
-        run.stage("01_prompts", lambda folder: _prompts_stage(run, folder))
+        run.stage(DATA, lambda folder: _data_stage(run, folder))
+        run.stage(PROMPTS, lambda folder: _prompts_stage(run, folder))
         start_model = resolve_model(config.model)
-        stages: dict[str, dict] = {}
-        stages["start"] = run.stage("02_start", lambda folder: {"model": start_model,
-                                                                **_evaluate_model(run, start_model, folder)})
-        log(f"start: validation EX {stages['start']['validation_ex']:.2f}%, eval EX {stages['start']['eval_ex']:.2f}%")
-        history = [("start", stages["start"]["validation_ex"])]
+        stages: dict[str, StageSummary] = {}
+        stages["start"] = run.stage(stage_folder_name(2, "start"), lambda folder: {
+            "model": start_model, **_evaluate_model(run, start_model, folder)})
+        log(f"start: validation EX {stages['start'].validation_ex:.2f}%, eval EX {stages['start'].eval_ex:.2f}%")
+        history = [("start", stages["start"].validation_ex)]
         decision = control(history, **config.control.model_dump())
         folder_number = 3
         if config.sft.enabled:
-            current = stages[decision.build_on]["model"]
-            stages["sft"] = run.stage(f"{folder_number:02d}_sft", lambda folder: _sft_stage(run, current, folder))
+            current = stages[decision.build_on].model
+            stages["sft"] = run.stage(stage_folder_name(folder_number, "sft"),
+                                      lambda folder: _sft_stage(run, current, folder))
             folder_number += 1
-            history.append(("sft", stages["sft"]["validation_ex"]))
+            history.append(("sft", stages["sft"].validation_ex))
             decision = control(history, **config.control.model_dump())
-            log(f"sft: validation EX {stages['sft']['validation_ex']:.2f}%; {decision.reason}")
+            log(f"sft: validation EX {stages['sft'].validation_ex:.2f}%; {decision.reason}")
         previous_pairs = None
         stop_reason = f"finished all {config.selfplay.iterations} self-play iterations"
         for iteration in range(1, config.selfplay.iterations + 1):
@@ -548,27 +566,27 @@ def run_pipeline(config: RunConfig, resume: bool = False, log=print) -> dict:
                 stop_reason = decision.reason
                 break
             name = f"{config.selfplay.method}-{iteration}"
-            opponent = stages[decision.build_on]["model"]  # never worse than the best, unless rollback is off
-            folder_name = f"{folder_number:02d}_iter{iteration}"
+            opponent = stages[decision.build_on].model  # never worse than the best, unless rollback is off
+            folder_name = stage_folder_name(folder_number, name)
             stages[name] = run.stage(folder_name, lambda folder, i=iteration, o=opponent, p=previous_pairs:
                                      _iteration_stage(run, i, o, folder, p))
             previous_pairs = run.dir / folder_name / "pairs.jsonl"
             folder_number += 1
-            drift = length_drift_warning(stages["start"]["mean_completion_chars"],
-                                         stages[name]["mean_completion_chars"], config.guards.length_drift)
+            drift = length_drift_warning(stages["start"].mean_completion_chars,
+                                         stages[name].mean_completion_chars, config.guards.length_drift)
             if drift:
-                stages[name].setdefault("warnings", []).append(drift)
-            for warning in stages[name].get("warnings", []):
+                stages[name].warnings.append(drift)
+            for warning in stages[name].warnings:
                 log(f"warning ({name}): {warning}")
-            history.append((name, stages[name]["validation_ex"]))
+            history.append((name, stages[name].validation_ex))
             decision = control(history, **config.control.model_dump())
-            log(f"{name}: {stages[name].get('pairs', 0)} pairs, validation EX {stages[name]['validation_ex']:.2f}%; "
+            log(f"{name}: {stages[name].pairs or 0} pairs, validation EX {stages[name].validation_ex:.2f}%; "
                 f"{decision.reason}")
         if decision.stop:
             stop_reason = decision.reason
-        summary = {"stages": stages, "best": decision.best, "final_model": stages[decision.best]["model"],
-                   "stop_reason": stop_reason, "history": history}
-        run.manifest.update(best=decision.best, final_model=summary["final_model"], stop_reason=stop_reason)
+        summary = RunSummary(stages=stages, best=decision.best, final_model=stages[decision.best].model,
+                             stop_reason=stop_reason, history=history)
+        run.manifest.update(best=decision.best, final_model=summary.final_model, stop_reason=stop_reason)
         run.save_manifest()
         write_report(run.dir, summary)
         return summary

@@ -80,6 +80,21 @@ class SchemaHints:
     relevant: tuple[tuple[str, str], ...] = ()
 
 
+class Verdict(BaseModel):
+    """One question judged by execution (a row of results.json's "examples")."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    index: int  # the example's position in its split file
+    db_id: str
+    question: str = ""
+    ex: int  # 1: the prediction's result matches the gold's
+    outcome: Outcome  # what the predicted SQL did in the sandbox
+    level: str = "unknown"  # Spider hardness or BIRD difficulty
+    pred: str = ""
+    message: str = ""
+
+
 class Generation(BaseModel):
     """One answer of the opponent to one training question, labelled by execution (generations.jsonl)."""
 

@@ -6,19 +6,20 @@ import json
 from pathlib import Path
 
 from exspin.artifacts import read_jsonl, write_json, write_text
+from exspin.run_folder import REPORT, RunSummary
 
 
-def _plot_ex(summary: dict, path: Path) -> None:
+def _plot_ex(summary: RunSummary, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(summary["stages"])
+    names = list(summary.stages)
     figure, axis = plt.subplots(figsize=(7, 4))
     for key, label in (("validation_ex", "validation (from train)"), ("eval_ex", "evaluation")):
-        axis.plot(names, [summary["stages"][n][key] for n in names], marker="o", label=label)
-    axis.axvline(names.index(summary["best"]), color="grey", linestyle=":", label=f"kept: {summary['best']}")
+        axis.plot(names, [getattr(summary.stages[n], key) for n in names], marker="o", label=label)
+    axis.axvline(names.index(summary.best), color="grey", linestyle=":", label=f"kept: {summary.best}")
     axis.set_ylabel("execution accuracy (%)")
     axis.set_title("EX per stage")
     axis.legend()
@@ -60,10 +61,10 @@ def _plot_logps(run_dir: Path, path: Path) -> bool:
     return True
 
 
-def write_report(run_dir: Path, summary: dict) -> Path:
-    folder = run_dir / "report"
+def write_report(run_dir: Path, summary: RunSummary) -> Path:
+    folder = run_dir / REPORT
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / "metrics.json", summary)
+    write_json(folder / "metrics.json", summary.to_json())
     _plot_ex(summary, folder / "ex_per_stage.png")
     has_logps = _plot_logps(run_dir, folder / "logps.png")
     config = json.loads((run_dir / "config.json").read_text())
@@ -75,21 +76,26 @@ def write_report(run_dir: Path, summary: dict) -> Path:
         "| stage | validation EX % | eval EX % | pairs | truncated | wall time (s) | warnings |",
         "|---|---:|---:|---:|---:|---:|---|",
     ]
-    for name, stage in summary["stages"].items():
-        marker = " (kept)" if name == summary["best"] else ""
-        lines.append(f"| {name}{marker} | {stage['validation_ex']:.2f} | {stage['eval_ex']:.2f} | "
-                     f"{stage.get('pairs', '')} | {stage.get('over_max_length', '')} | {stage.get('seconds', 0):.0f} | "
-                     f"{'; '.join(stage.get('warnings', []))} |")
-    lines += ["", f"**Kept:** `{summary['best']}` -> `{summary['final_model']}`", "",
-              f"**Stopped:** {summary['stop_reason']}", ""]
-    labelled = {n: s["labels"] for n, s in summary["stages"].items() if "labels" in s}
+    for name, stage in summary.stages.items():
+        marker = " (kept)" if name == summary.best else ""
+        lines.append(f"| {name}{marker} | {stage.validation_ex:.2f} | {stage.eval_ex:.2f} | "
+                     f"{'' if stage.pairs is None else stage.pairs} | "
+                     f"{'' if stage.over_max_length is None else stage.over_max_length} | {stage.seconds:.0f} | "
+                     f"{'; '.join(stage.warnings)} |")
+    lines += ["", f"**Kept:** `{summary.best}` -> `{summary.final_model}`", "",
+              f"**Stopped:** {summary.stop_reason}", ""]
+    epochs = {n: s for n, s in summary.stages.items() if s.validation_ex_by_epoch}
+    for name, stage in epochs.items():
+        lines += [f"**{name}: validation EX by epoch** " + ", ".join(
+            f"{epoch}: {ex:.2f}" for epoch, ex in stage.validation_ex_by_epoch.items()) + f"; kept epoch {stage.epoch}", ""]
+    labelled = {n: s.labels for n, s in summary.stages.items() if s.labels}
     if labelled:
         labels = list(next(iter(labelled.values())))
         lines += ["## Opponent's training answers by feedback label", "",
                   "| iteration | " + " | ".join(labels) + " | pairs kept |", "|---|" + "---:|" * (len(labels) + 1)]
         for name, counts in labelled.items():
             lines.append(f"| {name} | " + " | ".join(str(counts[k]) for k in labels)
-                         + f" | {summary['stages'][name]['pairs']} |")
+                         + f" | {summary.stages[name].pairs} |")
         lines.append("")
     lines += ["Truncated: training examples longer than the trainer's max_length (cut, never silently).", "",
               "![EX per stage](ex_per_stage.png)", ""]

@@ -11,7 +11,7 @@ from exspin.artifacts import write_json, write_text
 from exspin.data import Split
 from exspin.evaluation.hardness import HARDNESS_LEVELS, spider_hardness
 from exspin.execution.pool import JudgeTask, SqlRunner
-from exspin.records import OUTCOMES, Example
+from exspin.records import OUTCOMES, Example, Verdict
 
 BIRD_LEVELS = ("simple", "moderate", "challenging")
 
@@ -27,7 +27,7 @@ def example_level(example: Example) -> str:
 class EvalResult:
     dataset: str
     split: str
-    examples: list[dict]  # one verdict per judged example
+    examples: list[Verdict]  # one per judged example
     skipped: list[dict] = field(default_factory=list)  # not judged, with the reason
     seconds: float = 0.0
 
@@ -37,7 +37,7 @@ class EvalResult:
 
     @property
     def correct(self) -> int:
-        return sum(e["ex"] for e in self.examples)
+        return sum(e.ex for e in self.examples)
 
     @property
     def ex(self) -> float:
@@ -47,7 +47,7 @@ class EvalResult:
         """EX per value of one per-example field (level, outcome), known values first."""
         groups: dict[str, list[int]] = {}
         for e in self.examples:
-            groups.setdefault(e[key], []).append(e["ex"])
+            groups.setdefault(getattr(e, key), []).append(e.ex)
         names = [k for k in order if k in groups] + sorted(k for k in groups if k not in order)
         return {
             k: {"n": len(groups[k]), "correct": sum(groups[k]), "ex": 100.0 * sum(groups[k]) / len(groups[k])}
@@ -68,7 +68,7 @@ class EvalResult:
             "by_level": self.breakdown("level", HARDNESS_LEVELS + BIRD_LEVELS),
             "by_outcome": self.breakdown("outcome", OUTCOMES),
             "skipped": {"count": len(self.skipped), "by_reason": skipped_by_reason, "examples": self.skipped},
-            "examples": self.examples,
+            "examples": [e.model_dump() for e in self.examples],
         }
 
     def report(self) -> str:
@@ -129,16 +129,9 @@ def evaluate(
             skipped.append({"index": example.index, "db_id": example.db_id, "reason": "gold_error",
                             "message": judgement.gold.message})
             continue
-        verdicts.append({
-            "index": example.index,
-            "db_id": example.db_id,
-            "question": example.question,
-            "ex": int(judgement.match),
-            "outcome": judgement.pred.outcome,
-            "level": example_level(example),
-            "pred": task.pred_sql,
-            "message": judgement.pred.message,
-        })
+        verdicts.append(Verdict(index=example.index, db_id=example.db_id, question=example.question,
+                                ex=int(judgement.match), outcome=judgement.pred.outcome, level=example_level(example),
+                                pred=task.pred_sql, message=judgement.pred.message))
     skipped.sort(key=lambda s: s["index"])
     return EvalResult(split.dataset, split.name, verdicts, skipped, time.perf_counter() - start)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from exspin.errors import UserError
 from exspin.playground.ask import Answer, Asker, Database, Databases, QueryResult
-from exspin.playground.runs import LABELS, RunFolder
+from exspin.playground.runs import LABELS, RunTables
 from exspin.records import SchemaHints
 
 logger = logging.getLogger("exspin.playground")
@@ -70,7 +70,7 @@ def _error_text(error: Exception) -> str:
     return f"**error** ({type(error).__name__}): {error}"
 
 
-def build_app(asker: Asker, models: dict[str, str], run: RunFolder | None = None):
+def build_app(asker: Asker, models: dict[str, str], run: RunTables | None = None):
     """The Gradio app. `models`: label -> model (a name, a folder); the first is the default."""
     import gradio as gr
 
@@ -141,7 +141,7 @@ def build_app(asker: Asker, models: dict[str, str], run: RunFolder | None = None
     return app
 
 
-def _run_tab(gr, run: RunFolder) -> None:
+def _run_tab(gr, run: RunTables) -> None:
     """EX per stage and the stop decision, the opponent's answers, the pairs, and per-question flips."""
     import pandas as pd
 
@@ -150,7 +150,7 @@ def _run_tab(gr, run: RunFolder) -> None:
     def show_generations(stage, label, db):
         if not stage:
             return None
-        return pd.DataFrame(run.generations(stage, None if label == ALL else label, None if db == ALL else db))
+        return pd.DataFrame(run.generation_rows(stage, None if label == ALL else label, None if db == ALL else db))
 
     def show_flips(before, after, which):
         if not before or not after:
@@ -168,7 +168,7 @@ def _run_tab(gr, run: RunFolder) -> None:
         with gr.Row():
             generation_stage = gr.Dropdown(iterations, value=(iterations or [None])[-1], label="Iteration")
             label = gr.Dropdown([ALL, *LABELS], value=ALL, label="Feedback label", elem_id="label-filter")
-            db = gr.Dropdown([ALL, *sorted({g["db_id"] for s in iterations for g in run.generations(s)})],
+            db = gr.Dropdown([ALL, *sorted({g.db_id for s in iterations for g in run.generations(s)})],
                              value=ALL, label="Database")
         generations = gr.Dataframe(show_generations(generation_stage.value, ALL, ALL), label="Answers",
                                    interactive=False, wrap=True, elem_id="generations")
@@ -179,9 +179,9 @@ def _run_tab(gr, run: RunFolder) -> None:
 
         gr.Markdown("### Pairs the iteration trained on (chosen over rejected)")
         pair_stage = gr.Dropdown(iterations, value=(iterations or [None])[-1], label="Iteration")
-        pairs = gr.Dataframe(pd.DataFrame(run.pairs(iterations[-1])) if iterations else None, label="Pairs",
+        pairs = gr.Dataframe(pd.DataFrame(run.pair_rows(iterations[-1])) if iterations else None, label="Pairs",
                              interactive=False, wrap=True, elem_id="pairs")
-        pair_stage.change(lambda s: pd.DataFrame(run.pairs(s)) if s else None, pair_stage, pairs, api_name=False)
+        pair_stage.change(lambda s: pd.DataFrame(run.pair_rows(s)) if s else None, pair_stage, pairs, api_name=False)
 
         gr.Markdown("### Which questions flipped between two stages")
         with gr.Row():
@@ -196,18 +196,18 @@ def _run_tab(gr, run: RunFolder) -> None:
 
 
 def prepare(models: list[str], data_dirs: list[Path], db_files: list[Path], run_dir: Path | None,
-            classifier: Path | None = None, timeout_s: float = 10.0) -> tuple[Asker, dict[str, str], RunFolder | None]:
+            classifier: Path | None = None, timeout_s: float = 10.0) -> tuple[Asker, dict[str, str], RunTables | None]:
     """What `exspin serve` shows: a run's data, prompt settings and stage models unless given otherwise."""
     from exspin.config import RunConfig
 
-    run = RunFolder(run_dir) if run_dir is not None else None
-    config = RunConfig.model_validate(run.config) if run else None
+    run = RunTables(run_dir) if run_dir is not None else None
+    config = RunConfig.model_validate(run.config()) if run else None
     if run and not data_dirs:
         data_dirs = [Path(config.data.path)]
     if not data_dirs and not db_files:
         raise UserError("give a data folder (--data), a SQLite file (--db) or a run folder (--run)")
     if run and classifier is None:  # the classifier the run's hints used: its own path, or the one it trained
-        trained = run.path / "01_prompts" / "classifier"
+        trained = run.trained_classifier
         if config.hints.classifier == "train" and trained.exists():
             classifier = trained
         elif config.hints.classifier not in (None, "train"):
@@ -220,7 +220,7 @@ def prepare(models: list[str], data_dirs: list[Path], db_files: list[Path], run_
     return Asker(Databases(data_dirs, db_files), config, classifier, timeout_s=timeout_s), choices, run
 
 
-def serve(asker: Asker, models: dict[str, str], run: RunFolder | None, host: str, port: int | None) -> None:
+def serve(asker: Asker, models: dict[str, str], run: RunTables | None, host: str, port: int | None) -> None:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a local tool
     app = build_app(asker, models, run)
     app.queue().launch(server_name=host, server_port=port, ssr_mode=False, show_error=True, quiet=False,
