@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -87,6 +88,8 @@ def eval_command(
     split: Annotated[str, typer.Option(help="Split name: dev, train, mini_dev, test.")] = "dev",
     pred: Annotated[Path | None, typer.Option(help="One SQL per line, or JSONL with sql + index.")] = None,
     gold_as_pred: Annotated[bool, typer.Option(help="Judge the gold queries themselves (a sanity check).")] = False,
+    candidates: Annotated[Path | None, typer.Option(help="predictions.jsonl of a voted prediction: vote again over "
+                                                    "its stored candidates, without generating.")] = None,
     timeout: Timeout = 30.0,
     workers: Workers = 0,
     max_rows: MaxRows = 100_000,
@@ -97,9 +100,20 @@ def eval_command(
     from exspin.evaluation import evaluate, read_predictions, write_results
     from exspin.progress import progress_bar
 
-    if (pred is None) == (not gold_as_pred):
-        raise UserError("give exactly one of --pred FILE and --gold-as-pred")
+    if sum((pred is not None, gold_as_pred, candidates is not None)) != 1:
+        raise UserError("give exactly one of --pred FILE, --candidates FILE and --gold-as-pred")
     loaded = load_split(data, split)
+    if candidates is not None:
+        from exspin.evaluation.predictions import read_candidates
+        from exspin.predict import score_votes
+
+        examples, options = read_candidates(candidates, loaded)
+        with _runner(timeout, workers, max_rows, cache) as runner:
+            result = score_votes(loaded, examples, options, runner, out)
+        console.print(f"EX [bold]{result.ex:.2f}%[/bold] on {result.n} questions")
+        _print_vote(out)
+        console.print(f"wrote {out}")
+        return
     if gold_as_pred:
         predictions = {e.index: e.gold_sql for e in loaded.examples}
     else:
@@ -197,10 +211,13 @@ def predict_command(
     batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 32,
     max_new_tokens: Annotated[int, typer.Option(help="Longest completion in tokens.")] = 256,
     backend: Annotated[str, typer.Option(help="auto, hf or vllm.")] = "auto",
+    samples: Annotated[int, typer.Option(help="Vote by execution over greedy's answer and this many samples "
+                                         "(0: greedy alone).")] = 0,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature of the vote's samples.")] = 0.8,
     timeout: Timeout = 30.0,
     workers: Workers = 0,
 ) -> None:
-    """Generate SQL for a split's questions, then score it by execution."""
+    """Generate SQL for a split's questions, then score it by execution (greedy, or voted over samples)."""
     from exspin.data import load_split
     from exspin.generation import GenerationConfig, load_generator
     from exspin.models import resolve_model
@@ -214,7 +231,8 @@ def predict_command(
     loaded = load_split(data, split)
     examples = loaded.executable[:limit]
     try:
-        config = GenerationConfig(backend=backend, batch_size=batch_size, max_new_tokens=max_new_tokens)
+        config = GenerationConfig(backend=backend, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                  vote_samples=samples, vote_temperature=temperature)
     except ValueError as error:
         raise UserError(f"invalid generation option: {error.errors()[0]['msg']}") from None
     model_path = resolve_model(model)
@@ -233,7 +251,17 @@ def predict_command(
     rate = stats["tokens"] / stats["seconds"] if stats["seconds"] else 0.0
     console.print(f"EX [bold]{result.ex:.2f}%[/bold] on {result.n} questions; "
                   f"{stats['tokens']} tokens at {rate:.1f} tokens/s")
+    if samples:
+        _print_vote(out)
     console.print(f"wrote {out}")
+
+
+def _print_vote(out: Path) -> None:
+    vote = json.loads((out / "vote.json").read_text())
+    change = vote["vote_vs_greedy"]
+    console.print(f"vote over greedy + {vote['samples']} samples: EX {vote['vote_ex']:.2f}% against greedy "
+                  f"{vote['greedy_ex']:.2f}% (+{change['gained']}/-{change['lost']}, sign test p {change['p']:.3g}); "
+                  f"pass@{vote['candidates']} {vote['pass_at_k']:.2f}%")
 
 
 def _train_settings(settings_cls, config: Path | None, section: str):

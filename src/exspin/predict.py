@@ -7,15 +7,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from exspin.artifacts import write_json, write_jsonl
+from exspin.artifacts import read_jsonl, write_json, write_jsonl
 from exspin.data import Split
 from exspin.evaluation import EvalResult, evaluate, write_results
+from exspin.evaluation.stats import paired_change
 from exspin.execution.pool import SqlRunner
-from exspin.generation import GenerationConfig, Generator, extract_sql, generate
+from exspin.execution.vote import vote_many
+from exspin.generation import GenerationConfig, Generator, extract_sql, generate, generate_with_logprobs
 from exspin.generation.generate import in_separate_process
 from exspin.hints.schema import DatabaseSchema, SchemaBook
 from exspin.prompts import PromptConfig, build_prompt
-from exspin.records import Example, SchemaHints
+from exspin.records import Candidate, Example, SchemaHints
 
 HintsFunction = Callable[[Example, DatabaseSchema], SchemaHints]
 
@@ -78,34 +80,71 @@ def predict_sets(model_path: str, sets: Sequence[PromptSet], runner: SqlRunner, 
                  generation_config: GenerationConfig, progress: Callable[[int, int], None] | None = None
                  ) -> list[EvalResult]:
     """predict_prompts for several sets. Where generation runs in a process of its own (vLLM), all
-    sets go through one call, so one engine starts; otherwise one call per set, which its timing measures."""
+    sets go through one call, so one engine starts; otherwise one call per set, which its timing measures.
+    With generation_config.vote_samples, each question is answered by an execution vote over greedy's
+    answer and that many samples (execution/vote.py)."""
     calls = [list(sets)] if in_separate_process(generation_config) else [[s] for s in sets]
     results = []
     for call in calls:
+        prompts = [p for s in call for p in s.prompts]
         start, tokens_before = time.perf_counter(), generator.stats["tokens"]
-        completions = generate(model_path, [p for s in call for p in s.prompts], generation_config, progress,
-                               generator)
+        if generation_config.vote_samples:
+            candidates, seconds = _candidates(model_path, prompts, generator, generation_config, progress)
+            completions = [[c.completion for c in options] for options in candidates]
+        else:
+            candidates, seconds = None, {}
+            completions = generate(model_path, prompts, generation_config, progress, generator)
         timing = {"seconds": time.perf_counter() - start, "tokens": generator.stats["tokens"] - tokens_before,
-                  "prompts_in_call": len(completions)}
+                  "prompts_in_call": len(completions), **seconds}
         offset = 0
         for prompt_set in call:
-            part = completions[offset : offset + len(prompt_set.prompts)]
+            part = slice(offset, offset + len(prompt_set.prompts))
             offset += len(prompt_set.prompts)
-            results.append(_score(model_path, prompt_set, part, runner, generation_config, timing))
+            results.append(_score(model_path, prompt_set, completions[part], runner, generation_config, timing,
+                                  candidates[part] if candidates is not None else None))
     return results
 
 
+def _candidates(model_path: str, prompts: Sequence[str], generator: Generator, config: GenerationConfig,
+                progress: Callable[[int, int], None] | None) -> tuple[list[list[Candidate]], dict]:
+    """Each prompt's vote candidates: greedy's answer first, then config.vote_samples samples, each with its
+    log-prob and token count; and the seconds each part took."""
+    greedy_config = config.model_copy(update={"num_samples": 1, "temperature": 0.0})
+    sample_config = config.model_copy(update={"num_samples": config.vote_samples,
+                                              "temperature": config.vote_temperature})
+    start = time.perf_counter()
+    greedy, greedy_logprobs = generate_with_logprobs(model_path, prompts, greedy_config, progress, generator)
+    middle = time.perf_counter()
+    samples, sample_logprobs = generate_with_logprobs(model_path, prompts, sample_config, None, generator)
+    end = time.perf_counter()
+
+    def candidate(source: str, completion: str, logprob: float) -> Candidate:
+        tokens = len(generator.tokenizer(completion, add_special_tokens=False)["input_ids"])
+        return Candidate(source=source, sql=extract_sql(completion), completion=completion, logprob=logprob,
+                         tokens=tokens)
+
+    candidates = [[candidate("greedy", g[0], gl[0]), *(candidate("sample", c, lp) for c, lp in zip(s, sl, strict=True))]
+                  for g, gl, s, sl in zip(greedy, greedy_logprobs, samples, sample_logprobs, strict=True)]
+    return candidates, {"greedy_seconds": middle - start, "sample_seconds": end - middle}
+
+
 def _score(model_path: str, prompt_set: PromptSet, completions: Sequence[Sequence[str]], runner: SqlRunner,
-           generation_config: GenerationConfig, timing: dict) -> EvalResult:
-    """Extract and score one set's first completions; write prompts, predictions, results and timing."""
+           generation_config: GenerationConfig, timing: dict,
+           candidates: Sequence[Sequence[Candidate]] | None = None) -> EvalResult:
+    """Extract and score one set's first completions (or, given candidates, the vote's answers); write
+    prompts, predictions, results and timing."""
     examples, out_dir = prompt_set.examples, prompt_set.out_dir
     write_jsonl(out_dir / "prompts.jsonl", ({"index": e.index, "db_id": e.db_id, "prompt": p}
                                            for e, p in zip(examples, prompt_set.prompts, strict=True)))
-    records = [{"index": e.index, "db_id": e.db_id, "question": e.question, "sql": extract_sql(c[0]),
-                "completion": c[0]} for e, c in zip(examples, completions, strict=True)]
-    write_jsonl(out_dir / "predictions.jsonl", records)
-    result = evaluate(prompt_set.split, {r["index"]: r["sql"] for r in records}, runner)
-    write_results(result, out_dir)
+    if candidates is not None:
+        result = score_votes(prompt_set.split, examples, candidates, runner, out_dir, generation_config, timing)
+        records = read_jsonl(out_dir / "predictions.jsonl")
+    else:
+        records = [{"index": e.index, "db_id": e.db_id, "question": e.question, "sql": extract_sql(c[0]),
+                    "completion": c[0]} for e, c in zip(examples, completions, strict=True)]
+        write_jsonl(out_dir / "predictions.jsonl", records)
+        result = evaluate(prompt_set.split, {r["index"]: r["sql"] for r in records}, runner)
+        write_results(result, out_dir)
     seconds, tokens = timing["seconds"], timing["tokens"]
     # Generated with other sets in one call: its time and tokens are the call's, not this set's.
     shared = timing["prompts_in_call"] > len(examples)
@@ -113,7 +152,46 @@ def _score(model_path: str, prompt_set: PromptSet, completions: Sequence[Sequenc
         "model": model_path, "examples": len(examples),
         **({"call_seconds": seconds, "call_tokens": tokens, "prompts_in_call": timing["prompts_in_call"]}
            if shared else {"seconds": seconds, "tokens": tokens}),
+        **{k: timing[k] for k in ("greedy_seconds", "sample_seconds") if k in timing},
         "tokens_per_s": tokens / seconds if seconds else 0.0,
         "mean_completion_chars": sum(len(r["completion"]) for r in records) / max(len(records), 1),
         "config": generation_config.model_dump()})
+    return result
+
+
+def score_votes(split: Split, examples: Sequence[Example], candidates: Sequence[Sequence[Candidate]],
+                runner: SqlRunner, out_dir: Path, generation_config: GenerationConfig | None = None,
+                timing: dict | None = None) -> EvalResult:
+    """Vote over each question's candidates and score the answers; also greedy's EX and pass@k (some candidate
+    is right: the ceiling of any vote). Writes predictions.jsonl (every candidate, its outcome, log-prob,
+    tokens and group; the groups and the winner), results.json and report.md (the vote's answers), and
+    vote.json (greedy, vote and pass@k EX, and the vote against greedy with an exact sign test)."""
+    votes = vote_many(split, examples, candidates, runner)
+    records = [{"index": e.index, "db_id": e.db_id, "question": e.question, "sql": v.sql,
+                "completion": v.candidates[v.chosen].completion, "chosen": v.chosen, "groups": v.groups(),
+                "candidates": [c.model_dump() for c in v.candidates]}
+               for e, v in zip(examples, votes, strict=True)]
+    write_jsonl(out_dir / "predictions.jsonl", records)
+    result = evaluate(split, {e.index: v.sql for e, v in zip(examples, votes, strict=True)}, runner)
+    write_results(result, out_dir)
+    # Every candidate judged: greedy's EX, and pass@k
+    width = max(len(options) for options in candidates)
+    right: dict[int, list[bool]] = {}
+    greedy = None
+    for position in range(width):
+        answers = {e.index: options[position].sql for e, options in zip(examples, candidates, strict=True)
+                   if position < len(options)}
+        judged = evaluate(split, answers, runner)
+        for verdict in judged.examples:
+            right.setdefault(verdict.index, []).append(bool(verdict.ex))
+        if position == 0:
+            greedy = judged
+    scored = [index for index in right if index in {v.index for v in result.examples}]
+    change = paired_change(greedy.examples, result.examples)
+    summary = {"candidates": width, "samples": width - 1,
+               "temperature": generation_config.vote_temperature if generation_config else None,
+               "n": len(scored), "greedy_ex": round(greedy.ex, 4), "vote_ex": round(result.ex, 4),
+               "pass_at_k": round(100.0 * sum(any(right[i]) for i in scored) / max(len(scored), 1), 4),
+               "vote_vs_greedy": change.to_json(), **(timing or {})}
+    write_json(out_dir / "vote.json", summary)
     return result

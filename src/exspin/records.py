@@ -95,6 +95,25 @@ class Verdict(BaseModel):
     message: str = ""
 
 
+class Candidate(BaseModel):
+    """One of a question's candidate answers in an execution vote: greedy's, or a sample's."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: Literal["greedy", "sample"]
+    sql: str  # extracted from the completion; empty when it held none
+    completion: str
+    logprob: float | None = None  # summed over its tokens, under the model that wrote it
+    tokens: int = 0  # its tokens, as the tokenizer encodes the completion
+    outcome: Outcome | Literal["no_sql"] | None = None  # what it did in the sandbox; None before it ran
+    group: int | None = None  # the result group it joined; None when it failed (out of the vote)
+
+    @property
+    def mean_logprob(self) -> float:
+        """Per-token mean log-prob: the vote's tie-breaker (-inf where unknown)."""
+        return self.logprob / max(self.tokens, 1) if self.logprob is not None else float("-inf")
+
+
 class Generation(BaseModel):
     """One answer of the opponent to one training question, labelled by execution (generations.jsonl)."""
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from exspin.data import Split, read_text
 from exspin.errors import UserError
+from exspin.records import Candidate, Example
 
 
 def _read_lines(path: Path, text: str, split: Split) -> dict[int, str]:
@@ -64,3 +67,32 @@ def read_predictions(path: str | Path, split: Split) -> dict[int, str]:
     if path.suffix == ".jsonl" or first.lstrip().startswith("{"):
         return _read_jsonl(path, text, split)
     return _read_lines(path, text, split)
+
+
+def read_candidates(path: str | Path, split: Split) -> tuple[list[Example], list[list[Candidate]]]:
+    """The questions and their stored vote candidates from a voted prediction file (predictions.jsonl of
+    `exspin predict --samples K`); outcomes and groups are dropped, to be decided again."""
+    path = Path(path)
+    examples, candidates = [], []
+    for number, line in enumerate(read_text(path, "candidates file").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path} line {number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise UserError(f"{where}: malformed JSON ({error.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("candidates"), list) or not record["candidates"]:
+            raise UserError(f"{where}: no candidates (a file written by `exspin predict --samples K`?)")
+        index = record.get("index")
+        if not isinstance(index, int) or not 0 <= index < len(split.examples):
+            raise UserError(f"{where}: index {index!r} is not a question of {split.dataset} {split.name}")
+        try:
+            options = [Candidate.model_validate({**c, "outcome": None, "group": None}) for c in record["candidates"]]
+        except (ValidationError, TypeError):
+            raise UserError(f"{where}: a candidate is not an object with source, sql and completion") from None
+        examples.append(split.examples[index])
+        candidates.append(options)
+    if not examples:
+        raise UserError(f"{path} holds no candidates")
+    return examples, candidates

@@ -51,6 +51,11 @@ class GenerationConfig(BaseModel):
     separate_process: bool | None = None
     gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)  # vLLM: the share of GPU memory it may take
     tensor_parallel_size: int = Field(1, ge=1)  # vLLM: GPUs one engine spreads the model over
+    # Prediction by execution vote (execution/vote.py): greedy's answer and this many samples at
+    # vote_temperature run in the sandbox, and the largest result group answers; 0: greedy alone.
+    # Apart from num_samples and temperature, which self-play's answering sets.
+    vote_samples: int = Field(0, ge=0)
+    vote_temperature: float = Field(0.8, gt=0.0)
 
 
 MIN_SHARED_PREFIX = 16  # shorter shared prefixes are not worth a separate forward pass

@@ -1,0 +1,105 @@
+"""Answers chosen by execution: a question's candidates (greedy's answer and k samples) run in the sandbox,
+are grouped by their results, and the largest group answers (execution-based self-consistency, as
+CodeS, OmniSQL and Arctic-Text2SQL-R1 vote at inference).
+
+The rules:
+- a candidate that fails is out of the vote: no SQL, a syntax or runtime error, a timeout, a forbidden
+  statement, or a result cut at the row cap;
+- two candidates agree when the judge's own comparison says their results are the same, on the text
+  the judge executes (Spider: DISTINCT removed, bags of rows up to a column permutation, row order
+  counted when either query has ORDER BY; BIRD: the same set of rows);
+- a candidate joins the first group whose first member it agrees with, else starts a group;
+- the largest group wins; a tie goes to the group whose best member has the highest per-token mean
+  log-prob (greedy's is recorded too);
+- the winning group answers with greedy's SQL where greedy is in it, else with its best member's;
+- where every candidate fails, greedy's answer stands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from exspin.data import Split
+from exspin.execution.compare import Semantics, bird_results_match, normalize, spider_results_match
+from exspin.execution.pool import SqlRunner
+from exspin.records import Candidate, Example, Execution
+
+
+@dataclass(frozen=True)
+class Vote:
+    """One question's vote: its candidates (outcome and group set) and the one that answers."""
+
+    candidates: list[Candidate]
+    chosen: int  # the answering candidate's position
+
+    @property
+    def sql(self) -> str:
+        return self.candidates[self.chosen].sql
+
+    @property
+    def winning_group(self) -> int | None:
+        return self.candidates[self.chosen].group
+
+    def groups(self) -> list[dict]:
+        """Each result group: its size, its members' positions, and the SQL of its first member."""
+        members: dict[int, list[int]] = {}
+        for position, candidate in enumerate(self.candidates):
+            if candidate.group is not None:
+                members.setdefault(candidate.group, []).append(position)
+        return [{"group": group, "size": len(positions), "members": positions,
+                 "sql": self.candidates[positions[0]].sql, "won": group == self.winning_group}
+                for group, positions in sorted(members.items())]
+
+
+def results_agree(first: Execution, first_sql: str, second: Execution, second_sql: str, semantics: Semantics) -> bool:
+    """Whether two successful executions have the same result, as the judge compares a prediction with the gold."""
+    if semantics == "spider":
+        ordered = any("order by" in sql.lower() for sql in (first_sql, second_sql))
+        return spider_results_match(first.rows, second.rows, ordered)
+    return bird_results_match(first.rows, second.rows)
+
+
+def tally(candidates: Sequence[Candidate], executions: Sequence[Execution | None], semantics: Semantics) -> Vote:
+    """The vote over one question's candidates, given each one's execution (None: it held no SQL)."""
+    executed = [normalize(c.sql, semantics) for c in candidates]
+    firsts: list[int] = []  # each group's first member
+    marked: list[Candidate] = []
+    for position, (candidate, execution) in enumerate(zip(candidates, executions, strict=True)):
+        if execution is None:
+            marked.append(candidate.model_copy(update={"outcome": "no_sql", "group": None}))
+            continue
+        group = None
+        if execution.ok and not execution.truncated:
+            group = next((g for g, first in enumerate(firsts) if results_agree(
+                executions[first], executed[first], execution, executed[position], semantics)), None)
+            if group is None:
+                firsts.append(position)
+                group = len(firsts) - 1
+        marked.append(candidate.model_copy(update={"outcome": execution.outcome, "group": group}))
+    greedy = next((i for i, c in enumerate(marked) if c.source == "greedy"), 0)
+    if not firsts:
+        return Vote(marked, greedy)
+    members = [[i for i, c in enumerate(marked) if c.group == g] for g in range(len(firsts))]
+    best = [max(group, key=lambda i: marked[i].mean_logprob) for group in members]
+    winner = max(range(len(firsts)), key=lambda g: (len(members[g]), marked[best[g]].mean_logprob, -g))
+    return Vote(marked, greedy if marked[greedy].group == winner else best[winner])
+
+
+def vote_many(split: Split, examples: Sequence[Example], candidates: Sequence[Sequence[Candidate]], runner: SqlRunner,
+              progress: Callable[[int], None] | None = None) -> list[Vote]:
+    """Each question's vote: every candidate with SQL runs in the sandbox (as the judge runs it), then tally.
+    A question whose database is missing keeps greedy's answer (the judge skips it anyway)."""
+    semantics = split.dataset
+    queries, where = [], []
+    for q, (example, options) in enumerate(zip(examples, candidates, strict=True)):
+        db_path = split.db_path(example.db_id)
+        for c, candidate in enumerate(options):
+            if db_path is not None and candidate.sql.strip():
+                queries.append((str(db_path), normalize(candidate.sql, semantics)))
+                where.append((q, c))
+    results = runner.execute_many(queries, progress)
+    executions: list[list[Execution | None]] = [[None] * len(options) for options in candidates]
+    for (q, c), execution in zip(where, results, strict=True):
+        executions[q][c] = execution
+    return [tally(options, runs, semantics) for options, runs in zip(candidates, executions, strict=True)]
