@@ -17,18 +17,16 @@ import json
 import random
 from pathlib import Path
 
-from bench_sweep import changed_answers
-
-from exspin.artifacts import read_jsonl
 from exspin.config import RunConfig
 from exspin.data import load_split
-from exspin.evaluation.stats import sign_test
+from exspin.evaluation.stats import paired_change
 from exspin.execution.pool import SqlRunner
-from exspin.generation import Generator
+from exspin.generation import load_generator
 from exspin.hints import load_hinter
-from exspin.models import load_model, resolve_model
+from exspin.models import resolve_model
 from exspin.predict import predict
 from exspin.progress import progress_bar
+from exspin.run_folder import RunFolder, read_verdicts
 
 ROOT = Path(__file__).resolve().parents[1]
 CELLS = [  # sweep cells to re-score, besides the base run's own stages
@@ -42,33 +40,36 @@ def main() -> None:
     parser.add_argument("--base", type=Path, default=ROOT / "runs" / "quickstart")
     parser.add_argument("--size", type=int, default=160)
     args = parser.parse_args()
-    config = RunConfig.model_validate(json.loads((args.base / "config.json").read_text()))
+    base = RunFolder(args.base)
+    config = RunConfig.model_validate(base.config())
     split = load_split(config.data.path, config.data.train_split)
-    used = {r["index"] for which in ("train", "validation") for r in read_jsonl(args.base / "00_data" / f"{which}.jsonl")}
+    used = {e.index for which in ("train", "validation") for e in base.examples(which)}
     unused = [e for e in split.executable if e.index not in used]
     examples = sorted(random.Random(config.seed + 1).sample(unused, args.size), key=lambda e: e.index)
-    classifier = args.base / "01_prompts" / "classifier" if config.hints.classifier == "train" else config.hints.classifier
+    classifier = base.trained_classifier if config.hints.classifier == "train" else config.hints.classifier
     hinter = load_hinter(split, classifier, config.hints.options) if config.hints.enabled else None
 
     base_iteration = f"{config.selfplay.method}-1"
-    models = {"start": resolve_model(config.model), "sft": str(args.base / "03_sft" / "model"),
-              base_iteration: str(args.base / "04_iter1" / "model")}
-    models |= {cell: str(args.base.parent / "sweep" / cell / "04_iter1" / "model") for cell in CELLS}
+    models = {"start": resolve_model(config.model), "sft": base.model("sft"), base_iteration: base.model(base_iteration)}
+    for cell in CELLS:
+        run = RunFolder(args.base.parent / "sweep" / cell, must_exist=False)
+        if run.is_done(f"{run.method}-1"):
+            models[cell] = run.model(f"{run.method}-1")
     out_root = args.base.parent / "heldout"
     rows = []
     with SqlRunner(timeout_s=config.execution.timeout_s, max_rows=config.execution.max_rows) as runner:
         for name, model_path in models.items():
             out = out_root / name
             if not (out / "results.json").is_file():
-                generator = Generator(*load_model(model_path))
+                generator = load_generator(model_path, config.generation)
                 with progress_bar(len(examples), f"{name}: held-out", "prompts") as advance:
                     predict(model_path, split, examples, out, runner, generator, config.generation, config.prompt,
                             hinter, lambda n, _tokens: advance(n))
             results = json.loads((out / "results.json").read_text())
             row = {"model": f"{name} (base run)" if name == base_iteration else name, "ex": results["ex"]}
             if name not in ("start", "sft"):
-                row |= changed_answers(out_root / "sft", out)
-                row["sign_test_p"] = sign_test(row["gained"], row["lost"])
+                change = paired_change(read_verdicts(out_root / "sft"), read_verdicts(out))
+                row |= {"gained": change.gained, "lost": change.lost, "sign_test_p": change.p}
             rows.append(row)
     lines = [f"# {args.size} held-out Spider train questions (neither trained on nor used for validation)", "",
              "| model | EX % | +/- vs SFT | sign test p |", "|---|---:|---:|---:|"]

@@ -82,7 +82,7 @@ ARMS[SECOND_ITERATION] = ["control.rollback=false"]
 def run_second_iteration(first: Path, config: Path, run_dir: Path, overrides: list[str]) -> None:
     """ExSPIN's second iteration in a branch of `first` (the base run, or the plain ExSPIN arm's run, with
     a finished first iteration), always building on its model (resumable)."""
-    if not RunFolder(first).is_done("exspin-1"):
+    if not RunFolder(first, must_exist=False).is_done("exspin-1"):
         sys.exit(f"{SECOND_ITERATION} builds on {first}, which has not finished exspin-1: run the exspin arm first")
     run_from_base(first, config, run_dir, [*overrides, "selfplay.iterations=2", "control.patience=99"],
                   stages=("start", "sft", "exspin-1"))
@@ -93,7 +93,7 @@ def shared_samples(out_root: Path) -> Path | None:
     ranks by them); None before any."""
     for arm in SAMPLED_ARMS:
         run = RunFolder(out_root / arm, must_exist=False)
-        with contextlib.suppress(UserError):
+        with contextlib.suppress(UserError, ValueError):  # absent, or a file cut short
             answers = run.generations(f"{run.method}-1")
             if answers and answers[0].logprob is not None:
                 return run.stage_dir(f"{run.method}-1") / "generations.jsonl"
@@ -321,7 +321,7 @@ def markdown(rows: list[dict], sft: dict, start: dict, overrides: list[str], plo
                   if "margins_first_quarter" in r else "-")
         pairs = "-" if r["pairs"] is None else str(r["pairs"])
         informative = "-" if r.get("informative_share") is None else f"{100 * r['informative_share']:.0f}%"
-        if r.get("training_rows") not in (None, r["pairs"]):
+        if r.get("training_rows") not in (None, r["pairs"]) and r["pairs"] is not None:
             pairs += f" ({r['training_rows']} trained)"  # graded negatives repeat pairs
         versus = r.get("eval_vs_exspin")
         versus = f"+{versus['gained']}/-{versus['lost']}, p {_p(versus['p'])}" if versus else "-"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exspin.execution.compare import (
@@ -90,3 +90,69 @@ def test_spider_rejects_a_changed_value(rows, seed):
 def test_spider_rejects_a_dropped_or_duplicated_row(rows):
     assert not spider_results_match(rows, rows[:-1], order_matters=False)
     assert not spider_results_match(rows, rows + rows[:1], order_matters=False)
+
+
+def _official(gold, pred, order_matters):
+    """The official evaluator's definition, by brute force over every column permutation."""
+    from collections import Counter
+    from itertools import permutations
+
+    if not gold and not pred:
+        return True
+    if len(gold) != len(pred) or len(gold[0]) != len(pred[0]):
+        return False
+    for perm in permutations(range(len(gold[0]))):
+        permuted = [tuple(row[p] for p in perm) for row in pred]
+        if (list(gold) == permuted) if order_matters else (Counter(gold) == Counter(permuted)):
+            return True
+    return False
+
+
+_cell = st.sampled_from([0, 1, 2, "a", None])
+
+
+@given(st.integers(1, 4).flatmap(lambda n: st.tuples(
+    st.lists(st.tuples(*[_cell] * n), min_size=1, max_size=6),
+    st.lists(st.tuples(*[_cell] * n), min_size=1, max_size=6))), st.booleans())
+@settings(max_examples=400, deadline=None)
+def test_column_search_decides_as_the_official_permutations(results, order_matters):
+    gold, pred = results
+    assert spider_results_match(gold, pred, order_matters) == _official(gold, pred, order_matters)
+
+
+def _adversarial(width: int, seed: int = 0) -> tuple[list, list, list]:
+    """gold; pred, a row-shuffled copy with its columns permuted (a match); and pred with two cells swapped
+    in each of two rows, so every row and every column keeps its values while the rows no longer align."""
+    import random
+
+    rng = random.Random(seed)
+    gold = [tuple(rng.choice((0, 1)) for _ in range(width)) for _ in range(200)]
+    perm = list(range(width))
+    rng.shuffle(perm)
+    pred = [tuple(row[p] for p in perm) for row in gold]
+    rng.shuffle(pred)
+    broken = [list(row) for row in pred]
+    first = next(r for r, row in enumerate(broken) if row[0] != row[1])
+    second = next(r for r, row in enumerate(broken) if row[0] == broken[first][1] and row[1] == broken[first][0])
+    for r in (first, second):
+        broken[r][0], broken[r][1] = broken[r][1], broken[r][0]
+    return gold, pred, [tuple(row) for row in broken]
+
+
+def test_wide_results_with_repeated_values_are_decided_as_the_official_search_does():
+    gold, pred, broken = _adversarial(7)
+    for candidate in (pred, broken):
+        assert spider_results_match(gold, candidate, False) == _official(gold, candidate, False)
+
+
+def test_wide_results_are_decided_within_the_budget():
+    """12 columns holding the same values: the official search may try 12! permutations; this one
+    decides in well under a second, and a search cut by its budget counts the results as different."""
+    import time
+
+    gold, pred, broken = _adversarial(12)
+    start = time.perf_counter()
+    assert spider_results_match(gold, pred, order_matters=False)
+    spider_results_match(gold, broken, order_matters=False)
+    assert time.perf_counter() - start < 5
+    assert not spider_results_match(gold, pred, order_matters=False, budget=100)

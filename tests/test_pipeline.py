@@ -286,3 +286,41 @@ def test_epoch_snapshots_need_lora_and_one_process(tmp_path):
         load_config(config, ["launcher.num_processes=2"])
     with pytest.raises(UserError, match="LoRA"):
         load_config(config, ["sft.train.lora=null"])
+
+
+def test_an_earlier_epoch_kept_by_validation_leaves_its_own_predictions_in_the_stage(spider_dir, tiny_model_dir,
+                                                                                      tmp_path, monkeypatch):
+    """When validation keeps an earlier epoch, the SFT stage's eval_* hold that epoch's predictions (the last
+    epoch's move to epochs/<last>/), and RunFolder finds its model wherever the run folder lives."""
+    import exspin.pipeline as pipeline
+    from exspin.config import load_config
+    from exspin.run_folder import RunFolder
+
+    text = (Path(__file__).parent / "data" / "tiny_run.yaml").read_text()
+    config = tmp_path / "tiny.yaml"
+    config.write_text(text.replace("MODEL_DIR", str(tiny_model_dir)).replace("DATA_DIR", str(spider_dir)))
+    scored = pipeline._evaluate_model
+
+    def favour_epoch_1(run, model_path, folder, which_sets=("validation", "eval")):
+        scores = scored(run, model_path, folder, which_sets)
+        if "epochs/1" in model_path and "validation_ex" in scores:
+            scores["validation_ex"] = 101.0  # as if epoch 1 were best on validation
+        return scores
+
+    monkeypatch.setattr(pipeline, "_evaluate_model", favour_epoch_1)
+    settings = load_config(config, [f"run_dir={tmp_path / 'run'}", "selfplay.iterations=0", "sft.train.max_steps=-1",
+                                    "sft.train.epochs=2", "sft.train.epoch_snapshots=true"])
+    pipeline.run_pipeline(settings)
+    run = RunFolder(tmp_path / "run")
+    sft = run.summary("sft")
+    assert sft.epoch == 1 and sft.validation_ex == 101.0 and "epochs/1/model" in sft.model
+    stage = run.stage_dir("sft")
+    for which in ("validation", "eval"):
+        model = json.loads((stage / f"eval_{which}" / "generation.json").read_text())["model"]
+        assert "epochs/1/model" in model, which
+        assert (stage / "epochs" / "2" / f"eval_{which}" / "results.json").is_file()
+    moved = tmp_path / "moved"
+    (tmp_path / "run").rename(moved)
+    assert RunFolder(moved).model("sft") == str(moved / "03_sft" / "epochs" / "1" / "model")
+    with pytest.raises(Exception, match="max_steps"):
+        load_config(config, ["sft.train.epoch_snapshots=true"])  # tiny_run.yaml trains by max_steps

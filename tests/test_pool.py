@@ -43,3 +43,61 @@ def test_timeouts_are_not_cached(tmp_path, spider_dir):
         [judgement] = runner.judge_many([JudgeTask(db, slow, "SELECT 1", "spider")])
     assert judgement.gold.outcome == "timeout" and not judgement.match
     assert cache.get_many([GoldCache.key(db, slow, "spider", runner.max_rows)]) == {}
+
+
+def _judge_or_die(chunk, timeout_s, max_rows):
+    """_judge_chunk, except that a prediction reading CRASH kills its worker process (as SQLite or the
+    kernel's OOM killer would)."""
+    import os
+
+    from exspin.execution.pool import _judge_chunk
+
+    if any(task.pred_sql == "CRASH" for task in chunk):
+        os._exit(1)
+    return _judge_chunk(chunk, timeout_s, max_rows)
+
+
+def test_a_query_that_kills_its_worker_is_recorded_and_its_neighbours_are_judged(spider_dir):
+    tasks = _tasks(spider_dir)
+    deadly = tasks[70]
+    tasks[70] = JudgeTask(deadly.db_path, deadly.gold_sql, "CRASH", "spider")
+    with SqlRunner(workers=1) as one:
+        expected = [j.match for j in one.judge_many(tasks[:70] + tasks[71:])]
+    with SqlRunner(workers=2) as two:
+        judged = two._map(_judge_or_die, tasks, None, two._crashed_judgement)
+        assert two.crashes == 1
+        assert [j.match for j in judged[:70] + judged[71:]] == expected  # its neighbours, judged as ever
+        assert judged[70].pred.outcome == "crashed" and not judged[70].match and judged[70].gold.ok
+        assert two.judge_many(tasks[:80])[0].gold.ok  # the rebuilt pool goes on serving
+
+
+def test_a_worker_killed_from_outside_costs_no_verdict(spider_dir):
+    """A worker SIGKILLed mid-stage (the OOM killer's way): the pool is rebuilt, the chunks it took down
+    run again, and every verdict is the one an undisturbed run gives."""
+    import os
+    import signal
+    import threading
+    import time
+
+    split = load_split(spider_dir, "dev")
+    example = split.executable[0]
+    slow = ("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000000) "
+            "SELECT count(*) FROM n")
+    tasks = _tasks(spider_dir) + [JudgeTask(str(split.db_path(example.db_id)), example.gold_sql, slow, "spider")]
+    with SqlRunner(workers=1) as one:
+        expected = [j.match for j in one.judge_many(tasks)]
+    killed = []
+    with SqlRunner(workers=2) as two:
+        def kill_a_worker():
+            while two._pool is None or not two._pool._processes:
+                time.sleep(0.01)
+            time.sleep(0.2)  # the slow query runs for seconds
+            killed.append(two._pool)
+            os.kill(next(iter(two._pool._processes)), signal.SIGKILL)
+
+        killer = threading.Thread(target=kill_a_worker)
+        killer.start()
+        judged = two.judge_many(tasks)
+        killer.join()
+        assert two._pool is not killed[0] and two.crashes == 0  # the broken pool was replaced mid-stage
+    assert [j.match for j in judged] == expected

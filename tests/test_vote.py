@@ -127,3 +127,20 @@ def test_predict_with_samples_keeps_every_candidate_and_votes_again_alike(spider
     result = run_cli("eval", "--data", spider_dir, "--candidates", out / "predictions.jsonl", "--out", again)
     assert result.returncode == 0, result.stderr
     assert [json.loads(line)["sql"] for line in (again / "predictions.jsonl").open()] == [p["sql"] for p in predictions]
+
+
+def test_a_run_scored_by_vote_reports_greedy_and_pass_at_k_beside_it(spider_dir, tiny_model_dir, tmp_path):
+    from pathlib import Path
+
+    from exspin.run_folder import RunFolder
+
+    text = (Path(__file__).parent / "data" / "tiny_run.yaml").read_text()
+    config = tmp_path / "tiny.yaml"
+    config.write_text(text.replace("MODEL_DIR", str(tiny_model_dir)).replace("DATA_DIR", str(spider_dir)))
+    result = run_cli("run", config, f"run_dir={tmp_path / 'run'}", "sft.enabled=false", "selfplay.iterations=0",
+                     "generation.vote_samples=2")
+    assert result.returncode == 0, result.stderr
+    start = RunFolder(tmp_path / "run").summary("start")
+    assert set(start.greedy_ex) == set(start.pass_at_k) == {"validation", "eval"}
+    assert start.pass_at_k["eval"] >= max(start.eval_ex, start.greedy_ex["eval"])
+    assert "pass@3" in (tmp_path / "run" / "report" / "report.md").read_text()

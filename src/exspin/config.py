@@ -115,6 +115,8 @@ class RunConfig(_Section):
                 self.launcher.accelerate_config is not None or (self.launcher.num_processes or 1) > 1):
             raise ValueError("sft.train.epoch_snapshots saves the adapter from one process: it cannot be used "
                              "with a launcher")
+        if self.sft.enabled and self.sft.train.epoch_snapshots and self.sft.train.max_steps > 0:
+            raise ValueError("sft.train.epoch_snapshots compares whole epochs: set sft.train.epochs, not max_steps")
         if self.sft.enabled and self.sft.train.epoch_snapshots and self.sft.train.lora is None:
             raise ValueError("sft.train.epoch_snapshots saves LoRA adapters: set sft.train.lora")
         need = self.prompt.max_prompt_tokens + self.generation.max_new_tokens + 1  # + EOS

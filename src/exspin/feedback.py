@@ -114,6 +114,8 @@ def label_samples(split: Split, examples: Sequence[Example], completions: Sequen
             label, message = "correct", ""
         elif judgement.pred.ok:
             label, message = "wrong_result", judgement.pred.message
+        elif judgement.pred.crashed:  # killed its execution worker: wrong, like any query that fails to run
+            label, message = "runtime_error", judgement.pred.message
         else:
             label, message = judgement.pred.outcome, judgement.pred.message
         records.append(Generation(index=example.index, db_id=example.db_id, sample=number, sql=sql,

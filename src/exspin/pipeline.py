@@ -209,7 +209,8 @@ def _evaluate_model(run: Run, model_path: str, folder: Path, which_sets: tuple[s
         for which in ("validation", "eval"):
             shutil.copytree(earlier / f"eval_{which}", folder / f"eval_{which}")
         summary = StageSummary.model_validate(json.loads((earlier / DONE).read_text()))
-        return {**summary.model_dump(include={"validation_ex", "eval_ex", "mean_completion_chars", "tokens_per_s"}),
+        return {**summary.model_dump(include={"validation_ex", "eval_ex", "mean_completion_chars", "tokens_per_s",
+                                              "greedy_ex", "pass_at_k"}, exclude_none=True),
                 "scored_in": earlier.name}
 
     generator = load_generator(model_path, run.config.generation)
@@ -222,7 +223,11 @@ def _evaluate_model(run: Run, model_path: str, folder: Path, which_sets: tuple[s
         results = predict_sets(model_path, sets, run.runner, generator, run.config.generation,
                                lambda n, _tokens: advance(n))
     scores = {f"{which}_ex": round(result.ex, 4) for which, result in zip(which_sets, results, strict=True)}
-    generation = json.loads((folder / "eval_validation" / "generation.json").read_text())
+    if run.config.generation.vote_samples:  # the EX above is the vote's; greedy's and pass@k beside it
+        votes = {which: json.loads((folder / f"eval_{which}" / "vote.json").read_text()) for which in which_sets}
+        scores["greedy_ex"] = {which: vote["greedy_ex"] for which, vote in votes.items()}
+        scores["pass_at_k"] = {which: vote["pass_at_k"] for which, vote in votes.items()}
+    generation = json.loads((folder / f"eval_{which_sets[0]}" / "generation.json").read_text())
     scores["mean_completion_chars"] = generation["mean_completion_chars"]
     scores["tokens_per_s"] = generation["tokens_per_s"]
     return scores
@@ -342,26 +347,41 @@ def _sft_stage(run: Run, model_path: str, folder: Path) -> dict:
     else:
         model = train_sft(model_path, records, run.config.sft.train, folder)
     summary = {"model": str(model), **_fit(folder), **_evaluate_model(run, str(model), folder)}
-    if run.config.sft.train.epoch_snapshots:
+    if run.config.sft.train.epoch_snapshots and not summary.get("scored_in"):
         summary.update(_pick_epoch(run, model_path, folder, summary))
     return summary
 
 
 def _pick_epoch(run: Run, base_model: str, folder: Path, final: dict) -> dict:
     """Validation picks the epoch: each earlier epoch's snapshot is scored on validation, and one that beats
-    the final model there (ties go to the final) is scored on the evaluation set and becomes the stage's model."""
+    the final model there (ties go to the final) is scored on the evaluation set and becomes the stage's model.
+    The stage folder's predictions (eval_*) are always the kept model's; the last epoch's then move to
+    epochs/<last>/."""
     from exspin.training.sft import epoch_models
 
     final_epoch = math.ceil(run.config.sft.train.epochs)
     validation = {final_epoch: final["validation_ex"]}
     snapshots = epoch_models(folder, base_model)
+    warnings = []
+    if len(snapshots) < final_epoch - 1:  # e.g. a cut between an epoch's last checkpoint and its snapshot
+        warnings.append(f"only epochs {sorted(snapshots)} of {final_epoch - 1} have snapshots: validation chose "
+                        "among those and the last")
     for epoch, model in snapshots.items():
         validation[epoch] = _evaluate_model(run, str(model), model.parent, ("validation",))["validation_ex"]
     best = max(validation, key=lambda epoch: (validation[epoch], epoch == final_epoch))
-    picked = {"validation_ex_by_epoch": dict(sorted(validation.items())), "epoch": best}
+    picked = {"validation_ex_by_epoch": dict(sorted(validation.items())), "epoch": best, "warnings": warnings}
     if best != final_epoch:
+        kept = snapshots[best].parent
+        last = folder / "epochs" / str(final_epoch)
+        last.mkdir(parents=True, exist_ok=True)
+        for which in ("validation", "eval"):
+            shutil.rmtree(last / f"eval_{which}", ignore_errors=True)
+            (folder / f"eval_{which}").rename(last / f"eval_{which}")
+        shutil.copytree(kept / "eval_validation", folder / "eval_validation")
+        scores = _evaluate_model(run, str(snapshots[best]), folder, ("eval",))
         picked.update(model=str(snapshots[best]), final_epoch_scores={k: final[k] for k in ("validation_ex", "eval_ex")},
-                      **_evaluate_model(run, str(snapshots[best]), snapshots[best].parent))
+                      validation_ex=validation[best], eval_ex=scores["eval_ex"],
+                      mean_completion_chars=scores["mean_completion_chars"], tokens_per_s=scores["tokens_per_s"])
     return picked
 
 

@@ -14,8 +14,9 @@ from pydantic import BaseModel, ConfigDict
 Dataset = Literal["spider", "bird"]
 
 # What happened when one SQL string ran in the sandbox.
-Outcome = Literal["ok", "syntax_error", "runtime_error", "timeout", "forbidden"]
-OUTCOMES: tuple[Outcome, ...] = ("ok", "syntax_error", "runtime_error", "timeout", "forbidden")
+# "crashed": the query killed its execution worker, alone, twice (execution/pool.py); it counts as wrong.
+Outcome = Literal["ok", "syntax_error", "runtime_error", "timeout", "forbidden", "crashed"]
+OUTCOMES: tuple[Outcome, ...] = ("ok", "syntax_error", "runtime_error", "timeout", "forbidden", "crashed")
 
 # What execution feedback says of one generated answer, judged against the gold query's result.
 Label = Literal["correct", "wrong_result", "runtime_error", "syntax_error", "timeout", "forbidden"]
@@ -55,6 +56,10 @@ class Execution:
     @property
     def ok(self) -> bool:
         return self.outcome == "ok"
+
+    @property
+    def crashed(self) -> bool:
+        return self.outcome == "crashed"
 
 
 @dataclass(frozen=True, slots=True)

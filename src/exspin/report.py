@@ -84,6 +84,16 @@ def write_report(run_dir: Path, summary: RunSummary) -> Path:
                      f"{'; '.join(stage.warnings)} |")
     lines += ["", f"**Kept:** `{summary.best}` -> `{summary.final_model}`", "",
               f"**Stopped:** {summary.stop_reason}", ""]
+    voted = {n: s for n, s in summary.stages.items() if s.greedy_ex}
+    if voted:
+        samples = config["generation"].get("vote_samples", 0)
+        lines += [f"EX above is the execution vote's (greedy's answer and {samples} samples); greedy's alone, and "
+                  f"pass@{samples + 1} (some candidate right: the ceiling of any vote):", "",
+                  "| stage | greedy validation EX % | greedy eval EX % | pass@k validation % | pass@k eval % |",
+                  "|---|---:|---:|---:|---:|"]
+        lines += [f"| {n} | {s.greedy_ex.get('validation', 0):.2f} | {s.greedy_ex.get('eval', 0):.2f} | "
+                  f"{s.pass_at_k.get('validation', 0):.2f} | {s.pass_at_k.get('eval', 0):.2f} |" for n, s in voted.items()]
+        lines.append("")
     epochs = {n: s for n, s in summary.stages.items() if s.validation_ex_by_epoch}
     for name, stage in epochs.items():
         lines += [f"**{name}: validation EX by epoch** " + ", ".join(

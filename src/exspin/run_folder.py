@@ -45,6 +45,10 @@ class StageSummary(BaseModel):
     tokens_per_s: float = 0.0
     seconds: float = 0.0
     scored_in: str | None = None  # a stage that scored this very model before (its scores are copied)
+    # Scored by execution vote (generation.vote_samples): the EX above is the vote's; greedy's and pass@k
+    # (some candidate right) by set
+    greedy_ex: dict[str, float] | None = None
+    pass_at_k: dict[str, float] | None = None
     over_max_length: int | None = None  # training examples the trainer had to truncate
     # SFT with epoch snapshots: validation EX of each epoch, the epoch kept, the last epoch's scores
     validation_ex_by_epoch: dict[int, float] | None = None
@@ -115,7 +119,7 @@ def branch_run(base: str | Path, run_dir: str | Path, stages: tuple[str, ...] = 
 
 def stage_folder_name(number: int, stage: str) -> str:
     """The folder of a model stage: ("start", 2) -> 02_start; ("exspin-1", 4) -> 04_iter1."""
-    if stage in ("start", "sft"):
+    if stage in ("start", "sft", "control"):
         return f"{number:02d}_{stage}"
     _, _, iteration = stage.rpartition("-")
     if not iteration.isdigit():
@@ -197,8 +201,10 @@ class RunFolder:
         """The model a stage scored, as a path valid here (a run records paths relative to where it ran)."""
         model = self.summary(stage).model
         parts = Path(model).parts
-        if len(parts) >= 2 and parts[-1] == "model" and (self.path / parts[-2] / "model").is_dir():
-            return str(self.path / parts[-2] / "model")
+        # <stage folder>/model, or an SFT epoch's <stage folder>/epochs/<n>/model: rebuilt from this folder
+        for at in range(len(parts) - 2, -1, -1):
+            if _MODEL_STAGE.match(parts[at]) and (self.path.joinpath(*parts[at:])).is_dir():
+                return str(self.path.joinpath(*parts[at:]))
         return model
 
     def scored_dir(self, stage: str, which: str) -> Path:

@@ -16,12 +16,15 @@ import sqlite3
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
 from exspin.execution import sandbox
 from exspin.execution.compare import Semantics, normalize, results_match
 from exspin.records import Execution, Judgement
+
+CRASHED = Execution("crashed", message="the query killed its execution worker (alone, twice)")
 
 # Below this many tasks a pool costs more to start than it saves.
 MIN_TASKS_FOR_POOL = 64
@@ -118,6 +121,7 @@ class SqlRunner:
         self.max_rows = max_rows
         self.cache = cache
         self._pool: ProcessPoolExecutor | None = None
+        self.crashes = 0  # results recorded as crashed: their query killed an execution worker
 
     def __enter__(self) -> SqlRunner:
         return self
@@ -130,8 +134,14 @@ class SqlRunner:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
 
-    def _map(self, function: Callable, items: Sequence, progress: Callable[[int], None] | None) -> list:
-        """Apply a chunk function to items, keeping their order and reporting progress."""
+    def _map(self, function: Callable, items: Sequence, progress: Callable[[int], None] | None,
+             crashed: Callable[[object], object]) -> list:
+        """Apply a chunk function to items, keeping their order and reporting progress.
+
+        A worker that dies (the kernel's OOM killer, a crash inside SQLite) breaks the pool and every
+        chunk in it. The pool is then rebuilt and the unfinished chunks are sent again; a chunk that
+        breaks it a second time is run item by item, each alone, so one bad query cannot sink its
+        neighbours, and an item that kills its worker alone gets `crashed(item)` as its result."""
         if self.workers <= 1 or len(items) < MIN_TASKS_FOR_POOL:
             results = []
             for chunk in _chunks(items, 16):
@@ -139,26 +149,62 @@ class SqlRunner:
                 if progress:
                     progress(len(chunk))
             return results
+        size = max(1, min(64, len(items) // (self.workers * 8)))
+        chunks = list(_chunks(items, size))
+        done: list[list | None] = [None] * len(chunks)
+        for _attempt in range(2):  # the first pass, then the chunks a broken pool took down with it
+            waiting = [i for i, part in enumerate(done) if part is None]
+            if not waiting:
+                break
+            futures = [(i, self._executor().submit(function, chunks[i], self.timeout_s, self.max_rows))
+                       for i in waiting]
+            for i, future in futures:
+                try:
+                    done[i] = future.result()
+                except BrokenProcessPool:
+                    self._discard_pool()  # rebuilt on the next submit
+                    continue
+                if progress:
+                    progress(len(done[i]))
+        for i, part in enumerate(done):
+            if part is None:  # broke the pool twice: item by item, each alone
+                done[i] = [self._alone(function, item, crashed) for item in chunks[i]]
+                if progress:
+                    progress(len(done[i]))
+        return [result for part in done for result in part]
+
+    def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
             context = multiprocessing.get_context(_start_method())
             self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
-        size = max(1, min(64, len(items) // (self.workers * 8)))
-        futures = [
-            self._pool.submit(function, chunk, self.timeout_s, self.max_rows) for chunk in _chunks(items, size)
-        ]
-        results = []
-        for future in futures:
-            part = future.result()
-            results.extend(part)
-            if progress:
-                progress(len(part))
-        return results
+        return self._pool
+
+    def _alone(self, function: Callable, item: object, crashed: Callable[[object], object]) -> object:
+        """One item in a pool of its own making: its result, or crashed(item) where it kills the worker."""
+        try:
+            return self._executor().submit(function, [item], self.timeout_s, self.max_rows).result()[0]
+        except BrokenProcessPool:
+            self._discard_pool()
+            self.crashes += 1
+            return crashed(item)
+
+    def _discard_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
     def execute_many(
         self, queries: Sequence[tuple[str, str]], progress: Callable[[int], None] | None = None
     ) -> list[Execution]:
         """Execute (db_path, sql) pairs as written, without normalisation."""
-        return self._map(_execute_chunk, list(queries), progress)
+        return self._map(_execute_chunk, list(queries), progress, lambda _query: CRASHED)
+
+    def _crashed_judgement(self, task: JudgeTask) -> Judgement:
+        """A judgement whose task killed its worker: the gold runs alone to tell which query did. A crashed
+        prediction is wrong; a crashed gold leaves the question unjudged (as any gold that fails)."""
+        gold = task.gold or self._alone(_execute_chunk, (task.db_path, normalize(task.gold_sql, task.semantics)),
+                                        lambda _query: CRASHED)
+        return Judgement(match=False, pred=CRASHED if gold.ok else Execution("crashed", message="not run"), gold=gold)
 
     def judge_many(
         self, tasks: Sequence[JudgeTask], progress: Callable[[int], None] | None = None
@@ -172,7 +218,7 @@ class SqlRunner:
                 JudgeTask(t.db_path, t.gold_sql, t.pred_sql, t.semantics, cached.get(k)) if k in cached else t
                 for t, k in zip(tasks, keys, strict=True)
             ]
-        judgements = self._map(_judge_chunk, list(tasks), progress)
+        judgements = self._map(_judge_chunk, list(tasks), progress, self._crashed_judgement)
         if self.cache:
             fresh = {k: j.gold for k, j in zip(keys, judgements, strict=True) if k not in cached}
             self.cache.put_many(fresh)
