@@ -110,7 +110,7 @@ def test_the_process_count_comes_from_the_accelerate_config_or_the_devices(tmp_p
     import torch
 
     from exspin.config import LauncherSettings
-    from exspin.pipeline import training_processes
+    from exspin.training.launch import processes as training_processes
 
     accelerate = tmp_path / "accelerate.yaml"
     accelerate.write_text("distributed_type: MULTI_GPU\nnum_processes: 3\n")
@@ -122,7 +122,7 @@ def test_the_process_count_comes_from_the_accelerate_config_or_the_devices(tmp_p
 
 def test_a_launch_on_one_machine_takes_a_free_port_unless_its_config_names_one(tmp_path):
     from exspin.config import LauncherSettings
-    from exspin.pipeline import port_arguments
+    from exspin.training.launch import port_arguments
 
     assert port_arguments(LauncherSettings(num_processes=1)) == []
     flag, port = port_arguments(LauncherSettings(num_processes=2))

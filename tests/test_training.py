@@ -15,9 +15,9 @@ import torch
 from exspin.data import load_split
 from exspin.execution.pool import SqlRunner
 from exspin.feedback import PairRules, count_labels, label_samples, make_pairs
-from exspin.pipeline import free_port
 from exspin.records import Pair
 from exspin.sqltext import normal_form
+from exspin.training.launch import free_port
 
 
 def spin_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta: float):

@@ -264,14 +264,20 @@ def _print_vote(out: Path) -> None:
                   f"pass@{vote['candidates']} {vote['pass_at_k']:.2f}%")
 
 
-def _train_settings(settings_cls, config: Path | None, section: str):
-    """Settings for one trainer: the run config's section when a YAML file is given, else defaults."""
+def _train_settings(settings_cls, config: Path | None, settings: Path | None, section: str):
+    """Settings for one trainer: from a settings JSON file, or the run config's section of a YAML file, else
+    the defaults."""
+    if config is not None and settings is not None:
+        raise UserError("give --config or --settings, not both")
+    if settings is not None:
+        from exspin.training.launch import read_settings
+
+        return read_settings(settings, settings_cls)
     if config is None:
         return settings_cls()
     from exspin.config import load_config
 
-    stage = getattr(load_config(config), section)
-    return stage.train
+    return getattr(load_config(config), section).train
 
 
 @train_app.command("sft")
@@ -280,33 +286,40 @@ def train_sft_command(
     records: Annotated[Path, typer.Option(help="JSONL with prompt and completion.")],
     out: Annotated[Path, typer.Option(help="Output folder (model/, adapter/, train_log.jsonl).")],
     config: Annotated[Path | None, typer.Option(help="Run config whose sft.train settings to use.")] = None,
+    settings: Annotated[Path | None, typer.Option(help="Trainer settings as JSON (what a launched stage writes).")]
+    = None,
 ) -> None:
     """Supervised fine-tuning on prompt/completion records."""
     from exspin.models import resolve_model
-    from exspin.training.sft import SFTSettings, train_sft
+    from exspin.records import SFTExample
+    from exspin.training.launch import train
+    from exspin.training.sft import SFTSettings
 
-    rows = _read_records(records, ("prompt", "completion"))
-    path = train_sft(resolve_model(model), rows, _train_settings(SFTSettings, config, "sft"), out)
+    rows = [SFTExample.model_validate(r) for r in _read_records(records, ("prompt", "completion"))]
+    path, _ = train("sft", resolve_model(model), rows, _train_settings(SFTSettings, config, settings, "sft"), out)
     console.print(f"saved {path}")
 
 
 @train_app.command("selfplay")
 def train_selfplay_command(
     model: Annotated[str, typer.Option(help="The opponent: the model of the previous iteration.")],
-    pairs: Annotated[Path, typer.Option(help="JSONL with prompt, chosen (gold) and rejected (opponent's).")],
+    records: Annotated[Path, typer.Option("--records", "--pairs", help="JSONL with prompt, chosen (gold) and "
+                                          "rejected (opponent's), and optionally weight.")],
     out: Annotated[Path, typer.Option(help="Output folder (model/, adapter/, train_log.jsonl).")],
     config: Annotated[Path | None, typer.Option(help="Run config whose selfplay.train settings to use.")] = None,
+    settings: Annotated[Path | None, typer.Option(help="Trainer settings as JSON (what a launched stage writes).")]
+    = None,
     seed: Annotated[int | None, typer.Option(help="Overrides the settings' seed (one per iteration).")] = None,
 ) -> None:
     """One self-play iteration's training with the SPIN loss."""
     from exspin.models import resolve_model
-    from exspin.training.selfplay import SelfPlaySettings, train_selfplay
+    from exspin.records import PreferencePair
+    from exspin.training.launch import train
+    from exspin.training.selfplay import SelfPlaySettings
 
-    rows = _read_records(pairs, ("prompt", "chosen", "rejected"))
-    settings = _train_settings(SelfPlaySettings, config, "selfplay")
-    if seed is not None:
-        settings = settings.model_copy(update={"seed": seed})
-    path, _ = train_selfplay(resolve_model(model), rows, settings, out)
+    rows = [PreferencePair.model_validate(r) for r in _read_records(records, ("prompt", "chosen", "rejected"))]
+    trainer_settings = _train_settings(SelfPlaySettings, config, settings, "selfplay")
+    path, _ = train("selfplay", resolve_model(model), rows, trainer_settings, out, seed=seed)
     console.print(f"saved {path}")
 
 

@@ -17,6 +17,7 @@ from exspin.feedback import PairMethod, PairRules
 from exspin.generation import GenerationConfig
 from exspin.hints import HintsConfig
 from exspin.prompts import PromptConfig
+from exspin.training.launch import LauncherSettings
 from exspin.training.selfplay import SelfPlaySettings
 from exspin.training.sft import SFTSettings
 
@@ -74,14 +75,6 @@ class ExecutionSettings(_Section):
     max_rows: int = Field(100_000, ge=1)
 
 
-class LauncherSettings(_Section):
-    """How training stages run: in this process, or through `accelerate launch` (multi-GPU, DeepSpeed, FSDP)."""
-
-    accelerate_config: Path | None = None  # e.g. configs/accelerate/deepspeed_zero3.yaml
-    # None: the accelerate config's own count where it sets one, else one process per visible GPU.
-    num_processes: int | None = Field(None, ge=1)
-
-
 class RunConfig(_Section):
     run_dir: Path = Path("runs/quickstart")
     model: str = "qwen2.5-coder-0.5b-instruct"
@@ -111,8 +104,7 @@ class RunConfig(_Section):
         if rules.choosing_among_samples() and self.selfplay.iterations and self.selfplay.samples_per_question < 2:
             raise ValueError(f"selfplay.feedback.{rules.choosing_among_samples()[0]} chooses among several answers "
                              "to a question: it needs selfplay.samples_per_question >= 2")
-        if self.sft.enabled and self.sft.train.epoch_snapshots and (
-                self.launcher.accelerate_config is not None or (self.launcher.num_processes or 1) > 1):
+        if self.sft.enabled and self.sft.train.epoch_snapshots and self.launcher.launches:
             raise ValueError("sft.train.epoch_snapshots saves the adapter from one process: it cannot be used "
                              "with a launcher")
         if self.sft.enabled and self.sft.train.epoch_snapshots and self.sft.train.max_steps > 0:

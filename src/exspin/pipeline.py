@@ -13,16 +13,11 @@ import contextlib
 import json
 import math
 import shutil
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import yaml
-
 from exspin import __version__
-from exspin.artifacts import read_jsonl, write_json, write_jsonl, write_text
+from exspin.artifacts import read_jsonl, write_json, write_jsonl
 from exspin.config import RunConfig
 from exspin.data import Split, load_split
 from exspin.data.carve import carve
@@ -41,7 +36,7 @@ from exspin.hints.schema import SchemaBook
 from exspin.paths import cache_dir
 from exspin.predict import PromptSet, build_prompts, predict_sets
 from exspin.progress import progress_bar
-from exspin.records import Example, Generation, Pair
+from exspin.records import Example, Generation, Pair, SFTExample
 from exspin.report import write_report
 from exspin.run_folder import (
     DATA,
@@ -55,6 +50,7 @@ from exspin.run_folder import (
 )
 from exspin.sqltext import normal_form
 from exspin.training.common import remove_checkpoints, whole_checkpoints
+from exspin.training.launch import optimizer_steps, processes, train
 
 
 def _compared(config: dict) -> dict:
@@ -233,25 +229,6 @@ def _evaluate_model(run: Run, model_path: str, folder: Path, which_sets: tuple[s
     return scores
 
 
-def _launch_training(run: Run, kind: str, model_path: str, records: Path, folder: Path,
-                     seed: int | None = None) -> list[dict]:
-    """Train in a child process group through `accelerate launch`; returns the step log."""
-    launcher = run.config.launcher
-    config_path = write_text(run.dir / "config.yaml", yaml.safe_dump(run.config.model_dump(mode="json")))
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes",
-               str(training_processes(launcher))]
-    if launcher.accelerate_config:
-        command += ["--config_file", str(launcher.accelerate_config)]
-    command += port_arguments(launcher)
-    command += ["-m", "exspin.cli", "train", kind, "--model", model_path,
-                "--records" if kind == "sft" else "--pairs", str(records), "--out", str(folder),
-                "--config", str(config_path)] + (["--seed", str(seed)] if seed is not None else [])
-    if subprocess.run(command).returncode != 0:
-        raise UserError(f"training stage {folder.name} failed under accelerate launch; see the output above")
-    log = folder / "train_log.jsonl"
-    return read_jsonl(log) if log.is_file() else []
-
-
 def _trained(folder: Path) -> bool:
     """Whether a stage folder holds its trained model (a run cut short during its evaluation)."""
     return (folder / "model" / "config.json").is_file()
@@ -273,79 +250,15 @@ def _answering(folder: Path) -> bool:
     return any((folder / ANSWER_PIECES).glob("*/*.jsonl"))
 
 
-def training_processes(launcher) -> int:
-    """How many processes a launched training runs (what divides a stage's examples into steps): the
-    launcher's setting; else the accelerate config's own; else one per visible GPU, or one without a GPU."""
-    if launcher.num_processes is not None:
-        return launcher.num_processes
-    accelerate = _accelerate_settings(launcher)
-    if (accelerate.get("num_processes") or -1) > 0:
-        return int(accelerate["num_processes"])
-    import torch
-
-    return max(1, torch.cuda.device_count())
-
-
-def _accelerate_settings(launcher) -> dict:
-    """The launcher's accelerate config file as a mapping; empty without one (or for one that is not)."""
-    if launcher.accelerate_config is None:
-        return {}
-    path = Path(launcher.accelerate_config)
-    settings = yaml.safe_load(path.read_text()) if path.is_file() else {}
-    return settings if isinstance(settings, dict) else {}
-
-
-def free_port() -> int:
-    """A TCP port that is free on this machine now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def port_arguments(launcher) -> list[str]:
-    """`accelerate launch` arguments that give a launch on this one machine a free port for its processes'
-    rendezvous: two launches at once would both take the default (29500), and the second one hangs. None
-    for one process, or where the accelerate config names a port, spans machines, or meets through c10d
-    (whose rendezvous ignores this port)."""
-    if training_processes(launcher) < 2:
-        return []
-    accelerate = _accelerate_settings(launcher)
-    if (accelerate.get("main_process_port") is not None or (accelerate.get("num_machines") or 1) > 1
-            or accelerate.get("rdzv_backend", "static") != "static"):
-        return []
-    return ["--main_process_port", str(free_port())]
-
-
-def optimizer_steps(examples: int, settings, processes: int) -> int:
-    """Optimizer steps of a training over `examples` (its max_steps where set), as the Trainer counts them:
-    each process's batches per epoch, grouped by gradient_accumulation, times the epochs."""
-    if settings.max_steps > 0:
-        return settings.max_steps
-    batches = math.ceil(examples / (settings.batch_size * processes))
-    return math.ceil(settings.epochs * max(1, math.ceil(batches / settings.gradient_accumulation)))
-
-
 MIN_ITERATION_STEPS = 20  # fewer optimizer steps than this barely move the model at self-play learning rates
 
 
-def _use_launcher(run: Run) -> bool:
-    return run.config.launcher.accelerate_config is not None or (run.config.launcher.num_processes or 1) > 1
-
-
 def _sft_stage(run: Run, model_path: str, folder: Path) -> dict:
-    from exspin.training.sft import train_sft
-
     prompts = run.prompts("train")
     # The gold SQL in normal form: Spider's tokenised spacing is not something to learn.
-    records = [{"prompt": prompts[e.index], "completion": normal_form(e.gold_sql)} for e in run.examples("train")]
-    records_path = write_jsonl(folder / "sft_records.jsonl", records)
-    if _trained(folder):  # trained before the run was cut short
-        model = folder / "model"
-    elif _use_launcher(run):
-        _launch_training(run, "sft", model_path, records_path, folder)
-        model = folder / "model"
-    else:
-        model = train_sft(model_path, records, run.config.sft.train, folder)
+    records = [SFTExample(prompt=prompts[e.index], completion=normal_form(e.gold_sql)) for e in run.examples("train")]
+    write_jsonl(folder / "sft_records.jsonl", (r.model_dump() for r in records))
+    model, _ = train("sft", model_path, records, run.config.sft.train, folder, run.config.launcher)
     summary = {"model": str(model), **_fit(folder), **_evaluate_model(run, str(model), folder)}
     if run.config.sft.train.epoch_snapshots and not summary.get("scored_in"):
         summary.update(_pick_epoch(run, model_path, folder, summary))
@@ -431,9 +344,9 @@ def _answer(run: Run, iteration: int, opponent: str, folder: Path) -> list[Gener
     are ordered by prompt first, so a piece holds whole runs of one database's questions, which share
     their schema's prefill."""
     settings = run.config.selfplay
-    prompts, train = run.prompts("train"), run.examples("train")
-    order = {e.index: i for i, e in enumerate(train)}
-    examples = sorted(train, key=lambda e: prompts[e.index])
+    prompts, questions = run.prompts("train"), run.examples("train")
+    order = {e.index: i for i, e in enumerate(questions)}
+    examples = sorted(questions, key=lambda e: prompts[e.index])
     sampling = settings.samples_per_question > 1
     config = GenerationConfig(**{**run.config.generation.model_dump(), "num_samples": settings.samples_per_question,
                                  "temperature": settings.temperature if sampling else 0.0,
@@ -491,23 +404,16 @@ def _train_iteration(run: Run, iteration: int, opponent: str, pairs: list[Pair],
                      ) -> tuple[Path, list[dict]]:
     """The main player trained on the pairs, in this process or launched; (model folder, step log).
     Warns in summary when the pairs make too few optimizer steps to move the model."""
-    from exspin.training.selfplay import train_selfplay
-
-    train = run.config.selfplay.train
-    processes = training_processes(run.config.launcher) if _use_launcher(run) else 1
-    steps_planned = optimizer_steps(summary["training_rows"], train, processes)
+    settings = run.config.selfplay.train
+    steps_planned = optimizer_steps(summary["training_rows"], settings, processes(run.config.launcher))
     if steps_planned < MIN_ITERATION_STEPS:
         summary["warnings"].append(
             f"{summary['training_rows']} pairs make only {steps_planned} optimizer steps (effective batch "
-            f"{train.batch_size * train.gradient_accumulation * processes}): "
+            f"{settings.batch_size * settings.gradient_accumulation * processes(run.config.launcher)}): "
             "lower selfplay.train.gradient_accumulation or batch_size")
     # A seed per iteration: an iteration rolled back to an earlier opponent is not an exact repeat.
-    seed = train.seed + iteration - 1
-    if _use_launcher(run):
-        return folder / "model", _launch_training(run, "selfplay", opponent, folder / "train_pairs.jsonl", folder,
-                                                  seed)
-    rows = [p.model_dump(exclude_unset=True) for p in pairs]
-    return train_selfplay(opponent, rows, train.model_copy(update={"seed": seed}), folder)
+    return train("selfplay", opponent, [p.for_training() for p in pairs], settings, folder, run.config.launcher,
+                 seed=settings.seed + iteration - 1)
 
 
 WRONG_SHARE = 1 / 8  # the dry run's guess: the share of the opponent's training answers that are wrong
@@ -525,8 +431,7 @@ def plan(config: RunConfig) -> dict:
     validation, n_train = len(validation_set), len(train_set)
     n_eval = min(data.eval_size or len(evaluation.executable), len(evaluation.executable))
     answer = config.prompt.max_prompt_tokens + config.generation.max_new_tokens + 1
-    launched = config.launcher.accelerate_config is not None or (config.launcher.num_processes or 1) > 1
-    processes = training_processes(config.launcher) if launched else 1
+    processes_per_training = processes(config.launcher)
 
     def scoring(name: str) -> dict:
         return {"stage": name, "work": "score", "examples": validation + n_eval,
@@ -536,7 +441,7 @@ def plan(config: RunConfig) -> dict:
     if config.sft.enabled:
         settings = config.sft.train
         stages.append({"stage": "sft", "work": "train, score", "examples": n_train,
-                       "steps": optimizer_steps(n_train, settings, processes),
+                       "steps": optimizer_steps(n_train, settings, processes_per_training),
                        "tokens_at_most": int(n_train * settings.epochs * answer),
                        "fits": f"{answer} <= {settings.max_length}"})
     selfplay = config.selfplay
@@ -547,11 +452,11 @@ def plan(config: RunConfig) -> dict:
         settings = selfplay.train
         stages.append({"stage": f"{selfplay.method}-{iteration}",
                        "work": f"answer {answers}, train, score", "examples": trained,
-                       "steps": optimizer_steps(trained, settings, processes),
+                       "steps": optimizer_steps(trained, settings, processes_per_training),
                        "tokens_at_most": answers * answer
                        + int(trained * settings.epochs * (answer + config.generation.max_new_tokens)),
                        "fits": f"{answer} <= {settings.max_length}"})
-    return {"processes": processes, "wrong_share": WRONG_SHARE, "train": n_train, "validation": validation,
+    return {"processes": processes_per_training, "wrong_share": WRONG_SHARE, "train": n_train, "validation": validation,
             "eval": n_eval, "stages": stages}
 
 

@@ -134,6 +134,26 @@ class Generation(BaseModel):
     logprob: float | None = None  # the completion's log-prob under the model that wrote it, where asked
 
 
+class SFTExample(BaseModel):
+    """One supervised training record: a chat-formatted prompt and the completion to learn (the SQL)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    prompt: str
+    completion: str
+
+
+class PreferencePair(BaseModel):
+    """One self-play training record: chosen over rejected for a prompt, trained on `weight` times an epoch."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    prompt: str
+    chosen: str
+    rejected: str
+    weight: int = 1
+
+
 class Pair(BaseModel):
     """One preference pair for the self-play loss (pairs.jsonl): chosen over rejected, for one prompt."""
 
@@ -147,3 +167,6 @@ class Pair(BaseModel):
     rejected_label: Label
     chosen_source: Literal["gold", "sample"] = "gold"
     weight: int = 1  # how many times per epoch training repeats the pair (graded negatives)
+
+    def for_training(self) -> PreferencePair:
+        return PreferencePair(prompt=self.prompt, chosen=self.chosen, rejected=self.rejected, weight=self.weight)

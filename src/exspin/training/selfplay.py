@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from exspin.records import PreferencePair
 from exspin.training.common import (
     CheckpointLargeBatches,
     StepLog,
@@ -112,7 +113,8 @@ class _PackedCall:
 
 
 
-def build_selfplay_trainer(model_path: str, pairs: Sequence[dict], settings: SelfPlaySettings, output_dir: Path):
+def build_selfplay_trainer(model_path: str, pairs: Sequence[PreferencePair | dict], settings: SelfPlaySettings,
+                           output_dir: Path):
     """The configured trainer (reference log-probs already computed when precomputed) and its step log."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
@@ -121,9 +123,9 @@ def build_selfplay_trainer(model_path: str, pairs: Sequence[dict], settings: Sel
 
     if not settings.shared_prompt:  # trl's stock trainer cannot switch checkpointing per step
         settings = settings.model_copy(update={"checkpoint_over_tokens": None})
+    pairs = [PreferencePair.model_validate(p) for p in pairs]
     model, tokenizer = load_for_training(model_path, settings)
-    check_lengths(tokenizer, [(p["prompt"], p["chosen"], p["rejected"]) for p in pairs], settings.max_length,
-                  output_dir)
+    check_lengths(tokenizer, [(p.prompt, p.chosen, p.rejected) for p in pairs], settings.max_length, output_dir)
     reference = None
     if settings.lora is None:
         reference, _ = load_for_training(model_path, settings, frozen=True)
@@ -133,8 +135,7 @@ def build_selfplay_trainer(model_path: str, pairs: Sequence[dict], settings: Sel
     # in-memory dataset has none, so each process would name another file: precompute in one process only.
     single_process = int(os.environ.get("WORLD_SIZE", "1")) == 1
     # A pair's `weight` (graded negatives, feedback.NegativeWeights) is how many times it is trained on.
-    dataset = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")}
-                                 for p in pairs for _ in range(int(p.get("weight", 1)))])
+    dataset = Dataset.from_list([p.model_dump(exclude={"weight"}) for p in pairs for _ in range(p.weight)])
     dataset, sampling = sampling_arguments(settings, dataset, settings.shared_prompt and takes_4d_mask(model))
     config = DPOConfig(**trainer_arguments(settings, output_dir / "trainer"), **sampling, beta=settings.beta,
                        loss_type=losses, loss_weights=weights,
@@ -148,12 +149,13 @@ def build_selfplay_trainer(model_path: str, pairs: Sequence[dict], settings: Sel
     return trainer, tokenizer, log
 
 
-def train_selfplay(model_path: str, pairs: Sequence[dict], settings: SelfPlaySettings, output_dir: Path
-                   ) -> tuple[Path, list[dict]]:
-    """pairs: {"prompt", "chosen" (gold SQL), "rejected" (opponent's SQL), optional "weight" (times trained on)}.
-    Returns (model folder, step log)."""
+def train_selfplay(model_path: str, pairs: Sequence[PreferencePair | dict], settings: SelfPlaySettings,
+                   output_dir: Path) -> tuple[Path, list[dict]]:
+    """Train on chosen-over-rejected pairs with the SPIN loss (each `weight` times an epoch). Returns (model
+    folder, step log)."""
+    pairs = [PreferencePair.model_validate(p) for p in pairs]
     trainer, tokenizer, log = build_selfplay_trainer(model_path, pairs, settings, output_dir)
-    train_resumably(trainer, [model_path, list(pairs), settings.model_dump(mode="json")])
+    train_resumably(trainer, [model_path, [p.model_dump() for p in pairs], settings.model_dump(mode="json")])
     path = save_trained(trainer, tokenizer, output_dir, model_path, settings, "selfplay", len(trainer.train_dataset))
     del trainer
     release_memory()

@@ -9,6 +9,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from exspin.models import TRAINING_RECORD, load_tokenizer, merge_adapter, save_model
+from exspin.records import SFTExample
 from exspin.training.common import (
     CheckpointLargeBatches,
     StepLog,
@@ -118,8 +119,8 @@ class _CompletionHead:
                                   position_ids=kwargs.get("position_ids"))
 
 
-def build_sft_trainer(model_path: str, records: Sequence[dict], settings: SFTSettings, output_dir: Path):
-    """The configured trainer and its tokenizer. records: {"prompt": chat-formatted prompt, "completion": SQL}."""
+def build_sft_trainer(model_path: str, records: Sequence[SFTExample | dict], settings: SFTSettings, output_dir: Path):
+    """The configured trainer and its tokenizer. records: a chat-formatted prompt and its completion (SQL)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -127,9 +128,10 @@ def build_sft_trainer(model_path: str, records: Sequence[dict], settings: SFTSet
 
     if not settings.completion_head_only:  # trl's stock trainer cannot switch checkpointing per step
         settings = settings.model_copy(update={"checkpoint_over_tokens": None})
+    records = [SFTExample.model_validate(r) for r in records]
     model, tokenizer = load_for_training(model_path, settings)
-    check_lengths(tokenizer, [(r["prompt"], r["completion"]) for r in records], settings.max_length, output_dir)
-    dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in records])
+    check_lengths(tokenizer, [(r.prompt, r.completion) for r in records], settings.max_length, output_dir)
+    dataset = Dataset.from_list([r.model_dump() for r in records])
     dataset, sampling = sampling_arguments(settings, dataset, settings.completion_head_only and takes_4d_mask(model))
     config = SFTConfig(**trainer_arguments(settings, output_dir / "trainer"), **sampling, completion_only_loss=True,
                        packing=False)
@@ -143,10 +145,11 @@ def build_sft_trainer(model_path: str, records: Sequence[dict], settings: SFTSet
     return trainer, tokenizer
 
 
-def train_sft(model_path: str, records: Sequence[dict], settings: SFTSettings, output_dir: Path) -> Path:
+def train_sft(model_path: str, records: Sequence[SFTExample | dict], settings: SFTSettings, output_dir: Path) -> Path:
     """Train on (prompt, gold SQL) with the loss on the SQL tokens only. Returns the merged model folder."""
+    records = [SFTExample.model_validate(r) for r in records]
     trainer, tokenizer = build_sft_trainer(model_path, records, settings, output_dir)
-    train_resumably(trainer, [model_path, list(records), settings.model_dump(mode="json")])
+    train_resumably(trainer, [model_path, [r.model_dump() for r in records], settings.model_dump(mode="json")])
     path = save_trained(trainer, tokenizer, output_dir, model_path, settings, "sft", len(records))
     del trainer
     release_memory()
