@@ -380,3 +380,23 @@ def test_provisioned_default_model_is_reused(tmp_path, monkeypatch):
     monkeypatch.setattr(models, "_default_model_part_paths", lambda: pytest.fail("parts were read again"))
     assert models.provision_default_model() == ready
     assert models.resolve_model("default") == str(ready)
+
+
+def test_samples_share_all_of_their_prompts_prefill(tiny):
+    """k samples of a prompt: every forward wider than one token (prefill) runs on one row per prompt, never on
+    k; and at a tiny temperature each sample is greedy's answer with greedy's log-prob."""
+    generator = Generator(*tiny)
+    fed: list[tuple[int, int]] = []
+    generator.model.get_decoder().register_forward_pre_hook(
+        lambda module, args, kwargs: fed.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    config = GenerationConfig(max_new_tokens=10, batch_size=4, stop_at_statement_end=False, decode_round=4)
+    greedy, greedy_logprobs = generator.sample(SHARED_PREFIX_PROMPTS, config)
+    fed.clear()
+    near_greedy = config.model_copy(update={"temperature": 1e-4, "num_samples": 3})
+    texts, logprobs = generator.sample(SHARED_PREFIX_PROMPTS, near_greedy)
+    prefills = [rows for rows, width in fed if width > 1]
+    assert prefills and max(prefills) <= len(SHARED_PREFIX_PROMPTS), fed
+    assert max(rows for rows, _ in fed) == 3 * len(SHARED_PREFIX_PROMPTS)  # decoding: k rows a prompt
+    assert texts == [[g[0]] * 3 for g in greedy]
+    for sampled, [expected] in zip(logprobs, greedy_logprobs, strict=True):
+        assert sampled == pytest.approx([expected] * 3, abs=1e-4)

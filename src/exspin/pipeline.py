@@ -292,9 +292,14 @@ def _pick_epoch(run: Run, base_model: str, folder: Path, final: dict) -> dict:
             (folder / f"eval_{which}").rename(last / f"eval_{which}")
         shutil.copytree(kept / "eval_validation", folder / "eval_validation")
         scores = _evaluate_model(run, str(snapshots[best]), folder, ("eval",))
+        generation = json.loads((folder / "eval_validation" / "generation.json").read_text())
         picked.update(model=str(snapshots[best]), final_epoch_scores={k: final[k] for k in ("validation_ex", "eval_ex")},
                       validation_ex=validation[best], eval_ex=scores["eval_ex"],
-                      mean_completion_chars=scores["mean_completion_chars"], tokens_per_s=scores["tokens_per_s"])
+                      mean_completion_chars=generation["mean_completion_chars"], tokens_per_s=generation["tokens_per_s"])
+        if "greedy_ex" in scores:  # scored by vote: greedy's EX and pass@k of the kept epoch on both sets
+            vote = json.loads((folder / "eval_validation" / "vote.json").read_text())
+            picked.update(greedy_ex={"validation": vote["greedy_ex"], **scores["greedy_ex"]},
+                          pass_at_k={"validation": vote["pass_at_k"], **scores["pass_at_k"]})
     return picked
 
 

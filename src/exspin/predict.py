@@ -9,6 +9,7 @@ from pathlib import Path
 
 from exspin.artifacts import read_jsonl, write_json, write_jsonl
 from exspin.data import Split
+from exspin.errors import UserError
 from exspin.evaluation import EvalResult, evaluate, write_results
 from exspin.evaluation.stats import paired_change
 from exspin.execution.pool import SqlRunner
@@ -166,6 +167,8 @@ def score_votes(split: Split, examples: Sequence[Example], candidates: Sequence[
     is right: the ceiling of any vote). Writes predictions.jsonl (every candidate, its outcome, log-prob,
     tokens and group; the groups and the winner), results.json and report.md (the vote's answers), and
     vote.json (greedy, vote and pass@k EX, and the vote against greedy with an exact sign test)."""
+    if not examples:
+        raise UserError("no questions to vote on")
     votes = vote_many(split, examples, candidates, runner)
     records = [{"index": e.index, "db_id": e.db_id, "question": e.question, "sql": v.sql,
                 "completion": v.candidates[v.chosen].completion, "chosen": v.chosen, "groups": v.groups(),
@@ -174,18 +177,16 @@ def score_votes(split: Split, examples: Sequence[Example], candidates: Sequence[
     write_jsonl(out_dir / "predictions.jsonl", records)
     result = evaluate(split, {e.index: v.sql for e, v in zip(examples, votes, strict=True)}, runner)
     write_results(result, out_dir)
-    # Every candidate judged: greedy's EX, and pass@k
+    # Every candidate judged: greedy's EX (greedy found by its source), and pass@k
     width = max(len(options) for options in candidates)
     right: dict[int, list[bool]] = {}
-    greedy = None
     for position in range(width):
         answers = {e.index: options[position].sql for e, options in zip(examples, candidates, strict=True)
                    if position < len(options)}
-        judged = evaluate(split, answers, runner)
-        for verdict in judged.examples:
+        for verdict in evaluate(split, answers, runner).examples:
             right.setdefault(verdict.index, []).append(bool(verdict.ex))
-        if position == 0:
-            greedy = judged
+    greedy = evaluate(split, {e.index: next((c.sql for c in options if c.source == "greedy"), options[0].sql)
+                              for e, options in zip(examples, candidates, strict=True)}, runner)
     scored = [index for index in right if index in {v.index for v in result.examples}]
     change = paired_change(greedy.examples, result.examples)
     summary = {"candidates": width, "samples": width - 1,

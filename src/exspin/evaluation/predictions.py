@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -25,19 +26,24 @@ def _read_lines(path: Path, text: str, split: Split) -> dict[int, str]:
     return {i: line.split("\t")[0].strip() for i, line in enumerate(lines)}
 
 
-def _read_jsonl(path: Path, text: str, split: Split) -> dict[int, str]:
-    by_question: dict[tuple[str, str], list[int]] = {}
-    for e in split.examples:
-        by_question.setdefault((e.db_id, e.question), []).append(e.index)
-    predictions: dict[int, str] = {}
+def _records(path: Path, text: str) -> Iterator[tuple[str, object]]:
+    """Each non-blank line of a JSONL text, parsed, with where it is for messages."""
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path} line {number}"
         try:
-            record = json.loads(line)
+            yield where, json.loads(line)
         except json.JSONDecodeError as error:
             raise UserError(f"{where}: malformed JSON ({error.msg})") from None
+
+
+def _read_jsonl(path: Path, text: str, split: Split) -> dict[int, str]:
+    by_question: dict[tuple[str, str], list[int]] = {}
+    for e in split.examples:
+        by_question.setdefault((e.db_id, e.question), []).append(e.index)
+    predictions: dict[int, str] = {}
+    for where, record in _records(path, text):
         sql = record.get("sql", record.get("pred")) if isinstance(record, dict) else None
         if not isinstance(sql, str):
             raise UserError(f"{where}: expected an object with a string 'sql' (or 'pred')")
@@ -74,14 +80,7 @@ def read_candidates(path: str | Path, split: Split) -> tuple[list[Example], list
     `exspin predict --samples K`); outcomes and groups are dropped, to be decided again."""
     path = Path(path)
     examples, candidates = [], []
-    for number, line in enumerate(read_text(path, "candidates file").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path} line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise UserError(f"{where}: malformed JSON ({error.msg})") from None
+    for where, record in _records(path, read_text(path, "candidates file")):
         if not isinstance(record, dict) or not isinstance(record.get("candidates"), list) or not record["candidates"]:
             raise UserError(f"{where}: no candidates (a file written by `exspin predict --samples K`?)")
         index = record.get("index")

@@ -92,8 +92,8 @@ class GoldCache:
         return found
 
     def put_many(self, items: dict[str, Execution]) -> None:
-        # Timeouts depend on the machine and its load, so they are never cached.
-        rows = [(k, pickle.dumps(v)) for k, v in items.items() if v.outcome != "timeout"]
+        # Timeouts and crashes depend on the machine and its load, so they are never cached.
+        rows = [(k, pickle.dumps(v)) for k, v in items.items() if v.outcome not in ("timeout", "crashed")]
         with self._conn:
             self._conn.executemany("INSERT OR REPLACE INTO gold VALUES (?, ?)", rows)
 
@@ -152,20 +152,26 @@ class SqlRunner:
         size = max(1, min(64, len(items) // (self.workers * 8)))
         chunks = list(_chunks(items, size))
         done: list[list | None] = [None] * len(chunks)
-        for _attempt in range(2):  # the first pass, then the chunks a broken pool took down with it
+        # First every chunk at once; then the chunks a broken pool took down with it, `workers` at a time,
+        # so that a second break takes down at most those in flight.
+        for window in (len(chunks), self.workers):
             waiting = [i for i, part in enumerate(done) if part is None]
-            if not waiting:
-                break
-            futures = [(i, self._executor().submit(function, chunks[i], self.timeout_s, self.max_rows))
-                       for i in waiting]
-            for i, future in futures:
-                try:
-                    done[i] = future.result()
-                except BrokenProcessPool:
-                    self._discard_pool()  # rebuilt on the next submit
-                    continue
-                if progress:
-                    progress(len(done[i]))
+            for start in range(0, len(waiting), window):
+                futures = []
+                for i in waiting[start : start + window]:
+                    try:
+                        futures.append((i, self._executor().submit(function, chunks[i], self.timeout_s, self.max_rows)))
+                    except BrokenProcessPool:  # it broke while chunks were being sent: they wait their turn
+                        self._discard_pool()
+                        break
+                for i, future in futures:
+                    try:
+                        done[i] = future.result()
+                    except BrokenProcessPool:
+                        self._discard_pool()  # rebuilt on the next submit
+                        continue
+                    if progress:
+                        progress(len(done[i]))
         for i, part in enumerate(done):
             if part is None:  # broke the pool twice: item by item, each alone
                 done[i] = [self._alone(function, item, crashed) for item in chunks[i]]
@@ -183,7 +189,7 @@ class SqlRunner:
         """One item in a pool of its own making: its result, or crashed(item) where it kills the worker."""
         try:
             return self._executor().submit(function, [item], self.timeout_s, self.max_rows).result()[0]
-        except BrokenProcessPool:
+        except BrokenProcessPool:  # (from submit too: a pool that broke since)
             self._discard_pool()
             self.crashes += 1
             return crashed(item)

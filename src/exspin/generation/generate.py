@@ -174,9 +174,9 @@ class Generator:
         self.stats = {"tokens": 0, "seconds": 0.0}
         self._last_prefix: tuple[list[int], object] | None = None  # the previous batch's prefix and its KV cache
 
-    def _batch_cache(self, rows: Sequence[Sequence[int]], shared: Sequence[int], num_samples: int):
+    def _batch_cache(self, rows: Sequence[Sequence[int]], shared: Sequence[int]):
         """The KV cache of every row's shared prefix, each prefix computed once and left-padded to the
-        longest (the padding is masked), repeated for each sample."""
+        longest (the padding is masked)."""
         import torch
         from transformers import DynamicCache
 
@@ -194,9 +194,25 @@ class Generator:
                 k, v = (source.keys, source.values) if p else (source.keys[..., :0, :], source.values[..., :0, :])
                 keys.append(torch.nn.functional.pad(k, (0, 0, width - p, 0)))  # left-pad the sequence dim
                 values.append(torch.nn.functional.pad(v, (0, 0, width - p, 0)))
-            layers.append((torch.cat(keys).repeat_interleave(num_samples, dim=0),
-                           torch.cat(values).repeat_interleave(num_samples, dim=0)))
+            layers.append((torch.cat(keys), torch.cat(values)))
         return DynamicCache(ddp_cache_data=layers, config=self.model.config)
+
+    def _prefill_once(self, input_ids, attention_mask, cache, copies: int):
+        """Every row's prompt but its last token through the model once (after its shared prefix, where
+        `cache` holds that), then the rows, their mask and their cache repeated `copies` times, so that
+        a prompt's samples share all of its prefill; generate() then feeds only each copy's last token.
+        Positions come from the mask, as generate() derives them."""
+        from transformers import DynamicCache
+
+        done = cache.get_seq_length() if cache is not None else 0
+        if input_ids.shape[1] - 1 > done:
+            cache = cache if cache is not None else DynamicCache(config=self.model.config)
+            positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+            self.model(input_ids[:, done:-1], attention_mask=attention_mask[:, :-1], past_key_values=cache,
+                       position_ids=positions[:, done:-1], use_cache=True, logits_to_keep=1)
+        if cache is not None:
+            cache.batch_repeat_interleave(copies)
+        return (input_ids.repeat_interleave(copies, dim=0), attention_mask.repeat_interleave(copies, dim=0), cache)
 
     def _prefix_cache(self, prefix: list[int]):
         """The KV cache of `prefix` for one row. The part it shares with the previous batch's prefix
@@ -254,11 +270,16 @@ class Generator:
             rows = [token_ids[i] for i in batch]
             shared = prefix_lengths(rows) if config.reuse_prefix else [0] * len(rows)
             ids, mask = pad_after_prefix(rows, shared, tokenizer.pad_token_id)
-            input_ids = torch.tensor(ids, device=model.device)
+            input_ids, attention_mask = torch.tensor(ids, device=model.device), torch.tensor(mask, device=model.device)
             with torch.inference_mode():
-                cache = self._batch_cache(rows, shared, config.num_samples) if max(shared) else None
-                new_tokens, scores = self._decode(input_ids, torch.tensor(mask, device=model.device), cache,
-                                                  config, end_ids, with_logprobs)
+                cache = self._batch_cache(rows, shared) if max(shared) else None
+                decode_config = config
+                if config.num_samples > 1:  # the samples of a prompt share all of its prefill
+                    input_ids, attention_mask, cache = self._prefill_once(input_ids, attention_mask, cache,
+                                                                          config.num_samples)
+                    decode_config = config.model_copy(update={"num_samples": 1})
+                new_tokens, scores = self._decode(input_ids, attention_mask, cache, decode_config, end_ids,
+                                                  with_logprobs)
             texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
             counted = sum(token != tokenizer.pad_token_id for row in new_tokens for token in row)
             for j, i in enumerate(batch):
