@@ -190,16 +190,23 @@ def test_http_huge_values_are_cut_by_size_not_only_by_rows(client):
 
 @pytest.mark.xdist_group("tiny_run")
 def test_http_ask_shows_hints_prompt_sql_and_outcome(client, server):
+    from exspin.playground.app import NONE
+
     model = server["model"]
-    shown = client.predict("concert_singer", "", "How many singers are from France?", "", model, model, True,
+    shown = client.predict("concert_singer", "", "How many singers are from France?", "", model, model, True, 0,
                            api_name="/ask")
-    hints, outcome_a, sql_a, _, prompt_a, outcome_b, _, _, prompt_b = shown
+    hints, outcome_a, sql_a, _, prompt_a, vote_a, outcome_b, _, _, prompt_b, _ = shown
     assert "Tables and columns the hints keep" in hints and "`singer`" in hints
     assert "France" in hints  # the matched value
     assert "How many singers are from France?" in prompt_a and prompt_a == prompt_b
     assert outcome_a.split("**")[1] in {"ok", "syntax_error", "runtime_error", "timeout", "forbidden"}
-    # One model, greedy: the same answer on both sides (the timing may differ).
-    assert shown[2] == shown[6] and outcome_a.split(" in ")[0] == outcome_b.split(" in ")[0]
+    # One model, greedy: the same answer on both sides (the timing may differ), and no vote.
+    assert shown[2] == shown[7] and outcome_a.split(" in ")[0] == outcome_b.split(" in ")[0] and vote_a == ""
+    # Greedy and 3 samples vote by execution: the groups (or the failures) are shown, and one side's SQL won.
+    shown = client.predict("concert_singer", "", "How many singers are from France?", "", model, NONE, True, 3,
+                           api_name="/ask")
+    vote = shown[5]
+    assert "Vote over 4 candidates" in vote and ("won" in vote or "4 candidates failed" in vote), vote
 
 
 @pytest.fixture(scope="module")

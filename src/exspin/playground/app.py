@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from exspin.errors import UserError
-from exspin.playground.ask import Answer, Asker, Database, Databases, QueryResult
+from exspin.playground.ask import MAX_SAMPLES, Answer, Asker, Database, Databases, QueryResult
 from exspin.playground.runs import LABELS, RunTables
 from exspin.records import SchemaHints
 
@@ -62,6 +62,23 @@ def hints_text(hints: SchemaHints) -> str:
     return "\n".join(lines)
 
 
+def vote_text(answer: Answer) -> str:
+    """The vote's result groups: size, the first row of their result, one SQL each, and which won."""
+    if answer.vote is None:
+        return ""
+    lines = [f"**Vote over {len(answer.vote.candidates)} candidates** (greedy and "
+             f"{len(answer.vote.candidates) - 1} samples), grouped by result:", "",
+             "| group | size | result (first row) | one SQL | |", "|---:|---:|---|---|---|"]
+    for group in answer.vote.groups():
+        preview = answer.previews[group["members"][0]].replace("|", "\\|")[:80]
+        sql = group["sql"].replace("|", "\\|")[:120]
+        lines.append(f"| {group['group']} | {group['size']} | `{preview}` | `{sql}` | {'won' if group['won'] else ''} |")
+    failed = sum(c.group is None for c in answer.vote.candidates)
+    if failed:
+        lines += ["", f"{failed} candidates failed (no SQL, an error, a timeout) and did not vote."]
+    return "\n".join(lines)
+
+
 def _error_text(error: Exception) -> str:
     """A user's mistake in one line; anything else also with its traceback in the server's log."""
     if isinstance(error, UserError):
@@ -79,8 +96,8 @@ def build_app(asker: Asker, models: dict[str, str], run: RunTables | None = None
     def database(choice: str, path: str) -> Database:
         return asker.databases.get(path.strip() or choice or "")
 
-    def ask(choice, path, question, evidence, model_a, model_b, use_hints):
-        empty = ("", "", None, "")
+    def ask(choice, path, question, evidence, model_a, model_b, use_hints, samples=0):
+        empty = ("", "", None, "", "")
         try:
             db = database(choice, path)
             hints = asker.hints(db, question, evidence)
@@ -89,10 +106,11 @@ def build_app(asker: Asker, models: dict[str, str], run: RunTables | None = None
                 if not label or label == NONE:
                     shown += empty
                     continue
-                answer: Answer = asker.ask(models[label], db, question, evidence, hints if use_hints else None)
+                answer: Answer = asker.ask(models[label], db, question, evidence, hints if use_hints else None,
+                                           int(samples or 0))
                 sql = answer.sql or "-- no SQL found in the model's answer, which was:\n" + "\n".join(
                     f"-- {line}" for line in answer.completion.splitlines() or [""])
-                shown += (outcome_text(answer.result), sql, _frame(answer.result), answer.prompt)
+                shown += (outcome_text(answer.result), sql, _frame(answer.result), answer.prompt, vote_text(answer))
             return shown
         except Exception as error:  # shown on the page, never only in a toast
             return [_error_text(error), *empty, *empty]
@@ -118,6 +136,8 @@ def build_app(asker: Asker, models: dict[str, str], run: RunTables | None = None
                 model_a = gr.Dropdown(labels, value=labels[0], label="Model", elem_id="model-a")
                 model_b = gr.Dropdown([NONE, *labels], value=NONE, label="Compare with", elem_id="model-b")
                 use_hints = gr.Checkbox(asker.config.hints.enabled, label="Hints in the prompt", elem_id="use-hints")
+                samples = gr.Number(0, minimum=0, maximum=MAX_SAMPLES, precision=0, elem_id="samples",
+                                    label="Vote over greedy and this many samples (0: greedy)")
             ask_button = gr.Button("Ask", variant="primary", elem_id="ask")
             hints_box = gr.Markdown(elem_id="hints")
             answers = []
@@ -127,8 +147,9 @@ def build_app(asker: Asker, models: dict[str, str], run: RunTables | None = None
                         answers += [gr.Markdown(elem_id=f"outcome-{side}"),
                                     gr.Code(language="sql", label="SQL", elem_id=f"sql-{side}"),
                                     gr.Dataframe(label="Rows", elem_id=f"rows-{side}", interactive=False),
-                                    gr.Code(label="Prompt", elem_id=f"prompt-{side}", lines=8)]
-            ask_button.click(ask, [choice, path, question, evidence, model_a, model_b, use_hints],
+                                    gr.Code(label="Prompt", elem_id=f"prompt-{side}", lines=8),
+                                    gr.Markdown(elem_id=f"vote-{side}")]
+            ask_button.click(ask, [choice, path, question, evidence, model_a, model_b, use_hints, samples],
                              [hints_box, *answers], api_name="ask")
             gr.Markdown("### Run your own SQL (same sandbox: read-only, timeout, row cap)")
             sql_box = gr.Textbox(label="SQL", lines=3, elem_id="sql-box")

@@ -14,15 +14,18 @@ from pathlib import Path
 from exspin.config import RunConfig
 from exspin.data import Split, detect_dataset, load_split
 from exspin.errors import UserError
-from exspin.execution.sandbox import execute_with_columns
+from exspin.execution.compare import normalize
+from exspin.execution.sandbox import execute, execute_with_columns
+from exspin.execution.vote import Vote, tally
 from exspin.generation import Generator, extract_sql, load_generator
 from exspin.hints import Hinter, load_hinter
 from exspin.hints.schema import SchemaBook
 from exspin.models import resolve_model
 from exspin.prompts import build_prompt
-from exspin.records import Example, Execution, SchemaHints
+from exspin.records import Candidate, Example, Execution, SchemaHints
 
 SHOWN_ROWS = 1_000  # rows a page shows
+MAX_SAMPLES = 16  # samples a question may vote over in the playground
 SHOWN_BYTES = 20_000_000  # text and blobs a result may hold; a few huge values must not fill the memory
 
 
@@ -52,6 +55,8 @@ class Answer:
     completion: str
     sql: str
     result: QueryResult
+    vote: Vote | None = None  # answered by execution vote: every candidate, its group, the winner
+    previews: tuple[str, ...] = ()  # per candidate, its result's first row (or its failure)
 
 
 class Databases:
@@ -164,15 +169,40 @@ class Asker:
             return hinter(self._example(database, question, evidence), self._schema(database))
 
     def ask(self, model: str, database: Database, question: str, evidence: str = "",
-            hints: SchemaHints | None = None) -> Answer:
-        """The model's SQL for the question, run in the sandbox. `hints` go into the prompt when given."""
+            hints: SchemaHints | None = None, samples: int = 0) -> Answer:
+        """The model's SQL for the question, run in the sandbox. `hints` go into the prompt when given. With
+        `samples`, greedy's answer and that many samples vote by execution (execution/vote.py)."""
+        if not 0 <= samples <= MAX_SAMPLES:
+            raise UserError(f"samples must be between 0 and {MAX_SAMPLES}")
         with self._model_lock:
             generator = self.generator(model)
             prompt = build_prompt(self._example(database, question, evidence), self._schema(database),
                                   generator.tokenizer, hints, self.config.prompt)
-            completion = generator([prompt], self.generation)[0][0]
-        sql = extract_sql(completion)
-        return Answer(model, prompt, completion, sql, self.run_sql(database, sql))
+            [greedy], [greedy_logprob] = generator.sample([prompt], self.generation)
+            drawn = [[], []]
+            if samples:
+                [drawn[0]], [drawn[1]] = generator.sample([prompt], self.generation.model_copy(update={
+                    "num_samples": samples, "temperature": self.config.generation.vote_temperature}))
+        if not samples:
+            sql = extract_sql(greedy[0])
+            return Answer(model, prompt, greedy[0], sql, self.run_sql(database, sql))
+
+        def candidate(source: str, completion: str, logprob: float) -> Candidate:
+            tokens = len(generator.tokenizer(completion, add_special_tokens=False)["input_ids"])
+            return Candidate(source=source, sql=extract_sql(completion), completion=completion, logprob=logprob,
+                             tokens=tokens)
+
+        candidates = [candidate("greedy", greedy[0], greedy_logprob[0]),
+                      *(candidate("sample", c, lp) for c, lp in zip(*drawn, strict=True))]
+        semantics = database.split.dataset
+        with self._sql_lock:  # as the judge runs them
+            runs = [execute(database.path, normalize(c.sql, semantics), self.timeout_s, self.max_rows)
+                    if c.sql.strip() else None for c in candidates]
+        vote = tally(candidates, runs, semantics)
+        previews = tuple("no SQL" if run is None else str(run.rows[0]) if run.ok and run.rows else
+                         "no rows" if run.ok else run.outcome for run in runs)
+        chosen = vote.candidates[vote.chosen]
+        return Answer(model, prompt, chosen.completion, chosen.sql, self.run_sql(database, chosen.sql), vote, previews)
 
     def run_sql(self, database: Database, sql: str) -> QueryResult:
         if not sql.strip():
