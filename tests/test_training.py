@@ -669,3 +669,56 @@ def test_bf16_is_decided_once_for_loader_and_trainer(tiny_model_dir, tmp_path):
                 "completion": "SELECT count(*) FROM singer"}] * 2
     trainer, _ = build_sft_trainer(str(tiny_model_dir), records, SFTSettings(bf16=False), tmp_path / "fp32")
     assert not trainer.args.bf16 and {p.dtype for p in trainer.model.parameters()} == {torch.float32}
+
+
+def test_dpo_pairs_per_question_and_the_gold_where_the_model_never_answers_right(concert):
+    split, (first, second) = concert
+    samples = [["SELECT count(*) FROM stadium", "SELECT count(singer_id) FROM singer", "SELECT nope FROM singer",
+                "SELECT COUNT(*)+0 FROM singer", "SELECT name FROM singer WHERE"],
+               ["SELECT nope FROM concert", "SELECT count(*) FROM stadium"]]
+    with SqlRunner(workers=1) as runner:
+        labelled = label_samples(split, [first, second], samples, runner)
+    prompts = {first.index: "P0", second.index: "P1"}
+
+    def pairs(**rules):
+        return [(p.index, p.chosen_source, p.chosen, p.rejected_label)
+                for p in make_pairs("dpo", [first, second], prompts, labelled, PairRules(**rules))]
+
+    right = ["SELECT COUNT(singer_id) FROM singer", "SELECT COUNT(*) + 0 FROM singer"]
+    assert pairs() == [(first.index, "sample", right[0], "wrong_result")]  # one pair; none without a right answer
+    # Up to 3 pairs: each wrong answer against the right answers in turn.
+    assert pairs(pairs_per_question=3) == [(first.index, "sample", right[0], "wrong_result"),
+                                           (first.index, "sample", right[1], "runtime_error"),
+                                           (first.index, "sample", right[0], "syntax_error")]
+    # The second question was never answered right: with the switch, the gold is its chosen side.
+    gold = normal_form(second.gold_sql)
+    assert pairs(gold_when_never_right=True)[1:] == [(second.index, "gold", gold, "runtime_error")]
+    with pytest.raises(ValueError, match="DPO rule"):
+        make_pairs("exspin", [first], prompts, labelled, PairRules(pairs_per_question=2))
+
+
+def test_replay_rows_train_the_nll_alone(concert, tiny_model_dir, tmp_path):
+    """Replay rows are the gold on both sides: the preference loss gives them no gradient, the NLL term does."""
+    from exspin.config import RunConfig
+    from exspin.feedback import replay_rows
+    from exspin.training.selfplay import SelfPlaySettings, build_selfplay_trainer
+
+    split, examples = concert
+    prompts = {e.index: f"<|im_start|>user\nQ{e.index}<|im_end|>\n<|im_start|>assistant\n" for e in examples}
+    rows = replay_rows(examples, prompts, 5, seed=0)
+    assert len(rows) == 5 and all(r.replay and r.chosen == r.rejected == normal_form(r_example.gold_sql)
+                                  for r, r_example in ((r, split.examples[r.index]) for r in rows))
+    assert rows == replay_rows(examples, prompts, 5, seed=0) != replay_rows(examples, prompts, 5, seed=1)
+    settings = SelfPlaySettings(bf16=False, batch_size=1, max_length=128, lora=None, nll_weight=0.0,
+                                precompute_reference=False)
+    norms = {}
+    for nll in (0.0, 1.0):
+        trainer, _, _ = build_selfplay_trainer(str(tiny_model_dir), [rows[0].for_training()],
+                                               settings.model_copy(update={"nll_weight": nll}), tmp_path / str(nll))
+        batch = next(iter(trainer.get_train_dataloader()))
+        trainer.model.zero_grad()
+        trainer.compute_loss(trainer.model, batch).backward()
+        norms[nll] = sum(p.grad.abs().sum().item() for p in trainer.model.parameters() if p.grad is not None)
+    assert norms[1.0] > 1e-2 and norms[0.0] < 1e-4 * norms[1.0], norms  # float noise where the sides cancel
+    with pytest.raises(ValueError, match="nll_weight"):
+        RunConfig.model_validate({"selfplay": {"replay_ratio": 0.5, "train": {"nll_weight": 0.0}}})

@@ -54,6 +54,9 @@ class SelfPlayStage(_Section):
     samples_per_question: int = Field(1, ge=1)  # 1: greedy; more: sampling at `temperature`
     temperature: float = Field(0.8, gt=0.0)
     mix_previous_pairs: bool = False  # SPIN's recipe: also train on the previous iteration's pairs
+    # Replay: NLL-only rows on the gold SQL of training questions drawn uniformly, this many per pair, so
+    # that training on the hard questions' pairs does not drift from the rest (needs train.nll_weight > 0).
+    replay_ratio: float = Field(0.0, ge=0.0)
     feedback: PairRules = PairRules()  # beyond the paper: graded negatives, equivalent positives, hardest negative
     train: SelfPlaySettings = SelfPlaySettings()
 
@@ -99,6 +102,12 @@ class RunConfig(_Section):
         if self.selfplay.method != "exspin" and rules.exspin_only():
             raise ValueError(f"selfplay.feedback.{rules.exspin_only()[0]} is an ExSPIN rule; selfplay.method is "
                              f"{self.selfplay.method}")
+        if self.selfplay.method != "dpo" and rules.dpo_only():
+            raise ValueError(f"selfplay.feedback.{rules.dpo_only()[0]} is a DPO rule; selfplay.method is "
+                             f"{self.selfplay.method}")
+        if self.selfplay.replay_ratio > 0 and self.selfplay.train.nll_weight <= 0:
+            raise ValueError("selfplay.replay_ratio trains replay rows through the NLL term alone: set "
+                             "selfplay.train.nll_weight > 0")
         if not any(rules.negatives.model_dump().values()):
             raise ValueError("selfplay.feedback.negatives: every outcome has weight 0, so no pair would be made")
         if rules.choosing_among_samples() and self.selfplay.iterations and self.selfplay.samples_per_question < 2:

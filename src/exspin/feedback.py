@@ -70,21 +70,36 @@ class PairRules(BaseModel):
     # sum over its tokens (so a short answer is favoured), the best of its samples with one normal
     # form. Needs the generation's log-probs (Generator.sample).
     hardest_negative: bool = False
+    # DPO only: pairs a question gives at most, each a distinct wrong answer (the likeliest first under
+    # hardest_negative, else in sampling order) against the question's distinct right answers in turn.
+    pairs_per_question: int = Field(1, ge=1)
+    # DPO only: a question the opponent never answered right gets pairs with the gold as the chosen side
+    # (the paper's signal, where the model has no right answer of its own to prefer).
+    gold_when_never_right: bool = False
 
     @model_validator(mode="after")
     def _one_use_of_right_samples(self) -> PairRules:
         if self.equivalent_positives and self.own_chosen:
             raise ValueError("equivalent_positives and own_chosen are two ways to use the right samples: "
                              "choose one")
+        if self.hardest_negative and self.pairs_per_question > 1:
+            raise ValueError("hardest_negative keeps one wrong answer a question: pairs_per_question must be 1")
         return self
 
     def exspin_only(self) -> list[str]:
         """The rules switched on that only ExSPIN may use (they put right samples on the chosen side)."""
         return [name for name in ("equivalent_positives", "own_chosen") if getattr(self, name)]
 
+    def dpo_only(self) -> list[str]:
+        """The rules switched on that only DPO may use."""
+        return [name for name in ("pairs_per_question", "gold_when_never_right")
+                if getattr(self, name) != type(self).model_fields[name].default]
+
     def choosing_among_samples(self) -> list[str]:
         """The rules switched on that choose among several answers to a question."""
-        return [name for name in ("hardest_negative", "equivalent_positives", "own_chosen") if getattr(self, name)]
+        return [name for name in ("hardest_negative", "equivalent_positives", "own_chosen", "pairs_per_question",
+                                  "gold_when_never_right")
+                if getattr(self, name) != type(self).model_fields[name].default]
 
 
 def label_samples(split: Split, examples: Sequence[Example], completions: Sequence[Sequence[str]],
@@ -133,6 +148,8 @@ def make_pairs(method: PairMethod, examples: Sequence[Example], prompts: dict[in
     """The preference pairs of one iteration; a pair's `weight` is how many times training repeats it."""
     if method != "exspin" and rules.exspin_only():
         raise ValueError(f"{rules.exspin_only()[0]} is an ExSPIN rule, not a {method} one")
+    if method != "dpo" and rules.dpo_only():
+        raise ValueError(f"{rules.dpo_only()[0]} is a DPO rule, not a {method} one")
     by_example: dict[int, list[Generation]] = {}
     for answer in labelled:
         by_example.setdefault(answer.index, []).append(answer)
@@ -148,7 +165,8 @@ def make_pairs(method: PairMethod, examples: Sequence[Example], prompts: dict[in
         # No method rejects the gold's own form, even where it was judged wrong (say a timeout): against
         # a sampled chosen side nothing else would keep it out, and it would use up the hardest negative.
         if method == "dpo":
-            chosen = [("sample", text) for text in correct[:1]]
+            chosen = ([("sample", text) for text in correct] if correct
+                      else [("gold", gold)] if rules.gold_when_never_right else [])
             rejected = [(text, a) for text, a in unique.items() if text != gold and a.label != "correct"]
         else:
             chosen = [("sample", correct[0])] if rules.own_chosen and correct else [("gold", gold)]
@@ -159,8 +177,14 @@ def make_pairs(method: PairMethod, examples: Sequence[Example], prompts: dict[in
         rejected = [(text, a) for text, a in rejected if rules.negatives.of(a.label) > 0]
         if rules.hardest_negative and rejected:
             rejected = [max(rejected, key=lambda item: _logprob(item[1]))]
-        elif method == "dpo":
-            rejected = rejected[:1]  # one pair per question: a correct sample against a wrong one
+        if method == "dpo":  # up to pairs_per_question: each wrong answer against the right ones in turn
+            for number, (text, answer) in enumerate(rejected[: rules.pairs_per_question]):
+                source, chosen_text = chosen[number % len(chosen)] if chosen else (None, None)
+                if chosen_text is not None:
+                    pairs.append(Pair(index=example.index, db_id=example.db_id, prompt=prompts[example.index],
+                                      chosen=chosen_text, rejected=text, rejected_label=answer.label,
+                                      chosen_source=source, weight=rules.negatives.of(answer.label)))
+            continue
         for source, chosen_text in chosen:
             for text, answer in rejected:
                 # A correct answer is rejected only by SPIN, and only against the gold itself.
@@ -169,6 +193,19 @@ def make_pairs(method: PairMethod, examples: Sequence[Example], prompts: dict[in
                                       chosen=chosen_text, rejected=text, rejected_label=answer.label,
                                       chosen_source=source, weight=rules.negatives.of(answer.label)))
     return pairs
+
+
+def replay_rows(examples: Sequence[Example], prompts: dict[int, str], count: int, seed: int) -> list[Pair]:
+    """`count` NLL-only rows: the gold SQL of training questions drawn uniformly (right or wrong answered),
+    so that training on pairs of hard questions does not drift from the rest. Each is a pair whose two
+    sides are the gold: the preference loss has no gradient there (the two log-ratios cancel), and the
+    NLL term (selfplay.train.nll_weight) trains on its chosen side."""
+    import random
+
+    drawn = random.Random(seed).choices(list(examples), k=count) if examples and count else []
+    return [Pair(index=e.index, db_id=e.db_id, prompt=prompts[e.index], chosen=normal_form(e.gold_sql),
+                 rejected=normal_form(e.gold_sql), rejected_label="correct", chosen_source="gold", replay=True)
+            for e in drawn]
 
 
 def _logprob(answer: Generation) -> float:

@@ -23,7 +23,14 @@ from exspin.data import Split, load_split
 from exspin.data.carve import carve
 from exspin.errors import UserError
 from exspin.execution.pool import GoldCache, SqlRunner
-from exspin.feedback import count_labels, count_pair_labels, label_samples, make_pairs, no_pairs_reason
+from exspin.feedback import (
+    count_labels,
+    count_pair_labels,
+    label_samples,
+    make_pairs,
+    no_pairs_reason,
+    replay_rows,
+)
 from exspin.generation import (
     GenerationConfig,
     generate,
@@ -313,35 +320,51 @@ def _iteration_stage(run: Run, iteration: int, opponent: str, folder: Path, prev
     """One self-play iteration (1, 2, ...): the opponent answers the training questions, execution labels the
     answers, the labels make pairs, the main player trains on them; then it is scored."""
     settings = run.config.selfplay
+    seconds: dict[str, float] = {}  # this session's time of each part (a part done before a cut shows none)
     if _answered(folder):  # cut short after answering: the same answers, so the same pairs
         labelled = [Generation.model_validate(r) for r in read_jsonl(folder / "generations.jsonl")]
     else:
-        labelled = _answer(run, iteration, opponent, folder)
+        labelled = _answer(run, iteration, opponent, folder, seconds)
     pairs = _pair(run, labelled, folder, previous_pairs)
-    summary = {"opponent": opponent, "labels": count_labels(labelled), "pairs": len(pairs),
-               "pairs_by_label": count_pair_labels(pairs),
-               "chosen_from_samples": sum(p.chosen_source == "sample" for p in pairs),
-               "training_rows": sum(p.weight for p in pairs), "warnings": []}
+    preferences = [p for p in pairs if not p.replay]
+    summary = {"opponent": opponent, "labels": count_labels(labelled), "pairs": len(preferences),
+               "pairs_by_label": count_pair_labels(preferences),
+               "chosen_from_samples": sum(p.chosen_source == "sample" for p in preferences),
+               "replay_rows": len(pairs) - len(preferences),
+               "training_rows": sum(p.weight for p in pairs), "warnings": [], "part_seconds": seconds}
     if not pairs:
         summary.update(model=opponent, note=no_pairs_reason(settings.method, labelled))
-        return {**summary, **_evaluate_model(run, opponent, folder)}
+        with _clock(seconds, "scoring"):
+            return {**summary, **_evaluate_model(run, opponent, folder)}
     if _trained(folder):
         model, steps = folder / "model", read_jsonl(folder / "train_log.jsonl")
     else:
-        model, steps = _train_iteration(run, iteration, opponent, pairs, folder, summary)
+        with _clock(seconds, "training"):
+            model, steps = _train_iteration(run, iteration, opponent, pairs, folder, summary)
     write_jsonl(folder / "logps.jsonl", reference_logps(steps, settings.train.beta))
     warning = chosen_logp_warning(steps, settings.train.beta, run.config.guards.chosen_logp_drop)
     summary["warnings"] += [warning] if warning else []
     summary.update(model=str(model), **_fit(folder),
                    final_loss=next((r["loss"] for r in reversed(steps) if "loss" in r), None))
-    return {**summary, **_evaluate_model(run, str(model), folder)}
+    with _clock(seconds, "scoring"):
+        return {**summary, **_evaluate_model(run, str(model), folder)}
+
+
+@contextlib.contextmanager
+def _clock(seconds: dict[str, float], part: str):
+    """Adds the wall time of the block to seconds[part]."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[part] = round(seconds.get(part, 0.0) + time.perf_counter() - start, 2)
 
 
 ANSWER_PIECE = 128  # prompts per piece of the opponent's answers: a cut loses at most one piece
 ANSWER_PIECES = "answer_pieces"  # the folder of finished pieces, in a self-play stage's folder
 
 
-def _answer(run: Run, iteration: int, opponent: str, folder: Path) -> list[Generation]:
+def _answer(run: Run, iteration: int, opponent: str, folder: Path, seconds: dict[str, float]) -> list[Generation]:
     """The opponent's answers to the training questions, labelled by execution (generations.jsonl).
 
     They are made piece by piece, each piece generated, labelled and written whole to
@@ -377,11 +400,13 @@ def _answer(run: Run, iteration: int, opponent: str, folder: Path) -> list[Gener
             texts = [prompts[e.index] for e in piece]
             # Sampled answers keep their log-prob: the hardest negative ranks by it, and one file of samples
             # then serves every feedback rule (the methods bench reuses it across arms).
-            if sampling or settings.feedback.hardest_negative:
-                completions, logprobs = generate_with_logprobs(opponent, texts, piece_config, progress, generator)
-            else:
-                completions, logprobs = generate(opponent, texts, piece_config, progress, generator), None
-            answers = label_samples(run.source_split("train"), piece, completions, run.runner, logprobs)
+            with _clock(seconds, "answering"):
+                if sampling or settings.feedback.hardest_negative:
+                    completions, logprobs = generate_with_logprobs(opponent, texts, piece_config, progress, generator)
+                else:
+                    completions, logprobs = generate(opponent, texts, piece_config, progress, generator), None
+            with _clock(seconds, "labelling"):
+                answers = label_samples(run.source_split("train"), piece, completions, run.runner, logprobs)
             write_jsonl(path, [a.model_dump(exclude_none=True) for a in answers])
             labelled += answers
     labelled.sort(key=lambda a: (order[a.index], a.sample))  # the training questions' order
@@ -401,6 +426,9 @@ def _pair(run: Run, labelled: list[Generation], folder: Path, previous_pairs: Pa
     if settings.mix_previous_pairs and previous_pairs is not None and previous_pairs.is_file():
         # SPIN's recipe: the previous iteration's pairs too
         pairs = pairs + [Pair.model_validate(r) for r in read_jsonl(previous_pairs)]
+    if settings.replay_ratio and pairs:
+        pairs = pairs + replay_rows(run.examples("train"), run.prompts("train"),
+                                    round(settings.replay_ratio * len(pairs)), run.config.seed + len(pairs))
     write_jsonl(folder / "train_pairs.jsonl", [p.model_dump(exclude_unset=True) for p in pairs])
     return pairs
 

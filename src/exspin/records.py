@@ -167,6 +167,7 @@ class Pair(BaseModel):
     rejected_label: Label
     chosen_source: Literal["gold", "sample"] = "gold"
     weight: int = 1  # how many times per epoch training repeats the pair (graded negatives)
+    replay: bool = False  # an NLL-only row (both sides the gold): feedback.replay_rows
 
     def for_training(self) -> PreferencePair:
         return PreferencePair(prompt=self.prompt, chosen=self.chosen, rejected=self.rejected, weight=self.weight)

@@ -60,6 +60,8 @@ class StageSummary(BaseModel):
     pairs: int | None = None
     pairs_by_label: dict[str, int] | None = None
     chosen_from_samples: int | None = None
+    replay_rows: int | None = None  # NLL-only rows on gold SQL trained beside the pairs
+    part_seconds: dict[str, float] | None = None  # answering, labelling, training, scoring
     training_rows: int | None = None
     final_loss: float | None = None
     note: str | None = None  # why an iteration trained nothing
