@@ -115,3 +115,18 @@ def test_run_dry_run_prints_the_plan_and_starts_nothing(spider_dir, tmp_path):
     result = run_cli("run", config, "--dry-run", f"data.path={spider_dir}", "data.validation_size=2000")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "data.per_database=4 gives 0 training questions, not 48" in result.stderr + result.stdout
+
+
+def test_the_dry_run_loads_neither_torch_nor_transformers(spider_dir, tmp_path):
+    """Reading and checking a config, and planning a run, import no model library (seconds saved each time)."""
+    import subprocess
+    import sys
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "spider_cpu.yaml"
+    script = ("import sys\nfrom exspin import cli\nsys.argv = ['exspin', 'run', sys.argv[1], '--dry-run', sys.argv[2]]\n"
+              "try:\n    cli.main()\nexcept SystemExit as end:\n    assert not end.code, end.code\n"
+              "print('loaded:', sorted({'torch', 'transformers'} & set(sys.modules)))\n")
+    result = subprocess.run([sys.executable, "-c", script, str(config), f"data.path={spider_dir}"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "loaded: []" in result.stdout and "exspin-1" in result.stdout

@@ -722,3 +722,14 @@ def test_replay_rows_train_the_nll_alone(concert, tiny_model_dir, tmp_path):
     assert norms[1.0] > 1e-2 and norms[0.0] < 1e-4 * norms[1.0], norms  # float noise where the sides cancel
     with pytest.raises(ValueError, match="nll_weight"):
         RunConfig.model_validate({"selfplay": {"replay_ratio": 0.5, "train": {"nll_weight": 0.0}}})
+
+
+def test_training_reports_to_tensorboard_when_asked(tiny_model_dir, tmp_path):
+    from exspin.training.sft import SFTSettings, train_sft
+
+    records = [{"prompt": f"<|im_start|>user\nQuestion {i}?<|im_end|>\n<|im_start|>assistant\n",
+                "completion": f"SELECT {i} FROM singer"} for i in range(4)]
+    settings = SFTSettings(bf16=False, batch_size=2, max_length=128, max_steps=2, report_to=["tensorboard"])
+    train_sft(str(tiny_model_dir), records, settings, tmp_path / "sft")
+    events = list((tmp_path / "sft" / "trainer" / "runs").rglob("events.out.tfevents.*"))
+    assert events and all(e.stat().st_size > 0 for e in events)

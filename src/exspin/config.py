@@ -18,8 +18,7 @@ from exspin.generation import GenerationConfig
 from exspin.hints import HintsConfig
 from exspin.prompts import PromptConfig
 from exspin.training.launch import LauncherSettings
-from exspin.training.selfplay import SelfPlaySettings
-from exspin.training.sft import SFTSettings
+from exspin.training.settings import SelfPlaySettings, SFTSettings
 
 
 class _Section(BaseModel):

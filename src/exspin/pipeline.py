@@ -56,7 +56,6 @@ from exspin.run_folder import (
     stage_folder_name,
 )
 from exspin.sqltext import normal_form
-from exspin.training.common import remove_checkpoints, whole_checkpoints
 from exspin.training.launch import optimizer_steps, processes, train
 
 
@@ -135,6 +134,8 @@ class Run:
                                     or _answering(folder)):
             shutil.rmtree(folder)
         if _trained(folder):  # cut short after saving its model, before dropping its checkpoints
+            from exspin.training.common import remove_checkpoints
+
             remove_checkpoints(folder / "trainer")
         for evaluation in folder.glob("eval_*"):
             shutil.rmtree(evaluation)
@@ -243,6 +244,8 @@ def _trained(folder: Path) -> bool:
 
 def _checkpointed(folder: Path) -> bool:
     """Whether a stage folder holds a whole checkpoint of its training (a run cut short while training)."""
+    from exspin.training.common import whole_checkpoints
+
     return bool(whole_checkpoints(folder / "trainer"))
 
 

@@ -6,54 +6,11 @@ import contextlib
 import json
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
 from transformers import TrainerCallback
 
 from exspin.artifacts import write_jsonl
 from exspin.errors import UserError
-
-
-class LoraSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    r: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-class TrainSettings(BaseModel):
-    """Optimisation settings common to every trainer."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    learning_rate: float = Field(1e-4, gt=0.0)
-    epochs: float = Field(1.0, gt=0.0)
-    max_steps: int = -1  # > 0 overrides epochs
-    # 4 examples per optimizer step in one micro-batch: ordered by prompt (group_by_prompt), a
-    # database's examples share one packed row and its schema is computed once (2.1-2.2x faster than
-    # one at a time, bench/results/training_pool1000.md); a batch of unrelated long prompts recomputes
-    # its activations instead of outgrowing memory (checkpoint_over_tokens).
-    batch_size: int = Field(4, ge=1)
-    gradient_accumulation: int = Field(1, ge=1)
-    max_length: int = Field(1536, ge=16)  # >= prompt budget + max_new_tokens (checked)
-    warmup_ratio: float = Field(0.0, ge=0.0, le=1.0)
-    lora: LoraSettings | None = LoraSettings()  # None: full fine-tuning
-    gradient_checkpointing: bool = False  # recomputes activations on every step: for models that do not fit otherwise
-    # Recompute activations only on steps whose batch holds more tokens than this (rows x width, after
-    # packing): a batch of unrelated long prompts then still fits, while the common, packed batches run
-    # without recomputation. 4 unshared rows of ~1,100 tokens in float32 were OOM-killed at 24 GiB.
-    # None: never (only `gradient_checkpointing` decides).
-    checkpoint_over_tokens: int | None = Field(2048, ge=1)
-    # Batches of examples about one database (shuffled as whole batches), so the trainer computes
-    # their shared schema prefix once (training/forward.py). Off: trl's own random order.
-    group_by_prompt: bool = True
-    bf16: bool | None = None  # None: where the hardware has it natively
-    # A checkpoint (adapter, optimizer, scheduler, RNG) every this many steps, the last one kept: a
-    # run cut short continues from it (train_resumably). None: none.
-    save_every_steps: int | None = Field(50, ge=1)
-    seed: int = 0
-    logging_steps: int = Field(1, ge=1)
+from exspin.training.settings import LoraSettings, TrainSettings  # noqa: F401  (here for the trainers)
 
 
 def uses_bf16(settings: TrainSettings) -> bool:
@@ -89,7 +46,7 @@ def trainer_arguments(settings: TrainSettings, output_dir: Path) -> dict:
         save_strategy="steps" if settings.save_every_steps else "no",
         save_steps=settings.save_every_steps or 500,
         save_total_limit=1,
-        report_to=[],
+        report_to=list(settings.report_to),
         max_length=settings.max_length,
         disable_tqdm=False,
         dataloader_num_workers=0,

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from exspin.artifacts import read_jsonl, write_json, write_jsonl
 from exspin.errors import UserError
 from exspin.records import PreferencePair, SFTExample
-from exspin.training.common import TrainSettings
+from exspin.training.settings import TrainSettings
 
 TrainKind = Literal["sft", "selfplay"]
 RECORDS = "train_records.jsonl"  # a launched training's records, in its folder

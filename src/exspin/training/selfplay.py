@@ -18,13 +18,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from pydantic import Field
-
 from exspin.records import PreferencePair
 from exspin.training.common import (
     CheckpointLargeBatches,
     StepLog,
-    TrainSettings,
     check_lengths,
     load_for_training,
     lora_config,
@@ -34,14 +31,7 @@ from exspin.training.common import (
     train_resumably,
     trainer_arguments,
 )
-
-
-class SelfPlaySettings(TrainSettings):
-    learning_rate: float = Field(5e-6, gt=0.0)
-    beta: float = Field(0.1, gt=0.0)  # lambda in the SPIN paper
-    nll_weight: float = Field(1.0, ge=0.0)  # NLL on the gold SQL (RPO); 0 is plain SPIN
-    shared_prompt: bool = True  # rows sharing a prompt in one forward (each pair's two, at least)
-    precompute_reference: bool = True  # reference log-probs once per iteration, not on every step
+from exspin.training.settings import SelfPlaySettings
 
 
 def selfplay_trainer_class():

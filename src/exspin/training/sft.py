@@ -13,7 +13,6 @@ from exspin.records import SFTExample
 from exspin.training.common import (
     CheckpointLargeBatches,
     StepLog,
-    TrainSettings,
     check_lengths,
     load_for_training,
     lora_config,
@@ -23,13 +22,7 @@ from exspin.training.common import (
     train_resumably,
     trainer_arguments,
 )
-
-
-class SFTSettings(TrainSettings):
-    completion_head_only: bool = True  # the LM head only where the loss is (the SQL), never on the prompt
-    # Save the adapter after every epoch but the last (epochs/<n>/adapter), so that validation picks
-    # the number of epochs from one training (the run's SFT stage scores each). LoRA, one process.
-    epoch_snapshots: bool = False
+from exspin.training.settings import SFTSettings
 
 
 class EpochSnapshots(TrainerCallback):
