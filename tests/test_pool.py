@@ -101,3 +101,19 @@ def test_a_worker_killed_from_outside_costs_no_verdict(spider_dir):
         killer.join()
         assert two._pool is not killed[0] and two.crashes == 0  # the broken pool was replaced mid-stage
     assert [j.match for j in judged] == expected
+
+
+def test_a_result_past_the_byte_budget_is_cut_and_a_worker_past_its_memory_fails_the_query_alone(spider_dir):
+    split = load_split(spider_dir, "dev")
+    db = str(split.db_path(split.examples[0].db_id))
+    blobs = ("WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < 60) "
+             "SELECT zeroblob(9000000) FROM r")  # 540 MB of values
+    with SqlRunner(workers=2) as runner:  # the default budgets
+        cut = runner.execute_many([(db, blobs)] + [(db, "SELECT 1")] * 70)
+    assert cut[0].ok and cut[0].truncated and "bytes" in cut[0].message and len(cut[0].rows) < 60
+    # A worker allowed 400 MB of address space: the same query fails there, as a recorded outcome, while its
+    # neighbours run and the machine is never asked for the memory.
+    with SqlRunner(workers=2, worker_memory_bytes=400 << 20) as runner:
+        small = runner.execute_many([(db, blobs)] + [(db, "SELECT count(*) FROM singer")] * 70)
+        assert small[0].outcome == "runtime_error" and "memory" in small[0].message, small[0]
+        assert all(e.ok and e.rows == small[1].rows for e in small[1:]) and runner.crashes == 0

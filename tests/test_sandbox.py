@@ -147,3 +147,34 @@ def test_non_utf8_text_in_database_is_read(tmp_path):
     conn.close()
     result = sandbox.execute(db, "SELECT name FROM t")
     assert result.ok and result.rows[0][0].startswith("Caf")
+
+
+def test_a_few_hundred_fuzzed_queries_leave_every_database_as_it_was(spider_dir):
+    """The small version of bench/bench_fuzz.py: model-written and gold SQL, mutated and mixed with hostile
+    statements, judged through the pool self-play uses. Every query gets an outcome, none outlives its
+    deadline by much, and every database file is byte-identical afterwards."""
+    from exspin.data import load_split
+    from exspin.execution.fuzz import fuzz_queries
+    from exspin.execution.pool import JudgeTask, SqlRunner
+    from exspin.records import OUTCOMES
+    from tests.conftest import CONFORMANCE
+
+    dev = load_split(spider_dir, "dev")
+    pool = [(str(dev.db_path(e.db_id)), e.gold_sql, e.gold_sql) for e in dev.executable[:200]]
+    if CONFORMANCE.is_file():
+        records = [json.loads(line) for line in CONFORMANCE.open()][:200]
+        pool += [(str(dev.db_path(r["db_id"])), r["pred"], r["gold"]) for r in records if dev.db_path(r["db_id"])]
+    queries = fuzz_queries([sql for _, sql, _ in pool], 300, seed=1)
+    files = sorted({pool[position][0] for position, _, _ in queries})
+    before = {f: hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files}
+    start = time.perf_counter()
+    with SqlRunner(workers=2, timeout_s=1.0) as runner:
+        judged = runner.judge_many([JudgeTask(pool[p][0], pool[p][2], sql, "spider") for p, sql, _ in queries])
+    assert time.perf_counter() - start < 120
+    assert len(judged) == 300 and all(j.pred.outcome in OUTCOMES for j in judged)
+    kinds = {kind for _, _, kind in queries}
+    assert {"seed", "hostile", "write", "recursive", "cross_join"} <= kinds
+    assert {j.pred.outcome for j, (_, _, kind) in zip(judged, queries, strict=True) if kind == "write"} <= {
+        "forbidden", "syntax_error", "runtime_error"}
+    assert max(j.pred.seconds for j in judged) < 10
+    assert {f: hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files} == before

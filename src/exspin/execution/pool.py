@@ -26,6 +26,24 @@ from exspin.records import Execution, Judgement
 
 CRASHED = Execution("crashed", message="the query killed its execution worker (alone, twice)")
 
+# The address space of each execution worker: SQLite's heap (1 GiB), one result's rows (256 MB of
+# values, more as Python objects) and the interpreter fit; a query past it fails as "out of memory"
+# in its worker instead of the kernel killing a process. Two workers and a trainer fit in 24 GiB.
+WORKER_MEMORY_BYTES = 4 << 30
+
+
+def _limit_memory(limit: int | None) -> None:
+    """A pool worker's initializer: cap its address space (where the platform allows)."""
+    if limit is None:
+        return
+    try:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    except (ImportError, ValueError, OSError):  # not on this platform, or above a hard limit already set
+        pass
+
+
 # Below this many tasks a pool costs more to start than it saves.
 MIN_TASKS_FOR_POOL = 64
 
@@ -115,11 +133,13 @@ class SqlRunner:
         timeout_s: float = sandbox.DEFAULT_TIMEOUT_S,
         max_rows: int = sandbox.DEFAULT_MAX_ROWS,
         cache: GoldCache | None = None,
+        worker_memory_bytes: int | None = WORKER_MEMORY_BYTES,
     ):
         self.workers = workers or os.cpu_count() or 1
         self.timeout_s = timeout_s
         self.max_rows = max_rows
         self.cache = cache
+        self.worker_memory_bytes = worker_memory_bytes
         self._pool: ProcessPoolExecutor | None = None
         self.crashes = 0  # results recorded as crashed: their query killed an execution worker
 
@@ -182,7 +202,8 @@ class SqlRunner:
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
             context = multiprocessing.get_context(_start_method())
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_limit_memory,
+                                             initargs=(self.worker_memory_bytes,))
         return self._pool
 
     def _alone(self, function: Callable, item: object, crashed: Callable[[object], object]) -> object:

@@ -4,7 +4,8 @@ Defences, each independent of the others:
 - the database is opened read-only (``mode=ro``);
 - an authorizer allows only reads: no writes, ATTACH, writing PRAGMA or extension loading;
 - a progress handler interrupts any statement past its deadline (in-process, no threads);
-- rows are fetched up to a cap, and SQLite's heap and string sizes are limited.
+- rows are fetched up to a cap of rows and of bytes, and SQLite's heap and string sizes are limited
+  (execution/pool.py also caps each worker process's address space).
 
 No torch import here, so worker processes start fast.
 """
@@ -21,6 +22,9 @@ DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_MAX_ROWS = 100_000
 HEAP_LIMIT_BYTES = 1 << 30  # per process; SQLite fails a statement rather than grow past it
 MAX_VALUE_BYTES = 10_000_000  # longest string or blob a statement may build
+# Text and blobs one result may bring into Python: with 100,000 rows of values up to MAX_VALUE_BYTES,
+# a row cap alone would let one result take gigabytes.
+DEFAULT_MAX_RESULT_BYTES = 256_000_000
 PROGRESS_EVERY = 1_000  # VM instructions between deadline checks
 
 _OK, _DENY = sqlite3.SQLITE_OK, sqlite3.SQLITE_DENY
@@ -96,9 +100,10 @@ def execute(
     sql: str,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     max_rows: int = DEFAULT_MAX_ROWS,
+    max_bytes: int = DEFAULT_MAX_RESULT_BYTES,
 ) -> Execution:
     """Run one statement and return its outcome; never raises for anything the SQL does."""
-    return execute_with_columns(db_path, sql, timeout_s, max_rows)[0]
+    return execute_with_columns(db_path, sql, timeout_s, max_rows, max_bytes)[0]
 
 
 def execute_with_columns(
@@ -135,7 +140,7 @@ def execute_with_columns(
         if outcome == "timeout" or time.monotonic() > deadline:
             outcome, message = "timeout", f"timed out after {timeout_s:g} s"
         else:
-            message = str(error)
+            message = str(error) or ("out of memory" if isinstance(error, MemoryError) else type(error).__name__)
         return Execution(outcome, message=message, seconds=time.monotonic() - start), ()
     finally:
         if cursor is not None:
@@ -154,17 +159,21 @@ def execute_with_columns(
     return execution, columns
 
 
+FETCH_BATCH = 64  # rows fetched at a time under a byte budget: a row may hold values of MAX_VALUE_BYTES each
+
+
 def _fetch_within(cursor: sqlite3.Cursor, max_rows: int, max_bytes: int) -> tuple[list, bool]:
     """Up to max_rows rows, and whether the byte budget cut them short."""
     rows, size = [], 0
-    while len(rows) < max_rows:  # one row at a time: a row may hold values of up to MAX_VALUE_BYTES each
-        row = cursor.fetchone()
-        if row is None:
+    while len(rows) < max_rows:
+        batch = cursor.fetchmany(min(FETCH_BATCH, max_rows - len(rows)))
+        if not batch:
             break
-        size += sum(len(v) if isinstance(v, str | bytes) else 8 for v in row)
-        if size > max_bytes:
-            return rows, True
-        rows.append(row)
+        for row in batch:
+            size += sum(len(v) if isinstance(v, str | bytes) else 8 for v in row)
+            if size > max_bytes:
+                return rows, True
+            rows.append(row)
     return rows, False
 
 
