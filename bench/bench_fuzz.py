@@ -29,6 +29,7 @@ from exspin.execution.pool import JudgeTask, SqlRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFORMANCE = ROOT.parent / "shared" / "conformance" / "spider_dev_exec.jsonl"
+BATCH = 500
 
 
 def digest(path: Path) -> str:
@@ -59,22 +60,25 @@ def run(n: int, timeout_s: float, data: Path, samples: Path | None, seed: int = 
     databases = sorted({Path(pool[position][0]) for position, _, _ in queries})
     before = {db: digest(db) for db in databases}
     tasks = [JudgeTask(pool[position][0], pool[position][2], sql, "spider") for position, sql, _ in queries]
+    judged = []  # (outcome, seconds, match): the rows are dropped batch by batch (a result may hold 256 MB)
     start = time.perf_counter()
     with SqlRunner(workers=workers, timeout_s=timeout_s) as runner:
-        judged = runner.judge_many(tasks)
+        for first in range(0, len(tasks), BATCH):
+            judged += [(j.pred.outcome, j.pred.seconds, j.match) for j in runner.judge_many(tasks[first : first + BATCH])]
+            print(f"{len(judged):,} of {n:,} queries, {len(judged) / (time.perf_counter() - start):.0f}/s", flush=True)
         crashes = runner.crashes
     seconds = time.perf_counter() - start
     changed = [str(db) for db in databases if digest(db) != before[db]]
     by_kind: dict[str, Counter] = {}
-    for (_, _, kind), judgement in zip(queries, judged, strict=True):
-        by_kind.setdefault(kind, Counter())[judgement.pred.outcome] += 1
-    slowest = sorted(((j.pred.seconds, kind, sql[:160]) for (_, sql, kind), j in zip(queries, judged, strict=True)),
+    for (_, _, kind), (outcome, _, _) in zip(queries, judged, strict=True):
+        by_kind.setdefault(kind, Counter())[outcome] += 1
+    slowest = sorted(((taken, kind, sql[:160]) for (_, sql, kind), (_, taken, _) in zip(queries, judged, strict=True)),
                      reverse=True)[:10]
     return {"queries": n, "ran": len(judged), "timeout_s": timeout_s, "seconds": round(seconds, 1),
             "queries_per_s": round(n / seconds, 1), "crashed": crashes, "databases": len(databases),
-            "databases_changed": changed, "outcomes": dict(Counter(j.pred.outcome for j in judged)),
+            "databases_changed": changed, "outcomes": dict(Counter(outcome for outcome, _, _ in judged)),
             "by_kind": {k: dict(v) for k, v in sorted(by_kind.items())},
-            "matches": sum(j.match for j in judged),
+            "matches": sum(match for _, _, match in judged),
             "slowest": [{"seconds": round(s, 3), "kind": k, "sql": q} for s, k, q in slowest],
             "worker_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}
 
