@@ -178,3 +178,16 @@ def test_a_few_hundred_fuzzed_queries_leave_every_database_as_it_was(spider_dir)
         "forbidden", "syntax_error", "runtime_error"}
     assert max(j.pred.seconds for j in judged) < 10
     assert {f: hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files} == before
+
+
+def test_the_byte_budget_cuts_a_result_of_huge_rows_after_the_row_that_passes_it(spider_dir):
+    from exspin.data import load_split
+    from exspin.execution.sandbox import execute
+
+    dev = load_split(spider_dir, "dev")
+    db = dev.db_path(dev.examples[0].db_id)
+    rows = "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < 50) SELECT zeroblob(4000000), i FROM r"
+    cut = execute(db, rows, max_bytes=10_000_000)
+    assert cut.ok and cut.truncated and len(cut.rows) == 2 and "10,000,000 bytes" in cut.message
+    small = execute(db, "SELECT count(*) FROM singer", max_bytes=10)
+    assert small.ok and not small.truncated

@@ -129,7 +129,7 @@ def label_samples(split: Split, examples: Sequence[Example], completions: Sequen
             label, message = "correct", ""
         elif judgement.pred.ok:
             label, message = "wrong_result", judgement.pred.message
-        elif judgement.pred.crashed:  # killed its execution worker: wrong, like any query that fails to run
+        elif judgement.pred.crashed:  # failed its execution worker: wrong, like any query that fails to run
             label, message = "runtime_error", judgement.pred.message
         else:
             label, message = judgement.pred.outcome, judgement.pred.message
@@ -198,8 +198,9 @@ def make_pairs(method: PairMethod, examples: Sequence[Example], prompts: dict[in
 def replay_rows(examples: Sequence[Example], prompts: dict[int, str], count: int, seed: int) -> list[Pair]:
     """`count` NLL-only rows: the gold SQL of training questions drawn uniformly (right or wrong answered),
     so that training on pairs of hard questions does not drift from the rest. Each is a pair whose two
-    sides are the gold: the preference loss has no gradient there (the two log-ratios cancel), and the
-    NLL term (selfplay.train.nll_weight) trains on its chosen side."""
+    sides are the gold: the preference loss has no gradient there (the two log-ratios cancel, up to LoRA
+    dropout, which draws each side's mask apart), and the NLL term (selfplay.train.nll_weight) trains on its
+    chosen side. They count in trl's logged means (rewards, margins, chosen log-probs) like any pair."""
     import random
 
     drawn = random.Random(seed).choices(list(examples), k=count) if examples and count else []

@@ -444,7 +444,7 @@ def _train_iteration(run: Run, iteration: int, opponent: str, pairs: list[Pair],
     steps_planned = optimizer_steps(summary["training_rows"], settings, processes(run.config.launcher))
     if steps_planned < MIN_ITERATION_STEPS:
         summary["warnings"].append(
-            f"{summary['training_rows']} pairs make only {steps_planned} optimizer steps (effective batch "
+            f"{summary['training_rows']} training rows make only {steps_planned} optimizer steps (effective batch "
             f"{settings.batch_size * settings.gradient_accumulation * processes(run.config.launcher)}): "
             "lower selfplay.train.gradient_accumulation or batch_size")
     # A seed per iteration: an iteration rolled back to an earlier opponent is not an exact repeat.
@@ -485,6 +485,7 @@ def plan(config: RunConfig) -> dict:
     pairs = math.ceil(answers * WRONG_SHARE)
     for iteration in range(1, selfplay.iterations + 1):
         trained = pairs * (2 if selfplay.mix_previous_pairs and iteration > 1 else 1)  # and the previous one's
+        trained += round(selfplay.replay_ratio * trained)  # replay rows
         settings = selfplay.train
         stages.append({"stage": f"{selfplay.method}-{iteration}",
                        "work": f"answer {answers}, train, score", "examples": trained,

@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict
 Dataset = Literal["spider", "bird"]
 
 # What happened when one SQL string ran in the sandbox.
-# "crashed": the query killed its execution worker, alone, twice (execution/pool.py); it counts as wrong.
+# "crashed": the query failed its execution worker alone, twice: killed it, or ran it out of memory outside
+# SQLite (execution/pool.py); it counts as wrong.
 Outcome = Literal["ok", "syntax_error", "runtime_error", "timeout", "forbidden", "crashed"]
 OUTCOMES: tuple[Outcome, ...] = ("ok", "syntax_error", "runtime_error", "timeout", "forbidden", "crashed")
 

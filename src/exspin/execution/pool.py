@@ -17,29 +17,32 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from exspin.execution import sandbox
 from exspin.execution.compare import Semantics, normalize, results_match
 from exspin.records import Execution, Judgement
 
-CRASHED = Execution("crashed", message="the query killed its execution worker (alone, twice)")
+CRASHED = Execution("crashed", message="the query failed its execution worker, alone, twice (killed it, or "
+                                       "ran it out of memory outside SQLite)")
 
-# The address space of each execution worker: SQLite's heap (1 GiB), one result's rows (256 MB of
+# The address space each execution worker may add to what it has mapped at its start: SQLite's heap (1 GiB), one result's rows (256 MB of
 # values, more as Python objects) and the interpreter fit; a query past it fails as "out of memory"
 # in its worker instead of the kernel killing a process. Two workers and a trainer fit in 24 GiB.
 WORKER_MEMORY_BYTES = 4 << 30
 
 
 def _limit_memory(limit: int | None) -> None:
-    """A pool worker's initializer: cap its address space (where the platform allows)."""
+    """A pool worker's initializer: cap its address space at what it has mapped already (a fork of a large
+    parent, libraries a forkserver preloaded) plus `limit` (where the platform allows)."""
     if limit is None:
         return
     try:
         import resource
 
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        mapped = int(Path("/proc/self/statm").read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        resource.setrlimit(resource.RLIMIT_AS, (mapped + limit, mapped + limit))
     except (ImportError, ValueError, OSError):  # not on this platform, or above a hard limit already set
         pass
 
@@ -63,14 +66,13 @@ def _judge(task: JudgeTask, timeout_s: float, max_rows: int) -> Judgement:
     gold_sql = normalize(task.gold_sql, task.semantics)
     gold = task.gold or sandbox.execute(task.db_path, gold_sql, timeout_s, max_rows)
     pred = sandbox.execute(task.db_path, normalize(task.pred_sql, task.semantics), timeout_s, max_rows)
-    match = (
-        gold.ok
-        and pred.ok
-        and not pred.truncated
-        and not gold.truncated
-        and results_match(gold.rows, pred.rows, task.semantics, gold_sql)
-    )
-    return Judgement(match=match, pred=pred, gold=gold)
+    try:
+        match = (gold.ok and pred.ok and not pred.truncated and not gold.truncated
+                 and results_match(gold.rows, pred.rows, task.semantics, gold_sql))
+    except MemoryError:  # two results too large to compare in this worker: not a match anyone can check
+        match = False
+    # The prediction's rows stay here: no caller reads them, and sending them back costs memory and time.
+    return Judgement(match=match, pred=replace(pred, rows=()), gold=gold)
 
 
 def _judge_chunk(chunk: list[JudgeTask], timeout_s: float, max_rows: int) -> list[Judgement]:
@@ -98,7 +100,9 @@ class GoldCache:
     @staticmethod
     def key(db_path: str, sql: str, semantics: Semantics, max_rows: int) -> str:
         stat = os.stat(db_path)
-        identity = f"{os.path.realpath(db_path)}|{stat.st_size}|{stat.st_mtime_ns}|{max_rows}|{semantics}|{sql}"
+        budget = sandbox.DEFAULT_MAX_RESULT_BYTES  # a result's byte budget decides where it is cut, as max_rows does
+        identity = (f"{os.path.realpath(db_path)}|{stat.st_size}|{stat.st_mtime_ns}|{max_rows}|{budget}|{semantics}|"
+                    f"{sql}")
         return hashlib.sha256(identity.encode("utf-8", "surrogatepass")).hexdigest()
 
     def get_many(self, keys: Sequence[str]) -> dict[str, Execution]:
@@ -110,8 +114,9 @@ class GoldCache:
         return found
 
     def put_many(self, items: dict[str, Execution]) -> None:
-        # Timeouts and crashes depend on the machine and its load, so they are never cached.
-        rows = [(k, pickle.dumps(v)) for k, v in items.items() if v.outcome not in ("timeout", "crashed")]
+        # Timeouts, crashes and running out of memory depend on the machine and its load: never cached.
+        rows = [(k, pickle.dumps(v)) for k, v in items.items()
+                if v.outcome not in ("timeout", "crashed") and "out of memory" not in v.message]
         with self._conn:
             self._conn.executemany("INSERT OR REPLACE INTO gold VALUES (?, ?)", rows)
 
@@ -190,6 +195,8 @@ class SqlRunner:
                     except BrokenProcessPool:
                         self._discard_pool()  # rebuilt on the next submit
                         continue
+                    except Exception:  # e.g. out of memory sending the results back: retried, then item by item
+                        continue
                     if progress:
                         progress(len(done[i]))
         for i, part in enumerate(done):
@@ -212,6 +219,9 @@ class SqlRunner:
             return self._executor().submit(function, [item], self.timeout_s, self.max_rows).result()[0]
         except BrokenProcessPool:  # (from submit too: a pool that broke since)
             self._discard_pool()
+            self.crashes += 1
+            return crashed(item)
+        except Exception:  # the item alone failed its worker some other way (out of memory outside SQLite)
             self.crashes += 1
             return crashed(item)
 

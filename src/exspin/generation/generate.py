@@ -273,8 +273,12 @@ class Generator:
             input_ids, attention_mask = torch.tensor(ids, device=model.device), torch.tensor(mask, device=model.device)
             with torch.inference_mode():
                 cache = self._batch_cache(rows, shared) if max(shared) else None
+                if cache is not None and config.num_samples > 1 and model.generation_config.cache_implementation:
+                    cache.batch_repeat_interleave(config.num_samples)
                 decode_config = config
-                if config.num_samples > 1:  # the samples of a prompt share all of its prefill
+                # The samples of a prompt share all of its prefill (a model with a cache of a fixed kind
+                # takes none from outside: generate() expands its rows itself).
+                if config.num_samples > 1 and model.generation_config.cache_implementation is None:
                     input_ids, attention_mask, cache = self._prefill_once(input_ids, attention_mask, cache,
                                                                           config.num_samples)
                     decode_config = config.model_copy(update={"num_samples": 1})

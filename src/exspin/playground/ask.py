@@ -196,8 +196,10 @@ class Asker:
                       *(candidate("sample", c, lp) for c, lp in zip(*drawn, strict=True))]
         semantics = database.split.dataset
         with self._sql_lock:  # as the judge runs them
-            runs = [execute(database.path, normalize(c.sql, semantics), self.timeout_s, self.max_rows)
-                    if c.sql.strip() else None for c in candidates]
+            # The judge's row cap (a result is not cut at the page's 1,000 rows), the page's byte budget.
+            runs = [execute(database.path, normalize(c.sql, semantics), self.timeout_s,
+                            self.config.execution.max_rows, self.max_bytes) if c.sql.strip() else None
+                    for c in candidates]
         vote = tally(candidates, runs, semantics)
         previews = tuple("no SQL" if run is None else str(run.rows[0]) if run.ok and run.rows else
                          "no rows" if run.ok else run.outcome for run in runs)
