@@ -191,3 +191,16 @@ def test_the_byte_budget_cuts_a_result_of_huge_rows_after_the_row_that_passes_it
     assert cut.ok and cut.truncated and len(cut.rows) == 2 and "10,000,000 bytes" in cut.message
     small = execute(db, "SELECT count(*) FROM singer", max_bytes=10)
     assert small.ok and not small.truncated
+
+
+def test_printf_which_outruns_any_deadline_is_forbidden(spider_dir):
+    import time
+
+    from exspin.data import load_split
+    from exspin.execution.sandbox import execute
+
+    dev = load_split(spider_dir, "dev")
+    start = time.perf_counter()
+    for sql in ("SELECT printf('%.*c', 2000000000, 'x')", "SELECT format('%d', 1)"):
+        assert execute(dev.db_path("concert_singer"), sql, timeout_s=2.0).outcome == "forbidden"
+    assert time.perf_counter() - start < 1
