@@ -367,13 +367,15 @@ ANSWER_PIECE = 128  # prompts per piece of the opponent's answers: a cut loses a
 ANSWER_PIECES = "answer_pieces"  # the folder of finished pieces, in a self-play stage's folder
 
 
-def _answer(run: Run, iteration: int, opponent: str, folder: Path, seconds: dict[str, float]) -> list[Generation]:
+def _answer(run: Run, iteration: int, opponent: str, folder: Path, seconds: dict[str, float] | None = None
+            ) -> list[Generation]:
     """The opponent's answers to the training questions, labelled by execution (generations.jsonl).
 
     They are made piece by piece, each piece generated, labelled and written whole to
     answer_pieces/<piece size>/; a stage cut short goes on from the first missing piece. The questions
     are ordered by prompt first, so a piece holds whole runs of one database's questions, which share
-    their schema's prefill."""
+    their schema's prefill. The seconds spent answering and labelling are added to `seconds`."""
+    seconds = {} if seconds is None else seconds
     settings = run.config.selfplay
     prompts, questions = run.prompts("train"), run.examples("train")
     order = {e.index: i for i, e in enumerate(questions)}
