@@ -42,7 +42,9 @@ def main():
     generator = load_generator(str(model), config.generation)
     results = []
     start = time.perf_counter()
-    with SqlRunner(cache=GoldCache(cache_dir() / "gold_results.sqlite")) as runner:
+    execution = config.execution  # as the run judged its own stages
+    with SqlRunner(workers=execution.workers or None, timeout_s=execution.timeout_s, max_rows=execution.max_rows,
+                   cache=GoldCache(cache_dir() / "gold_results.sqlite")) as runner:
         for which in ("validation", "eval"):
             examples, prompts = run.examples(which), run.prompts(which)
             split = load_split(config.data.path, config.data.eval_split if which == "eval" else config.data.train_split)

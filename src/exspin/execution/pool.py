@@ -195,7 +195,7 @@ class SqlRunner:
                     except BrokenProcessPool:
                         self._discard_pool()  # rebuilt on the next submit
                         continue
-                    except Exception:  # e.g. out of memory sending the results back: retried, then item by item
+                    except MemoryError:  # e.g. sending the results back under the worker's cap: retried, then alone
                         continue
                     if progress:
                         progress(len(done[i]))
@@ -221,7 +221,7 @@ class SqlRunner:
             self._discard_pool()
             self.crashes += 1
             return crashed(item)
-        except Exception:  # the item alone failed its worker some other way (out of memory outside SQLite)
+        except MemoryError:  # the item alone ran its worker out of memory outside SQLite
             self.crashes += 1
             return crashed(item)
 

@@ -161,25 +161,18 @@ def execute_with_columns(
     return execution, columns
 
 
-FETCH_BATCH = 64  # rows fetched at a time under a byte budget, once rows are known to be small enough
-
-
 def _fetch_within(cursor: sqlite3.Cursor, max_rows: int, max_bytes: int) -> tuple[list, bool]:
-    """Up to max_rows rows, and whether the byte budget cut them short. A row may hold values of up to
-    MAX_VALUE_BYTES each, so rows come one at a time until the largest seen says how many more fit in
-    what is left of the budget; only then in batches (of at most FETCH_BATCH)."""
-    rows, size, largest = [], 0, 0
-    while len(rows) < max_rows:
-        fit = (max_bytes - size) // largest if largest else 1
-        batch = cursor.fetchmany(max(1, min(FETCH_BATCH, fit, max_rows - len(rows))))
-        if not batch:
+    """Up to max_rows rows, and whether the byte budget cut them short. One row at a time (as fetchmany does
+    inside), the budget checked after each: a row may hold values of up to MAX_VALUE_BYTES each, so the
+    overshoot is at most one row. Text counts its characters."""
+    rows, size = [], 0
+    for row in cursor:
+        size += sum(len(v) if isinstance(v, str | bytes) else 8 for v in row)
+        if size > max_bytes:
+            return rows, True
+        rows.append(row)
+        if len(rows) >= max_rows:
             break
-        for row in batch:
-            row_bytes = sum(len(v) if isinstance(v, str | bytes) else 8 for v in row)
-            largest, size = max(largest, row_bytes), size + row_bytes
-            if size > max_bytes:
-                return rows, True
-            rows.append(row)
     return rows, False
 
 

@@ -268,17 +268,17 @@ class Generator:
         for offset in range(0, len(order), config.batch_size):
             batch = order[offset : offset + config.batch_size]
             rows = [token_ids[i] for i in batch]
-            shared = prefix_lengths(rows) if config.reuse_prefix else [0] * len(rows)
+            # A model with a cache of a fixed kind takes none from outside: no prefix reuse there.
+            fixed_cache = model.generation_config.cache_implementation not in (None, "hybrid")
+            shared = prefix_lengths(rows) if config.reuse_prefix and not fixed_cache else [0] * len(rows)
             ids, mask = pad_after_prefix(rows, shared, tokenizer.pad_token_id)
             input_ids, attention_mask = torch.tensor(ids, device=model.device), torch.tensor(mask, device=model.device)
             with torch.inference_mode():
                 cache = self._batch_cache(rows, shared) if max(shared) else None
-                if cache is not None and config.num_samples > 1 and model.generation_config.cache_implementation:
-                    cache.batch_repeat_interleave(config.num_samples)
                 decode_config = config
-                # The samples of a prompt share all of its prefill (a model with a cache of a fixed kind
-                # takes none from outside: generate() expands its rows itself).
-                if config.num_samples > 1 and model.generation_config.cache_implementation is None:
+                # The samples of a prompt share all of its prefill (with a fixed cache kind, generate()
+                # expands the rows itself).
+                if config.num_samples > 1 and not fixed_cache:
                     input_ids, attention_mask, cache = self._prefill_once(input_ids, attention_mask, cache,
                                                                           config.num_samples)
                     decode_config = config.model_copy(update={"num_samples": 1})
