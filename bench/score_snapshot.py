@@ -12,17 +12,13 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-from peft import PeftModel
-from transformers import AutoModelForCausalLM
-
 from exspin.config import RunConfig
 from exspin.data import load_split
 from exspin.evaluation import evaluate, read_predictions, write_results
 from exspin.evaluation.stats import paired_change
 from exspin.execution.pool import GoldCache, SqlRunner
 from exspin.generation import load_generator
-from exspin.models import load_tokenizer, merge_adapter, resolve_model, save_model
+from exspin.models import default_dtype, load_tokenizer, merge_lora, resolve_model, save_model
 from exspin.paths import cache_dir
 from exspin.predict import PromptSet, predict_sets
 from exspin.progress import progress_bar
@@ -36,9 +32,9 @@ def main():
     base = resolve_model(config.model)
     model = out / "model"
     if not (model / "config.json").is_file():
-        merged = merge_adapter(PeftModel.from_pretrained(
-            AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), run.stage_dir("sft") / "epochs" / str(epoch) / "adapter"))
-        save_model(merged.to(torch.bfloat16), load_tokenizer(base), model, {"stage": "sft", "epoch": epoch, "run": str(run_dir)})
+        merged = merge_lora(base, run.stage_dir("sft") / "epochs" / str(epoch) / "adapter")
+        save_model(merged.to(default_dtype()), load_tokenizer(base), model,  # as training saves it on this machine
+                   {"stage": "sft", "epoch": epoch, "run": str(run_dir)})
     generator = load_generator(str(model), config.generation)
     results = []
     start = time.perf_counter()

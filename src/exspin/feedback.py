@@ -86,20 +86,22 @@ class PairRules(BaseModel):
             raise ValueError("hardest_negative keeps one wrong answer a question: pairs_per_question must be 1")
         return self
 
+    def _switched_on(self, *names: str) -> list[str]:
+        """Those of the named rules set away from their default."""
+        return [name for name in names if getattr(self, name) != type(self).model_fields[name].default]
+
     def exspin_only(self) -> list[str]:
         """The rules switched on that only ExSPIN may use (they put right samples on the chosen side)."""
-        return [name for name in ("equivalent_positives", "own_chosen") if getattr(self, name)]
+        return self._switched_on("equivalent_positives", "own_chosen")
 
     def dpo_only(self) -> list[str]:
         """The rules switched on that only DPO may use."""
-        return [name for name in ("pairs_per_question", "gold_when_never_right")
-                if getattr(self, name) != type(self).model_fields[name].default]
+        return self._switched_on("pairs_per_question", "gold_when_never_right")
 
     def choosing_among_samples(self) -> list[str]:
         """The rules switched on that choose among several answers to a question."""
-        return [name for name in ("hardest_negative", "equivalent_positives", "own_chosen", "pairs_per_question",
-                                  "gold_when_never_right")
-                if getattr(self, name) != type(self).model_fields[name].default]
+        return self._switched_on("hardest_negative", "equivalent_positives", "own_chosen", "pairs_per_question",
+                                 "gold_when_never_right")
 
 
 def label_samples(split: Split, examples: Sequence[Example], completions: Sequence[Sequence[str]],

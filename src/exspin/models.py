@@ -225,6 +225,16 @@ def merge_adapter(model):
     return model.merge_and_unload() if isinstance(model, PeftModel) else model
 
 
+def merge_lora(base_model: str | Path, adapter: str | Path):
+    """A LoRA adapter folded into a fresh float32 copy of its base model: the plain merged model."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+    return merge_adapter(PeftModel.from_pretrained(base, adapter))
+
+
 TRAINING_RECORD = "exspin_training.json"  # beside the weights: what trained them
 
 

@@ -145,12 +145,11 @@ class Run:
         set_seed(self.config.seed)
         start = time.perf_counter()
         summary = function(folder) or {}
-        summary["seconds"] = round(time.perf_counter() - start, 2)
+        summary["seconds"] = seconds = round(time.perf_counter() - start, 2)
         if model_stage:  # typed: a misspelt or missing key fails here, not in a reader later
             summary = StageSummary.model_validate(summary)
         write_json(done, summary.to_json() if model_stage else summary)  # last: marks the stage finished
-        self.manifest["stages"][name] = {"status": "done", "seconds": summary["seconds"] if not model_stage
-                                         else summary.seconds}
+        self.manifest["stages"][name] = {"status": "done", "seconds": seconds}
         self.save_manifest()
         return summary
 
@@ -339,11 +338,8 @@ def _iteration_stage(run: Run, iteration: int, opponent: str, folder: Path, prev
         summary.update(model=opponent, note=no_pairs_reason(settings.method, labelled))
         with _clock(seconds, "scoring"):
             return {**summary, **_evaluate_model(run, opponent, folder)}
-    if _trained(folder):
-        model, steps = folder / "model", read_jsonl(folder / "train_log.jsonl")
-    else:
-        with _clock(seconds, "training"):
-            model, steps = _train_iteration(run, iteration, opponent, pairs, folder, summary)
+    with _clock(seconds, "training"):  # nothing to do where the model was trained before a cut
+        model, steps = _train_iteration(run, iteration, opponent, pairs, folder, summary)
     write_jsonl(folder / "logps.jsonl", reference_logps(steps, settings.train.beta))
     warning = chosen_logp_warning(steps, settings.train.beta, run.config.guards.chosen_logp_drop)
     summary["warnings"] += [warning] if warning else []

@@ -13,12 +13,12 @@ from exspin.errors import UserError
 from exspin.evaluation import EvalResult, evaluate, write_results
 from exspin.evaluation.stats import paired_change
 from exspin.execution.pool import SqlRunner
-from exspin.execution.vote import vote_many
+from exspin.execution.vote import candidates_from, vote_many
 from exspin.generation import GenerationConfig, Generator, extract_sql, generate, generate_with_logprobs
 from exspin.generation.generate import in_separate_process
 from exspin.hints.schema import DatabaseSchema, SchemaBook
 from exspin.prompts import PromptConfig, build_prompt
-from exspin.records import Candidate, Example, SchemaHints
+from exspin.records import Candidate, Example, SchemaHints, Verdict
 
 HintsFunction = Callable[[Example, DatabaseSchema], SchemaHints]
 
@@ -118,13 +118,7 @@ def _candidates(model_path: str, prompts: Sequence[str], generator: Generator, c
     middle = time.perf_counter()
     samples, sample_logprobs = generate_with_logprobs(model_path, prompts, sample_config, None, generator)
     end = time.perf_counter()
-
-    def candidate(source: str, completion: str, logprob: float) -> Candidate:
-        tokens = len(generator.tokenizer(completion, add_special_tokens=False)["input_ids"])
-        return Candidate(source=source, sql=extract_sql(completion), completion=completion, logprob=logprob,
-                         tokens=tokens)
-
-    candidates = [[candidate("greedy", g[0], gl[0]), *(candidate("sample", c, lp) for c, lp in zip(s, sl, strict=True))]
+    candidates = [candidates_from(generator.tokenizer, g[0], gl[0], s, sl)
                   for g, gl, s, sl in zip(greedy, greedy_logprobs, samples, sample_logprobs, strict=True)]
     return candidates, {"greedy_seconds": middle - start, "sample_seconds": end - middle}
 
@@ -177,22 +171,25 @@ def score_votes(split: Split, examples: Sequence[Example], candidates: Sequence[
     write_jsonl(out_dir / "predictions.jsonl", records)
     result = evaluate(split, {e.index: v.sql for e, v in zip(examples, votes, strict=True)}, runner)
     write_results(result, out_dir)
-    # Every candidate judged: greedy's EX (greedy found by its source), and pass@k
+    # Every candidate judged once, position by position: greedy's EX (greedy found by its source), and pass@k
     width = max(len(options) for options in candidates)
-    right: dict[int, list[bool]] = {}
+    judged: dict[int, dict[int, Verdict]] = {}  # question index -> candidate position -> verdict
     for position in range(width):
         answers = {e.index: options[position].sql for e, options in zip(examples, candidates, strict=True)
                    if position < len(options)}
         for verdict in evaluate(split, answers, runner).examples:
-            right.setdefault(verdict.index, []).append(bool(verdict.ex))
-    greedy = evaluate(split, {e.index: next((c.sql for c in options if c.source == "greedy"), options[0].sql)
-                              for e, options in zip(examples, candidates, strict=True)}, runner)
-    scored = [index for index in right if index in {v.index for v in result.examples}]
-    change = paired_change(greedy.examples, result.examples)
+            judged.setdefault(verdict.index, {})[position] = verdict
+    greedy_position = {e.index: next((i for i, c in enumerate(options) if c.source == "greedy"), 0)
+                       for e, options in zip(examples, candidates, strict=True)}
+    greedy = [verdicts[greedy_position[index]] for index, verdicts in judged.items()]
+    scored = {v.index for v in result.examples} & judged.keys()
+    change = paired_change(greedy, result.examples)
     summary = {"candidates": width, "samples": width - 1,
                "temperature": generation_config.vote_temperature if generation_config else None,
-               "n": len(scored), "greedy_ex": round(greedy.ex, 4), "vote_ex": round(result.ex, 4),
-               "pass_at_k": round(100.0 * sum(any(right[i]) for i in scored) / max(len(scored), 1), 4),
+               "n": len(scored), "greedy_ex": round(100.0 * sum(v.ex for v in greedy) / max(len(greedy), 1), 4),
+               "vote_ex": round(result.ex, 4),
+               "pass_at_k": round(100.0 * sum(any(v.ex for v in judged[i].values()) for i in scored)
+                                  / max(len(scored), 1), 4),
                "vote_vs_greedy": change.to_json(), **(timing or {})}
     write_json(out_dir / "vote.json", summary)
     return result

@@ -169,11 +169,11 @@ class RunFolder:
 
     def stage_names(self, finished: bool = True) -> list[str]:
         """The model stages in order ("start", "sft", "exspin-1", ...): those finished, or every one begun."""
-        names = []
+        names, method = [], self.method
         for folder in sorted(p for p in self.path.iterdir() if p.is_dir()) if self.path.is_dir() else []:
             match = _MODEL_STAGE.match(folder.name)
             if match and (not finished or (folder / DONE).is_file()):
-                names.append(f"{self.method}-{match.group(3)}" if match.group(3) else match.group(2))
+                names.append(f"{method}-{match.group(3)}" if match.group(3) else match.group(2))
         return names
 
     def stage_dir(self, stage: str) -> Path:
@@ -181,9 +181,10 @@ class RunFolder:
         ("03_sft") is taken too."""
         if (self.path / stage).is_dir() and _MODEL_STAGE.match(stage):
             return self.path / stage
+        method = self.method
         for folder in self.path.glob("[0-9][0-9]_*"):
             match = _MODEL_STAGE.match(folder.name)
-            if match and stage in (match.group(2), f"{self.method}-{match.group(3)}"):
+            if match and stage in (match.group(2), f"{method}-{match.group(3)}"):
                 return folder
         raise UserError(f"no stage {stage!r} in {self.path} (stages: {', '.join(self.stage_names(False)) or 'none'})")
 

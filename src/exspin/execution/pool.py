@@ -27,9 +27,10 @@ from exspin.records import Execution, Judgement
 CRASHED = Execution("crashed", message="the query failed its execution worker, alone, twice (killed it, or "
                                        "ran it out of memory outside SQLite)")
 
-# The address space each execution worker may add to what it has mapped at its start: SQLite's heap (1 GiB), one result's rows (256 MB of
-# values, more as Python objects) and the interpreter fit; a query past it fails as "out of memory"
-# in its worker instead of the kernel killing a process. Two workers and a trainer fit in 24 GiB.
+# The address space each execution worker may add to what it has mapped at its start: SQLite's heap
+# (1 GiB), one result's rows (256 MB of values, more as Python objects) and the interpreter fit; a
+# query past it fails as "out of memory" in its worker instead of the kernel killing a process. Two
+# workers and a trainer fit in 24 GiB.
 WORKER_MEMORY_BYTES = 4 << 30
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from exspin.data import Split
 from exspin.execution.compare import Semantics, bird_results_match, normalize, spider_results_match
 from exspin.execution.pool import SqlRunner
+from exspin.generation import extract_sql
 from exspin.records import Candidate, Example, Execution
 
 
@@ -50,6 +51,19 @@ class Vote:
         return [{"group": group, "size": len(positions), "members": positions,
                  "sql": self.candidates[positions[0]].sql, "won": group == self.winning_group}
                 for group, positions in sorted(members.items())]
+
+
+def candidates_from(tokenizer, greedy: str, greedy_logprob: float, samples: Sequence[str],
+                    sample_logprobs: Sequence[float]) -> list[Candidate]:
+    """A question's candidates: greedy's completion first, then its samples, each with its SQL, log-prob and
+    token count (as the tokenizer encodes the completion)."""
+    def candidate(source: str, completion: str, logprob: float) -> Candidate:
+        tokens = len(tokenizer(completion, add_special_tokens=False)["input_ids"])
+        return Candidate(source=source, sql=extract_sql(completion), completion=completion, logprob=logprob,
+                         tokens=tokens)
+
+    return [candidate("greedy", greedy, greedy_logprob),
+            *(candidate("sample", c, lp) for c, lp in zip(samples, sample_logprobs, strict=True))]
 
 
 def results_agree(first: Execution, first_sql: str, second: Execution, second_sql: str, semantics: Semantics) -> bool:

@@ -16,13 +16,13 @@ from exspin.data import Split, detect_dataset, load_split
 from exspin.errors import UserError
 from exspin.execution.compare import normalize
 from exspin.execution.sandbox import execute, execute_with_columns
-from exspin.execution.vote import Vote, tally
+from exspin.execution.vote import Vote, candidates_from, tally
 from exspin.generation import Generator, extract_sql, load_generator
 from exspin.hints import Hinter, load_hinter
 from exspin.hints.schema import SchemaBook
 from exspin.models import resolve_model
 from exspin.prompts import build_prompt
-from exspin.records import Candidate, Example, Execution, SchemaHints
+from exspin.records import Example, Execution, SchemaHints
 
 SHOWN_ROWS = 1_000  # rows a page shows
 MAX_SAMPLES = 16  # samples a question may vote over in the playground
@@ -186,14 +186,7 @@ class Asker:
         if not samples:
             sql = extract_sql(greedy[0])
             return Answer(model, prompt, greedy[0], sql, self.run_sql(database, sql))
-
-        def candidate(source: str, completion: str, logprob: float) -> Candidate:
-            tokens = len(generator.tokenizer(completion, add_special_tokens=False)["input_ids"])
-            return Candidate(source=source, sql=extract_sql(completion), completion=completion, logprob=logprob,
-                             tokens=tokens)
-
-        candidates = [candidate("greedy", greedy[0], greedy_logprob[0]),
-                      *(candidate("sample", c, lp) for c, lp in zip(*drawn, strict=True))]
+        candidates = candidates_from(generator.tokenizer, greedy[0], greedy_logprob[0], *drawn)
         semantics = database.split.dataset
         with self._sql_lock:  # as the judge runs them
             # The judge's row cap (a result is not cut at the page's 1,000 rows), the page's byte budget.

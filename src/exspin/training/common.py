@@ -221,7 +221,7 @@ def save_trained(trainer, tokenizer, output_dir: Path, base_model: str, settings
     from transformers import AutoModelForCausalLM
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-    from exspin.models import merge_adapter, save_model
+    from exspin.models import merge_lora, save_model
 
     accelerator = trainer.accelerator
     lora = hasattr(accelerator.unwrap_model(trainer.model), "peft_config")
@@ -244,10 +244,7 @@ def save_trained(trainer, tokenizer, output_dir: Path, base_model: str, settings
             if adapter.exists():
                 shutil.rmtree(adapter)
             staging.replace(adapter)
-            from peft import PeftModel
-
-            base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
-            merged = merge_adapter(PeftModel.from_pretrained(base, adapter))
+            merged = merge_lora(base_model, adapter)
         else:
             merged = AutoModelForCausalLM.from_pretrained(staging, dtype=torch.float32)
         merged = merged.to(torch.bfloat16 if trainer.args.bf16 else torch.float32)  # float32 master weights: not saved

@@ -52,27 +52,33 @@ def train(kind: TrainKind, base: str, examples: Sequence[SFTExample] | Sequence[
     if seed is not None:
         settings = settings.model_copy(update={"seed": seed})
     model, log = folder / "model", folder / "train_log.jsonl"
-    if (model / "config.json").is_file():  # trained before a run was cut short
-        return model, read_jsonl(log) if log.is_file() else []
-    if launcher.launches:
-        write_jsonl(folder / RECORDS, (e.model_dump() for e in examples))
-        write_json(folder / SETTINGS, settings.model_dump(mode="json"))
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes(launcher))]
-        if launcher.accelerate_config:
-            command += ["--config_file", str(launcher.accelerate_config)]
-        command += port_arguments(launcher)
-        command += ["-m", "exspin.cli", "train", kind, "--model", base, "--records", str(folder / RECORDS),
-                    "--out", str(folder), "--settings", str(folder / SETTINGS)]
-        if subprocess.run(command).returncode != 0:
-            raise UserError(f"training in {folder} failed under accelerate launch; see the output above")
-        return model, read_jsonl(log) if log.is_file() else []
-    if kind == "sft":
-        from exspin.training.sft import train_sft
+    if not (model / "config.json").is_file():  # else trained before a run was cut short
+        if launcher.launches:
+            _launch(kind, base, examples, settings, folder, launcher)
+        elif kind == "sft":
+            from exspin.training.sft import train_sft
 
-        return train_sft(base, examples, settings, folder), read_jsonl(log) if log.is_file() else []
-    from exspin.training.selfplay import train_selfplay
+            train_sft(base, examples, settings, folder)
+        else:
+            from exspin.training.selfplay import train_selfplay
 
-    return train_selfplay(base, examples, settings, folder)
+            train_selfplay(base, examples, settings, folder)
+    return model, read_jsonl(log) if log.is_file() else []
+
+
+def _launch(kind: TrainKind, base: str, examples: Sequence[SFTExample] | Sequence[PreferencePair],
+            settings: TrainSettings, folder: Path, launcher: LauncherSettings) -> None:
+    """`exspin train <kind>` in every process of an `accelerate launch`, its records and settings as files."""
+    write_jsonl(folder / RECORDS, (e.model_dump() for e in examples))
+    write_json(folder / SETTINGS, settings.model_dump(mode="json"))
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes(launcher))]
+    if launcher.accelerate_config:
+        command += ["--config_file", str(launcher.accelerate_config)]
+    command += port_arguments(launcher)
+    command += ["-m", "exspin.cli", "train", kind, "--model", base, "--records", str(folder / RECORDS),
+                "--out", str(folder), "--settings", str(folder / SETTINGS)]
+    if subprocess.run(command).returncode != 0:
+        raise UserError(f"training in {folder} failed under accelerate launch; see the output above")
 
 
 def processes(launcher: LauncherSettings) -> int:
