@@ -1,6 +1,6 @@
 """Do the fast paths compute what the plain ones do, on the real model in bf16 (or the default dtype)?
 
-    .venv/bin/python bench/bench_agreement.py [--pairs 8] [--prompts 96] [--pairs-file runs/spider_cpu/04_iter1/pairs.jsonl]
+    .venv/bin/python bench/bench_agreement.py [--pairs 8] [--prompts 96] [--run runs/spider_cpu] [--stage exspin-1]
 
 1. Self-play log-probs: the reference log-probs that exspin's one-pass trainer (each pair's prompt
    computed once) precomputes, against trl's stock DPOTrainer (prompt+chosen and prompt+rejected as
@@ -57,14 +57,13 @@ def logprob_agreement(pairs: list[dict], out_dir: Path) -> dict:
 
 def generation_agreement(data: Path, n: int, max_new_tokens: int) -> dict:
     from exspin.data import load_split
-    from exspin.generation import GenerationConfig, Generator, extract_sql
+    from exspin.generation import GenerationConfig, extract_sql, load_generator
     from exspin.hints.schema import SchemaBook
-    from exspin.models import DEFAULT_MODEL, load_model, resolve_model
-    from exspin.predict import build_prompts
-    from exspin.prompts import PromptConfig
+    from exspin.models import DEFAULT_MODEL, resolve_model
+    from exspin.prompts import PromptConfig, build_prompts
 
     split = load_split(data, "dev")
-    generator = Generator(*load_model(resolve_model(DEFAULT_MODEL)))
+    generator = load_generator(resolve_model(DEFAULT_MODEL), GenerationConfig(backend="hf"))  # in this process
     prompts = build_prompts(split.executable[:n], SchemaBook(split), generator.tokenizer, PromptConfig())
     arms = {"batched": GenerationConfig(batch_size=32, max_new_tokens=max_new_tokens),
             "one at a time": GenerationConfig(batch_size=1, reuse_prefix=False, max_new_tokens=max_new_tokens)}
@@ -85,19 +84,23 @@ def generation_agreement(data: Path, n: int, max_new_tokens: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "spider")
-    parser.add_argument("--pairs-file", type=Path, default=ROOT / "runs" / "spider_cpu" / "04_iter1" / "pairs.jsonl")
+    parser.add_argument("--run", type=Path, default=ROOT / "runs" / "spider_cpu", help="a run with a self-play stage")
+    parser.add_argument("--stage", default="exspin-1", help="the self-play stage whose pairs are scored")
     parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument("--prompts", type=int, default=96)
     parser.add_argument("--max-new-tokens", type=int, default=256)
     args = parser.parse_args()
 
-    from exspin.artifacts import read_jsonl
+    from exspin.errors import UserError
+    from exspin.run_folder import RunFolder
 
-    if not args.pairs_file.is_file():
-        raise SystemExit(f"no pairs at {args.pairs_file}: give --pairs-file (a run's NN_iterK/pairs.jsonl)")
-    pairs_file = args.pairs_file.resolve()
-    shown = pairs_file.relative_to(ROOT) if pairs_file.is_relative_to(ROOT) else pairs_file
-    pairs = [p for p in read_jsonl(args.pairs_file) if p.get("weight", 1) == 1][: args.pairs]  # one row each
+    try:
+        pairs = [p.model_dump() for p in RunFolder(args.run).pairs(args.stage, trained=False) if p.weight == 1]
+    except UserError as error:
+        raise SystemExit(f"no pairs: {error} (give --run and --stage)") from None
+    pairs = pairs[: args.pairs]  # one row each
+    run = args.run.resolve()
+    shown = f"{run.relative_to(ROOT) if run.is_relative_to(ROOT) else run} {args.stage}"
     scratch = Path("/tmp") / "exspin-bench-agreement"
     results = {"logprobs": logprob_agreement(pairs, scratch)}
     print(f"log-probs: largest difference {results['logprobs']['max_abs_difference']:.4f}", flush=True)

@@ -1,6 +1,6 @@
 """The sandbox and the execution pool under 10,000 model-like, mutated and hostile queries.
 
-    .venv/bin/python bench/bench_fuzz.py [--n 10000] [--timeout 2] [--samples runs/X/04_iter1/generations.jsonl]
+    .venv/bin/python bench/bench_fuzz.py [--n 10000] [--timeout 2] [--samples GENERATIONS.jsonl]
 
 Seeds are what models really write and what they learn from: the 972 model predictions of
 ../shared/conformance/spider_dev_exec.jsonl, Spider train's gold SQL, and a run's sampled answers where

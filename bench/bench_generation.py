@@ -32,17 +32,17 @@ def main() -> None:
     args = parser.parse_args()
 
     from exspin.data import load_split
+    from exspin.evaluation.predict import predict
     from exspin.execution.pool import SqlRunner
-    from exspin.generation import GenerationConfig, Generator
+    from exspin.generation import GenerationConfig, load_generator
     from exspin.hints import load_hinter
     from exspin.hints.schema import SchemaBook
-    from exspin.models import DEFAULT_MODEL, load_model, resolve_model
-    from exspin.predict import build_prompts, predict
-    from exspin.prompts import PromptConfig
+    from exspin.models import DEFAULT_MODEL, resolve_model
+    from exspin.prompts import PromptConfig, build_prompts
 
     split = load_split(args.data, "dev")
     model_path = resolve_model(DEFAULT_MODEL)
-    generator = Generator(*load_model(model_path))
+    generator = load_generator(model_path, GenerationConfig(backend="hf"))  # in this process
     results: dict = {"model": DEFAULT_MODEL}
 
     examples = split.executable[: args.throughput_prompts]
@@ -60,12 +60,12 @@ def main() -> None:
                 ("one_at_a_time", 1, False))
         completions = {}
         for name, batch, reuse in arms:
-            tokens_before = generator.stats["tokens"]
+            tokens_before = generator.stats.tokens
             start = time.perf_counter()
-            completions[name] = generator(prompts, config.model_copy(update={"batch_size": batch,
+            completions[name] = generator.generate(prompts, config.model_copy(update={"batch_size": batch,
                                                                              "reuse_prefix": reuse}))
             seconds = time.perf_counter() - start
-            tokens = generator.stats["tokens"] - tokens_before
+            tokens = generator.stats.tokens - tokens_before
             timings[name] = {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
                              "same_text_as_one_at_a_time": None}
         for name, _, _ in arms:  # bf16 numerics differ slightly with padding and batch shape
@@ -82,7 +82,7 @@ def main() -> None:
         with SqlRunner() as runner:
             for variant, hints in (("full_schema", None), ("hints", load_hinter(split, args.classifier))):
                 out = ROOT / "runs" / f"bench-zero-shot-{variant}"
-                result = predict(model_path, split, split.executable[: args.limit], out, runner, generator,
+                result = predict(split, split.executable[: args.limit], out, runner, generator,
                                  GenerationConfig(), hints=hints)
                 results["zero_shot"][variant] = {"ex": result.ex, "n": result.n,
                                                  "by_level": result.breakdown("level")}

@@ -35,14 +35,23 @@ def worker(args) -> None:
     import torch
 
     from exspin.data import load_split
-    from exspin.generation import GenerationConfig, Generator, extract_sql
+    from exspin.generation import GenerationConfig, extract_sql
     from exspin.hints.schema import SchemaBook
     from exspin.models import DEFAULT_MODEL, load_model, resolve_model
-    from exspin.predict import build_prompts
-    from exspin.prompts import PromptConfig
+    from exspin.prompts import PromptConfig, build_prompts
 
     split = load_split(args.data, "dev")
-    generator = Generator(*load_model(resolve_model(DEFAULT_MODEL), dtype=torch.float32))
+    try:  # today's library; a baseline from before generation.hf held it as generation.Generator
+        from exspin.generation.hf import TransformersGenerator as InProcess
+    except ImportError:
+        from exspin.generation import Generator as InProcess
+    generator = InProcess(*load_model(resolve_model(DEFAULT_MODEL), dtype=torch.float32))
+    generate = getattr(generator, "generate", generator)  # before: the generator was called
+
+    def tokens() -> int:
+        stats = generator.stats
+        return stats.tokens if hasattr(stats, "tokens") else stats["tokens"]
+
     examples = split.executable
     if args.spread:  # every k-th question: many databases, few questions each (like a validation set)
         examples = examples[:: max(1, len(examples) // args.prompts)]
@@ -52,12 +61,12 @@ def worker(args) -> None:
         config = config.model_copy(update={"batch_size": args.batch_size})
     if args.decode_round >= 0:  # not for a baseline from before the setting
         config = config.model_copy(update={"decode_round": args.decode_round or None})
-    generator(prompts[:2], config.model_copy(update={"max_new_tokens": 2}))  # warm-up
-    tokens_before = generator.stats["tokens"]
+    generate(prompts[:2], config.model_copy(update={"max_new_tokens": 2}))  # warm-up
+    tokens_before = tokens()
     start = time.perf_counter()
-    completions = generator(prompts, config)
+    completions = generate(prompts, config)
     seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "tokens": generator.stats["tokens"] - tokens_before,
+    print(json.dumps({"seconds": seconds, "tokens": tokens() - tokens_before,
                       "batch_size": config.batch_size, "decode_round": getattr(config, "decode_round", None),
                       "attention": generator.model.config._attn_implementation,
                       "sql": [extract_sql(c[0]) for c in completions]}))

@@ -19,12 +19,12 @@ from pathlib import Path
 
 from exspin.config import RunConfig
 from exspin.data import load_split
+from exspin.evaluation.predict import predict
 from exspin.evaluation.stats import paired_change
 from exspin.execution.pool import SqlRunner
 from exspin.generation import load_generator
 from exspin.hints import load_hinter
 from exspin.models import resolve_model
-from exspin.predict import predict
 from exspin.progress import progress_bar
 from exspin.run_folder import RunFolder, read_verdicts
 
@@ -63,7 +63,7 @@ def main() -> None:
             if not (out / "results.json").is_file():
                 generator = load_generator(model_path, config.generation)
                 with progress_bar(len(examples), f"{name}: held-out", "prompts") as advance:
-                    predict(model_path, split, examples, out, runner, generator, config.generation, config.prompt,
+                    predict(split, examples, out, runner, generator, config.generation, config.prompt,
                             hinter, lambda n, _tokens: advance(n))
             results = json.loads((out / "results.json").read_text())
             row = {"model": f"{name} (base run)" if name == base_iteration else name, "ex": results["ex"]}

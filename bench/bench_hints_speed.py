@@ -29,28 +29,30 @@ import tempfile
 import time
 from pathlib import Path
 
+from exspin.run_folder import RunFolder
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def worker(args) -> None:
-    from exspin.artifacts import read_jsonl
     from exspin.config import RunConfig
 
-    config = RunConfig.model_validate(json.loads((args.base / "config.json").read_text()))
+    base, other = RunFolder(args.base), RunFolder(args.prompts_from)
+    config = RunConfig.model_validate(base.config())
     if args.task == "generate":
-        from exspin.generation import Generator
-        from exspin.models import load_model
+        from exspin.generation import load_generator
 
-        wanted = [r["index"] for r in read_jsonl(args.base / "01_prompts" / "eval.jsonl")][: args.prompts]
-        by_index = {r["index"]: r["prompt"] for r in read_jsonl(args.prompts_from / "01_prompts" / "eval.jsonl")}
+        wanted = list(base.prompts("eval"))[: args.prompts]
+        by_index = other.prompts("eval")
         prompts = [by_index[i] for i in wanted]
-        generator = Generator(*load_model(str(args.base / "03_sft" / "model")))  # transformers, in this process
-        generator(prompts[:2], config.generation.model_copy(update={"max_new_tokens": 2}))  # warm-up
-        tokens_before = generator.stats["tokens"]
+        here = config.generation.model_copy(update={"backend": "hf", "separate_process": False})
+        generator = load_generator(base.model("sft"), here)  # transformers, in this process
+        generator.generate(prompts[:2], here.model_copy(update={"max_new_tokens": 2}))  # warm-up
+        tokens_before = generator.stats.tokens
         start = time.perf_counter()
-        generator(prompts, config.generation)
+        generator.generate(prompts, here)
         result = {"seconds": time.perf_counter() - start, "prompts": len(prompts),
-                  "tokens": generator.stats["tokens"] - tokens_before, "prompt_chars": sum(map(len, prompts))}
+                  "tokens": generator.stats.tokens - tokens_before, "prompt_chars": sum(map(len, prompts))}
     else:
         from transformers import TrainerCallback
 
@@ -68,12 +70,11 @@ def worker(args) -> None:
 
         settings = config.sft.train.model_copy(update={"max_steps": args.steps, "save_every_steps": None})
         # The same questions on both sides: the runs share their data stage, so record i is one question.
-        records = read_jsonl(args.prompts_from / "03_sft" / "sft_records.jsonl")[: args.steps * settings.batch_size]
-        theirs = read_jsonl(args.base / "03_sft" / "sft_records.jsonl")[: len(records)]
-        assert [r["completion"] for r in records] == [r["completion"] for r in theirs], "not the same questions"
-        start_model = json.loads((args.base / "02_start" / "done.json").read_text())["model"]
+        records = other.sft_records()[: args.steps * settings.batch_size]
+        theirs = base.sft_records()[: len(records)]
+        assert [r.completion for r in records] == [r.completion for r in theirs], "not the same questions"
         with tempfile.TemporaryDirectory(prefix="exspin-hints-speed-") as out:
-            trainer, _ = build_sft_trainer(start_model, records, settings, Path(out))
+            trainer, _ = build_sft_trainer(base.model("start"), records, settings, Path(out))
             times = StepTimes()
             trainer.add_callback(times)
             trainer.train()
@@ -105,11 +106,11 @@ def main() -> None:
     if args.task:
         return worker(args)
 
-    if json.loads((args.base / "config.json").read_text())["hints"]["enabled"]:
+    if RunFolder(args.base).config()["hints"]["enabled"]:
         sys.exit(f"{args.base} has hints on: pass its hints-off sibling (runs/<name>-hints_off) as --base")
     sides = {"off": args.base, "on": args.base.parent / f"{args.base.name}-hints_on"}
     for path in sides.values():
-        if not (path / "03_sft" / "done.json").is_file():
+        if not RunFolder(path, must_exist=False).is_done("sft"):
             sys.exit(f"{path} has not finished SFT: run bench/bench_hints_sft.py first")
     results: dict[str, dict[str, list[dict]]] = {task: {side: [] for side in sides} for task in ("generate", "train")}
     for round_ in range(args.rounds):

@@ -70,12 +70,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from exspin.data import load_split
+    from exspin.evaluation.predict import predict
     from exspin.evaluation.stats import change_by_index
     from exspin.execution.pool import SqlRunner
-    from exspin.generation import GenerationConfig, Generator
+    from exspin.generation import GenerationConfig, load_generator
     from exspin.hints import HintsConfig, load_hinter
-    from exspin.models import DEFAULT_MODEL, load_model, load_tokenizer, resolve_model
-    from exspin.predict import predict
+    from exspin.models import DEFAULT_MODEL, load_tokenizer, resolve_model
     from exspin.progress import progress_bar
     from exspin.run_folder import read_verdicts
 
@@ -97,12 +97,12 @@ def main() -> None:
             out = out_root / name
             if not (out / "results.json").is_file():
                 if generator is None:
-                    generator = Generator(*load_model(model_path))
+                    generator = load_generator(model_path, generation)
                 options = HintsConfig(**with_hints) if isinstance(with_hints, dict) else None
                 hinter = load_hinter(split, args.classifier, options) if with_hints else None
                 start = time.perf_counter()
                 with progress_bar(size, name, "prompts") as advance:
-                    predict(model_path, split, examples, out, runner, generator, generation,
+                    predict(split, examples, out, runner, generator, generation,
                             prompt_config(settings), hinter, lambda n, _tokens: advance(n))
                 seconds, batch_size = time.perf_counter() - start, generation.batch_size
             else:  # read back: as it was generated

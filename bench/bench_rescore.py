@@ -31,10 +31,10 @@ def main() -> None:
 
     from exspin.config import RunConfig
     from exspin.data import load_split
+    from exspin.evaluation.predict import predict_prompts
     from exspin.evaluation.stats import paired_change
     from exspin.execution.pool import SqlRunner
     from exspin.generation import GenerationConfig, load_generator
-    from exspin.predict import predict_prompts
     from exspin.run_folder import RunFolder, read_verdicts
 
     run = RunFolder(args.run)
@@ -52,7 +52,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out, SqlRunner(timeout_s=config.execution.timeout_s,
                                                          max_rows=config.execution.max_rows) as runner:
         start = time.perf_counter()
-        result = predict_prompts(str(model), split, examples, [prompts[e.index] for e in examples], Path(out),
+        result = predict_prompts(split, examples, [prompts[e.index] for e in examples], Path(out),
                                  runner, generator, generation)
         seconds = time.perf_counter() - start
         now = read_verdicts(Path(out))

@@ -92,7 +92,7 @@ def make_inputs(data: Path, n_records: int, n_pairs: int, pool_size: int = 0) ->
     from exspin.data import load_split
     from exspin.hints.schema import SchemaBook
     from exspin.models import DEFAULT_MODEL, load_tokenizer, resolve_model
-    from exspin.predict import build_prompts
+    from exspin.prompts import build_prompts
     from exspin.sqltext import normal_form
 
     config = load_config(ROOT / "configs" / "quickstart.yaml")

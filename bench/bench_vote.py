@@ -21,10 +21,10 @@ from pathlib import Path
 
 from exspin.config import RunConfig
 from exspin.data import load_split
-from exspin.evaluation.predictions import read_candidates
+from exspin.evaluation.predict import predict_prompts, score_votes
+from exspin.evaluation.prediction_files import read_candidates
 from exspin.execution.pool import SqlRunner
 from exspin.generation import load_generator
-from exspin.predict import predict_prompts, score_votes
 from exspin.run_folder import RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +55,7 @@ def main() -> None:
     with SqlRunner(timeout_s=config.execution.timeout_s, max_rows=config.execution.max_rows) as runner:
         widest = out / f"k{max(KS)}"
         if not (widest / "vote.json").is_file():
-            predict_prompts(model, split, examples, texts, widest, runner, generator, generation)
+            predict_prompts(split, examples, texts, widest, runner, generator, generation)
         timing = json.loads((widest / "generation.json").read_text())
         questions, candidates = read_candidates(widest / "predictions.jsonl", split)
         for k in KS:
@@ -68,11 +68,11 @@ def main() -> None:
         results["greedy_seconds"], results["sample16_seconds"] = timing["greedy_seconds"], timing["sample_seconds"]
         if args.timing:  # greedy, then greedy + 8 samples, one after the other in this process
             start = time.perf_counter()
-            predict_prompts(model, split, examples, texts, out / "timing_greedy", runner, generator,
+            predict_prompts(split, examples, texts, out / "timing_greedy", runner, generator,
                             generation.model_copy(update={"vote_samples": 0}))
             greedy = time.perf_counter() - start
             start = time.perf_counter()
-            predict_prompts(model, split, examples, texts, out / "timing_vote8", runner, generator,
+            predict_prompts(split, examples, texts, out / "timing_vote8", runner, generator,
                             generation.model_copy(update={"vote_samples": 8}))
             voted = time.perf_counter() - start
             results["timing"] = {"greedy_seconds": greedy, "vote8_seconds": voted, "ratio": voted / greedy,

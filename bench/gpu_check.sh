@@ -42,5 +42,4 @@ start=$(date +%s)
 timeout "${RUN_TIMEOUT:-300}" python3 -m exspin.cli run bench/gpu_check.yaml "model=$model" run_dir=runs/gpu_check \
     ${RUN_OVERRIDES:-} > "$out/run.log" 2>&1
 echo "exspin run rc $? in $(( $(date +%s) - start )) s" | tee -a "$out/gpu.txt"
-cp runs/gpu_check/02_start/eval_eval/predictions.jsonl "$out/start_predictions.jsonl" 2>/dev/null
 python3 bench/gpu_summary.py runs/gpu_check "$out" "$model"

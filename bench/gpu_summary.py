@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,6 +21,8 @@ def main() -> None:
     folder = RunFolder(run)
     stages = {stage: folder.summary(stage).to_json() for stage in folder.stage_names()}
     gpu = (out / "gpu.txt").read_text() if (out / "gpu.txt").is_file() else ""
+    if folder.is_done("start"):  # the start model's dev answers, to read what a random model writes
+        shutil.copy(folder.scored_dir("start", "eval") / "predictions.jsonl", out / "start_predictions.jsonl")
     (out / "gpu_check.json").write_text(json.dumps({"gpu": gpu, "model": model, "stages": stages}, indent=2))
     lines = [f"# GPU check: {run}", "", "```", gpu.strip(), "```", "", f"model: {model}", "",
              "| stage | " + " | ".join(KEYS) + " |", "|---|" + "---:|" * len(KEYS)]

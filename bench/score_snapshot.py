@@ -15,12 +15,12 @@ from pathlib import Path
 from exspin.config import RunConfig
 from exspin.data import load_split
 from exspin.evaluation import evaluate, read_predictions, write_results
+from exspin.evaluation.predict import PromptSet, predict_sets
 from exspin.evaluation.stats import paired_change
 from exspin.execution.pool import GoldCache, SqlRunner
 from exspin.generation import load_generator
 from exspin.models import default_dtype, load_tokenizer, merge_lora, resolve_model, save_model
 from exspin.paths import cache_dir
-from exspin.predict import PromptSet, predict_sets
 from exspin.progress import progress_bar
 from exspin.run_folder import RunFolder
 
@@ -51,7 +51,7 @@ def main():
             else:
                 prompt_set = PromptSet(split, examples, [prompts[e.index] for e in examples], folder)
                 with progress_bar(len(examples), f"epoch {epoch} {which}", "prompts") as advance:
-                    result = predict_sets(str(model), [prompt_set], runner, generator, config.generation,
+                    result = predict_sets([prompt_set], runner, generator, config.generation,
                                           lambda n, _t: advance(n))[0]
             results.append(result)
     summary = {"epoch": epoch, "seconds": round(time.perf_counter() - start, 1)}

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from exspin.errors import UserError
-from exspin.generation import GenerationConfig, Generator, extract_sql
-from exspin.generation.generate import (
+from exspin.generation import GenerationConfig, extract_sql, load_generator
+from exspin.generation.hf import (
     MIN_SHARED_PREFIX,
     CompletionLogProbs,
     StatementEnd,
+    TransformersGenerator,
     pad_after_prefix,
     prefix_lengths,
     shared_prefix_length,
@@ -51,10 +52,10 @@ PROMPTS = ["How many singers do we have?", "SELECT name FROM stadium WHERE capac
 
 
 def test_batched_generation_equals_one_at_a_time(tiny):
-    generator = Generator(*tiny)
+    generator = TransformersGenerator(*tiny)
     config = GenerationConfig(max_new_tokens=12, batch_size=4)
-    batched = generator(PROMPTS, config)
-    single = [generator([p], config)[0] for p in PROMPTS]
+    batched = generator.generate(PROMPTS, config)
+    single = [generator.generate([p], config)[0] for p in PROMPTS]
     assert batched == single
     assert all(len(c) == 1 for c in batched)
 
@@ -67,32 +68,32 @@ SHARED_PREFIX_PROMPTS = [SCHEMA + "-- How many singers are there?\nSELECT",
 
 
 def test_shared_prefix_is_prefilled_once_with_the_same_output(tiny):
-    generator = Generator(*tiny)
+    generator = TransformersGenerator(*tiny)
     tokenizer = tiny[1]
     rows = tokenizer(SHARED_PREFIX_PROMPTS[:3], add_special_tokens=False)["input_ids"]
     assert shared_prefix_length(rows) >= MIN_SHARED_PREFIX  # the batch below takes the reuse path
-    reused = generator(SHARED_PREFIX_PROMPTS, GenerationConfig(max_new_tokens=12, batch_size=3))
-    plain = generator(SHARED_PREFIX_PROMPTS, GenerationConfig(max_new_tokens=12, batch_size=3, reuse_prefix=False))
-    single = [generator([p], GenerationConfig(max_new_tokens=12))[0] for p in SHARED_PREFIX_PROMPTS]
+    reused = generator.generate(SHARED_PREFIX_PROMPTS, GenerationConfig(max_new_tokens=12, batch_size=3))
+    plain = generator.generate(SHARED_PREFIX_PROMPTS, GenerationConfig(max_new_tokens=12, batch_size=3, reuse_prefix=False))
+    single = [generator.generate([p], GenerationConfig(max_new_tokens=12))[0] for p in SHARED_PREFIX_PROMPTS]
     assert reused == single == plain
-    sampled = generator(SHARED_PREFIX_PROMPTS[:3], GenerationConfig(max_new_tokens=6, temperature=1.0,
+    sampled = generator.generate(SHARED_PREFIX_PROMPTS[:3], GenerationConfig(max_new_tokens=6, temperature=1.0,
                                                                      num_samples=2, batch_size=3))
     assert [len(s) for s in sampled] == [2, 2, 2]
 
 
 def test_the_next_batch_about_a_database_starts_from_its_schema_cache(tiny):
-    generator = Generator(*tiny)
+    generator = TransformersGenerator(*tiny)
     prompts = SHARED_PREFIX_PROMPTS[:3] + [SCHEMA + "-- Youngest singer\nSELECT"]
     fed: list[int] = []
     generator.model.get_decoder().register_forward_pre_hook(
         lambda module, args, kwargs: fed.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
     config = GenerationConfig(max_new_tokens=12, batch_size=2, stop_at_statement_end=False)
-    batched = generator(prompts, config)
+    batched = generator.generate(prompts, config)
     prefill = [width for width in fed if width > 1]
     schema = len(tiny[1](SCHEMA, add_special_tokens=False)["input_ids"])
     # Batch 1: its prefix, then its suffixes; batch 2: at most the tokens its prefix adds, then suffixes.
     assert prefill[0] >= schema and len(prefill) >= 3 and prefill[2] < prefill[0], prefill
-    assert batched == [generator([p], GenerationConfig(max_new_tokens=12))[0] for p in prompts]
+    assert batched == [generator.generate([p], GenerationConfig(max_new_tokens=12))[0] for p in prompts]
 
 
 def test_shared_prefix_length_and_padding_between_prefix_and_suffix():
@@ -115,17 +116,17 @@ def test_each_database_in_a_batch_shares_its_own_prefix():
 
 
 def test_a_batch_of_two_databases_prefills_each_schema_once(tiny):
-    generator = Generator(*tiny)
+    generator = TransformersGenerator(*tiny)
     stadium = "CREATE TABLE stadium (stadium_id INTEGER PRIMARY KEY, name TEXT, capacity INTEGER, city TEXT);\n"
     prompts = [SCHEMA + "-- How many singers are there?\nSELECT", SCHEMA + "-- Average age\nSELECT",
                stadium + "-- Largest stadium\nSELECT", stadium + "-- Stadiums in Paris\nSELECT"]
     fed: list[tuple[int, int]] = []
     generator.model.get_decoder().register_forward_pre_hook(
         lambda module, args, kwargs: fed.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
-    batched = generator(prompts, GenerationConfig(max_new_tokens=12, batch_size=4))
+    batched = generator.generate(prompts, GenerationConfig(max_new_tokens=12, batch_size=4))
     # One pass per schema (one row each), then one pass over the 4 questions, then decoding.
     assert [rows for rows, width in fed[:3]] == [1, 1, 4] and all(width == 1 for _, width in fed[3:]), fed
-    assert batched == [generator([p], GenerationConfig(max_new_tokens=12))[0] for p in prompts]
+    assert batched == [generator.generate([p], GenerationConfig(max_new_tokens=12))[0] for p in prompts]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the grouped-KV attention is what load_model picks on a CPU")
@@ -145,8 +146,8 @@ def test_grouped_kv_attention_generates_what_sdpa_does(tiny_model_dir):
             model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32,
                                                          attn_implementation="sdpa").eval()
         assert model.config.num_key_value_heads < model.config.num_attention_heads
-        generator = Generator(model, tokenizer)
-        outputs[attention] = generator(SHARED_PREFIX_PROMPTS, GenerationConfig(max_new_tokens=12, batch_size=4))
+        generator = TransformersGenerator(model, tokenizer)
+        outputs[attention] = generator.generate(SHARED_PREFIX_PROMPTS, GenerationConfig(max_new_tokens=12, batch_size=4))
         batch = tokenizer(SHARED_PREFIX_PROMPTS, padding=True, return_tensors="pt")
         with torch.no_grad():
             logits[attention] = model(**batch).logits
@@ -170,16 +171,16 @@ def _ending_early(tiny_model_dir, prompts, steps: int):
 
 def test_finished_rows_leave_the_batch_and_the_rest_write_what_they_would_have(tiny_model_dir):
     prompts = SHARED_PREFIX_PROMPTS + PROMPTS
-    generator = Generator(*_ending_early(tiny_model_dir, prompts, 12))
+    generator = TransformersGenerator(*_ending_early(tiny_model_dir, prompts, 12))
     rows_per_step: list[int] = []
     generator.model.get_decoder().register_forward_pre_hook(
         lambda module, args, kwargs: rows_per_step.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
     config = GenerationConfig(max_new_tokens=12, batch_size=len(prompts), stop_at_statement_end=False)
-    in_rounds = generator(prompts, config.model_copy(update={"decode_round": 3}))
+    in_rounds = generator.generate(prompts, config.model_copy(update={"decode_round": 3}))
     row_steps = sum(rows_per_step)
     rows_per_step.clear()
-    whole = generator(prompts, config.model_copy(update={"decode_round": None}))
-    assert in_rounds == whole == [generator([p], config)[0] for p in prompts]
+    whole = generator.generate(prompts, config.model_copy(update={"decode_round": None}))
+    assert in_rounds == whole == [generator.generate([p], config)[0] for p in prompts]
     assert sum(rows_per_step) > row_steps  # the rounds dropped finished rows
     assert len({len(c[0]) for c in whole}) > 1  # the rows ended at different steps
     # Samples: the first round expands each prompt into its rows, later rounds keep them expanded. At a
@@ -191,13 +192,13 @@ def test_finished_rows_leave_the_batch_and_the_rest_write_what_they_would_have(t
 
 
 def test_sampling_returns_n_samples_per_prompt_and_counts_tokens(tiny):
-    generator = Generator(*tiny)
+    generator = TransformersGenerator(*tiny)
     seen = []
-    outputs = generator(PROMPTS[:2], GenerationConfig(max_new_tokens=8, temperature=1.0, num_samples=3),
+    outputs = generator.generate(PROMPTS[:2], GenerationConfig(max_new_tokens=8, temperature=1.0, num_samples=3),
                         progress=lambda n, tokens: seen.append((n, tokens)))
     assert [len(o) for o in outputs] == [3, 3]
     assert len(set(outputs[0])) > 1  # samples differ
-    assert sum(n for n, _ in seen) == 2 and generator.stats["tokens"] > 0
+    assert sum(n for n, _ in seen) == 2 and generator.stats.tokens > 0
 
 
 def _logprob_from_logits(logits, tokens, skip_ids) -> float:
@@ -232,11 +233,11 @@ def test_generator_sample_scores_each_completion_through_the_prefix_cache(tiny, 
     """Greedy through the shared-prefix path, in one go and in rounds: each completion's log-prob is the
     one a plain generate of that prompt alone gives its tokens."""
     model, tokenizer = tiny
-    generator = Generator(*tiny)
+    generator = TransformersGenerator(*tiny)
     config = GenerationConfig(max_new_tokens=10, batch_size=4, stop_at_statement_end=False,
                               decode_round=decode_round)
     texts, logprobs = generator.sample(SHARED_PREFIX_PROMPTS, config)
-    assert texts == generator(SHARED_PREFIX_PROMPTS, config)
+    assert texts == generator.generate(SHARED_PREFIX_PROMPTS, config)
     skip = [tokenizer.pad_token_id, model.generation_config.eos_token_id]
     for prompt, [text], [logprob] in zip(SHARED_PREFIX_PROMPTS, texts, logprobs, strict=True):
         ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
@@ -267,27 +268,28 @@ def test_statement_end_stops_a_row_at_its_semicolon_and_keeps_it_stopped(tiny):
 def test_generation_in_a_separate_process_gives_what_it_gives_here(tiny_model_dir):
     """The path vLLM takes (a process per call, freeing its memory when it ends), run here with the
     transformers backend: the same completions and log-prob, counted tokens, one-line user errors."""
-    from exspin.generation import generate, generate_with_logprobs, load_generator
+    from exspin.generation.worker import WorkerGenerator
 
-    config = GenerationConfig(max_new_tokens=8, batch_size=4)
+    config = GenerationConfig(max_new_tokens=8, batch_size=4, backend="hf")
     # The child loads the model in the machine's own dtype (bf16 where the CPU has AMX), and so does this side.
-    here, here_logprobs = generate_with_logprobs(str(tiny_model_dir), SHARED_PREFIX_PROMPTS, config,
-                                                 generator=Generator(*load_model(str(tiny_model_dir))))
+    here = load_generator(str(tiny_model_dir), config)
+    assert isinstance(here, TransformersGenerator) and not here.loads_per_call
+    here_texts, here_logprobs = here.sample(SHARED_PREFIX_PROMPTS, config)
     apart = config.model_copy(update={"separate_process": True})
     generator = load_generator(str(tiny_model_dir), apart)
-    assert generator.model is None  # the weights are loaded in the child only
-    with pytest.raises(RuntimeError, match="only a tokenizer"):  # it cannot generate by itself
-        generator(PROMPTS[:1], apart)
+    assert isinstance(generator, WorkerGenerator) and generator.loads_per_call
+    assert not hasattr(generator, "model")  # the weights are loaded in the child only
     seen = []
-    there, there_logprobs = generate_with_logprobs(str(tiny_model_dir), SHARED_PREFIX_PROMPTS, apart,
-                                                   lambda n, tokens: seen.append((n, tokens)), generator)
-    assert there == here
+    there, there_logprobs = generator.sample(SHARED_PREFIX_PROMPTS, apart, lambda n, tokens: seen.append((n, tokens)))
+    assert there == here_texts
     assert [x for row in there_logprobs for x in row] == pytest.approx([x for row in here_logprobs for x in row],
                                                                        abs=1e-4)
     assert sum(n for n, _ in seen) == len(SHARED_PREFIX_PROMPTS)
-    assert generator.stats["tokens"] == sum(t for _, t in seen) > 0
-    with pytest.raises(UserError):
-        generate(str(tiny_model_dir / "absent"), PROMPTS[:1], apart)
+    assert generator.stats.tokens == sum(t for _, t in seen) > 0 and generator.stats.seconds > 0
+    assert generator.generate(SHARED_PREFIX_PROMPTS[:1], apart) == [here_texts[0]]
+    absent = WorkerGenerator(generator.tokenizer, str(tiny_model_dir / "absent"))
+    with pytest.raises(UserError):  # the child's one-line error, raised here
+        absent.generate(PROMPTS[:1], apart)
 
 
 def test_generation_config_rejects_bad_values():
@@ -366,7 +368,7 @@ def test_default_model_writes_sql():
         [{"role": "user", "content": "CREATE TABLE singer (id int, name text, age int);\n"
                                      "-- Question: How many singers are older than 30?\nAnswer with SQL only."}],
         tokenize=False, add_generation_prompt=True)
-    [[completion]] = Generator(model, tokenizer)([prompt], GenerationConfig(max_new_tokens=30))
+    [[completion]] = TransformersGenerator(model, tokenizer).generate([prompt], GenerationConfig(max_new_tokens=30))
     assert extract_sql(completion).upper().startswith("SELECT COUNT(*) FROM SINGER")
 
 
@@ -385,7 +387,7 @@ def test_provisioned_default_model_is_reused(tmp_path, monkeypatch):
 def test_samples_share_all_of_their_prompts_prefill(tiny):
     """k samples of a prompt: every forward wider than one token (prefill) runs on one row per prompt, never on
     k; and at a tiny temperature each sample is greedy's answer with greedy's log-prob."""
-    generator = Generator(*tiny)
+    generator = TransformersGenerator(*tiny)
     fed: list[tuple[int, int]] = []
     generator.model.get_decoder().register_forward_pre_hook(
         lambda module, args, kwargs: fed.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
@@ -400,3 +402,42 @@ def test_samples_share_all_of_their_prompts_prefill(tiny):
     assert texts == [[g[0]] * 3 for g in greedy]
     for sampled, [expected] in zip(logprobs, greedy_logprobs, strict=True):
         assert sampled == pytest.approx([expected] * 3, abs=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_samples_reading_one_copy_of_the_prompt_cache_write_what_copies_would(tiny_model_dir, dtype):
+    """Samples whose rows read one copy of their prompt's KV cache (shared_prompt.py) draw the same tokens,
+    with the same log-probs, as rows with a copy each, also after finished rows leave the batch between
+    rounds; and no decoding step holds a row's copy of the prompt."""
+    from exspin.generation.shared_prompt import SharedPromptLayer
+
+    prompts = SHARED_PREFIX_PROMPTS + PROMPTS
+    model, tokenizer = _ending_early(tiny_model_dir, prompts, 12)
+    generator = TransformersGenerator(model.to(dtype), tokenizer)
+    cache_widths = []  # per attention call: rows, width of the rows' own keys, prompts
+    original = SharedPromptLayer.attend
+
+    def attend(self, query, keys, *args):
+        cache_widths.append((query.shape[0], keys.shape[-2], self.prompt_keys.shape[0]))
+        return original(self, query, keys, *args)
+
+    config = GenerationConfig(max_new_tokens=12, batch_size=len(prompts), stop_at_statement_end=False,
+                              decode_round=3, num_samples=3, seed=7)
+    tolerance = 1e-3 if dtype == torch.float32 else 5e-2
+    SharedPromptLayer.attend = attend
+    try:
+        # At T 1 the samples differ from each other; near T 0 they end early (the model's end token), so that
+        # finished rows leave the batch between rounds.
+        for temperature in (1.0, 1e-4):
+            sampling = config.model_copy(update={"temperature": temperature})
+            cache_widths.clear()
+            shared = generator.sample(prompts, sampling)
+            copies = generator.sample(prompts, sampling.model_copy(update={"share_prompt_cache": False}))
+            assert shared[0] == copies[0]
+            assert [x for row in shared[1] for x in row] == pytest.approx([x for row in copies[1] for x in row],
+                                                                          abs=tolerance)
+    finally:
+        SharedPromptLayer.attend = original
+    assert max(width for _, width, _ in cache_widths) <= 12  # the rows' own tokens only, never the prompt
+    rows = [r for r, _, _ in cache_widths]
+    assert rows[0] == 3 * len(prompts) and min(rows) < rows[0]  # finished rows left between rounds

@@ -177,6 +177,7 @@ def test_answering_cut_short_goes_on_from_its_first_missing_piece(spider_dir, ti
 
     from exspin import pipeline
     from exspin.config import RunConfig
+    from exspin.generation.hf import TransformersGenerator
 
     text = (Path(__file__).parent / "data" / "tiny_run.yaml").read_text()
     settings = yaml.safe_load(text.replace("MODEL_DIR", str(tiny_model_dir)).replace("DATA_DIR", str(spider_dir)))
@@ -184,11 +185,11 @@ def test_answering_cut_short_goes_on_from_its_first_missing_piece(spider_dir, ti
     settings["selfplay"].update(samples_per_question=2, temperature=1.0)
     monkeypatch.setattr(pipeline, "ANSWER_PIECE", 3)  # 8 training questions: pieces of 3, 3 and 2
     generated, labelled = [], []
-    generate, label = pipeline.generate_with_logprobs, pipeline.label_samples
+    sample, label = TransformersGenerator.sample, pipeline.label_samples
 
-    def counted_generate(*args, **kwargs):
-        generated.append(len(args[1]))
-        return generate(*args, **kwargs)
+    def counted_sample(generator, prompts, *args, **kwargs):
+        generated.append(len(prompts))
+        return sample(generator, prompts, *args, **kwargs)
 
     def label_then_cut(*args, **kwargs):
         labelled.append(1)
@@ -196,7 +197,7 @@ def test_answering_cut_short_goes_on_from_its_first_missing_piece(spider_dir, ti
             raise KeyboardInterrupt  # a kill while the second piece is labelled
         return label(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "generate_with_logprobs", counted_generate)
+    monkeypatch.setattr(TransformersGenerator, "sample", counted_sample)
 
     def answers(name: str) -> list:
         run = pipeline.Run(RunConfig.model_validate({**settings, "run_dir": tmp_path / name}), resume=True)

@@ -246,7 +246,8 @@ def test_timeouts_are_labelled(concert):
 def test_generation_uses_the_kv_cache_after_a_training_step(tiny_model_dir, tmp_path):
     """Gradient checkpointing turns `use_cache` off in the saved config; generation must still decode
     one token per step from the cache. Counted in tokens the decoder sees, not wall time (CI is noisy)."""
-    from exspin.generation import GenerationConfig, Generator
+    from exspin.generation import GenerationConfig
+    from exspin.generation.hf import TransformersGenerator
     from exspin.models import load_model
     from exspin.training.sft import SFTSettings, train_sft
 
@@ -258,13 +259,13 @@ def test_generation_uses_the_kv_cache_after_a_training_step(tiny_model_dir, tmp_
     trained = train_sft(str(tiny_model_dir), records, settings, tmp_path / "sft")
     assert json.loads((trained / "config.json").read_text()).get("use_cache", True) is True
 
-    generator = Generator(*load_model(str(trained), dtype=torch.float32))
+    generator = TransformersGenerator(*load_model(str(trained), dtype=torch.float32))
     fed: list[int] = []  # input length of every decoder forward
     generator.model.get_decoder().register_forward_pre_hook(
         lambda module, args, kwargs: fed.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
     prompt = "How many singers do we have?"
     config = GenerationConfig(max_new_tokens=24, batch_size=2, stop_at_statement_end=False)
-    generator([prompt, prompt + "?"], config)
+    generator.generate([prompt, prompt + "?"], config)
     prompt_width = max(fed)
     assert fed[0] == prompt_width and len(fed) > 2
     assert all(width == 1 for width in fed[1:]), fed  # no step re-reads the prompt

@@ -104,8 +104,8 @@ def eval_command(
         raise UserError("give exactly one of --pred FILE, --candidates FILE and --gold-as-pred")
     loaded = load_split(data, split)
     if candidates is not None:
-        from exspin.evaluation.predictions import read_candidates
-        from exspin.predict import score_votes
+        from exspin.evaluation.predict import score_votes
+        from exspin.evaluation.prediction_files import read_candidates
 
         examples, options = read_candidates(candidates, loaded)
         with _runner(timeout, workers, max_rows, cache) as runner:
@@ -219,9 +219,9 @@ def predict_command(
 ) -> None:
     """Generate SQL for a split's questions, then score it by execution (greedy, or voted over samples)."""
     from exspin.data import load_split
+    from exspin.evaluation.predict import predict
     from exspin.generation import GenerationConfig, load_generator
     from exspin.models import resolve_model
-    from exspin.predict import predict
     from exspin.progress import progress_bar
 
     if hints not in ("on", "off"):
@@ -245,12 +245,11 @@ def predict_command(
     generator = load_generator(model_path, config)
     with _runner(timeout, workers, 100_000) as runner, \
             progress_bar(len(examples), f"generating {loaded.dataset} {split}", "prompts") as advance:
-        result = predict(model_path, loaded, examples, out, runner, generator, config,
+        result = predict(loaded, examples, out, runner, generator, config,
                          hints=hint_function, progress=lambda n, _tokens: advance(n))
     stats = generator.stats
-    rate = stats["tokens"] / stats["seconds"] if stats["seconds"] else 0.0
     console.print(f"EX [bold]{result.ex:.2f}%[/bold] on {result.n} questions; "
-                  f"{stats['tokens']} tokens at {rate:.1f} tokens/s")
+                  f"{stats.tokens} tokens at {stats.tokens_per_s:.1f} tokens/s")
     if samples:
         _print_vote(out)
     console.print(f"wrote {out}")

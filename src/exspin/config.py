@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from exspin.errors import UserError
 from exspin.feedback import PairMethod, PairRules
-from exspin.generation import GenerationConfig
+from exspin.generation.generator import GenerationConfig
 from exspin.hints import HintsConfig
 from exspin.prompts import PromptConfig
 from exspin.training.launch import LauncherSettings

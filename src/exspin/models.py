@@ -147,7 +147,8 @@ def cpu_attention() -> str:
     transformers repeats the KV heads (Qwen2.5: 2 for 14 query heads) into a copy unless the mask is
     None, so with padding every decoding step copies the whole KV cache, 7-fold, in every layer. That
     copy was 40% of a batch-8 decoding step here. torch's CPU kernels take `enable_gqa` with a mask and
-    give the same result (tests/test_generation.py).
+    give the same result (tests/test_generation.py). It also serves the samples of one prompt from a single
+    copy of the prompt's cache (generation/shared_prompt.py).
     """
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -162,6 +163,9 @@ def _sdpa_grouped_kv(module, query, key, value, attention_mask, dropout: float =
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    shared = getattr(key, "shared_prompt", None)  # k samples reading one copy of their prompt's cache
+    if shared is not None:
+        return shared.attend(query, key, value, attention_mask, scaling), None
     if (query.device.type != "cpu" or key.shape[1] == query.shape[1] or kwargs.get("position_bias") is not None
             or kwargs.get("cache") is not None or kwargs.get("output_attentions")):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,

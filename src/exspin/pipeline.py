@@ -22,6 +22,7 @@ from exspin.config import RunConfig
 from exspin.data import Split, load_split
 from exspin.data.carve import carve
 from exspin.errors import UserError
+from exspin.evaluation.predict import PromptSet, predict_sets
 from exspin.execution.pool import GoldCache, SqlRunner
 from exspin.feedback import (
     count_labels,
@@ -31,18 +32,12 @@ from exspin.feedback import (
     no_pairs_reason,
     replay_rows,
 )
-from exspin.generation import (
-    GenerationConfig,
-    generate,
-    generate_with_logprobs,
-    generates_elsewhere,
-    load_generator,
-)
+from exspin.generation import GenerationConfig, load_generator
 from exspin.guards import chosen_logp_warning, control, length_drift_warning, reference_logps
 from exspin.hints.schema import SchemaBook
 from exspin.paths import cache_dir
-from exspin.predict import PromptSet, build_prompts, predict_sets
 from exspin.progress import progress_bar
+from exspin.prompts import build_prompts
 from exspin.records import Example, Generation, Pair, SFTExample
 from exspin.report import write_report
 from exspin.run_folder import (
@@ -223,7 +218,7 @@ def _evaluate_model(run: Run, model_path: str, folder: Path, which_sets: tuple[s
         sets.append(PromptSet(run.source_split(which), examples, [prompts[e.index] for e in examples],
                               folder / f"eval_{which}"))
     with progress_bar(sum(len(s.examples) for s in sets), f"{folder.name}: validation and eval", "prompts") as advance:
-        results = predict_sets(model_path, sets, run.runner, generator, run.config.generation,
+        results = predict_sets(sets, run.runner, generator, run.config.generation,
                                lambda n, _tokens: advance(n))
     scores = {f"{which}_ex": round(result.ex, 4) for which, result in zip(which_sets, results, strict=True)}
     if run.config.generation.vote_samples:  # the EX above is the vote's; greedy's and pass@k beside it
@@ -380,22 +375,25 @@ def _answer(run: Run, iteration: int, opponent: str, folder: Path, seconds: dict
     config = GenerationConfig(**{**run.config.generation.model_dump(), "num_samples": settings.samples_per_question,
                                  "temperature": settings.temperature if sampling else 0.0,
                                  "seed": run.config.seed + iteration})
+    generator = load_generator(opponent, config)
     # A process or engine of its own per call (vLLM) costs a model load: then one piece.
-    size = max(1, len(examples) if generates_elsewhere(config) else ANSWER_PIECE)
+    size = max(1, len(examples) if generator.loads_per_call else ANSWER_PIECE)
     pieces = [examples[start : start + size] for start in range(0, len(examples), size)]
     for other in (folder / ANSWER_PIECES).glob("*"):  # pieces of another size (resumed elsewhere): void
         if other.name != str(size):
             shutil.rmtree(other)
     labelled: list[Generation] = []
     with progress_bar(len(examples), f"{folder.name}: opponent answers train", "prompts") as advance:
-        generator, progress = None, lambda n, _tokens: advance(n)
+
+        def progress(done: int, _tokens: int) -> None:
+            advance(done)
+
         for number, piece in enumerate(pieces):
             path = folder / ANSWER_PIECES / str(size) / f"{number:04d}.jsonl"
             if path.is_file():  # answered before a cut
                 labelled += [Generation.model_validate(r) for r in read_jsonl(path)]
                 advance(len(piece))
                 continue
-            generator = generator or load_generator(opponent, config)
             # A seed per piece: a piece answered again after a cut draws the same samples.
             piece_config = config.model_copy(update={"seed": config.seed + 1000 * number})
             texts = [prompts[e.index] for e in piece]
@@ -403,9 +401,9 @@ def _answer(run: Run, iteration: int, opponent: str, folder: Path, seconds: dict
             # then serves every feedback rule (the methods bench reuses it across arms).
             with _clock(seconds, "answering"):
                 if sampling or settings.feedback.hardest_negative:
-                    completions, logprobs = generate_with_logprobs(opponent, texts, piece_config, progress, generator)
+                    completions, logprobs = generator.sample(texts, piece_config, progress)
                 else:
-                    completions, logprobs = generate(opponent, texts, piece_config, progress, generator), None
+                    completions, logprobs = generator.generate(texts, piece_config, progress), None
             with _clock(seconds, "labelling"):
                 answers = label_samples(run.source_split("train"), piece, completions, run.runner, logprobs)
             write_jsonl(path, [a.model_dump(exclude_none=True) for a in answers])

@@ -21,11 +21,12 @@ itself is cut.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from exspin.hints.schema import Column, DatabaseSchema, Table
+from exspin.hints.schema import Column, DatabaseSchema, SchemaBook, Table
 from exspin.records import Example, SchemaHints
 from exspin.sqltext import readable_identifier
 
@@ -196,3 +197,17 @@ def build_prompt(example: Example, schema: DatabaseSchema, tokenizer, hints: Sch
 
 def count_tokens(tokenizer, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+HintsFunction = Callable[[Example, DatabaseSchema], SchemaHints]
+
+
+def build_prompts(examples: Sequence[Example], schemas: SchemaBook, tokenizer, prompt_config: PromptConfig,
+                  hints: HintsFunction | None = None) -> list[str]:
+    """Each example's prompt, with its hints where a hints function is given."""
+    prompts = []
+    for example in examples:
+        schema = schemas[example.db_id]
+        prompts.append(build_prompt(example, schema, tokenizer, hints(example, schema) if hints else None,
+                                    prompt_config))
+    return prompts

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from exspin.artifacts import read_jsonl
 from exspin.errors import UserError
-from exspin.records import Example, Generation, Pair, Verdict
+from exspin.records import Example, Generation, Pair, SFTExample, Verdict
 
 DATA, PROMPTS, REPORT = "00_data", "01_prompts", "report"
 SETS = ("train", "validation", "eval")  # the run's example sets; validation is carved from train
@@ -219,6 +219,10 @@ class RunFolder:
     def verdicts(self, stage: str, which: str = "eval") -> list[Verdict]:
         """A stage's verdict on each question of one scored set."""
         return read_verdicts(self.scored_dir(stage, which))
+
+    def sft_records(self, stage: str = "sft") -> list[SFTExample]:
+        """The (prompt, gold SQL) records an SFT stage trained on, in training order."""
+        return [SFTExample.model_validate(r) for r in read_jsonl(self._file(stage, "sft_records.jsonl"))]
 
     def generations(self, stage: str) -> list[Generation]:
         """The opponent's labelled answers to the training questions, in a self-play iteration."""

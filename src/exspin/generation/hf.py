@@ -1,8 +1,6 @@
-"""Generate completions for many prompts: batched on transformers, or vLLM.
+"""Generation on transformers, in this process: batched, sharing prompt prefixes, finished rows leaving.
 
-Both backends return, for each prompt, a list of ``num_samples`` completions, in prompt order.
-
-On transformers, prompts are sorted by their tokens, so prompts about the same database (same schema,
+Prompts are sorted by their tokens, so prompts about the same database (same schema,
 different question) sit next to each other. Within a batch, each run of prompts about one database
 has its common prefix (system prompt and schema) prefilled once, and that KV cache is copied to
 each of its rows (prefixes of different databases left-padded to one width, the padding masked);
@@ -12,51 +10,17 @@ prefill is compute-bound and batching alone does not speed it up, so this reuse 
 pay off for long schema prompts. vLLM does the same by itself (automatic prefix caching).
 
 Decoding runs in rounds of a few tokens, and the rows that finished leave the batch between rounds
-(Generator._decode): SQL answers vary in length, and a finished row would otherwise be computed on
+(TransformersGenerator._decode): SQL answers vary in length, and a finished row would otherwise be computed on
 every step until the batch's longest answer ends. vLLM schedules rows one by one by itself.
 """
 
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable, Sequence
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from collections.abc import Sequence
 
 from exspin.generation.extract import statement_complete
-
-Progress = Callable[[int, int], None]  # (prompts finished, tokens generated)
-
-
-class GenerationConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    backend: Literal["auto", "hf", "vllm"] = "auto"
-    # Prompts per batch. With finished rows leaving every 8 tokens, 64 was 1.17x faster than 32 on the first
-    # 192 dev prompts, and 1.70x faster than 32 without rounds (bench/results/generation_paths_192.md).
-    batch_size: int = Field(64, ge=1)
-    max_new_tokens: int = Field(256, ge=1)
-    temperature: float = Field(0.0, ge=0.0)  # 0 means greedy
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    num_samples: int = Field(1, ge=1)
-    seed: int = 0
-    reuse_prefix: bool = True  # prefill a batch's shared prompt prefix once (transformers backend)
-    stop_at_statement_end: bool = True  # a row stops once its SQL statement is complete (see StatementEnd)
-    # Finished rows leave the batch every this many new tokens (Generator._decode); None: never. 8 beat 16.
-    decode_round: int | None = Field(8, ge=1)
-    # Each call in a process of its own (generation/worker.py), which frees what the engine took when it
-    # ends. None: exactly where vLLM generates (it keeps most of the GPU's memory until its process ends).
-    separate_process: bool | None = None
-    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)  # vLLM: the share of GPU memory it may take
-    tensor_parallel_size: int = Field(1, ge=1)  # vLLM: GPUs one engine spreads the model over
-    # Prediction by execution vote (execution/vote.py): greedy's answer and this many samples at
-    # vote_temperature run in the sandbox, and the largest result group answers; 0: greedy alone.
-    # Apart from num_samples and temperature, which self-play's answering sets.
-    vote_samples: int = Field(0, ge=0)
-    vote_temperature: float = Field(0.8, gt=0.0)
-
+from exspin.generation.generator import Completions, GenerationConfig, Generator, LogProbs, Progress
 
 MIN_SHARED_PREFIX = 16  # shorter shared prefixes are not worth a separate forward pass
 
@@ -165,13 +129,12 @@ class CompletionLogProbs:
         return self.totals.tolist()
 
 
-class Generator:
-    """A loaded model ready to generate; reuse it across calls to avoid reloading weights."""
+class TransformersGenerator(Generator):
+    """A transformers model and its tokenizer, generating in this process (CPU or GPU)."""
 
     def __init__(self, model, tokenizer):
+        super().__init__(tokenizer, model_path=getattr(model, "name_or_path", ""))
         self.model = model
-        self.tokenizer = tokenizer
-        self.stats = {"tokens": 0, "seconds": 0.0}
         self._last_prefix: tuple[list[int], object] | None = None  # the previous batch's prefix and its KV cache
 
     def _batch_cache(self, rows: Sequence[Sequence[int]], shared: Sequence[int]):
@@ -197,12 +160,17 @@ class Generator:
             layers.append((torch.cat(keys), torch.cat(values)))
         return DynamicCache(ddp_cache_data=layers, config=self.model.config)
 
-    def _prefill_once(self, input_ids, attention_mask, cache, copies: int):
+    def _prefill_once(self, input_ids, attention_mask, cache, copies: int, share_cache: bool):
         """Every row's prompt but its last token through the model once (after its shared prefix, where
-        `cache` holds that), then the rows, their mask and their cache repeated `copies` times, so that
-        a prompt's samples share all of its prefill; generate() then feeds only each copy's last token.
-        Positions come from the mask, as generate() derives them."""
+        `cache` holds that), then the rows and their mask repeated `copies` times, so that a prompt's
+        samples share all of its prefill; generate() then feeds only each copy's last token. The copies
+        read one copy of their prompt's cache (`share_cache`) where the model's attention knows how (the
+        CPU attention: shared_prompt.py), else the cache is repeated too. Positions come from the mask, as generate()
+        derives them."""
         from transformers import DynamicCache
+
+        from exspin.generation.shared_prompt import shared_prompt_cache
+        from exspin.models import CPU_ATTENTION
 
         done = cache.get_seq_length() if cache is not None else 0
         if input_ids.shape[1] - 1 > done:
@@ -210,7 +178,9 @@ class Generator:
             positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
             self.model(input_ids[:, done:-1], attention_mask=attention_mask[:, :-1], past_key_values=cache,
                        position_ids=positions[:, done:-1], use_cache=True, logits_to_keep=1)
-        if cache is not None:
+        if cache is not None and share_cache and self.model.config._attn_implementation == CPU_ATTENTION:
+            cache = shared_prompt_cache(cache, copies, self.model.config)
+        elif cache is not None:
             cache.batch_repeat_interleave(copies)
         return (input_ids.repeat_interleave(copies, dim=0), attention_mask.repeat_interleave(copies, dim=0), cache)
 
@@ -234,23 +204,10 @@ class Generator:
         self._last_prefix = (prefix, cache)
         return cache
 
-    def __call__(self, prompts: Sequence[str], config: GenerationConfig,
-                 progress: Progress | None = None) -> list[list[str]]:
-        """For each prompt, its `config.num_samples` completions."""
-        return self._generate(prompts, config, progress, with_logprobs=False)[0]
-
-    def sample(self, prompts: Sequence[str], config: GenerationConfig, progress: Progress | None = None
-               ) -> tuple[list[list[str]], list[list[float]]]:
-        """The completions, and each one's log-prob under the model (CompletionLogProbs)."""
-        return self._generate(prompts, config, progress, with_logprobs=True)
-
-    def _generate(self, prompts: Sequence[str], config: GenerationConfig, progress: Progress | None,
-                  with_logprobs: bool) -> tuple[list[list[str]], list[list[float]] | None]:
+    def _generate(self, prompts: Sequence[str], config: GenerationConfig, progress: Progress,
+                  with_logprobs: bool) -> tuple[Completions, LogProbs | None]:
         import torch
 
-        if self.model is None:
-            raise RuntimeError("this Generator holds only a tokenizer (vLLM or another process generates): "
-                               "call exspin.generation.generate() with it")
         tokenizer, model = self.tokenizer, self.model
         token_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
         if config.reuse_prefix:  # same schema, same batch: long shared prefixes
@@ -264,7 +221,6 @@ class Generator:
         self._last_prefix = None
         if config.temperature > 0:
             torch.manual_seed(config.seed)
-        start = time.perf_counter()
         for offset in range(0, len(order), config.batch_size):
             batch = order[offset : offset + config.batch_size]
             rows = [token_ids[i] for i in batch]
@@ -280,7 +236,7 @@ class Generator:
                 # expands the rows itself).
                 if config.num_samples > 1 and not fixed_cache:
                     input_ids, attention_mask, cache = self._prefill_once(input_ids, attention_mask, cache,
-                                                                          config.num_samples)
+                                                                          config.num_samples, config.share_prompt_cache)
                     decode_config = config.model_copy(update={"num_samples": 1})
                 new_tokens, scores = self._decode(input_ids, attention_mask, cache, decode_config, end_ids,
                                                   with_logprobs)
@@ -290,10 +246,7 @@ class Generator:
                 outputs[i] = texts[j * config.num_samples : (j + 1) * config.num_samples]
                 if scores is not None:
                     logprobs[i] = scores[j * config.num_samples : (j + 1) * config.num_samples]
-            self.stats["tokens"] += counted
-            if progress:
-                progress(len(batch), counted)
-        self.stats["seconds"] += time.perf_counter() - start
+            progress(len(batch), counted)
         self._last_prefix = None  # its KV cache is no longer needed
         return outputs, (logprobs if with_logprobs else None)
 
@@ -361,92 +314,3 @@ class Generator:
             input_ids = out.sequences[keep]
             attention_mask = torch.cat([attention_mask[keep], torch.ones_like(new[keep])], dim=1)
             live, first = [live[j] for j in writing], False
-
-
-def _vllm_generate(model_path: str, prompts: Sequence[str], config: GenerationConfig,
-                   progress: Progress | None, with_logprobs: bool) -> tuple[list[list[str]], list[list[float]] | None]:
-    from vllm import LLM, SamplingParams
-
-    llm = LLM(model=model_path, seed=config.seed, enable_prefix_caching=config.reuse_prefix,
-              gpu_memory_utilization=config.gpu_memory_utilization, tensor_parallel_size=config.tensor_parallel_size)
-    # logprobs=0: only the sampled token's, which vLLM reports from the raw distribution by default.
-    params = SamplingParams(n=config.num_samples, temperature=config.temperature, top_p=config.top_p,
-                            max_tokens=config.max_new_tokens, seed=config.seed,
-                            logprobs=0 if with_logprobs else None)
-    results = llm.generate(list(prompts), params)
-    outputs = [[choice.text for choice in result.outputs] for result in results]
-    if progress:
-        progress(len(prompts), sum(len(c.token_ids) for r in results for c in r.outputs))
-    if not with_logprobs:
-        return outputs, None
-    return outputs, [[choice.cumulative_logprob for choice in result.outputs] for result in results]
-
-
-def load_generator(model_path: str, config: GenerationConfig) -> Generator:
-    """A Generator for model_path: with its weights loaded, or only its tokenizer where another process
-    or vLLM will generate (a second copy of the weights would compete for GPU memory)."""
-    from exspin.models import load_model, load_tokenizer
-
-    if generates_elsewhere(config):
-        return Generator(None, load_tokenizer(model_path))
-    return Generator(*load_model(model_path))
-
-
-def in_separate_process(config: GenerationConfig) -> bool:
-    return config.separate_process if config.separate_process is not None else use_vllm(config)
-
-
-def generates_elsewhere(config: GenerationConfig) -> bool:
-    """Whether a Generator's own transformers model goes unused: another process or vLLM generates (each
-    call then loads the model anew)."""
-    return in_separate_process(config) or use_vllm(config)
-
-
-def use_vllm(config: GenerationConfig) -> bool:
-    if config.backend != "auto":
-        return config.backend == "vllm"
-    try:
-        import torch
-        import vllm  # noqa: F401
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
-
-
-def generate(model_path: str, prompts: Sequence[str], config: GenerationConfig,
-             progress: Progress | None = None, generator: Generator | None = None) -> list[list[str]]:
-    """Completions for each prompt, from vLLM on a GPU when installed, else transformers."""
-    return _generate_with(model_path, prompts, config, progress, generator, with_logprobs=False)[0]
-
-
-def generate_with_logprobs(model_path: str, prompts: Sequence[str], config: GenerationConfig,
-                           progress: Progress | None = None, generator: Generator | None = None
-                           ) -> tuple[list[list[str]], list[list[float]]]:
-    """As `generate`, and each completion's log-prob under the model."""
-    return _generate_with(model_path, prompts, config, progress, generator, with_logprobs=True)
-
-
-def _generate_with(model_path, prompts, config, progress, generator, with_logprobs: bool):
-    if generates_elsewhere(config):
-        # Elsewhere: the generator (if any) holds only a tokenizer; it still counts tokens and time.
-        counted = [0]
-
-        def count(done: int, tokens: int) -> None:
-            counted[0] += tokens
-            if progress:
-                progress(done, tokens)
-
-        start = time.perf_counter()
-        if in_separate_process(config):
-            from exspin.generation.worker import generate_in_worker
-
-            outputs = generate_in_worker(model_path, prompts, config, count, with_logprobs)
-        else:
-            outputs = _vllm_generate(model_path, prompts, config, count, with_logprobs)
-        if generator is not None:
-            generator.stats["tokens"] += counted[0]
-            generator.stats["seconds"] += time.perf_counter() - start
-        return outputs
-    if generator is None:
-        generator = load_generator(model_path, config)
-    return generator.sample(prompts, config, progress) if with_logprobs else (generator(prompts, config, progress), None)

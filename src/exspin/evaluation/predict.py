@@ -1,4 +1,4 @@
-"""Predict SQL for a split's questions and score it: prompts -> generations -> SQL -> EX."""
+"""Predict SQL for a split's questions and score it: prompts -> generations -> SQL (or a vote) -> EX."""
 
 from __future__ import annotations
 
@@ -14,27 +14,13 @@ from exspin.evaluation import EvalResult, evaluate, write_results
 from exspin.evaluation.stats import paired_change
 from exspin.execution.pool import SqlRunner
 from exspin.execution.vote import candidates_from, vote_many
-from exspin.generation import GenerationConfig, Generator, extract_sql, generate, generate_with_logprobs
-from exspin.generation.generate import in_separate_process
-from exspin.hints.schema import DatabaseSchema, SchemaBook
-from exspin.prompts import PromptConfig, build_prompt
-from exspin.records import Candidate, Example, SchemaHints, Verdict
-
-HintsFunction = Callable[[Example, DatabaseSchema], SchemaHints]
-
-
-def build_prompts(examples: Sequence[Example], schemas: SchemaBook, tokenizer, prompt_config: PromptConfig,
-                  hints: HintsFunction | None = None) -> list[str]:
-    prompts = []
-    for example in examples:
-        schema = schemas[example.db_id]
-        prompts.append(build_prompt(example, schema, tokenizer, hints(example, schema) if hints else None,
-                                    prompt_config))
-    return prompts
+from exspin.generation import GenerationConfig, Generator, extract_sql
+from exspin.hints.schema import SchemaBook
+from exspin.prompts import HintsFunction, PromptConfig, build_prompts
+from exspin.records import Candidate, Example, Verdict
 
 
 def predict(
-    model_path: str,
     split: Split,
     examples: Sequence[Example],
     out_dir: Path,
@@ -47,12 +33,10 @@ def predict(
 ) -> EvalResult:
     """Build prompts, then predict_prompts: prompts.jsonl, predictions.jsonl, results and report in out_dir."""
     prompts = build_prompts(examples, SchemaBook(split), generator.tokenizer, prompt_config or PromptConfig(), hints)
-    return predict_prompts(model_path, split, examples, prompts, out_dir, runner, generator, generation_config,
-                           progress)
+    return predict_prompts(split, examples, prompts, out_dir, runner, generator, generation_config, progress)
 
 
 def predict_prompts(
-    model_path: str,
     split: Split,
     examples: Sequence[Example],
     prompts: Sequence[str],
@@ -63,8 +47,8 @@ def predict_prompts(
     progress: Callable[[int, int], None] | None = None,
 ) -> EvalResult:
     """Generate SQL for ready prompts, score it, and write every artifact into out_dir."""
-    return predict_sets(model_path, [PromptSet(split, examples, prompts, out_dir)], runner, generator,
-                        generation_config, progress)[0]
+    return predict_sets([PromptSet(split, examples, prompts, out_dir)], runner, generator, generation_config,
+                        progress)[0]
 
 
 @dataclass(frozen=True)
@@ -77,36 +61,36 @@ class PromptSet:
     out_dir: Path
 
 
-def predict_sets(model_path: str, sets: Sequence[PromptSet], runner: SqlRunner, generator: Generator,
+def predict_sets(sets: Sequence[PromptSet], runner: SqlRunner, generator: Generator,
                  generation_config: GenerationConfig, progress: Callable[[int, int], None] | None = None
                  ) -> list[EvalResult]:
-    """predict_prompts for several sets. Where generation runs in a process of its own (vLLM), all
-    sets go through one call, so one engine starts; otherwise one call per set, which its timing measures.
+    """predict_prompts for several sets. Where each generation call loads the model (vLLM, a worker process),
+    all sets go through one call, so one engine starts; otherwise one call per set, which its timing measures.
     With generation_config.vote_samples, each question is answered by an execution vote over greedy's
     answer and that many samples (execution/vote.py)."""
-    calls = [list(sets)] if in_separate_process(generation_config) else [[s] for s in sets]
+    calls = [list(sets)] if generator.loads_per_call else [[s] for s in sets]
     results = []
     for call in calls:
         prompts = [p for s in call for p in s.prompts]
-        start, tokens_before = time.perf_counter(), generator.stats["tokens"]
+        start, tokens_before = time.perf_counter(), generator.stats.tokens
         if generation_config.vote_samples:
-            candidates, seconds = _candidates(model_path, prompts, generator, generation_config, progress)
+            candidates, seconds = _candidates(prompts, generator, generation_config, progress)
             completions = [[c.completion for c in options] for options in candidates]
         else:
             candidates, seconds = None, {}
-            completions = generate(model_path, prompts, generation_config, progress, generator)
-        timing = {"seconds": time.perf_counter() - start, "tokens": generator.stats["tokens"] - tokens_before,
+            completions = generator.generate(prompts, generation_config, progress)
+        timing = {"seconds": time.perf_counter() - start, "tokens": generator.stats.tokens - tokens_before,
                   "prompts_in_call": len(completions), **seconds}
         offset = 0
         for prompt_set in call:
             part = slice(offset, offset + len(prompt_set.prompts))
             offset += len(prompt_set.prompts)
-            results.append(_score(model_path, prompt_set, completions[part], runner, generation_config, timing,
+            results.append(_score(generator.model_path, prompt_set, completions[part], runner, generation_config, timing,
                                   candidates[part] if candidates is not None else None))
     return results
 
 
-def _candidates(model_path: str, prompts: Sequence[str], generator: Generator, config: GenerationConfig,
+def _candidates(prompts: Sequence[str], generator: Generator, config: GenerationConfig,
                 progress: Callable[[int, int], None] | None) -> tuple[list[list[Candidate]], dict]:
     """Each prompt's vote candidates: greedy's answer first, then config.vote_samples samples, each with its
     log-prob and token count; and the seconds each part took."""
@@ -114,9 +98,9 @@ def _candidates(model_path: str, prompts: Sequence[str], generator: Generator, c
     sample_config = config.model_copy(update={"num_samples": config.vote_samples,
                                               "temperature": config.vote_temperature})
     start = time.perf_counter()
-    greedy, greedy_logprobs = generate_with_logprobs(model_path, prompts, greedy_config, progress, generator)
+    greedy, greedy_logprobs = generator.sample(prompts, greedy_config, progress)
     middle = time.perf_counter()
-    samples, sample_logprobs = generate_with_logprobs(model_path, prompts, sample_config, None, generator)
+    samples, sample_logprobs = generator.sample(prompts, sample_config)
     end = time.perf_counter()
     candidates = [candidates_from(generator.tokenizer, g[0], gl[0], s, sl)
                   for g, gl, s, sl in zip(greedy, greedy_logprobs, samples, sample_logprobs, strict=True)]

@@ -1,0 +1,39 @@
+"""`load_generator`: the one place that turns a model's path into a Generator, and which kind it is.
+
+Also the worker process's entry point (``python -m exspin.generation.load REQUEST RESULT FD``, see worker.py),
+so that the worker module never imports this one.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from exspin.generation.generator import GenerationConfig, Generator, in_separate_process, use_vllm
+from exspin.generation.worker import WorkerGenerator, answer_request
+
+
+def load_generator(model_path: str, config: GenerationConfig) -> Generator:
+    """A Generator for model_path as `config` asks: in a worker process per call (where vLLM generates,
+    unless separate_process says otherwise), vLLM here, or transformers here with the weights loaded."""
+    if in_separate_process(config):
+        from exspin.models import load_tokenizer
+
+        return WorkerGenerator(load_tokenizer(model_path), model_path)
+    return load_in_process(model_path, config)
+
+
+def load_in_process(model_path: str, config: GenerationConfig) -> Generator:
+    """A Generator in this process: vLLM where `config` picks it, else transformers."""
+    from exspin.models import load_model, load_tokenizer
+
+    if use_vllm(config):
+        from exspin.generation.vllm_engine import VLLMGenerator
+
+        return VLLMGenerator(load_tokenizer(model_path), model_path)
+    from exspin.generation.hf import TransformersGenerator
+
+    return TransformersGenerator(*load_model(model_path))
+
+
+if __name__ == "__main__":
+    answer_request(load_in_process, *sys.argv[1:4])
