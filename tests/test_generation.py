@@ -441,3 +441,21 @@ def test_samples_reading_one_copy_of_the_prompt_cache_write_what_copies_would(ti
     assert max(width for _, width, _ in cache_widths) <= 12  # the rows' own tokens only, never the prompt
     rows = [r for r, _, _ in cache_widths]
     assert rows[0] == 3 * len(prompts) and min(rows) < rows[0]  # finished rows left between rounds
+
+
+def test_draw_token_samples_the_softmax_and_the_nucleus_transformers_keeps():
+    """DrawToken (our sampler) draws from softmax(scores / T), cut to the top-p nucleus that transformers'
+    TopPLogitsWarper keeps, and never a token of probability 0."""
+    from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+    from exspin.generation.hf import DrawToken
+
+    torch.manual_seed(0)
+    scores = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, float("-inf")]]).repeat(40_000, 1)
+    for temperature, top_p in ((1.0, 1.0), (0.7, 1.0), (1.0, 0.8)):
+        drawn = DrawToken(temperature, top_p)(None, scores.clone()).argmax(-1)
+        expected = TopPLogitsWarper(top_p)(None, TemperatureLogitsWarper(temperature)(None, scores[:1].clone()))
+        expected = torch.softmax(expected, -1)[0]
+        frequencies = torch.bincount(drawn, minlength=scores.shape[1]).double() / len(drawn)
+        assert frequencies == pytest.approx(expected.double(), abs=0.01), (temperature, top_p)
+        assert frequencies[expected == 0].sum() == 0  # outside the nucleus, and the -inf token: never

@@ -20,6 +20,7 @@ HOSTILE = [json.loads(line) for line in (Path(__file__).parent / "data" / "hosti
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 SCREENSHOTS = ROOT / "test-output" / "playground"  # kept after the run (git ignores it)
 SINGERS_BY_AGE = "SELECT Name, Country FROM singer ORDER BY Age DESC LIMIT 3"
+ENDLESS = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"  # to the timeout
 
 
 def _digest(path: Path) -> str:
@@ -122,7 +123,8 @@ def server(tiny_run, tiny_model_dir, tmp_path_factory):
     log = (folder / "serve.log").open("w")  # noqa: SIM115 (closed after the server stops)
     process = subprocess.Popen([sys.executable, "-m", "exspin.cli", "serve", "--model", str(tiny_model_dir),
                                 "--data", str(SPIDER_DIR), "--db", str(flight), "--run", str(run_dir),
-                                "--port", str(port), "--timeout", "2"], stdout=log, stderr=subprocess.STDOUT)
+                                "--port", str(port), "--timeout", "2", "--max-waiting", "3", "--max-wait", "4"],
+                               stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 180
     while True:
@@ -155,6 +157,60 @@ def test_http_sql_box_returns_the_rows(client):
     assert outcome.startswith("**ok**: 3 rows")
     assert table["headers"] == ["Name", "Country"]
     assert table["data"] == [["Joe Sharp", "Netherlands"], ["John Nizinik", "France"], ["Rose White", "France"]]
+
+
+def test_admission_bounds_the_waiting_and_the_wait():
+    """One holder at a time; `waiting` others wait, each at most wait_s; the rest are refused at once."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from exspin.playground.app import Admission, Busy
+
+    admission, release = Admission("model", waiting=2, wait_s=0.6), threading.Event()
+
+    def hold():
+        with admission.enter():
+            release.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    time.sleep(0.1)
+
+    def request(_):
+        start = time.perf_counter()
+        try:
+            with admission.enter():
+                return "served", time.perf_counter() - start
+        except Busy as refusal:
+            return str(refusal), time.perf_counter() - start
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(request, range(6)))
+    release.set()
+    holder.join()
+    waited_too_long = [t for text, t in results if "stayed in use for 0.6 s" in text]
+    refused_at_once = [t for text, t in results if "requests are waiting" in text]
+    assert len(waited_too_long) == 2 and all(0.5 < t < 1.5 for t in waited_too_long), results
+    assert len(refused_at_once) == 4 and all(t < 0.3 for t in refused_at_once), results
+    with admission.enter():  # free again once the holder left
+        pass
+
+
+@pytest.mark.xdist_group("tiny_run")
+def test_http_a_crowd_is_served_or_refused_in_bounded_time(client):
+    """12 SQL-box queries at once, each running into the 2 s timeout: one runs at a time, 3 may wait (at most
+    4 s), the others are refused at once with a message; nobody hangs, and the server answers afterwards."""
+    started = time.perf_counter()
+    jobs = [client.submit("concert_singer", "", ENDLESS, api_name="/run_sql") for _ in range(12)]
+    outcomes = [job.result(timeout=60)[0] for job in jobs]
+    elapsed = time.perf_counter() - started
+    ran = [o for o in outcomes if o.startswith("**timeout**")]
+    refused = [o for o in outcomes if o.startswith("**error**: busy")]
+    assert len(ran) + len(refused) == 12, outcomes
+    assert 1 <= len(ran) <= 4 and refused, outcomes
+    assert elapsed < 4 + 2 * 2 + 5, elapsed  # the last admitted waited <= 4 s, ran <= 2 s after one other
+    outcome, _ = client.predict("concert_singer", "", SINGERS_BY_AGE, api_name="/run_sql")
+    assert outcome.startswith("**ok**: 3 rows")
 
 
 @pytest.mark.xdist_group("tiny_run")

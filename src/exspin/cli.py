@@ -376,6 +376,9 @@ def serve_command(
     host: Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
     port: Annotated[int | None, typer.Option(help="Port (default: the first free one from 7860).")] = None,
     timeout: Timeout = 10.0,
+    max_waiting: Annotated[int, typer.Option(help="Requests that may wait for the models (and, apart, for the "
+                                                  "sandbox); more are refused at once.")] = 16,
+    max_wait: Annotated[float, typer.Option(help="Seconds a request may wait before it is refused.")] = 90.0,
 ) -> None:
     """A local web playground: ask a database a question, run SQL in the sandbox, browse a run."""
     try:
@@ -390,9 +393,11 @@ def serve_command(
 
     if timeout <= 0:
         raise UserError("--timeout must be positive")
+    if max_waiting < 0 or max_wait <= 0:
+        raise UserError("--max-waiting must be 0 or more and --max-wait positive")
     asker, models, browsed = prepare(model or [], data or [], db or [], run, classifier, timeout)
     console.print(f"{len(asker.databases.ids)} databases; models: {', '.join(models)}")
-    serve(asker, models, browsed, host, port)
+    serve(asker, models, browsed, host, port, max_waiting, max_wait)
 
 
 def _print_plan(settings) -> None:

@@ -129,6 +129,34 @@ class CompletionLogProbs:
         return self.totals.tolist()
 
 
+class DrawToken:
+    """Sampling as the last logits processor of a greedy generate(): softmax(scores / temperature), cut to the
+    top-p nucleus where top_p < 1, then one uniform draw per row against the cumulative probabilities (the
+    inverse CDF), returned as scores whose argmax is the drawn token.
+
+    It draws from the same distribution as transformers' sampling, which calls torch.multinomial; on a CPU
+    that draws an exponential variate for every vocabulary entry (152k for Qwen2.5) of every row, most of a
+    sampling step at 512 rows. The draws use torch's global generator, seeded as before.
+    """
+
+    def __init__(self, temperature: float, top_p: float = 1.0):
+        self.temperature, self.top_p = temperature, top_p
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        if self.top_p < 1.0:  # keep the most likely tokens whose mass reaches top_p (at least one)
+            ordered, order = probs.sort(dim=-1, descending=True)
+            outside = ordered.cumsum(-1) - ordered >= self.top_p
+            probs = probs.scatter(-1, order, ordered.masked_fill(outside, 0.0))
+        cumulative = probs.cumsum(-1)
+        draws = torch.rand(probs.shape[0], 1, device=probs.device) * cumulative[:, -1:]
+        # right=True: the first token whose cumulative mass exceeds the draw, never one of probability 0
+        tokens = torch.searchsorted(cumulative, draws, right=True).clamp_(max=probs.shape[-1] - 1)
+        return torch.full_like(scores, float("-inf")).scatter_(-1, tokens, 0.0)
+
+
 class TransformersGenerator(Generator):
     """A transformers model and its tokenizer, generating in this process (CPU or GPU)."""
 
@@ -276,21 +304,25 @@ class TransformersGenerator(Generator):
         while True:
             stop = StatementEnd(tokenizer, prompt_width) if config.stop_at_statement_end else None
             scorer = CompletionLogProbs(skip) if with_logprobs else None
+            # Rows already one per sample: our own draw (DrawToken) after the scorer, generate() then picks it
+            # as greedy would; rows that generate() itself expands into samples sample there.
+            draw = DrawToken(config.temperature, config.top_p) if sampling and config.num_samples == 1 else None
+            hf_sampling = sampling and draw is None
             out = model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 past_key_values=cache,
                 max_new_tokens=min(step or config.max_new_tokens, config.max_new_tokens - written),
-                do_sample=sampling,
-                temperature=config.temperature if sampling else None,
-                top_p=config.top_p if sampling else None,
+                do_sample=hf_sampling,
+                temperature=config.temperature if hf_sampling else None,
+                top_p=config.top_p if hf_sampling else None,
                 top_k=None,
                 num_return_sequences=config.num_samples if first else 1,  # later rounds: rows already expanded
                 pad_token_id=tokenizer.pad_token_id,
                 use_cache=True,  # training with gradient checkpointing turns it off in the config
                 return_dict_in_generate=True,
                 stopping_criteria=StoppingCriteriaList([stop] if stop else []),
-                logits_processor=LogitsProcessorList([scorer] if scorer else []),
+                logits_processor=LogitsProcessorList([p for p in (scorer, draw) if p is not None]),
             )
             new = out.sequences[:, input_ids.shape[1]:]
             scores = scorer.finish(new) if scorer else None

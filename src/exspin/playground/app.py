@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from exspin.errors import UserError
@@ -18,6 +20,42 @@ from exspin.records import SchemaHints
 logger = logging.getLogger("exspin.playground")
 ALL = "(all)"
 NONE = "(none)"
+# Gradio's own queue, the last bound: requests past it are refused by Gradio ("queue is full").
+QUEUE_SIZE = 256
+
+
+class Busy(UserError):
+    """A request refused because too many are waiting, or because it waited too long."""
+
+
+class Admission:
+    """One request at a time uses a resource (the models, or the sandbox); at most `waiting` others wait for
+    it, none longer than `wait_s` seconds. Past either bound a request is refused at once with a message
+    (Busy), so a crowd neither queues without end nor leaves anyone hanging."""
+
+    def __init__(self, name: str, waiting: int, wait_s: float):
+        self.name, self.waiting, self.wait_s = name, waiting, wait_s
+        self._resource, self._count = threading.Lock(), threading.Lock()
+        self._waiters = 0
+
+    @contextmanager
+    def enter(self):
+        with self._count:
+            if self._waiters >= self.waiting:
+                raise Busy(f"busy: the {self.name} is in use and {self._waiters} requests are waiting for it; "
+                           "try again shortly")
+            self._waiters += 1
+        try:
+            admitted = self._resource.acquire(timeout=self.wait_s)
+        finally:
+            with self._count:
+                self._waiters -= 1
+        if not admitted:
+            raise Busy(f"busy: the {self.name} stayed in use for {self.wait_s:g} s; try again shortly")
+        try:
+            yield
+        finally:
+            self._resource.release()
 
 
 def _frame(result: QueryResult):
@@ -87,11 +125,14 @@ def _error_text(error: Exception) -> str:
     return f"**error** ({type(error).__name__}): {error}"
 
 
-def build_app(asker: Asker, models: dict[str, str], run: RunTables | None = None):
-    """The Gradio app. `models`: label -> model (a name, a folder); the first is the default."""
+def build_app(asker: Asker, models: dict[str, str], run: RunTables | None = None, waiting: int = 16,
+              wait_s: float = 90.0):
+    """The Gradio app. `models`: label -> model (a name, a folder); the first is the default. Asks (the models)
+    and SQL-box queries (the sandbox) are admitted apart, each with `waiting` and `wait_s` (Admission)."""
     import gradio as gr
 
     labels = list(models)
+    models_in_use, sandbox_in_use = Admission("model", waiting, wait_s), Admission("sandbox", waiting, wait_s)
 
     def database(choice: str, path: str) -> Database:
         return asker.databases.get(path.strip() or choice or "")
@@ -99,25 +140,28 @@ def build_app(asker: Asker, models: dict[str, str], run: RunTables | None = None
     def ask(choice, path, question, evidence, model_a, model_b, use_hints, samples=0):
         empty = ("", "", None, "", "")
         try:
-            db = database(choice, path)
-            hints = asker.hints(db, question, evidence)
-            shown = [hints_text(hints)]
-            for label in (model_a, model_b):
-                if not label or label == NONE:
-                    shown += empty
-                    continue
-                answer: Answer = asker.ask(models[label], db, question, evidence, hints if use_hints else None,
-                                           int(samples or 0))
-                sql = answer.sql or "-- no SQL found in the model's answer, which was:\n" + "\n".join(
-                    f"-- {line}" for line in answer.completion.splitlines() or [""])
-                shown += (outcome_text(answer.result), sql, _frame(answer.result), answer.prompt, vote_text(answer))
-            return shown
+            with models_in_use.enter():
+                db = database(choice, path)
+                hints = asker.hints(db, question, evidence)
+                shown = [hints_text(hints)]
+                for label in (model_a, model_b):
+                    if not label or label == NONE:
+                        shown += empty
+                        continue
+                    answer: Answer = asker.ask(models[label], db, question, evidence,
+                                               hints if use_hints else None, int(samples or 0))
+                    sql = answer.sql or "-- no SQL found in the model's answer, which was:\n" + "\n".join(
+                        f"-- {line}" for line in answer.completion.splitlines() or [""])
+                    shown += (outcome_text(answer.result), sql, _frame(answer.result), answer.prompt,
+                              vote_text(answer))
+                return shown
         except Exception as error:  # shown on the page, never only in a toast
             return [_error_text(error), *empty, *empty]
 
     def run_sql(choice, path, sql):
         try:
-            result = asker.run_sql(database(choice, path), sql)
+            with sandbox_in_use.enter():
+                result = asker.run_sql(database(choice, path), sql)
         except Exception as error:
             return _error_text(error), None
         return outcome_text(result), _frame(result)
@@ -241,9 +285,12 @@ def prepare(models: list[str], data_dirs: list[Path], db_files: list[Path], run_
     return Asker(Databases(data_dirs, db_files), config, classifier, timeout_s=timeout_s), choices, run
 
 
-def serve(asker: Asker, models: dict[str, str], run: RunTables | None, host: str, port: int | None) -> None:
+def serve(asker: Asker, models: dict[str, str], run: RunTables | None, host: str, port: int | None,
+          waiting: int = 16, wait_s: float = 90.0) -> None:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a local tool
-    app = build_app(asker, models, run)
-    app.queue().launch(server_name=host, server_port=port, ssr_mode=False, show_error=True, quiet=False,
+    app = build_app(asker, models, run, waiting, wait_s)
+    # Every request reaches its handler at once (no concurrency limit), where Admission bounds the waiting;
+    # Gradio's queue only caps how many it holds.
+    app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=None).launch(server_name=host, server_port=port, ssr_mode=False, show_error=True, quiet=False,
                        footer_links=[])
 
