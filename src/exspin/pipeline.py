@@ -392,7 +392,7 @@ def _answer(run: Run, iteration: int, opponent: str, folder: Path, seconds: dict
             path = folder / ANSWER_PIECES / str(size) / f"{number:04d}.jsonl"
             if path.is_file():  # answered before a cut
                 labelled += [Generation.model_validate(r) for r in read_jsonl(path)]
-                advance(len(piece))
+                advance(len(piece), resumed=True)
                 continue
             # A seed per piece: a piece answered again after a cut draws the same samples.
             piece_config = config.model_copy(update={"seed": config.seed + 1000 * number})

@@ -18,8 +18,9 @@ from rich.progress import (
 
 
 @contextmanager
-def progress_bar(total: int, description: str, unit: str = "it") -> Iterator[Callable[[int], None]]:
-    """Yield ``advance(n)``; the bar shows items done, items per second and the time left."""
+def progress_bar(total: int, description: str, unit: str = "it") -> Iterator[Callable[..., None]]:
+    """Yield ``advance(n, resumed=False)``; the bar shows items done, items per second and the time left.
+    Items marked resumed (done before a cut, read back) count as done but not towards the rate."""
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -34,17 +35,19 @@ def progress_bar(total: int, description: str, unit: str = "it") -> Iterator[Cal
         # Written to a log rather than a terminal, a bar shows only at the end: print a line instead
         # every tenth of the way, and at least once a minute.
         in_log, start = not progress.console.is_terminal, time.monotonic()
-        last = {"done": 0, "time": start}
+        last = {"done": 0, "time": start, "resumed": 0}
 
-        def advance(n: int = 1) -> None:
+        def advance(n: int = 1, resumed: bool = False) -> None:
             progress.advance(task, n)
-            speed = progress.tasks[task].speed
-            if speed:
-                progress.update(task, rate=f"{speed:,.1f} {unit}/s")
+            if resumed:
+                last["resumed"] += n
+                return
             done, now = progress.tasks[task].completed, time.monotonic()
+            rate = (done - last["resumed"]) / (now - start) if now > start else 0.0
+            if rate:
+                progress.update(task, rate=f"{rate:,.2f} {unit}/s")
             if in_log and (done - last["done"] >= total / 10 or now - last["time"] >= 60) and done < total:
                 last.update(done=done, time=now)
-                rate = done / (now - start)
                 left = f", about {(total - done) / rate / 60:.0f} min left" if rate else ""
                 progress.console.print(f"{description}: {done:,.0f}/{total:,} {unit} at {rate:,.2f} {unit}/s{left}")
 
