@@ -41,6 +41,12 @@ def test_inconsistent_settings_are_one_line_errors(tmp_path):
     assert "\n" not in str(error.value)
     assert load_config(path, ["selfplay.samples_per_question=4"]).selfplay.samples_per_question == 4
     assert load_config(path, ["selfplay.iterations=0"]).selfplay.method == "dpo"  # no self-play: nothing to pair
+    path.write_text("selfplay:\n  method: rft\n")
+    with pytest.raises(UserError, match="rft trains towards the opponent's right samples"):
+        load_config(path)
+    assert load_config(path, ["selfplay.samples_per_question=4", "selfplay.feedback.pairs_per_question=2"])
+    with pytest.raises(UserError, match="pairs_per_question is a DPO and RFT rule"):
+        load_config(path, ["selfplay.method=exspin", "selfplay.feedback.pairs_per_question=2"])
     path.write_text("selfplay:\n  feedback:\n    hardest_negative: true\n")
     with pytest.raises(UserError, match="feedback.hardest_negative .*samples_per_question >= 2"):
         load_config(path)

@@ -694,8 +694,38 @@ def test_dpo_pairs_per_question_and_the_gold_where_the_model_never_answers_right
     # The second question was never answered right: with the switch, the gold is its chosen side.
     gold = normal_form(second.gold_sql)
     assert pairs(gold_when_never_right=True)[1:] == [(second.index, "gold", gold, "runtime_error")]
-    with pytest.raises(ValueError, match="DPO rule"):
+    with pytest.raises(ValueError, match="DPO and RFT rule"):
         make_pairs("exspin", [first], prompts, labelled, PairRules(pairs_per_question=2))
+    # RFT: rows of the distinct right answers (no rejected side), up to pairs_per_question; the gold where none
+    rft = make_pairs("rft", [first, second], prompts, labelled, PairRules(pairs_per_question=3,
+                                                                           gold_when_never_right=True))
+    assert [(p.index, p.chosen_source, p.chosen) for p in rft] == [(first.index, "sample", right[0]),
+                                                                   (first.index, "sample", right[1]),
+                                                                   (second.index, "gold", gold)]
+    assert all(p.rejected == p.chosen for p in rft)
+    assert len(make_pairs("rft", [first, second], prompts, labelled)) == 1
+
+
+def test_rft_iteration_trains_the_chosen_answers_with_the_sft_trainer(concert, tiny_model_dir, tmp_path):
+    """method rft: an iteration's rows train by SFT (no preference loss, no reference) on their chosen side."""
+    from types import SimpleNamespace
+
+    from exspin import pipeline
+    from exspin.config import RunConfig
+    from exspin.records import Pair
+
+    _, (first, _) = concert
+    prompt = "<|im_start|>user\nHow many singers?<|im_end|>\n<|im_start|>assistant\n"
+    rows = [Pair(index=first.index, db_id=first.db_id, prompt=prompt, chosen="SELECT count(*) FROM singer",
+                 rejected="SELECT count(*) FROM singer", rejected_label="correct", chosen_source="sample")] * 4
+    config = RunConfig.model_validate({"selfplay": {"method": "rft", "samples_per_question": 4, "train": {
+        "batch_size": 2, "bf16": False, "learning_rate": 1e-3, "lora": None}}})
+    summary = {"training_rows": 4, "warnings": []}
+    model, steps = pipeline._train_iteration(SimpleNamespace(config=config), 1, str(tiny_model_dir), rows,
+                                             tmp_path, summary)
+    assert (model / "config.json").is_file()
+    assert steps and all("rewards/chosen" not in row for row in steps)  # SFT's log, not the preference loss's
+    assert any("loss" in row for row in steps)
 
 
 def test_replay_rows_train_the_nll_alone(concert, tiny_model_dir, tmp_path):

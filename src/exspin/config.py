@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from exspin.errors import UserError
-from exspin.feedback import PairMethod, PairRules
+from exspin.feedback import OWN_ANSWERS, PairMethod, PairRules
 from exspin.generation.generator import GenerationConfig
 from exspin.hints import HintsConfig
 from exspin.prompts import PromptConfig
@@ -94,16 +94,16 @@ class RunConfig(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
-        if self.selfplay.method == "dpo" and self.selfplay.iterations and self.selfplay.samples_per_question < 2:
-            raise ValueError("selfplay.method dpo pairs a correct sample with a wrong one: it needs "
-                             "selfplay.samples_per_question >= 2")
+        if self.selfplay.method in OWN_ANSWERS and self.selfplay.iterations and self.selfplay.samples_per_question < 2:
+            raise ValueError(f"selfplay.method {self.selfplay.method} trains towards the opponent's right samples: "
+                             "it needs selfplay.samples_per_question >= 2")
         rules = self.selfplay.feedback
         if self.selfplay.method != "exspin" and rules.exspin_only():
             raise ValueError(f"selfplay.feedback.{rules.exspin_only()[0]} is an ExSPIN rule; selfplay.method is "
                              f"{self.selfplay.method}")
-        if self.selfplay.method != "dpo" and rules.dpo_only():
-            raise ValueError(f"selfplay.feedback.{rules.dpo_only()[0]} is a DPO rule; selfplay.method is "
-                             f"{self.selfplay.method}")
+        if self.selfplay.method not in OWN_ANSWERS and rules.own_answers_only():
+            raise ValueError(f"selfplay.feedback.{rules.own_answers_only()[0]} is a DPO and RFT rule; "
+                             f"selfplay.method is {self.selfplay.method}")
         if self.selfplay.replay_ratio > 0 and self.selfplay.train.nll_weight <= 0:
             raise ValueError("selfplay.replay_ratio trains replay rows through the NLL term alone: set "
                              "selfplay.train.nll_weight > 0")

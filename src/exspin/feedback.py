@@ -30,7 +30,11 @@ from exspin.generation import extract_sql
 from exspin.records import LABELS, Example, Generation, Label, Pair
 from exspin.sqltext import normal_form
 
-PairMethod = Literal["exspin", "spin", "dpo"]
+# exspin: the gold against the opponent's wrong answers (the paper); spin: the gold against every answer
+# that differs from it; dpo: the opponent's right samples against its wrong ones; rft: supervised on the
+# opponent's right samples alone (rejection-sampling fine-tuning, the control with no rejected side).
+PairMethod = Literal["exspin", "spin", "dpo", "rft"]
+OWN_ANSWERS = ("dpo", "rft")  # the methods whose chosen side is the opponent's own right answer
 
 
 class NegativeWeights(BaseModel):
@@ -70,10 +74,11 @@ class PairRules(BaseModel):
     # sum over its tokens (so a short answer is favoured), the best of its samples with one normal
     # form. Needs the generation's log-probs (Generator.sample).
     hardest_negative: bool = False
-    # DPO only: pairs a question gives at most, each a distinct wrong answer (the likeliest first under
-    # hardest_negative, else in sampling order) against the question's distinct right answers in turn.
+    # DPO and RFT only: pairs a question gives at most. DPO: each a distinct wrong answer (the likeliest
+    # first under hardest_negative, else in sampling order) against the question's distinct right answers
+    # in turn; RFT: its distinct right answers, one row each.
     pairs_per_question: int = Field(1, ge=1)
-    # DPO only: a question the opponent never answered right gets pairs with the gold as the chosen side
+    # DPO and RFT only: a question the opponent never answered right takes the gold as its chosen side
     # (the paper's signal, where the model has no right answer of its own to prefer).
     gold_when_never_right: bool = False
 
@@ -94,8 +99,9 @@ class PairRules(BaseModel):
         """The rules switched on that only ExSPIN may use (they put right samples on the chosen side)."""
         return self._switched_on("equivalent_positives", "own_chosen")
 
-    def dpo_only(self) -> list[str]:
-        """The rules switched on that only DPO may use."""
+    def own_answers_only(self) -> list[str]:
+        """The rules switched on that only the methods choosing among the opponent's right answers (DPO, RFT)
+        may use."""
         return self._switched_on("pairs_per_question", "gold_when_never_right")
 
     def choosing_among_samples(self) -> list[str]:
@@ -150,8 +156,8 @@ def make_pairs(method: PairMethod, examples: Sequence[Example], prompts: dict[in
     """The preference pairs of one iteration; a pair's `weight` is how many times training repeats it."""
     if method != "exspin" and rules.exspin_only():
         raise ValueError(f"{rules.exspin_only()[0]} is an ExSPIN rule, not a {method} one")
-    if method != "dpo" and rules.dpo_only():
-        raise ValueError(f"{rules.dpo_only()[0]} is a DPO rule, not a {method} one")
+    if method not in OWN_ANSWERS and rules.own_answers_only():
+        raise ValueError(f"{rules.own_answers_only()[0]} is a DPO and RFT rule, not a {method} one")
     by_example: dict[int, list[Generation]] = {}
     for answer in labelled:
         by_example.setdefault(answer.index, []).append(answer)
@@ -166,9 +172,14 @@ def make_pairs(method: PairMethod, examples: Sequence[Example], prompts: dict[in
         gold = normal_form(example.gold_sql)
         # No method rejects the gold's own form, even where it was judged wrong (say a timeout): against
         # a sampled chosen side nothing else would keep it out, and it would use up the hardest negative.
-        if method == "dpo":
+        if method in OWN_ANSWERS:
             chosen = ([("sample", text) for text in correct] if correct
                       else [("gold", gold)] if rules.gold_when_never_right else [])
+            if method == "rft":  # no rejected side: both sides the answer trained towards
+                pairs += [Pair(index=example.index, db_id=example.db_id, prompt=prompts[example.index],
+                               chosen=text, rejected=text, rejected_label="correct", chosen_source=source)
+                          for source, text in chosen[: rules.pairs_per_question]]
+                continue
             rejected = [(text, a) for text, a in unique.items() if text != gold and a.label != "correct"]
         else:
             chosen = [("sample", correct[0])] if rules.own_chosen and correct else [("gold", gold)]
@@ -223,6 +234,8 @@ def no_pairs_reason(method: PairMethod, labelled: Sequence[Generation]) -> str:
         return "no pairs: the opponent got every training question right"
     if method == "dpo":
         return "no pairs: no question had both a correct and a wrong sample"
+    if method == "rft":
+        return "no pairs: no question had a correct sample (selfplay.feedback.gold_when_never_right adds the gold)"
     return ("no pairs: no training answer to push down (none, each had the gold SQL's normal form, "
             "or selfplay.feedback left none)")
 

@@ -52,6 +52,7 @@ from exspin.run_folder import (
 )
 from exspin.sqltext import normal_form
 from exspin.training.launch import optimizer_steps, processes, train
+from exspin.training.settings import SFTSettings, TrainSettings
 
 
 def _compared(config: dict) -> dict:
@@ -444,8 +445,13 @@ def _train_iteration(run: Run, iteration: int, opponent: str, pairs: list[Pair],
             f"{settings.batch_size * settings.gradient_accumulation * processes(run.config.launcher)}): "
             "lower selfplay.train.gradient_accumulation or batch_size")
     # A seed per iteration: an iteration rolled back to an earlier opponent is not an exact repeat.
+    seed = settings.seed + iteration - 1
+    if run.config.selfplay.method == "rft":  # supervised on the chosen side alone, with the SFT trainer
+        records = [SFTExample(prompt=p.prompt, completion=p.chosen) for p in pairs for _ in range(p.weight)]
+        sft = SFTSettings.model_validate(settings.model_dump(include=set(TrainSettings.model_fields)))
+        return train("sft", opponent, records, sft, folder, run.config.launcher, seed=seed)
     return train("selfplay", opponent, [p.for_training() for p in pairs], settings, folder, run.config.launcher,
-                 seed=settings.seed + iteration - 1)
+                 seed=seed)
 
 
 WRONG_SHARE = 1 / 8  # the dry run's guess: the share of the opponent's training answers that are wrong
