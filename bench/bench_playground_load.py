@@ -65,24 +65,30 @@ def load(client, questions: list[tuple[str, str]], n: int, model: str) -> list[d
     """N asks and N SQL-box queries submitted together; each request's kind, seconds and outcome."""
     from exspin.playground.app import NONE
 
-    jobs = []
+    jobs, finished = [], {}
+
+    def submit(what: str, *inputs, api_name: str) -> None:
+        submitted, job = time.perf_counter(), client.submit(*inputs, api_name=api_name)
+        number = len(jobs)
+        # Timed when the answer arrives (a callback), not when this loop gets round to reading it.
+        job.future.add_done_callback(lambda _future: finished.setdefault(number, time.perf_counter()))
+        jobs.append((what, submitted, job))
+
     for i in range(n):
         db, question = questions[i % len(questions)]
-        submitted = time.perf_counter()
-        jobs.append(("ask", submitted, client.submit(db, "", question, "", model, NONE, True, 0, api_name="/ask")))
-        sql = SLOW_SQL if i % 4 == 3 else QUICK_SQL
-        jobs.append(("slow sql" if sql == SLOW_SQL else "sql", time.perf_counter(),
-                     client.submit("concert_singer", "", sql, api_name="/run_sql")))
+        submit("ask", db, "", question, "", model, NONE, True, 0, api_name="/ask")
+        submit("slow sql" if i % 4 == 3 else "sql", "concert_singer", "", SLOW_SQL if i % 4 == 3 else QUICK_SQL,
+               api_name="/run_sql")
     results = []
-    for what, submitted, job in jobs:
+    for number, (what, submitted, job) in enumerate(jobs):
         try:
             answer = job.result(timeout=CLIENT_LIMIT_S)
             # An ask shows its hints first and the model's outcome second; an error takes the first place.
             outcome = answer[1] if what == "ask" and not answer[0].startswith("**error**") else answer[0]
         except Exception as error:  # a refusal by Gradio's own queue, a dropped connection, a timeout
             outcome = f"client: {type(error).__name__}: {error}"
-        results.append({"request": what, "seconds": time.perf_counter() - submitted, "kind": kind(outcome),
-                        "outcome": outcome[:200]})
+        done = finished.get(number, time.perf_counter())
+        results.append({"request": what, "seconds": done - submitted, "kind": kind(outcome), "outcome": outcome[:200]})
     return results
 
 

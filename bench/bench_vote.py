@@ -2,14 +2,15 @@
 
     .venv/bin/python bench/bench_vote.py --run runs/spider_cpu_tuned --stage sft [--limit N] [--temperature 0.8]
 
-One stage's model answers the run's own dev prompts once greedily and once with 16 samples a question
-(generation.vote_samples=16), both with log-probs, keeping every candidate on disk
-(runs/bench-vote/<run>-<stage>/k16/predictions.jsonl). The votes for k = 1, 4 and 8 are taken over
-greedy's answer and the first k of those 16 samples (`score_votes`, as `exspin eval --candidates` does),
-so they share the samples and only k = 16 is timed as generated. A second pass (`--timing`) generates
-greedy plus 8 samples directly, for the wall time of vote@8 against greedy measured side by side in one
-process. Each row's change against greedy has an exact two-sided sign test. Writes
-bench/results/vote_<run>_<stage>.json and .md.
+One stage's model answers the run's own dev prompts in three timed generation calls, each with log-probs:
+greedy, then 8 samples a question (seed s), then 8 more (seed s + 1); every candidate is kept on disk
+(runs/bench-vote/<run>-<stage>/candidates.jsonl, timing.json; a rerun reads them back). The vote for k
+takes greedy's answer and the first k samples (k = 1, 4, 8 from the first call, 16 from both), scored by
+`score_votes` as `exspin predict --samples K` scores them (the vote, then every candidate judged for
+pass@k). Wall time, as a user of `exspin predict` waits: greedy = its generation + judging its answers;
+vote@8 = greedy's generation + the 8-sample call + score_votes over the 9 candidates; vote@16 adds the
+second call. k = 1 and 4 are not timed apart (their samples come from the 8-sample call). Each row's change
+against greedy has an exact two-sided sign test. Writes bench/results/vote_<run>_<stage>.json and .md.
 """
 
 from __future__ import annotations
@@ -19,12 +20,16 @@ import json
 import time
 from pathlib import Path
 
+from exspin.artifacts import read_jsonl, write_json, write_jsonl
 from exspin.config import RunConfig
 from exspin.data import load_split
-from exspin.evaluation.predict import predict_prompts, score_votes
-from exspin.evaluation.prediction_files import read_candidates
+from exspin.evaluation import evaluate
+from exspin.evaluation.predict import score_votes
 from exspin.execution.pool import SqlRunner
+from exspin.execution.vote import candidates_from
 from exspin.generation import load_generator
+from exspin.progress import progress_bar
+from exspin.records import Candidate
 from exspin.run_folder import RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +42,7 @@ def main() -> None:
     parser.add_argument("--stage", default="start", help="start, sft, exspin-1, ...")
     parser.add_argument("--limit", type=int, default=None, help="only the first N dev questions")
     parser.add_argument("--temperature", type=float, default=0.8)
-    parser.add_argument("--timing", action="store_true", help="also time greedy and vote@8 side by side")
+    parser.add_argument("--machine", default="2 CPU cores", help="named in the report")
     args = parser.parse_args()
 
     run = RunFolder(args.run)
@@ -47,56 +52,77 @@ def main() -> None:
     prompts = run.prompts("eval")
     texts = [prompts[e.index] for e in examples]
     split = load_split(config.data.path, config.data.eval_split)
-    out = args.run.parent / "bench-vote" / f"{run.name}-{args.stage}"
-    generation = config.generation.model_copy(update={"vote_samples": max(KS), "vote_temperature": args.temperature})
-    generator = load_generator(model, generation)
+    tag = f"{run.name}_{args.stage}" + (f"_first{args.limit}" if args.limit else "")
+    out = args.run.parent / "bench-vote" / tag
+    generation = config.generation.model_copy(update={"vote_temperature": args.temperature})
     results: dict = {"run": str(run.path), "stage": args.stage, "model": model, "n": len(examples),
                      "temperature": args.temperature, "rows": []}
+    if not (out / "timing.json").is_file():
+        generator = load_generator(model, generation)
+        calls = {"greedy": generation.model_copy(update={"num_samples": 1, "temperature": 0.0})}
+        for number in (0, 1):
+            calls[f"samples{number}"] = generation.model_copy(update={
+                "num_samples": 8, "temperature": args.temperature, "seed": generation.seed + number})
+        drawn, seconds = {}, {}
+        for name, call in calls.items():
+            with progress_bar(len(texts), f"{run.name} {args.stage}: {name}", "prompts") as advance:
+                start = time.perf_counter()
+                drawn[name] = generator.sample(texts, call, lambda n, _tokens, advance=advance: advance(n))
+                seconds[name] = time.perf_counter() - start
+        (greedy, greedy_logprobs), (first, first_logprobs), (second, second_logprobs) = drawn.values()
+        candidates = [candidates_from(generator.tokenizer, g[0], gl[0], [*a, *b], [*al, *bl])
+                      for g, gl, a, al, b, bl in zip(greedy, greedy_logprobs, first, first_logprobs, second,
+                                                     second_logprobs, strict=True)]
+        write_jsonl(out / "candidates.jsonl", ([c.model_dump() for c in options] for options in candidates))
+        write_json(out / "timing.json", {f"{name}_seconds": t for name, t in seconds.items()})
+    candidates = [[Candidate.model_validate(c) for c in options] for options in read_jsonl(out / "candidates.jsonl")]
+    timing = json.loads((out / "timing.json").read_text())
     with SqlRunner(timeout_s=config.execution.timeout_s, max_rows=config.execution.max_rows) as runner:
-        widest = out / f"k{max(KS)}"
-        if not (widest / "vote.json").is_file():
-            predict_prompts(split, examples, texts, widest, runner, generator, generation)
-        timing = json.loads((widest / "generation.json").read_text())
-        questions, candidates = read_candidates(widest / "predictions.jsonl", split)
+        start = time.perf_counter()
+        greedy_result = evaluate(split, {e.index: options[0].sql for e, options in zip(examples, candidates,
+                                                                                       strict=True)}, runner)
+        judging = time.perf_counter() - start
+        voting = {}
         for k in KS:
-            folder = out / f"k{k}"
-            if k != max(KS):
-                score_votes(split, questions, [options[: k + 1] for options in candidates], runner, folder)
-            vote = json.loads((folder / "vote.json").read_text())
+            start = time.perf_counter()
+            score_votes(split, examples, [options[: k + 1] for options in candidates], runner, out / f"k{k}",
+                        generation.model_copy(update={"vote_samples": k}))
+            voting[k] = time.perf_counter() - start
+            vote = json.loads((out / f"k{k}" / "vote.json").read_text())
             results["rows"].append({"k": k, "greedy_ex": vote["greedy_ex"], "vote_ex": vote["vote_ex"],
-                                    "pass_at_k": vote["pass_at_k"], "vote_vs_greedy": vote["vote_vs_greedy"]})
-        results["greedy_seconds"], results["sample16_seconds"] = timing["greedy_seconds"], timing["sample_seconds"]
-        if args.timing:  # greedy, then greedy + 8 samples, one after the other in this process
-            start = time.perf_counter()
-            predict_prompts(split, examples, texts, out / "timing_greedy", runner, generator,
-                            generation.model_copy(update={"vote_samples": 0}))
-            greedy = time.perf_counter() - start
-            start = time.perf_counter()
-            predict_prompts(split, examples, texts, out / "timing_vote8", runner, generator,
-                            generation.model_copy(update={"vote_samples": 8}))
-            voted = time.perf_counter() - start
-            results["timing"] = {"greedy_seconds": greedy, "vote8_seconds": voted, "ratio": voted / greedy,
-                                 "greedy_prompts_per_s": len(examples) / greedy,
-                                 "vote8_prompts_per_s": len(examples) / voted}
-    name = f"vote_{run.name}_{args.stage}"
+                                    "pass_at_k": vote["pass_at_k"], "vote_vs_greedy": vote["vote_vs_greedy"],
+                                    "vote_seconds": voting[k]})
+    greedy_wall = timing["greedy_seconds"] + judging
+    walls = {8: timing["greedy_seconds"] + timing["samples0_seconds"] + voting[8],
+             16: timing["greedy_seconds"] + timing["samples0_seconds"] + timing["samples1_seconds"] + voting[16]}
+    for row in results["rows"]:
+        row["wall_seconds"] = walls.get(row["k"])
+    results["timing"] = {**timing, "greedy_judging_seconds": judging, "greedy_wall_seconds": greedy_wall,
+                         "greedy_ex_check": round(greedy_result.ex, 4),
+                         "vote8_wall_seconds": walls[8], "ratio8": walls[8] / greedy_wall,
+                         "vote16_wall_seconds": walls[16], "ratio16": walls[16] / greedy_wall,
+                         "greedy_prompts_per_s": len(examples) / timing["greedy_seconds"],
+                         "samples_per_s": 8 * len(examples) / timing["samples0_seconds"]}
+    name = f"vote_{tag}"
     path = ROOT / "bench" / "results" / f"{name}.json"
     path.write_text(json.dumps(results, indent=1) + "\n")
+    t = results["timing"]
     lines = [f"# Execution vote on {len(examples)} dev questions: `{run.name}` {args.stage} "
-             f"(T {args.temperature})", "",
-             f"Greedy's answer and the first k of 16 samples a question (sampled once); pass@k: some of the k + 1 "
-             f"candidates is right. Greedy took {results['greedy_seconds'] / 60:.1f} min, the 16 samples "
-             f"{results['sample16_seconds'] / 60:.1f} min.", "",
-             "| k | greedy EX | vote EX | vote - greedy | +/- | p | pass@k |", "|---:|---:|---:|---:|---:|---:|---:|"]
+             f"(T {args.temperature}, {args.machine})", "",
+             "Greedy's answer and the first k samples a question (the 16: two calls of 8 with their own seeds); "
+             "pass@k: some of the k + 1 candidates is right. Wall: what `exspin predict --samples k` costs, "
+             "generation and execution (k = 1 and 4 are not timed apart).", "",
+             "| k | greedy EX | vote EX | vote - greedy | +/- | p | pass@k | wall min | x greedy |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in results["rows"]:
-        change = row["vote_vs_greedy"]
+        change, wall = row["vote_vs_greedy"], row["wall_seconds"]
+        minutes, ratio = ("-", "-") if wall is None else (f"{wall / 60:.1f}", f"{wall / t['greedy_wall_seconds']:.1f}")
         lines.append(f"| {row['k']} | {row['greedy_ex']:.2f} | {row['vote_ex']:.2f} | "
                      f"{row['vote_ex'] - row['greedy_ex']:+.2f} | +{change['gained']}/-{change['lost']} | "
-                     f"{change['p']:.2g} | {row['pass_at_k']:.2f} |")
-    if "timing" in results:
-        t = results["timing"]
-        lines += ["", f"Side by side in one process: greedy {t['greedy_seconds']:.0f} s "
-                  f"({t['greedy_prompts_per_s']:.2f} prompts/s), greedy + 8 samples and the vote "
-                  f"{t['vote8_seconds']:.0f} s ({t['vote8_prompts_per_s']:.2f} prompts/s): {t['ratio']:.1f}x."]
+                     f"{change['p']:.2g} | {row['pass_at_k']:.2f} | {minutes} | {ratio} |")
+    lines += ["", f"Greedy: {t['greedy_wall_seconds'] / 60:.1f} min ({t['greedy_prompts_per_s']:.2f} prompts/s "
+              f"generating); 8 samples a question: {t['samples0_seconds'] / 60:.1f} min "
+              f"({t['samples_per_s']:.2f} samples/s)."]
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

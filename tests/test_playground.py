@@ -194,6 +194,9 @@ def test_admission_bounds_the_waiting_and_the_wait():
     assert len(refused_at_once) == 4 and all(t < 0.3 for t in refused_at_once), results
     with admission.enter():  # free again once the holder left
         pass
+    alone = Admission("sandbox", waiting=0, wait_s=0.1)  # no waiting: a free resource still admits
+    with alone.enter(), pytest.raises(Busy, match="0 requests are waiting"), alone.enter():
+        pass
 
 
 @pytest.mark.xdist_group("tiny_run")

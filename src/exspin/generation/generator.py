@@ -81,14 +81,14 @@ class Generator(ABC):
     def generate(self, prompts: Sequence[str], config: GenerationConfig, progress: Progress | None = None
                  ) -> Completions:
         """For each prompt, its `config.num_samples` completions, in prompt order."""
-        return self._counted(prompts, config, progress, with_logprobs=False)[0]
+        return self._generate_and_tally(prompts, config, progress, with_logprobs=False)[0]
 
     def sample(self, prompts: Sequence[str], config: GenerationConfig, progress: Progress | None = None
                ) -> tuple[Completions, LogProbs]:
         """As `generate`, and each completion's log-prob under the model."""
-        return self._counted(prompts, config, progress, with_logprobs=True)
+        return self._generate_and_tally(prompts, config, progress, with_logprobs=True)
 
-    def _counted(self, prompts, config, progress, with_logprobs):
+    def _generate_and_tally(self, prompts, config, progress, with_logprobs):
         def count(done: int, tokens: int) -> None:
             self.stats.tokens += tokens
             if progress:

@@ -134,9 +134,11 @@ class DrawToken:
     top-p nucleus where top_p < 1, then one uniform draw per row against the cumulative probabilities (the
     inverse CDF), returned as scores whose argmax is the drawn token.
 
-    It draws from the same distribution as transformers' sampling, which calls torch.multinomial; on a CPU
-    that draws an exponential variate for every vocabulary entry (152k for Qwen2.5) of every row, most of a
-    sampling step at 512 rows. The draws use torch's global generator, seeded as before.
+    It draws from the same distribution as transformers' sampling (up to float32 rounding of the cumulative
+    sum), which calls torch.multinomial; on a CPU that draws an exponential variate for every vocabulary entry
+    (152k for Qwen2.5) of every row, most of a sampling step at 512 rows. The draws use torch's global
+    generator, seeded as before. A model whose generation config sets other warpers (min_p, typical_p,
+    epsilon or eta cut-offs) samples by transformers instead (_other_warpers).
     """
 
     def __init__(self, temperature: float, top_p: float = 1.0):
@@ -157,11 +159,17 @@ class DrawToken:
         return torch.full_like(scores, float("-inf")).scatter_(-1, tokens, 0.0)
 
 
+def _other_warpers(generation_config) -> bool:
+    """Whether a model's generation config sets a sampling warper that DrawToken does not apply."""
+    return any(getattr(generation_config, name, None) not in (None, 0.0, 1.0)
+               for name in ("min_p", "typical_p", "epsilon_cutoff", "eta_cutoff"))
+
+
 class TransformersGenerator(Generator):
     """A transformers model and its tokenizer, generating in this process (CPU or GPU)."""
 
-    def __init__(self, model, tokenizer):
-        super().__init__(tokenizer, model_path=getattr(model, "name_or_path", ""))
+    def __init__(self, model, tokenizer, model_path: str | None = None):
+        super().__init__(tokenizer, model_path if model_path is not None else getattr(model, "name_or_path", ""))
         self.model = model
         self._last_prefix: tuple[list[int], object] | None = None  # the previous batch's prefix and its KV cache
 
@@ -306,7 +314,8 @@ class TransformersGenerator(Generator):
             scorer = CompletionLogProbs(skip) if with_logprobs else None
             # Rows already one per sample: our own draw (DrawToken) after the scorer, generate() then picks it
             # as greedy would; rows that generate() itself expands into samples sample there.
-            draw = DrawToken(config.temperature, config.top_p) if sampling and config.num_samples == 1 else None
+            draw = (DrawToken(config.temperature, config.top_p)
+                    if sampling and config.num_samples == 1 and not _other_warpers(model.generation_config) else None)
             hf_sampling = sampling and draw is None
             out = model.generate(
                 input_ids=input_ids,

@@ -1,15 +1,9 @@
-"""`load_generator`: the one place that turns a model's path into a Generator, and which kind it is.
-
-Also the worker process's entry point (``python -m exspin.generation.load REQUEST RESULT FD``, see worker.py),
-so that the worker module never imports this one.
-"""
+"""`load_generator`: the one place that turns a model's path into a Generator, and which kind it is."""
 
 from __future__ import annotations
 
-import sys
-
 from exspin.generation.generator import GenerationConfig, Generator, in_separate_process, use_vllm
-from exspin.generation.worker import WorkerGenerator, answer_request
+from exspin.generation.worker import WorkerGenerator
 
 
 def load_generator(model_path: str, config: GenerationConfig) -> Generator:
@@ -32,8 +26,4 @@ def load_in_process(model_path: str, config: GenerationConfig) -> Generator:
         return VLLMGenerator(load_tokenizer(model_path), model_path)
     from exspin.generation.hf import TransformersGenerator
 
-    return TransformersGenerator(*load_model(model_path))
-
-
-if __name__ == "__main__":
-    answer_request(load_in_process, *sys.argv[1:4])
+    return TransformersGenerator(*load_model(model_path), model_path=model_path)

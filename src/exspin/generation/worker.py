@@ -2,7 +2,7 @@
 
 vLLM keeps the GPU memory it takes (most of the card) until its process ends, and a second engine
 or a training step in the same process then runs out of memory. So where vLLM generates, each
-call runs in a child (``python -m exspin.generation.load REQUEST.json RESULT.json FD``): one engine
+call runs in a child (``python -m exspin.generation.child REQUEST.json RESULT.json FD``): one engine
 for all of the call's prompts, its memory handed back when the child exits. The parent sees progress
 as JSON lines on a pipe of its own.
 """
@@ -39,7 +39,7 @@ class WorkerGenerator(Generator):
                                            "with_logprobs": with_logprobs}))
             # Progress comes on a pipe of its own: the child's stdout and stderr (and the engine's) stay the user's.
             read_end, write_end = os.pipe()
-            child = subprocess.Popen([sys.executable, "-m", "exspin.generation.load", str(request), str(result),
+            child = subprocess.Popen([sys.executable, "-m", "exspin.generation.child", str(request), str(result),
                                       str(write_end)], pass_fds=(write_end,))
             os.close(write_end)
             try:

@@ -40,6 +40,12 @@ class Admission:
 
     @contextmanager
     def enter(self):
+        if self._resource.acquire(blocking=False):  # free: no waiting at all
+            try:
+                yield
+            finally:
+                self._resource.release()
+            return
         with self._count:
             if self._waiters >= self.waiting:
                 raise Busy(f"busy: the {self.name} is in use and {self._waiters} requests are waiting for it; "
@@ -289,8 +295,11 @@ def serve(asker: Asker, models: dict[str, str], run: RunTables | None, host: str
           waiting: int = 16, wait_s: float = 90.0) -> None:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a local tool
     app = build_app(asker, models, run, waiting, wait_s)
-    # Every request reaches its handler at once (no concurrency limit), where Admission bounds the waiting;
-    # Gradio's queue only caps how many it holds.
-    app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=None).launch(server_name=host, server_port=port, ssr_mode=False, show_error=True, quiet=False,
-                       footer_links=[])
+    # Every request reaches its handler at once (no concurrency limit), where Admission bounds the waiting:
+    # enough threads for each resource's user and waiters, and some for the run browser. Gradio's queue
+    # only caps how many requests it holds.
+    threads = 2 * (waiting + 1) + 8
+    app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=None)
+    app.launch(server_name=host, server_port=port, max_threads=threads, ssr_mode=False, show_error=True, quiet=False,
+               footer_links=[])
 
