@@ -29,8 +29,8 @@ def main() -> None:
 
     from exspin.data import load_split
     from exspin.hints import HintsConfig, load_hinter
-    from exspin.hints.evaluate import evaluate_hints
     from exspin.hints.fit import train_on_split
+    from exspin.hints.recall import measure_hints
     from exspin.models import load_tokenizer
 
     dev = load_split(args.data, "dev")
@@ -46,7 +46,7 @@ def main() -> None:
     for k1, k2 in ((6, 10), (3, 5)):
         for name in ([classifier] if classifier else []) + [None]:
             hinter = load_hinter(dev, name, HintsConfig(top_tables=k1, top_columns=k2))
-            results["runs"].append(evaluate_hints(dev, hinter, tokenizer if k1 == 6 else None))
+            results["runs"].append(measure_hints(dev, hinter, tokenizer if k1 == 6 else None))
     out = ROOT / "bench" / "results" / "hints.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     if "classifier_training" in results:

@@ -7,8 +7,8 @@ import pytest
 from exspin.data import load_split
 from exspin.hints import HintsConfig, load_hinter
 from exspin.hints.classifier import LexicalScorer, SchemaClassifier, select_schema_items, train_classifier
-from exspin.hints.evaluate import evaluate_hints, gold_string_literals
 from exspin.hints.labels import used_schema_items
+from exspin.hints.recall import gold_string_literals, measure_hints
 from exspin.hints.schema import read_schema, read_schemas
 from exspin.hints.values import ValueIndex
 from exspin.prompts import PromptConfig, build_prompt, render_schema
@@ -80,7 +80,7 @@ def test_trained_classifier_learns_and_round_trips(dev, tmp_path):
 
 
 def test_hints_eval_reaches_the_targets_on_spider_dev(dev):
-    result = evaluate_hints(dev, load_hinter(dev, None, HintsConfig()))
+    result = measure_hints(dev, load_hinter(dev, None, HintsConfig()))
     assert result["scorer"] == "lexical fallback"
     assert result["table_recall"] >= 0.97 and result["column_recall"] >= 0.93
     assert result["value_recall"] >= 0.85

@@ -229,7 +229,7 @@ def test_answering_cut_short_goes_on_from_its_first_missing_piece(spider_dir, ti
 def test_a_model_scored_before_is_not_generated_for_again(tmp_path):
     from types import SimpleNamespace
 
-    from exspin.pipeline import _evaluate_model
+    from exspin.pipeline import _score_model
     from exspin.run_folder import RunFolder
 
     run = SimpleNamespace(dir=tmp_path, folder=RunFolder(tmp_path, must_exist=False))
@@ -242,7 +242,7 @@ def test_a_model_scored_before_is_not_generated_for_again(tmp_path):
     folder = tmp_path / "04_iter1"
     folder.mkdir()
     # No model is loaded: the opponent handed on unchanged was scored by 03_sft.
-    scores = _evaluate_model(run, "/m/sft", folder)
+    scores = _score_model(run, "/m/sft", folder)
     assert scores == {"validation_ex": 50.0, "eval_ex": 40.0, "mean_completion_chars": 80.0, "tokens_per_s": 9.0,
                       "scored_in": "03_sft"}
     assert (folder / "eval_eval" / "results.json").is_file()
@@ -272,7 +272,7 @@ def test_an_earlier_epoch_kept_by_validation_leaves_its_own_predictions_in_the_s
     text = (Path(__file__).parent / "data" / "tiny_run.yaml").read_text()
     config = tmp_path / "tiny.yaml"
     config.write_text(text.replace("MODEL_DIR", str(tiny_model_dir)).replace("DATA_DIR", str(spider_dir)))
-    scored = pipeline._evaluate_model
+    scored = pipeline._score_model
 
     def favour_epoch_1(run, model_path, folder, which_sets=("validation", "eval")):
         scores = scored(run, model_path, folder, which_sets)
@@ -280,7 +280,7 @@ def test_an_earlier_epoch_kept_by_validation_leaves_its_own_predictions_in_the_s
             scores["validation_ex"] = 101.0  # as if epoch 1 were best on validation
         return scores
 
-    monkeypatch.setattr(pipeline, "_evaluate_model", favour_epoch_1)
+    monkeypatch.setattr(pipeline, "_score_model", favour_epoch_1)
     settings = load_config(config, [f"run_dir={tmp_path / 'run'}", "selfplay.iterations=0", "sft.train.max_steps=-1",
                                     "sft.train.epochs=2", "sft.train.epoch_snapshots=true"])
     pipeline.run_pipeline(settings)

@@ -164,7 +164,7 @@ def hints_eval(
     from exspin.artifacts import write_json
     from exspin.data import load_split
     from exspin.hints import HintsConfig, load_hinter
-    from exspin.hints.evaluate import evaluate_hints
+    from exspin.hints.recall import measure_hints
     from exspin.progress import progress_bar
 
     loaded = load_split(data, split)
@@ -179,7 +179,7 @@ def hints_eval(
         tok = load_tokenizer(tokenizer)
     hinter = load_hinter(loaded, classifier, config)
     with progress_bar(len(loaded.executable), f"hints {loaded.dataset} {split}", "questions") as advance:
-        result = evaluate_hints(loaded, hinter, tok, advance)
+        result = measure_hints(loaded, hinter, tok, advance)
     table = Table(title=f"schema hints on {loaded.dataset} {split} ({result['scorer']}, "
                         f"{top_tables} tables x {top_columns} columns)")
     table.add_column("measure")

@@ -109,7 +109,7 @@ class Run:
 
     def score(self, model_path: str, folder: Path) -> dict:
         """A model's scores on the run's validation and evaluation sets, its predictions kept in folder."""
-        return _evaluate_model(self, model_path, folder)
+        return _score_model(self, model_path, folder)
 
     def source_split(self, which: str) -> Split:
         """The benchmark split a set of the run is drawn from: validation comes from train, like train."""
@@ -200,7 +200,7 @@ def _earlier_evaluation(run: Run, model_path: str) -> Path | None:
     return None
 
 
-def _evaluate_model(run: Run, model_path: str, folder: Path, which_sets: tuple[str, ...] = ("validation", "eval")
+def _score_model(run: Run, model_path: str, folder: Path, which_sets: tuple[str, ...] = ("validation", "eval")
                     ) -> dict:
     """The model's scores on the validation and evaluation sets (or on `which_sets` of them only)."""
     earlier = _earlier_evaluation(run, model_path) if len(which_sets) == 2 else None
@@ -264,7 +264,7 @@ def _sft_stage(run: Run, model_path: str, folder: Path) -> dict:
     records = [SFTExample(prompt=prompts[e.index], completion=normal_form(e.gold_sql)) for e in run.examples("train")]
     write_jsonl(folder / "sft_records.jsonl", (r.model_dump() for r in records))
     model, _ = train("sft", model_path, records, run.config.sft.train, folder, run.config.launcher)
-    summary = {"model": str(model), **_fit(folder), **_evaluate_model(run, str(model), folder)}
+    summary = {"model": str(model), **_fit(folder), **_score_model(run, str(model), folder)}
     if run.config.sft.train.epoch_snapshots and not summary.get("scored_in"):
         summary.update(_pick_epoch(run, model_path, folder, summary))
     return summary
@@ -285,7 +285,7 @@ def _pick_epoch(run: Run, base_model: str, folder: Path, final: dict) -> dict:
         warnings.append(f"only epochs {sorted(snapshots)} of {final_epoch - 1} have snapshots: validation chose "
                         "among those and the last")
     for epoch, model in snapshots.items():
-        validation[epoch] = _evaluate_model(run, str(model), model.parent, ("validation",))["validation_ex"]
+        validation[epoch] = _score_model(run, str(model), model.parent, ("validation",))["validation_ex"]
     best = max(validation, key=lambda epoch: (validation[epoch], epoch == final_epoch))
     picked = {"validation_ex_by_epoch": dict(sorted(validation.items())), "epoch": best, "warnings": warnings}
     if best != final_epoch:
@@ -296,7 +296,7 @@ def _pick_epoch(run: Run, base_model: str, folder: Path, final: dict) -> dict:
             shutil.rmtree(last / f"eval_{which}", ignore_errors=True)
             (folder / f"eval_{which}").rename(last / f"eval_{which}")
         shutil.copytree(kept / "eval_validation", folder / "eval_validation")
-        scores = _evaluate_model(run, str(snapshots[best]), folder, ("eval",))
+        scores = _score_model(run, str(snapshots[best]), folder, ("eval",))
         generation = json.loads((folder / "eval_validation" / "generation.json").read_text())
         picked.update(model=str(snapshots[best]), final_epoch_scores={k: final[k] for k in ("validation_ex", "eval_ex")},
                       validation_ex=validation[best], eval_ex=scores["eval_ex"],
@@ -333,7 +333,7 @@ def _iteration_stage(run: Run, iteration: int, opponent: str, folder: Path, prev
     if not pairs:
         summary.update(model=opponent, note=no_pairs_reason(settings.method, labelled))
         with _clock(seconds, "scoring"):
-            return {**summary, **_evaluate_model(run, opponent, folder)}
+            return {**summary, **_score_model(run, opponent, folder)}
     with _clock(seconds, "training"):  # nothing to do where the model was trained before a cut
         model, steps = _train_iteration(run, iteration, opponent, pairs, folder, summary)
     write_jsonl(folder / "logps.jsonl", reference_logps(steps, settings.train.beta))
@@ -342,7 +342,7 @@ def _iteration_stage(run: Run, iteration: int, opponent: str, folder: Path, prev
     summary.update(model=str(model), **_fit(folder),
                    final_loss=next((r["loss"] for r in reversed(steps) if "loss" in r), None))
     with _clock(seconds, "scoring"):
-        return {**summary, **_evaluate_model(run, str(model), folder)}
+        return {**summary, **_score_model(run, str(model), folder)}
 
 
 @contextlib.contextmanager
@@ -510,7 +510,7 @@ def run_pipeline(config: RunConfig, resume: bool = False, log=print) -> RunSumma
         start_model = resolve_model(config.model)
         stages: dict[str, StageSummary] = {}
         stages["start"] = run.stage(stage_folder_name(2, "start"), lambda folder: {
-            "model": start_model, **_evaluate_model(run, start_model, folder)})
+            "model": start_model, **_score_model(run, start_model, folder)})
         log(f"start: validation EX {stages['start'].validation_ex:.2f}%, eval EX {stages['start'].eval_ex:.2f}%")
         history = [("start", stages["start"].validation_ex)]
         decision = control(history, **config.control.model_dump())

@@ -32,7 +32,7 @@ def _percentile(values: list[int], q: float) -> float:
     return float(ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]) if ordered else 0.0
 
 
-def evaluate_hints(split: Split, hinter: Hinter, tokenizer=None, progress: Progress | None = None) -> dict:
+def measure_hints(split: Split, hinter: Hinter, tokenizer=None, progress: Progress | None = None) -> dict:
     """Recall of kept tables/columns, value recall, prompt tokens with and without filtering."""
     from exspin.prompts import PromptConfig, build_prompt, count_tokens
 
