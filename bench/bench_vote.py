@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="only the first N dev questions")
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--machine", default="2 CPU cores", help="named in the report")
+    parser.add_argument("--max-k", type=int, choices=(8, 16), default=16, help="8: one sampling call, no k = 16 row")
     args = parser.parse_args()
 
     run = RunFolder(args.run)
@@ -52,7 +53,8 @@ def main() -> None:
     prompts = run.prompts("eval")
     texts = [prompts[e.index] for e in examples]
     split = load_split(config.data.path, config.data.eval_split)
-    tag = f"{run.name}_{args.stage}" + (f"_first{args.limit}" if args.limit else "")
+    tag = (f"{run.name}_{args.stage}" + (f"_first{args.limit}" if args.limit else "")
+           + ("" if args.max_k == 16 else f"_k{args.max_k}"))
     out = args.run.parent / "bench-vote" / tag
     generation = config.generation.model_copy(update={"vote_temperature": args.temperature})
     results: dict = {"run": str(run.path), "stage": args.stage, "model": model, "n": len(examples),
@@ -60,7 +62,7 @@ def main() -> None:
     if not (out / "timing.json").is_file():
         generator = load_generator(model, generation)
         calls = {"greedy": generation.model_copy(update={"num_samples": 1, "temperature": 0.0})}
-        for number in (0, 1):
+        for number in range(args.max_k // 8):
             calls[f"samples{number}"] = generation.model_copy(update={
                 "num_samples": 8, "temperature": args.temperature, "seed": generation.seed + number})
         drawn, seconds = {}, {}
@@ -69,10 +71,13 @@ def main() -> None:
                 start = time.perf_counter()
                 drawn[name] = generator.sample(texts, call, lambda n, _tokens, advance=advance: advance(n))
                 seconds[name] = time.perf_counter() - start
-        (greedy, greedy_logprobs), (first, first_logprobs), (second, second_logprobs) = drawn.values()
-        candidates = [candidates_from(generator.tokenizer, g[0], gl[0], [*a, *b], [*al, *bl])
-                      for g, gl, a, al, b, bl in zip(greedy, greedy_logprobs, first, first_logprobs, second,
-                                                     second_logprobs, strict=True)]
+        (greedy, greedy_logprobs), *sampled = drawn.values()
+        candidates = []
+        for i in range(len(texts)):
+            samples = [text for completions, _ in sampled for text in completions[i]]
+            logprobs = [logprob for _, scores in sampled for logprob in scores[i]]
+            candidates.append(candidates_from(generator.tokenizer, greedy[i][0], greedy_logprobs[i][0], samples,
+                                              logprobs))
         write_jsonl(out / "candidates.jsonl", ([c.model_dump() for c in options] for options in candidates))
         write_json(out / "timing.json", {f"{name}_seconds": t for name, t in seconds.items()})
     candidates = [[Candidate.model_validate(c) for c in options] for options in read_jsonl(out / "candidates.jsonl")]
@@ -83,7 +88,7 @@ def main() -> None:
                                                                                        strict=True)}, runner)
         judging = time.perf_counter() - start
         voting = {}
-        for k in KS:
+        for k in [k for k in KS if k < len(candidates[0])]:
             start = time.perf_counter()
             score_votes(split, examples, [options[: k + 1] for options in candidates], runner, out / f"k{k}",
                         generation.model_copy(update={"vote_samples": k}))
@@ -93,14 +98,14 @@ def main() -> None:
                                     "pass_at_k": vote["pass_at_k"], "vote_vs_greedy": vote["vote_vs_greedy"],
                                     "vote_seconds": voting[k]})
     greedy_wall = timing["greedy_seconds"] + judging
-    walls = {8: timing["greedy_seconds"] + timing["samples0_seconds"] + voting[8],
-             16: timing["greedy_seconds"] + timing["samples0_seconds"] + timing["samples1_seconds"] + voting[16]}
+    walls = {8 * calls: timing["greedy_seconds"] + sum(timing[f"samples{n}_seconds"] for n in range(calls)) + voting[8 * calls]
+             for calls in (1, 2) if 8 * calls in voting}
     for row in results["rows"]:
         row["wall_seconds"] = walls.get(row["k"])
     results["timing"] = {**timing, "greedy_judging_seconds": judging, "greedy_wall_seconds": greedy_wall,
                          "greedy_ex_check": round(greedy_result.ex, 4),
-                         "vote8_wall_seconds": walls[8], "ratio8": walls[8] / greedy_wall,
-                         "vote16_wall_seconds": walls[16], "ratio16": walls[16] / greedy_wall,
+                         **{f"vote{k}_wall_seconds": wall for k, wall in walls.items()},
+                         **{f"ratio{k}": wall / greedy_wall for k, wall in walls.items()},
                          "greedy_prompts_per_s": len(examples) / timing["greedy_seconds"],
                          "samples_per_s": 8 * len(examples) / timing["samples0_seconds"]}
     name = f"vote_{tag}"
