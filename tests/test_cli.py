@@ -130,3 +130,31 @@ def test_the_dry_run_loads_neither_torch_nor_transformers(spider_dir, tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "loaded: []" in result.stdout and "exspin-1" in result.stdout
+
+
+def test_calibrate_then_the_dry_run_estimates_each_stages_minutes(spider_dir, tiny_model_dir, tmp_path):
+    import json
+    import os
+
+    text = (Path(__file__).parent / "data" / "tiny_run.yaml").read_text()
+    config = tmp_path / "tiny.yaml"
+    config.write_text(text.replace("MODEL_DIR", str(tiny_model_dir)).replace("DATA_DIR", str(spider_dir)))
+    env = {**os.environ, "EXSPIN_CACHE_DIR": str(tmp_path / "cache")}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "exspin.cli", *map(str, args)], capture_output=True, text=True,
+                              timeout=600, env=env)
+
+    before = cli("run", config, "--dry-run")
+    assert before.returncode == 0 and "no calibration" in before.stdout, before.stderr
+    calibrated = cli("calibrate", config)
+    assert calibrated.returncode == 0 and "calibrated in" in calibrated.stdout, calibrated.stderr
+    [saved] = (tmp_path / "cache" / "calibration").glob("*.json")
+    rates = json.loads(saved.read_text())
+    assert rates["model"] == str(tiny_model_dir) and all(rates[k] > 0 for k in (
+        "greedy_prompts_per_s", "sampled_prompts_per_s", "judged_queries_per_s", "sft_seconds_per_record",
+        "selfplay_seconds_per_pair"))
+    after = cli("run", config, "--dry-run")
+    assert after.returncode == 0 and "minutes from this machine's calibration" in after.stdout, after.stderr
+    rows = [line for line in after.stdout.splitlines() if line.startswith("│ ") and "exspin-1" in line]
+    assert rows and rows[0].rstrip(" │").split("│")[-1].strip().isdigit(), after.stdout  # a number, not "-"

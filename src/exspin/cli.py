@@ -400,23 +400,48 @@ def serve_command(
     serve(asker, models, browsed, host, port, max_waiting, max_wait)
 
 
+@app.command("calibrate")
+def calibrate_command(
+    config: Annotated[Path, typer.Argument(help="Run configuration (YAML) whose model and settings to time.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="Overrides such as model=...")] = None,
+) -> None:
+    """Time this machine briefly (generation, judging, SFT and self-play steps) for `exspin run --dry-run`."""
+    from exspin.calibrate import calibrate, calibration_path
+    from exspin.config import load_config
+
+    settings = load_config(config, overrides or [])
+    calibration = calibrate(settings, log=console.print)
+    console.print(f"calibrated in {calibration.seconds:.0f} s on {calibration.machine}: "
+                  f"{calibration_path(settings.model)}")
+
+
 def _print_plan(settings) -> None:
     from rich.table import Table
 
+    from exspin.calibrate import estimate_minutes, load_calibration
     from exspin.pipeline import MIN_ITERATION_STEPS, plan
 
     stages = plan(settings)
+    calibration = load_calibration(settings.model)
     console.print(f"{stages['train']} train questions, {stages['validation']} validation (from train), "
                   f"{stages['eval']} eval; training in {stages['processes']} process(es); self-play pairs "
                   f"guessed at one per wrong answer, {stages['wrong_share']:.0%} of answers wrong")
-    table = Table("stage", "work", "examples (pairs)", "optimizer steps", "tokens at most", "prompt+answer / max_length")
+    table = Table("stage", "work", "examples (pairs)", "optimizer steps", "tokens at most", "prompt+answer / max_length",
+                  "minutes (est.)")
     for row in stages["stages"]:
         steps = "-" if row["steps"] is None else str(row["steps"])
         if row["steps"] is not None and row["stage"] != "sft" and row["steps"] < MIN_ITERATION_STEPS:
             steps += " (too few)"
+        minutes = f"{estimate_minutes(row, calibration, settings):.0f}" if calibration else "-"
         table.add_row(row["stage"], row["work"], str(row["examples"]), steps, f"{row['tokens_at_most']:,}",
-                      (row["fits"] or "-").replace(" <= ", " / "))
-    Console(width=max(console.width, 110)).print(table)  # one line per stage, even in a log
+                      (row["fits"] or "-").replace(" <= ", " / "), minutes)
+    Console(width=max(console.width, 120)).print(table)  # one line per stage, even in a log
+    if calibration:
+        console.print(f"minutes from this machine's calibration of {calibration.measured} ({calibration.machine}); "
+                      "self-play's from guessed pairs")
+    else:
+        console.print(f"no calibration of {settings.model} on this machine: `exspin calibrate CONFIG` times it "
+                      "(a few minutes) and the plan then estimates each stage's minutes")
 
 
 def main() -> None:

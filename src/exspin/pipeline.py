@@ -473,15 +473,19 @@ def plan(config: RunConfig) -> dict:
 
     def scoring(name: str) -> dict:
         return {"stage": name, "work": "score", "examples": validation + n_eval,
-                "steps": None, "tokens_at_most": (validation + n_eval) * answer, "fits": None}
+                "steps": None, "tokens_at_most": (validation + n_eval) * answer, "fits": None,
+                "kind": "score", "scored": validation + n_eval, "answered": 0, "trained_rows": 0}
 
     stages = [scoring("start")]
     if config.sft.enabled:
         settings = config.sft.train
+        snapshots = math.ceil(settings.epochs) - 1 if settings.epoch_snapshots else 0  # each scored on validation
         stages.append({"stage": "sft", "work": "train, score", "examples": n_train,
                        "steps": optimizer_steps(n_train, settings, processes_per_training),
                        "tokens_at_most": int(n_train * settings.epochs * answer),
-                       "fits": f"{answer} <= {settings.max_length}"})
+                       "fits": f"{answer} <= {settings.max_length}", "kind": "sft",
+                       "scored": validation + n_eval + snapshots * validation, "answered": 0,
+                       "trained_rows": int(n_train * settings.epochs)})
     selfplay = config.selfplay
     answers = n_train * selfplay.samples_per_question
     pairs = math.ceil(answers * WRONG_SHARE)
@@ -494,7 +498,8 @@ def plan(config: RunConfig) -> dict:
                        "steps": optimizer_steps(trained, settings, processes_per_training),
                        "tokens_at_most": answers * answer
                        + int(trained * settings.epochs * (answer + config.generation.max_new_tokens)),
-                       "fits": f"{answer} <= {settings.max_length}"})
+                       "fits": f"{answer} <= {settings.max_length}", "kind": "selfplay",
+                       "scored": validation + n_eval, "answered": n_train, "trained_rows": int(trained * settings.epochs)})
     return {"processes": processes_per_training, "wrong_share": WRONG_SHARE, "train": n_train, "validation": validation,
             "eval": n_eval, "stages": stages}
 

@@ -1,0 +1,186 @@
+"""`exspin calibrate CONFIG`: measure this machine briefly with a run config's model and settings, so that
+`exspin run CONFIG --dry-run` can say how many minutes each stage will take, without loading a model.
+
+It times, on a few of the config's own questions: greedy generation (prompts/s, dev prompts in one batch
+of the config's size), sampling (prompts/s at self-play's samples a question), judging by execution
+(queries/s), SFT (seconds a record, over a few optimizer steps after a warm-up one) and self-play training
+(seconds a pair, reference log-probs included). The prompts are the config's, without hints (their
+values add a line; building the hinter would dominate a short calibration). The timings are kept per
+model and machine in the user cache (calibration/*.json); a plan names the calibration it used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import random
+import tempfile
+import time
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from exspin.paths import cache_dir
+
+GREEDY_PROMPTS = 64
+SAMPLED_PROMPTS = 16
+TRAINING_STEPS = 4  # timed, after one warm-up step
+
+
+class Calibration(BaseModel):
+    """This machine's measured rates with one model and its settings."""
+
+    model: str
+    machine: str
+    measured: str  # when
+    greedy_prompts_per_s: float
+    samples_per_question: int
+    sampled_prompts_per_s: float
+    judged_queries_per_s: float
+    sft_seconds_per_record: float
+    selfplay_seconds_per_pair: float
+    seconds: float  # the calibration's own wall time
+
+
+def machine() -> str:
+    """The processor and the cores this process may use: what the timings depend on."""
+    name = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        name = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                     if line.startswith("model name")), name)
+    return f"{name}, {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} cores"
+
+
+def calibration_path(model: str) -> Path:
+    key = hashlib.sha256(f"{model}|{machine()}".encode()).hexdigest()[:16]
+    return cache_dir() / "calibration" / f"{key}.json"
+
+
+def load_calibration(model: str) -> Calibration | None:
+    """This machine's calibration with `model`, if one was measured."""
+    path = calibration_path(model)
+    return Calibration.model_validate_json(path.read_text()) if path.is_file() else None
+
+
+def calibrate(config, log=print) -> Calibration:
+    """Measure, write and return this machine's calibration for the config's model and settings."""
+    from transformers import TrainerCallback
+
+    from exspin.data import load_split
+    from exspin.evaluation import evaluate
+    from exspin.execution.pool import GoldCache, SqlRunner
+    from exspin.generation import extract_sql, load_generator
+    from exspin.hints.schema import SchemaBook
+    from exspin.models import resolve_model
+    from exspin.prompts import build_prompts
+    from exspin.records import PreferencePair, SFTExample
+    from exspin.sqltext import normal_form
+    from exspin.training.selfplay import build_selfplay_trainer
+    from exspin.training.sft import build_sft_trainer
+
+    began = time.perf_counter()
+    model = resolve_model(config.model)
+    dev = load_split(config.data.path, config.data.eval_split)
+    train = load_split(config.data.path, config.data.train_split)
+    generator = load_generator(model, config.generation)
+    questions = dev.executable[:GREEDY_PROMPTS]
+    prompts = build_prompts(questions, SchemaBook(dev), generator.tokenizer, config.prompt)
+    greedy_config = config.generation.model_copy(update={"num_samples": 1, "temperature": 0.0})
+    generator.generate(prompts[:2], greedy_config.model_copy(update={"max_new_tokens": 2}))  # warm-up
+    start = time.perf_counter()
+    answers = generator.generate(prompts, greedy_config)
+    greedy = len(prompts) / (time.perf_counter() - start)
+    log(f"greedy: {greedy:.2f} prompts/s")
+    k = max(config.selfplay.samples_per_question, 2)
+    start = time.perf_counter()
+    generator.sample(prompts[:SAMPLED_PROMPTS], config.generation.model_copy(
+        update={"num_samples": k, "temperature": config.selfplay.temperature}))
+    sampled = SAMPLED_PROMPTS / (time.perf_counter() - start)
+    log(f"{k} samples a question: {sampled:.2f} prompts/s")
+    tokenizer = generator.tokenizer
+    del generator
+    with SqlRunner(workers=config.execution.workers or None, timeout_s=config.execution.timeout_s,
+                   max_rows=config.execution.max_rows, cache=GoldCache(cache_dir() / "gold_results.sqlite")) as runner:
+        start = time.perf_counter()
+        evaluate(dev, {e.index: extract_sql(a[0]) for e, a in zip(questions, answers, strict=True)}, runner)
+        judged = len(questions) / (time.perf_counter() - start)
+    log(f"judging: {judged:.1f} queries/s")
+
+    # Training inputs as a run feeds them: a few databases' questions, batches sharing their schema.
+    by_db: dict[str, list] = {}
+    for example in train.executable:
+        by_db.setdefault(example.db_id, []).append(example)
+    batch = config.sft.train.batch_size * config.sft.train.gradient_accumulation
+    wanted = batch * (TRAINING_STEPS + 1)
+    chosen, databases = [], sorted(by_db)
+    random.Random(0).shuffle(databases)
+    for db_id in databases:
+        chosen += by_db[db_id][: config.data.per_database or 12]
+        if len(chosen) >= wanted:
+            break
+    chosen = chosen[:wanted]
+    train_prompts = build_prompts(chosen, SchemaBook(train), tokenizer, config.prompt)
+    records = [SFTExample(prompt=p, completion=normal_form(e.gold_sql)) for e, p in zip(chosen, train_prompts, strict=True)]
+
+    class StepTimes(TrainerCallback):
+        def __init__(self):
+            self.stamps = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.stamps.append(time.perf_counter())
+
+    with tempfile.TemporaryDirectory(prefix="exspin-calibrate-") as out:
+        settings = config.sft.train.model_copy(update={"max_steps": TRAINING_STEPS + 1, "save_every_steps": None,
+                                                        "epoch_snapshots": False, "report_to": []})
+        trainer, _ = build_sft_trainer(model, records, settings, Path(out) / "sft")
+        times = StepTimes()
+        trainer.add_callback(times)
+        trainer.train()
+        sft = (times.stamps[-1] - times.stamps[0]) / (TRAINING_STEPS * batch)  # after the warm-up step
+        del trainer
+        log(f"SFT: {sft:.2f} s a record")
+        # Pairs of realistic length: the gold against another question's gold on the same database.
+        pairs = []
+        for i, (example, prompt) in enumerate(zip(chosen, train_prompts, strict=True)):
+            other = next((o for o in chosen[i + 1:] + chosen[:i] if o.db_id == example.db_id), example)
+            pairs.append(PreferencePair(prompt=prompt, chosen=normal_form(example.gold_sql),
+                                        rejected=normal_form(other.gold_sql)))
+        play = config.selfplay.train
+        pairs = pairs[: play.batch_size * play.gradient_accumulation * TRAINING_STEPS]
+        settings = play.model_copy(update={"max_steps": -1, "epochs": 1, "save_every_steps": None, "report_to": []})
+        start = time.perf_counter()
+        trainer, _, _ = build_selfplay_trainer(model, pairs, settings, Path(out) / "selfplay")  # reference included
+        trainer.train()
+        selfplay = (time.perf_counter() - start) / len(pairs)
+        del trainer
+        log(f"self-play: {selfplay:.2f} s a pair")
+    calibration = Calibration(model=config.model, machine=machine(), measured=time.strftime("%Y-%m-%d %H:%M"),
+                              greedy_prompts_per_s=greedy, samples_per_question=k, sampled_prompts_per_s=sampled,
+                              judged_queries_per_s=judged, sft_seconds_per_record=sft,
+                              selfplay_seconds_per_pair=selfplay, seconds=time.perf_counter() - began)
+    path = calibration_path(config.model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(calibration.model_dump(), indent=1))
+    return calibration
+
+
+def estimate_minutes(stage: dict, calibration: Calibration, config) -> float:
+    """A planned stage's minutes (plan()'s row): scoring, answering, judging and training at the measured rates."""
+    scored = stage["scored"]
+    seconds = scored / calibration.greedy_prompts_per_s + scored / calibration.judged_queries_per_s
+    if stage["kind"] == "sft":
+        seconds += stage["trained_rows"] * calibration.sft_seconds_per_record
+    elif stage["kind"] == "selfplay":
+        k = config.selfplay.samples_per_question
+        answers = stage["answered"]
+        # Sampling scales with k about linearly past the shared prefill: the measured k, rescaled.
+        seconds += (answers / calibration.greedy_prompts_per_s if k == 1 else
+                    answers / calibration.sampled_prompts_per_s * k / calibration.samples_per_question)
+        seconds += answers * k / calibration.judged_queries_per_s
+        trainer = calibration.sft_seconds_per_record if config.selfplay.method == "rft" else \
+            calibration.selfplay_seconds_per_pair
+        seconds += stage["trained_rows"] * trainer
+    return seconds / 60
