@@ -158,3 +158,21 @@ def test_calibrate_then_the_dry_run_estimates_each_stages_minutes(spider_dir, ti
     assert after.returncode == 0 and "minutes from this machine's calibration" in after.stdout, after.stderr
     rows = [line for line in after.stdout.splitlines() if line.startswith("│ ") and "exspin-1" in line]
     assert rows and rows[0].rstrip(" │").split("│")[-1].strip().isdigit(), after.stdout  # a number, not "-"
+
+
+def test_compare_two_scored_folders_with_a_sign_test(tmp_path):
+    import json
+
+    def scored(name: str, right: list[int]) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        examples = [{"index": i, "db_id": "d", "ex": int(i in right), "outcome": "ok"} for i in range(12)]
+        (folder / "results.json").write_text(json.dumps({"examples": examples}))
+        return folder
+
+    before, after = scored("before", [0, 1]), scored("after", list(range(1, 12)))
+    result = run_cli("compare", before, after)
+    assert result.returncode == 0, result.stderr
+    assert "12 questions both judged: EX 16.67 -> 91.67; +10/-1" in result.stdout.replace("\n", " ")
+    assert "p = 0.0117" in result.stdout.replace("\n", " ")  # 11 changed, 10 one way: 2 * P(X <= 1 | n = 11)
+    assert_one_line_error(run_cli("compare", before, tmp_path / "absent"), "no results.json")

@@ -400,6 +400,36 @@ def serve_command(
     serve(asker, models, browsed, host, port, max_waiting, max_wait)
 
 
+@app.command("compare")
+def compare_command(
+    before: Annotated[str, typer.Argument(help="RUN:STAGE (e.g. runs/x:sft), or a folder with results.json.")],
+    after: Annotated[str, typer.Argument(help="The same, for the model compared with the first.")],
+    scored: Annotated[str, typer.Option("--set", help="For RUN:STAGE: the scored set, eval or validation.")]
+    = "eval",
+) -> None:
+    """Two models' verdicts on the same questions: each EX, questions gained and lost, exact sign test."""
+    from exspin.evaluation.stats import paired_change
+    from exspin.run_folder import RunFolder, read_verdicts
+
+    def verdicts(where: str):
+        run, colon, stage = where.rpartition(":")
+        if colon and not Path(where).is_dir():
+            return read_verdicts(RunFolder(run).scored_dir(stage, scored))
+        return read_verdicts(Path(where))
+
+    first, second = verdicts(before), verdicts(after)
+    change = paired_change(first, second)
+    if not change.n:
+        raise UserError("the two share no judged question: compare predictions on the same split")
+
+    def ex(verdicts) -> str:
+        common = {v.index for v in second} & {v.index for v in first}
+        return f"{100.0 * sum(v.ex for v in verdicts if v.index in common) / len(common):.2f}"
+
+    console.print(f"{change.n} questions both judged: EX {ex(first)} -> {ex(second)}; "
+                  f"+{change.gained}/-{change.lost}, exact two-sided sign test p = {change.p:.3g}")
+
+
 @app.command("calibrate")
 def calibrate_command(
     config: Annotated[Path, typer.Argument(help="Run configuration (YAML) whose model and settings to time.")],
