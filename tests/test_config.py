@@ -139,3 +139,14 @@ def test_a_launch_on_one_machine_takes_a_free_port_unless_its_config_names_one(t
     for own in ("main_process_port: 29600", "num_machines: 2", "rdzv_backend: c10d"):
         accelerate.write_text(f"num_processes: 2\n{own}\n")
         assert port_arguments(LauncherSettings(accelerate_config=accelerate)) == [], own
+
+
+def test_rft_refuses_the_rules_of_a_rejected_side(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("selfplay:\n  method: rft\n  samples_per_question: 4\n")
+    with pytest.raises(UserError, match="feedback.hardest_negative is for pairs with a rejected side"):
+        load_config(path, ["selfplay.feedback.hardest_negative=true"])
+    with pytest.raises(UserError, match="feedback.negatives is for pairs"):
+        load_config(path, ["selfplay.feedback.negatives.timeout=0"])
+    with pytest.raises(UserError, match="replay_ratio is for pairs"):
+        load_config(path, ["selfplay.replay_ratio=0.5"])

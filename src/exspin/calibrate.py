@@ -4,9 +4,12 @@
 It times, on a few of the config's own questions: greedy generation (prompts/s, dev prompts in one batch
 of the config's size), sampling (prompts/s at self-play's samples a question), judging by execution
 (queries/s), SFT (seconds a record, over a few optimizer steps after a warm-up one) and self-play training
-(seconds a pair, reference log-probs included). The prompts are the config's, without hints (their
-values add a line; building the hinter would dominate a short calibration). The timings are kept per
-model and machine in the user cache (calibration/*.json); a plan names the calibration it used.
+(seconds a pair for its steps, and apart for its reference log-probs), each training after a warm-up step
+and in one process (a launched run's training is estimated as that divided by its processes). The prompts
+are the config's, without hints (their values add a line; building the hinter would dominate a short
+calibration). Where vLLM generates, each call starts an engine, and that start is counted in: the plan
+is then pessimistic. The timings are kept per model, machine and the settings they depend on in the user
+cache (calibration/*.json); a plan names the calibration it used.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class Calibration(BaseModel):
     judged_queries_per_s: float
     sft_seconds_per_record: float
     selfplay_seconds_per_pair: float
+    reference_seconds_per_pair: float  # the reference log-probs, computed once before self-play's steps
     seconds: float  # the calibration's own wall time
 
 
@@ -54,14 +58,19 @@ def machine() -> str:
     return f"{name}, {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} cores"
 
 
-def calibration_path(model: str) -> Path:
-    key = hashlib.sha256(f"{model}|{machine()}".encode()).hexdigest()[:16]
+def calibration_path(config) -> Path:
+    """Where this machine's calibration with the config's model and the settings the rates depend on is kept."""
+    timed = {"model": config.model, "machine": machine(), "prompt": config.prompt.model_dump(mode="json"),
+             "generation": config.generation.model_dump(mode="json"),
+             "sft": config.sft.train.model_dump(mode="json"), "selfplay": config.selfplay.train.model_dump(mode="json"),
+             "samples": [config.selfplay.samples_per_question, config.selfplay.temperature]}
+    key = hashlib.sha256(json.dumps(timed, sort_keys=True).encode()).hexdigest()[:16]
     return cache_dir() / "calibration" / f"{key}.json"
 
 
-def load_calibration(model: str) -> Calibration | None:
-    """This machine's calibration with `model`, if one was measured."""
-    path = calibration_path(model)
+def load_calibration(config) -> Calibration | None:
+    """This machine's calibration with the config's model and settings, if one was measured."""
+    path = calibration_path(config)
     return Calibration.model_validate_json(path.read_text()) if path.is_file() else None
 
 
@@ -98,7 +107,7 @@ def calibrate(config, log=print) -> Calibration:
     start = time.perf_counter()
     generator.sample(prompts[:SAMPLED_PROMPTS], config.generation.model_copy(
         update={"num_samples": k, "temperature": config.selfplay.temperature}))
-    sampled = SAMPLED_PROMPTS / (time.perf_counter() - start)
+    sampled = len(prompts[:SAMPLED_PROMPTS]) / (time.perf_counter() - start)
     log(f"{k} samples a question: {sampled:.2f} prompts/s")
     tokenizer = generator.tokenizer
     del generator
@@ -135,7 +144,9 @@ def calibrate(config, log=print) -> Calibration:
     with tempfile.TemporaryDirectory(prefix="exspin-calibrate-") as out:
         settings = config.sft.train.model_copy(update={"max_steps": TRAINING_STEPS + 1, "save_every_steps": None,
                                                         "epoch_snapshots": False, "report_to": []})
+        start = time.perf_counter()
         trainer, _ = build_sft_trainer(model, records, settings, Path(out) / "sft")
+        loading = time.perf_counter() - start  # the model, the adapter and the dataset: no training yet
         times = StepTimes()
         trainer.add_callback(times)
         trainer.train()
@@ -149,30 +160,43 @@ def calibrate(config, log=print) -> Calibration:
             pairs.append(PreferencePair(prompt=prompt, chosen=normal_form(example.gold_sql),
                                         rejected=normal_form(other.gold_sql)))
         play = config.selfplay.train
-        pairs = pairs[: play.batch_size * play.gradient_accumulation * TRAINING_STEPS]
-        settings = play.model_copy(update={"max_steps": -1, "epochs": 1, "save_every_steps": None, "report_to": []})
+        per_step = play.batch_size * play.gradient_accumulation
+        pairs = pairs[: per_step * (TRAINING_STEPS + 1)]
+        settings = play.model_copy(update={"max_steps": TRAINING_STEPS + 1, "save_every_steps": None, "report_to": []})
         start = time.perf_counter()
-        trainer, _, _ = build_selfplay_trainer(model, pairs, settings, Path(out) / "selfplay")  # reference included
-        trainer.train()
-        selfplay = (time.perf_counter() - start) / len(pairs)
+        trainer, _, _ = build_selfplay_trainer(model, pairs, settings, Path(out) / "selfplay")
+        times = StepTimes()
+        trainer.add_callback(times)
+        trainer.train()  # the reference log-probs are computed first, where precomputed, then the steps
+        steps = times.stamps[-1] - times.stamps[0]
+        selfplay = steps / (TRAINING_STEPS * per_step)
+        # What is left of the wall time, less loading as SFT's took it and the warm-up step: the reference pass.
+        warm_up = times.stamps[1] - times.stamps[0] if len(times.stamps) > 1 else 0.0
+        reference = max(0.0, (times.stamps[-1] - start) - steps - loading - warm_up) / len(pairs)
         del trainer
-        log(f"self-play: {selfplay:.2f} s a pair")
+        log(f"self-play: {selfplay:.2f} s a pair, and {reference:.2f} s a pair for its reference log-probs")
     calibration = Calibration(model=config.model, machine=machine(), measured=time.strftime("%Y-%m-%d %H:%M"),
                               greedy_prompts_per_s=greedy, samples_per_question=k, sampled_prompts_per_s=sampled,
                               judged_queries_per_s=judged, sft_seconds_per_record=sft,
-                              selfplay_seconds_per_pair=selfplay, seconds=time.perf_counter() - began)
-    path = calibration_path(config.model)
+                              selfplay_seconds_per_pair=selfplay, reference_seconds_per_pair=reference,
+                              seconds=time.perf_counter() - began)
+    path = calibration_path(config)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(calibration.model_dump(), indent=1))
     return calibration
 
 
-def estimate_minutes(stage: dict, calibration: Calibration, config) -> float:
-    """A planned stage's minutes (plan()'s row): scoring, answering, judging and training at the measured rates."""
+def estimate_minutes(stage: dict, calibration: Calibration, config, processes: int = 1) -> float:
+    """A planned stage's minutes (plan()'s row): scoring, answering, judging and training at the measured rates,
+    training spread over `processes`."""
     scored = stage["scored"]
     seconds = scored / calibration.greedy_prompts_per_s + scored / calibration.judged_queries_per_s
+    votes = config.generation.vote_samples
+    if votes:  # scored by vote: the samples too, and every candidate run
+        seconds += scored / calibration.sampled_prompts_per_s * votes / calibration.samples_per_question
+        seconds += scored * votes / calibration.judged_queries_per_s
     if stage["kind"] == "sft":
-        seconds += stage["trained_rows"] * calibration.sft_seconds_per_record
+        seconds += stage["trained_rows"] * calibration.sft_seconds_per_record / processes
     elif stage["kind"] == "selfplay":
         k = config.selfplay.samples_per_question
         answers = stage["answered"]
@@ -180,7 +204,10 @@ def estimate_minutes(stage: dict, calibration: Calibration, config) -> float:
         seconds += (answers / calibration.greedy_prompts_per_s if k == 1 else
                     answers / calibration.sampled_prompts_per_s * k / calibration.samples_per_question)
         seconds += answers * k / calibration.judged_queries_per_s
-        trainer = calibration.sft_seconds_per_record if config.selfplay.method == "rft" else \
-            calibration.selfplay_seconds_per_pair
-        seconds += stage["trained_rows"] * trainer
+        if config.selfplay.method == "rft":
+            seconds += stage["trained_rows"] * calibration.sft_seconds_per_record / processes
+        else:  # the reference pass once per pair, the steps once per trained row
+            pairs = stage["trained_rows"] / max(config.selfplay.train.epochs, 1e-9)
+            seconds += (pairs * calibration.reference_seconds_per_pair
+                        + stage["trained_rows"] * calibration.selfplay_seconds_per_pair) / processes
     return seconds / 60

@@ -404,27 +404,31 @@ def serve_command(
 def compare_command(
     before: Annotated[str, typer.Argument(help="RUN:STAGE (e.g. runs/x:sft), or a folder with results.json.")],
     after: Annotated[str, typer.Argument(help="The same, for the model compared with the first.")],
-    scored: Annotated[str, typer.Option("--set", help="For RUN:STAGE: the scored set, eval or validation.")]
+    which_set: Annotated[str, typer.Option("--set", help="For RUN:STAGE: the scored set, eval or validation.")]
     = "eval",
 ) -> None:
     """Two models' verdicts on the same questions: each EX, questions gained and lost, exact sign test."""
     from exspin.evaluation.stats import paired_change
     from exspin.run_folder import RunFolder, read_verdicts
 
-    def verdicts(where: str):
+    def read(where: str):
         run, colon, stage = where.rpartition(":")
         if colon and not Path(where).is_dir():
-            return read_verdicts(RunFolder(run).scored_dir(stage, scored))
+            return read_verdicts(RunFolder(run).scored_dir(stage, which_set))
         return read_verdicts(Path(where))
 
-    first, second = verdicts(before), verdicts(after)
+    first, second = read(before), read(after)
+    databases = {v.index: v.db_id for v in first}
+    if any(databases.get(v.index, v.db_id) != v.db_id for v in second):
+        raise UserError("the two judged other questions under the same index (another split or set?): "
+                        "compare predictions on the same questions")
     change = paired_change(first, second)
     if not change.n:
         raise UserError("the two share no judged question: compare predictions on the same split")
+    common = databases.keys() & {v.index for v in second}
 
-    def ex(verdicts) -> str:
-        common = {v.index for v in second} & {v.index for v in first}
-        return f"{100.0 * sum(v.ex for v in verdicts if v.index in common) / len(common):.2f}"
+    def ex(judged) -> str:
+        return f"{100.0 * sum(v.ex for v in judged if v.index in common) / len(common):.2f}"
 
     console.print(f"{change.n} questions both judged: EX {ex(first)} -> {ex(second)}; "
                   f"+{change.gained}/-{change.lost}, exact two-sided sign test p = {change.p:.3g}")
@@ -441,8 +445,7 @@ def calibrate_command(
 
     settings = load_config(config, overrides or [])
     calibration = calibrate(settings, log=console.print)
-    console.print(f"calibrated in {calibration.seconds:.0f} s on {calibration.machine}: "
-                  f"{calibration_path(settings.model)}")
+    console.print(f"calibrated in {calibration.seconds:.0f} s on {calibration.machine}: {calibration_path(settings)}")
 
 
 def _print_plan(settings) -> None:
@@ -452,7 +455,7 @@ def _print_plan(settings) -> None:
     from exspin.pipeline import MIN_ITERATION_STEPS, plan
 
     stages = plan(settings)
-    calibration = load_calibration(settings.model)
+    calibration = load_calibration(settings)
     console.print(f"{stages['train']} train questions, {stages['validation']} validation (from train), "
                   f"{stages['eval']} eval; training in {stages['processes']} process(es); self-play pairs "
                   f"guessed at one per wrong answer, {stages['wrong_share']:.0%} of answers wrong")
@@ -462,7 +465,7 @@ def _print_plan(settings) -> None:
         steps = "-" if row["steps"] is None else str(row["steps"])
         if row["steps"] is not None and row["stage"] != "sft" and row["steps"] < MIN_ITERATION_STEPS:
             steps += " (too few)"
-        minutes = f"{estimate_minutes(row, calibration, settings):.0f}" if calibration else "-"
+        minutes = f"{estimate_minutes(row, calibration, settings, stages['processes']):.0f}" if calibration else "-"
         table.add_row(row["stage"], row["work"], str(row["examples"]), steps, f"{row['tokens_at_most']:,}",
                       (row["fits"] or "-").replace(" <= ", " / "), minutes)
     Console(width=max(console.width, 120)).print(table)  # one line per stage, even in a log

@@ -104,7 +104,12 @@ class RunConfig(_Section):
         if self.selfplay.method not in OWN_ANSWERS and rules.own_answers_only():
             raise ValueError(f"selfplay.feedback.{rules.own_answers_only()[0]} is a DPO and RFT rule; "
                              f"selfplay.method is {self.selfplay.method}")
-        if self.selfplay.replay_ratio > 0 and self.selfplay.train.nll_weight <= 0:
+        if self.selfplay.method == "rft":
+            unused = [f"feedback.{rule}" for rule in rules.rejected_side_rules()]
+            unused += ["replay_ratio"] if self.selfplay.replay_ratio else []
+            if unused:
+                raise ValueError(f"selfplay.{unused[0]} is for pairs with a rejected side, which rft trains without")
+        elif self.selfplay.replay_ratio > 0 and self.selfplay.train.nll_weight <= 0:
             raise ValueError("selfplay.replay_ratio trains replay rows through the NLL term alone: set "
                              "selfplay.train.nll_weight > 0")
         if not any(rules.negatives.model_dump().values()):

@@ -95,6 +95,10 @@ class PairRules(BaseModel):
         """Those of the named rules set away from their default."""
         return [name for name in names if getattr(self, name) != type(self).model_fields[name].default]
 
+    def rejected_side_rules(self) -> list[str]:
+        """The rules switched on that weigh or pick the rejected answers (nothing for RFT, which has none)."""
+        return self._switched_on("negatives", "hardest_negative")
+
     def exspin_only(self) -> list[str]:
         """The rules switched on that only ExSPIN may use (they put right samples on the chosen side)."""
         return self._switched_on("equivalent_positives", "own_chosen")

@@ -52,7 +52,7 @@ from exspin.run_folder import (
 )
 from exspin.sqltext import normal_form
 from exspin.training.launch import optimizer_steps, processes, train
-from exspin.training.settings import SFTSettings, TrainSettings
+from exspin.training.settings import SFTSettings
 
 
 def _compared(config: dict) -> dict:
@@ -326,7 +326,8 @@ def _iteration_stage(run: Run, iteration: int, opponent: str, folder: Path, prev
     pairs = _pair(run, labelled, folder, previous_pairs)
     preferences = [p for p in pairs if not p.replay]
     summary = {"opponent": opponent, "labels": count_labels(labelled), "pairs": len(preferences),
-               "pairs_by_label": count_pair_labels(preferences),
+               # RFT's rows have no rejected side to count by label
+               "pairs_by_label": None if settings.method == "rft" else count_pair_labels(preferences),
                "chosen_from_samples": sum(p.chosen_source == "sample" for p in preferences),
                "replay_rows": len(pairs) - len(preferences),
                "training_rows": sum(p.weight for p in pairs), "warnings": [], "part_seconds": seconds}
@@ -448,8 +449,8 @@ def _train_iteration(run: Run, iteration: int, opponent: str, pairs: list[Pair],
     seed = settings.seed + iteration - 1
     if run.config.selfplay.method == "rft":  # supervised on the chosen side alone, with the SFT trainer
         records = [SFTExample(prompt=p.prompt, completion=p.chosen) for p in pairs for _ in range(p.weight)]
-        sft = SFTSettings.model_validate(settings.model_dump(include=set(TrainSettings.model_fields)))
-        return train("sft", opponent, records, sft, folder, run.config.launcher, seed=seed)
+        return train("sft", opponent, records, SFTSettings.from_train(settings), folder, run.config.launcher,
+                     seed=seed)
     return train("selfplay", opponent, [p.for_training() for p in pairs], settings, folder, run.config.launcher,
                  seed=seed)
 
@@ -489,6 +490,9 @@ def plan(config: RunConfig) -> dict:
     selfplay = config.selfplay
     answers = n_train * selfplay.samples_per_question
     pairs = math.ceil(answers * WRONG_SHARE)
+    if selfplay.method == "rft":  # rows of right answers, at most pairs_per_question a question
+        pairs = math.ceil(n_train * (1 - WRONG_SHARE)) * selfplay.feedback.pairs_per_question
+    sides = 1 if selfplay.method == "rft" else 2  # a pair trains two answers, an RFT row one
     for iteration in range(1, selfplay.iterations + 1):
         trained = pairs * (2 if selfplay.mix_previous_pairs and iteration > 1 else 1)  # and the previous one's
         trained += round(selfplay.replay_ratio * trained)  # replay rows
@@ -497,7 +501,7 @@ def plan(config: RunConfig) -> dict:
                        "work": f"answer {answers}, train, score", "examples": trained,
                        "steps": optimizer_steps(trained, settings, processes_per_training),
                        "tokens_at_most": answers * answer
-                       + int(trained * settings.epochs * (answer + config.generation.max_new_tokens)),
+                       + int(trained * settings.epochs * (answer + (sides - 1) * config.generation.max_new_tokens)),
                        "fits": f"{answer} <= {settings.max_length}", "kind": "selfplay",
                        "scored": validation + n_eval, "answered": n_train, "trained_rows": int(trained * settings.epochs)})
     return {"processes": processes_per_training, "wrong_share": WRONG_SHARE, "train": n_train, "validation": validation,

@@ -13,7 +13,6 @@ from rich.progress import (
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 
 
@@ -28,10 +27,10 @@ def progress_bar(total: int, description: str, unit: str = "it") -> Iterator[Cal
         TaskProgressColumn(),
         TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
-        TimeRemainingColumn(),
+        TextColumn("{task.fields[left]}"),  # from our own rate: rich's counts items read back after a cut
     )
     with Progress(*columns, transient=False) as progress:
-        task = progress.add_task(description, total=total, rate="")
+        task = progress.add_task(description, total=total, rate="", left="")
         # Written to a log rather than a terminal, a bar shows only at the end: print a line instead
         # every tenth of the way, and at least once a minute.
         in_log, start = not progress.console.is_terminal, time.monotonic()
@@ -45,7 +44,9 @@ def progress_bar(total: int, description: str, unit: str = "it") -> Iterator[Cal
             done, now = progress.tasks[task].completed, time.monotonic()
             rate = (done - last["resumed"]) / (now - start) if now > start else 0.0
             if rate:
-                progress.update(task, rate=f"{rate:,.2f} {unit}/s")
+                seconds_left = int((total - done) / rate)
+                progress.update(task, rate=f"{rate:,.2f} {unit}/s",
+                                left=f"{seconds_left // 3600}:{seconds_left // 60 % 60:02d}:{seconds_left % 60:02d} left")
             if in_log and (done - last["done"] >= total / 10 or now - last["time"] >= 60) and done < total:
                 last.update(done=done, time=now)
                 left = f", about {(total - done) / rate / 60:.0f} min left" if rate else ""

@@ -51,6 +51,9 @@ def _plot_logps(run_dir: Path, path: Path) -> bool:
                       label=key.replace("_", " ") if offset == 0 else None)
         offset += len(rows)
         axis.axvline(offset - 0.5, color="grey", linewidth=0.5)
+    if not offset:  # e.g. RFT: no preference loss, no log-probs logged
+        plt.close(figure)
+        return False
     axis.set_xlabel("training step (all iterations)")
     axis.set_ylabel("summed log-prob of the SQL")
     axis.set_title("gold (chosen) and opponent (rejected) log-probs")

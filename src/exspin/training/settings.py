@@ -58,6 +58,11 @@ class SFTSettings(TrainSettings):
     # the number of epochs from one training (the run's SFT stage scores each). LoRA, one process.
     epoch_snapshots: bool = False
 
+    @classmethod
+    def from_train(cls, settings: TrainSettings) -> SFTSettings:
+        """SFT with another trainer's optimisation settings (self-play's, for RFT), SFT's own at their defaults."""
+        return cls.model_validate(settings.model_dump(include=set(TrainSettings.model_fields)))
+
 
 class SelfPlaySettings(TrainSettings):
     learning_rate: float = Field(5e-6, gt=0.0)
