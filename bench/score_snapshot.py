@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/score_snapshot.py RUN_DIR EPOCH OUT_DIR
 
-Merges RUN_DIR/03_sft/epochs/EPOCH/adapter into the start model (OUT_DIR/model), generates greedily for the
+Merges the SFT stage's epoch-EPOCH adapter into the start model (OUT_DIR/model), generates greedily for the
 run's own validation and dev prompts, judges them, and compares with the run's start verdicts (exact sign
 tests): OUT_DIR/summary.json. Predictions already in OUT_DIR are judged again rather than generated.
 """
