@@ -18,6 +18,7 @@ from pathlib import Path
 
 from bench_methods import reward_trend
 
+from exspin.config import RunConfig
 from exspin.evaluation.stats import paired_change
 from exspin.run_folder import RunFolder
 
@@ -38,6 +39,12 @@ def changed_settings(base: dict, arm: dict, prefix: str = "") -> list[str]:
     return found
 
 
+def resolved(run: RunFolder) -> dict:
+    """A run's settings with those added to exspin since it ran at their defaults, so that only real
+    differences between two runs show."""
+    return RunConfig.model_validate(run.config()).model_dump(mode="json")
+
+
 def arm_rows(base: RunFolder, arm: RunFolder) -> list[dict]:
     rows = []
     for stage in arm.stage_names():
@@ -45,7 +52,7 @@ def arm_rows(base: RunFolder, arm: RunFolder) -> list[dict]:
             continue
         summary = arm.summary(stage)
         rows.append({
-            "arm": arm.name, "stage": stage, "settings": changed_settings(base.config(), arm.config()),
+            "arm": arm.name, "stage": stage, "settings": changed_settings(resolved(base), resolved(arm)),
             "dev_ex": summary.eval_ex, "validation_ex": summary.validation_ex,
             "dev_vs_sft": paired_change(base.verdicts("sft", "eval"), arm.verdicts(stage, "eval")).to_json(),
             "validation_vs_sft": paired_change(base.verdicts("sft", "validation"),
