@@ -22,16 +22,12 @@ import sys
 import time
 from pathlib import Path
 
+from exspin.training.launch import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 SLOW_SQL = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
 QUICK_SQL = "SELECT Name, Country FROM singer ORDER BY Age DESC LIMIT 3"
 CLIENT_LIMIT_S = 600  # no request is waited on longer than this
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(args, port: int, log: Path) -> subprocess.Popen:

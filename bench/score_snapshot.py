@@ -17,10 +17,9 @@ from exspin.data import load_split
 from exspin.evaluation import evaluate, read_predictions, write_results
 from exspin.evaluation.predict import PromptSet, predict_sets
 from exspin.evaluation.stats import paired_change
-from exspin.execution.pool import GoldCache, SqlRunner
+from exspin.execution.pool import run_runner
 from exspin.generation import load_generator
 from exspin.models import default_dtype, load_tokenizer, merge_lora, resolve_model, save_model
-from exspin.paths import cache_dir
 from exspin.progress import progress_bar
 from exspin.run_folder import RunFolder
 
@@ -38,9 +37,7 @@ def main():
     generator = load_generator(str(model), config.generation)
     results = []
     start = time.perf_counter()
-    execution = config.execution  # as the run judged its own stages
-    with SqlRunner(workers=execution.workers or None, timeout_s=execution.timeout_s, max_rows=execution.max_rows,
-                   cache=GoldCache(cache_dir() / "gold_results.sqlite")) as runner:
+    with run_runner(config.execution) as runner:  # as the run judged its own stages
         for which in ("validation", "eval"):
             examples, prompts = run.examples(which), run.prompts(which)
             split = load_split(config.data.path, config.data.eval_split if which == "eval" else config.data.train_split)

@@ -80,7 +80,7 @@ def calibrate(config, log=print) -> Calibration:
 
     from exspin.data import load_split
     from exspin.evaluation import evaluate
-    from exspin.execution.pool import GoldCache, SqlRunner
+    from exspin.execution.pool import run_runner
     from exspin.generation import extract_sql, load_generator
     from exspin.hints.schema import SchemaBook
     from exspin.models import resolve_model
@@ -111,8 +111,7 @@ def calibrate(config, log=print) -> Calibration:
     log(f"{k} samples a question: {sampled:.2f} prompts/s")
     tokenizer = generator.tokenizer
     del generator
-    with SqlRunner(workers=config.execution.workers or None, timeout_s=config.execution.timeout_s,
-                   max_rows=config.execution.max_rows, cache=GoldCache(cache_dir() / "gold_results.sqlite")) as runner:
+    with run_runner(config.execution) as runner:
         start = time.perf_counter()
         evaluate(dev, {e.index: extract_sql(a[0]) for e, a in zip(questions, answers, strict=True)}, runner)
         judged = len(questions) / (time.perf_counter() - start)

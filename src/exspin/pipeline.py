@@ -23,7 +23,7 @@ from exspin.data import Split, load_split
 from exspin.data.carve import carve
 from exspin.errors import UserError
 from exspin.evaluation.predict import PromptSet, predict_sets
-from exspin.execution.pool import GoldCache, SqlRunner
+from exspin.execution.pool import run_runner
 from exspin.feedback import (
     count_labels,
     count_pair_labels,
@@ -35,7 +35,6 @@ from exspin.feedback import (
 from exspin.generation import GenerationConfig, load_generator
 from exspin.guards import chosen_logp_warning, control, length_drift_warning, reference_logps
 from exspin.hints.schema import SchemaBook
-from exspin.paths import cache_dir
 from exspin.progress import progress_bar
 from exspin.prompts import build_prompts
 from exspin.records import Example, Generation, Pair, SFTExample
@@ -90,8 +89,7 @@ class Run:
                                 "with its own config.json, or choose another run_dir")
         write_json(saved_path, resolved)
         self.splits: dict[str, Split] = {}
-        self.runner = SqlRunner(workers=config.execution.workers or None, timeout_s=config.execution.timeout_s,
-                                max_rows=config.execution.max_rows, cache=GoldCache(cache_dir() / "gold_results.sqlite"))
+        self.runner = run_runner(config.execution)
 
     def save_manifest(self) -> None:
         write_json(self.dir / "manifest.json", self.manifest)

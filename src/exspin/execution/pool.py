@@ -261,3 +261,12 @@ class SqlRunner:
             fresh = {k: j.gold for k, j in zip(keys, judgements, strict=True) if k not in cached}
             self.cache.put_many(fresh)
         return judgements
+
+
+def run_runner(settings) -> SqlRunner:
+    """The runner a run judges with: its execution settings (config.ExecutionSettings) and the gold results
+    cached on disk for every run (gold queries are judged once per machine, not once per run)."""
+    from exspin.paths import cache_dir
+
+    return SqlRunner(workers=settings.workers or None, timeout_s=settings.timeout_s, max_rows=settings.max_rows,
+                     cache=GoldCache(cache_dir() / "gold_results.sqlite"))
