@@ -2,14 +2,17 @@
 
     .venv/bin/python bench/bench_training.py [--records 32] [--pairs 16] [--arms ...] [--pool N]
 
-1. The machine's bf16 matmul peak (2048 x 2048, all threads).
+1. The machine's bf16 and fp32 matmul peaks (2048 x 2048, all threads), and the model's own forward-only
+   throughput (4 x 420 tokens, no LM head, the dtype runs train in here): each exspin arm's seconds per
+   item are set against a bound of 2 forward passes per trained token (3 for self-play, with its reference).
 2. SFT on the same records: trl's SFTTrainer as exspin ran it before (gradient checkpointing, LM
    head over every position) against the completion-only head without checkpointing.
 3. Self-play on the same pairs: trl's DPOTrainer as before (two rows per pair, reference forward on
    every step, checkpointing) against one forward per pair, reference log-probs precomputed once,
    completion-only head, no checkpointing.
 
-Each arm runs in its own process (peak RSS is per process), in bf16 on the default model, and
+Each arm runs in its own process (peak RSS is per process), on the default model (trl's arms in the
+dtype their name says, exspin's in the one a run picks on this machine: bf16 where it is fast), and
 reports tokens/s, pairs/s (records/s), achieved GFLOP/s and MFU against the measured peak, and
 peak memory. Wall time includes the reference precompute where there is one. The FLOPs counted
 are the useful work, the same for both paths of one stage: 2 x 358 M non-embedding parameters
@@ -53,19 +56,19 @@ ARMS = {  # today's path ran in bf16 wherever oneDNN reported bf16 support; "_fp
     "sft_trl_fp32": ("sft", {**TRL_SFT, "bf16": False}),
     # Without checkpointing, activations of 4 x ~1k-token rows in float32 do not fit in 24 GiB: the
     # same 4 examples per optimizer step, one at a time (gradient accumulation).
-    "sft_exspin": ("sft", {"gradient_checkpointing": False, "completion_head_only": True, "bf16": False,
+    "sft_exspin": ("sft", {"gradient_checkpointing": False, "completion_head_only": True, "bf16": None,
                            "batch_size": 1, "gradient_accumulation": 4}),
     "selfplay_trl_bf16": ("selfplay", {**TRL_SELFPLAY, "bf16": True}),
     "selfplay_trl_fp32": ("selfplay", {**TRL_SELFPLAY, "bf16": False}),
     "selfplay_exspin": ("selfplay", {"gradient_checkpointing": False, "shared_prompt": True,
-                                     "precompute_reference": True, "bf16": False, "batch_size": 1,
+                                     "precompute_reference": True, "bf16": None, "batch_size": 1,
                                      "gradient_accumulation": 4}),
     # The same, 4 examples in one micro-batch ordered by prompt: one database's examples share a row
     # and its schema is computed once (training/forward.py). Measured with --pool (a run's training set).
-    "sft_exspin_shared": ("sft", {"gradient_checkpointing": False, "completion_head_only": True, "bf16": False,
+    "sft_exspin_shared": ("sft", {"gradient_checkpointing": False, "completion_head_only": True, "bf16": None,
                                   "batch_size": 4, "gradient_accumulation": 1, "group_by_prompt": True}),
     "selfplay_exspin_shared": ("selfplay", {"gradient_checkpointing": False, "shared_prompt": True,
-                                            "precompute_reference": True, "bf16": False, "batch_size": 4,
+                                            "precompute_reference": True, "bf16": None, "batch_size": 4,
                                             "gradient_accumulation": 1, "group_by_prompt": True}),
 }
 
@@ -126,6 +129,33 @@ def make_inputs(data: Path, n_records: int, n_pairs: int, pool_size: int = 0) ->
     return records[:n_records], pairs
 
 
+FORWARD_BATCH, FORWARD_LENGTH = 4, 420
+FORWARD_PASSES = {"sft": 2, "selfplay": 3}  # forward-equivalents per token: LoRA fwd+bwd 2, the reference 1  # a micro-batch about the size of a run's
+
+
+def forward_only(out: Path) -> None:
+    """The model's own forward-only throughput (no LM head, no grad) in the dtype runs train in here:
+    the unit of the bounds. 4 rows of 420 tokens, after a warm-up pass."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from exspin.models import DEFAULT_MODEL, default_dtype, resolve_model
+
+    dtype = default_dtype()
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(DEFAULT_MODEL), dtype=dtype)
+    decoder = getattr(model, model.base_model_prefix)
+    ids = torch.randint(0, model.config.vocab_size, (FORWARD_BATCH, FORWARD_LENGTH))
+    with torch.no_grad():
+        decoder(input_ids=ids, use_cache=False)
+        runs = 3
+        start = time.perf_counter()
+        for _ in range(runs):
+            decoder(input_ids=ids, use_cache=False)
+        seconds = time.perf_counter() - start
+    out.write_text(json.dumps({"dtype": str(dtype).removeprefix("torch."),
+                               "tokens_per_s": runs * ids.numel() / seconds}))
+
+
 def run_arm(name: str, inputs_path: Path, steps: int, batch: int, out: Path) -> None:
     """One arm in this process: train `steps` steps, then write its measurements to out."""
     import tempfile
@@ -181,7 +211,7 @@ def run_arm(name: str, inputs_path: Path, steps: int, batch: int, out: Path) -> 
         seconds += sum(reference_seconds)
     peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     out.write_text(json.dumps({"arm": name, "kind": kind, "items": len(items), "steps": steps, "batch": batch,
-                               "seconds": seconds, "tokens": tokens, "flops": flops,
+                               "dtype": "bfloat16" if trainer.args.bf16 else "float32", "seconds": seconds, "tokens": tokens, "flops": flops,
                                "mean_prompt_tokens": sum(prompt_tokens) / len(items),
                                "mean_completion_tokens": sum(completion_tokens) / len(items),
                                "peak_rss_gib": peak_rss_gib}))
@@ -200,11 +230,14 @@ def main() -> None:
                         help="arms to (re)run; the others are read back from runs/bench-training/ if measured")
     parser.add_argument("--bf16-steps", type=int, default=1, help="steps for the (slow) bf16 arms")
     parser.add_argument("--selfplay-steps", type=int, default=0, help="cap on self-play steps (0: all pairs)")
-    parser.add_argument("--one", choices=list(ARMS), help=argparse.SUPPRESS)  # internal: run one arm here
+    parser.add_argument("--one", choices=[*ARMS, "forward"], help=argparse.SUPPRESS)  # internal: run one arm here
     parser.add_argument("--inputs", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one == "forward":
+        forward_only(args.out)
+        return
     if args.one:
         run_arm(args.one, args.inputs, args.steps, args.batch, args.out)
         return
@@ -224,18 +257,28 @@ def main() -> None:
     previous = results_dir / f"training{suffix}.json"
     if not args.arms and previous.is_file():  # only re-reporting: keep the peaks measured with the arms
         peaks = json.loads(previous.read_text())["peak_gflops"]
+        forward = json.loads(previous.read_text())["forward_only"]
     else:
         peaks = {dtype: matmul_peak(dtype) for dtype in ("bfloat16", "float32")}
-    print(f"matmul peak: bf16 {peaks['bfloat16']:.0f} GFLOP/s, fp32 {peaks['float32']:.0f} GFLOP/s", flush=True)
-    report: dict = {"peak_gflops": peaks, "arms": {}}
+        subprocess.run([sys.executable, __file__, "--one", "forward", "--out", str(work / "forward.json")], check=True)
+        forward = json.loads((work / "forward.json").read_text())
+    print(f"matmul peak: bf16 {peaks['bfloat16']:.0f} GFLOP/s, fp32 {peaks['float32']:.0f} GFLOP/s; "
+          f"forward only ({forward['dtype']}, {FORWARD_BATCH} x {FORWARD_LENGTH} tokens, no LM head): "
+          f"{forward['tokens_per_s']:.0f} tokens/s", flush=True)
+    report: dict = {"peak_gflops": peaks, "forward_only": forward, "arms": {}}
 
     def measured(name: str, arm: dict) -> dict:
         arm["measured_at"] = time.strftime("%Y-%m-%d %H:%M", time.localtime((work / f"{name}.json").stat().st_mtime))
         arm["tokens_per_s"] = arm["tokens"] / arm["seconds"]
         arm["items_per_s"] = arm["items"] / arm["seconds"]
         arm["gflops"] = arm["flops"] / arm["seconds"] / 1e9
-        arm["dtype"] = "bfloat16" if ARMS[name][1]["bf16"] else "float32"
+        arm.setdefault("dtype", "bfloat16" if ARMS[name][1]["bf16"] else "float32")
         arm["mfu"] = arm["gflops"] / peaks[arm["dtype"]]
+        # The bound: LoRA training costs about 2 forward passes per trained token, the reference 1 more.
+        passes = FORWARD_PASSES[arm["kind"]]
+        arm["bound_seconds_per_item"] = passes * arm["tokens"] / arm["items"] / forward["tokens_per_s"]
+        arm["seconds_per_item"] = arm["seconds"] / arm["items"]
+        arm["of_bound"] = arm["bound_seconds_per_item"] / arm["seconds_per_item"]
         return arm
 
     for name in ARMS:  # arms not rerun this time but measured on the same inputs before
@@ -262,10 +305,15 @@ def main() -> None:
     report["arms"] = arms
     lines = [f"# Training throughput (default model, 2 cores; matmul peak bf16 {peaks['bfloat16']:.0f}, "
              f"fp32 {peaks['float32']:.0f} GFLOP/s)", "",
-             "| arm | dtype | items | items/s | tokens/s | GFLOP/s | MFU (own dtype's peak) | peak RSS GiB | seconds | "
-             "finished |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+             f"Forward only ({forward['dtype']}, no LM head): {forward['tokens_per_s']:.0f} tokens/s, measured in this "
+             "invocation. The bound is the forward-only time of the item's tokens (a pair's prompt once) times "
+             f"{FORWARD_PASSES['sft']} for SFT and {FORWARD_PASSES['selfplay']} for self-play (LoRA forward and "
+             "backward, and the reference).", "",
+             "| arm | dtype | items | s/item | bound s/item | of bound | tokens/s | GFLOP/s | MFU (own dtype's peak) | "
+             "peak RSS GiB | seconds | finished |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for name, a in arms.items():
-        lines.append(f"| {name} | {a['dtype']} | {a['items']} | {a['items_per_s']:.3f} | {a['tokens_per_s']:.0f} | "
+        lines.append(f"| {name} | {a['dtype']} | {a['items']} | {a['seconds_per_item']:.2f} | "
+                     f"{a['bound_seconds_per_item']:.2f} | {a['of_bound']:.0%} | {a['tokens_per_s']:.0f} | "
                      f"{a['gflops']:.0f} | {a['mfu']:.0%} | {a['peak_rss_gib']:.1f} | {a['seconds']:.0f} | "
                      f"{a['measured_at']} |")
     lines.append("")

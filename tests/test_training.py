@@ -764,3 +764,42 @@ def test_training_reports_to_tensorboard_when_asked(tiny_model_dir, tmp_path):
     train_sft(str(tiny_model_dir), records, settings, tmp_path / "sft")
     events = list((tmp_path / "sft" / "trainer" / "runs").rglob("events.out.tfevents.*"))
     assert events and all(e.stat().st_size > 0 for e in events)
+
+
+def test_cpu_dropout_draws_a_seeded_bernoulli_mask_and_its_gradient():
+    from exspin.training.dropout import CPUDropout
+
+    dropout = CPUDropout(0.05)
+    x = torch.ones(400, 1000, requires_grad=True)
+    torch.manual_seed(3)
+    y = dropout(x)
+    dropped = y == 0
+    assert abs(dropped.float().mean().item() - 0.05) < 0.003  # 400,000 draws: 5 sigma is 0.0017
+    assert torch.allclose(y[~dropped], torch.full_like(y[~dropped], 1 / 0.95))
+    y.sum().backward()
+    assert torch.equal(x.grad == 0, dropped)  # the gradient flows through kept elements only, scaled
+    torch.manual_seed(3)
+    assert torch.equal(dropout(x), y)  # a seed fixes the mask
+    assert not torch.equal(dropout(x), y)  # and the next draw differs
+    dropout.eval()
+    assert dropout(x) is x
+
+
+def test_lora_dropout_uses_cpu_masks(tiny_model_dir, tmp_path):
+    """SFT's LoRA dropout draws CPU masks; self-play trains without dropout (trl's disable_dropout)."""
+    from exspin.training.common import LoraSettings
+    from exspin.training.dropout import CPUDropout
+    from exspin.training.selfplay import SelfPlaySettings, build_selfplay_trainer
+    from exspin.training.sft import SFTSettings, build_sft_trainer
+
+    lora = LoraSettings(r=4, alpha=8, dropout=0.1)
+    prompt = "<|im_start|>user\nHow many?<|im_end|>\n<|im_start|>assistant\n"
+    sft, _ = build_sft_trainer(str(tiny_model_dir), [{"prompt": prompt, "completion": "SELECT count(*) FROM t"}],
+                               SFTSettings(bf16=False, lora=lora), tmp_path / "sft")
+    dropouts = [m for m in sft.model.modules() if isinstance(m, CPUDropout)]
+    assert dropouts and all(d.p == 0.1 for d in dropouts)
+    selfplay, _, _ = build_selfplay_trainer(str(tiny_model_dir), [{"prompt": prompt, "chosen": "SELECT 2",
+                                                                  "rejected": "SELECT 1"}],
+                                            SelfPlaySettings(bf16=False, lora=lora), tmp_path / "selfplay")
+    for trainer in (sft, selfplay):
+        assert not any(type(m) is torch.nn.Dropout and m.p > 0 for m in trainer.model.modules())

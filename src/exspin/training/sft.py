@@ -116,6 +116,7 @@ def build_sft_trainer(model_path: str, records: Sequence[SFTExample | dict], set
     from trl import SFTConfig, SFTTrainer
 
     from exspin.models import takes_4d_mask
+    from exspin.training.dropout import use_cpu_dropout
 
     if not settings.completion_head_only:  # trl's stock trainer cannot switch checkpointing per step
         settings = settings.model_copy(update={"checkpoint_over_tokens": None})
@@ -129,6 +130,7 @@ def build_sft_trainer(model_path: str, records: Sequence[SFTExample | dict], set
     trainer_class = sft_trainer_class() if settings.completion_head_only else SFTTrainer
     trainer = trainer_class(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                             peft_config=lora_config(settings), callbacks=[StepLog(output_dir / "train_log.jsonl")])
+    use_cpu_dropout(trainer.model)
     if settings.epoch_snapshots:
         trainer.add_callback(EpochSnapshots(output_dir))
     if settings.completion_head_only:
