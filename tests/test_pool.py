@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from exspin.data import load_split
 from exspin.execution.pool import GoldCache, JudgeTask, SqlRunner
 
@@ -118,3 +120,25 @@ def test_a_result_past_the_byte_budget_is_cut_and_a_worker_past_its_memory_fails
         # Out of memory inside SQLite (a runtime error), or in the worker around it (crashed).
         assert small[0].outcome in ("runtime_error", "crashed") and "memory" in small[0].message, small[0]
         assert all(e.ok and e.rows == small[1].rows for e in small[1:])
+
+
+def _judge_or_raise(chunk, timeout_s, max_rows):
+    """_judge_chunk, except that a prediction reading RAISE raises (a bug one odd query triggers)."""
+    from exspin.execution.pool import _judge_chunk
+
+    if any(task.pred_sql == "RAISE" for task in chunk):
+        raise RecursionError("maximum recursion depth exceeded")
+    return _judge_chunk(chunk, timeout_s, max_rows)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_item_that_raises_is_recorded_and_its_neighbours_are_judged(spider_dir, workers):
+    tasks = _tasks(spider_dir)[:80]
+    expected = [j.match for j in SqlRunner(workers=1).judge_many(tasks)]
+    tasks[5] = JudgeTask(tasks[5].db_path, tasks[5].gold_sql, "RAISE", "spider")
+    with SqlRunner(workers=workers) as runner:
+        judged = runner._map(_judge_or_raise, tasks, None, runner._crashed_judgement)
+        assert runner.crashes == 1
+    assert [j.match for j in judged[:5] + judged[6:]] == expected[:5] + expected[6:]
+    assert judged[5].pred.outcome == "crashed" and "RecursionError" in judged[5].pred.message
+    assert not judged[5].match and judged[5].gold.ok

@@ -27,6 +27,10 @@ from exspin.records import Execution, Judgement
 CRASHED = Execution("crashed", message="the query failed its execution worker, alone, twice (killed it, or "
                                        "ran it out of memory outside SQLite)")
 
+
+def _raised(error: Exception) -> str:
+    return f"judging it raised {type(error).__name__}: {error}"[:300]
+
 # The address space each execution worker may add to what it has mapped at its start: SQLite's heap
 # (1 GiB), one result's rows (256 MB of values, more as Python objects) and the interpreter fit; a
 # query past it fails as "out of memory" in its worker instead of the kernel killing a process. Two
@@ -161,17 +165,22 @@ class SqlRunner:
             self._pool = None
 
     def _map(self, function: Callable, items: Sequence, progress: Callable[[int], None] | None,
-             crashed: Callable[[object], object]) -> list:
+             crashed: Callable[[object, str], object]) -> list:
         """Apply a chunk function to items, keeping their order and reporting progress.
 
         A worker that dies (the kernel's OOM killer, a crash inside SQLite) breaks the pool and every
         chunk in it. The pool is then rebuilt and the unfinished chunks are sent again; a chunk that
         breaks it a second time is run item by item, each alone, so one bad query cannot sink its
-        neighbours, and an item that kills its worker alone gets `crashed(item)` as its result."""
+        neighbours, and an item that kills its worker alone gets `crashed(item, message)` as its result.
+        An exception from a chunk (a bug that one odd query triggers) is handled the same way, so a long
+        stage records that one item as crashed, with the exception in its message, instead of ending."""
         if self.workers <= 1 or len(items) < MIN_TASKS_FOR_POOL:
             results = []
             for chunk in _chunks(items, 16):
-                results.extend(function(chunk, self.timeout_s, self.max_rows))
+                try:
+                    results.extend(function(chunk, self.timeout_s, self.max_rows))
+                except Exception:  # noqa: BLE001 - one item raised: find it, record it, judge the rest
+                    results.extend(self._in_process(function, item, crashed) for item in chunk)
                 if progress:
                     progress(len(chunk))
             return results
@@ -198,6 +207,8 @@ class SqlRunner:
                         continue
                     except MemoryError:  # e.g. sending the results back under the worker's cap: retried, then alone
                         continue
+                    except Exception:  # raised for one of its items, most likely: retried, then alone
+                        continue
                     if progress:
                         progress(len(done[i]))
         for i, part in enumerate(done):
@@ -214,17 +225,28 @@ class SqlRunner:
                                              initargs=(self.worker_memory_bytes,))
         return self._pool
 
-    def _alone(self, function: Callable, item: object, crashed: Callable[[object], object]) -> object:
-        """One item in a pool of its own making: its result, or crashed(item) where it kills the worker."""
+    def _alone(self, function: Callable, item: object, crashed: Callable[[object, str], object]) -> object:
+        """One item in a pool of its own making: its result, or crashed(item, why) where it kills the worker
+        or raises."""
         try:
             return self._executor().submit(function, [item], self.timeout_s, self.max_rows).result()[0]
         except BrokenProcessPool:  # (from submit too: a pool that broke since)
             self._discard_pool()
             self.crashes += 1
-            return crashed(item)
+            return crashed(item, CRASHED.message)
         except MemoryError:  # the item alone ran its worker out of memory outside SQLite
             self.crashes += 1
-            return crashed(item)
+            return crashed(item, CRASHED.message)
+        except Exception as error:  # noqa: BLE001 - recorded with the item, not lost with the stage
+            self.crashes += 1
+            return crashed(item, _raised(error))
+
+    def _in_process(self, function: Callable, item: object, crashed: Callable[[object, str], object]) -> object:
+        try:
+            return function([item], self.timeout_s, self.max_rows)[0]
+        except Exception as error:  # noqa: BLE001 - recorded with the item, not lost with the stage
+            self.crashes += 1
+            return crashed(item, _raised(error))
 
     def _discard_pool(self) -> None:
         if self._pool is not None:
@@ -235,14 +257,15 @@ class SqlRunner:
         self, queries: Sequence[tuple[str, str]], progress: Callable[[int], None] | None = None
     ) -> list[Execution]:
         """Execute (db_path, sql) pairs as written, without normalisation."""
-        return self._map(_execute_chunk, list(queries), progress, lambda _query: CRASHED)
+        return self._map(_execute_chunk, list(queries), progress, _crashed_execution)
 
-    def _crashed_judgement(self, task: JudgeTask) -> Judgement:
-        """A judgement whose task killed its worker: the gold runs alone to tell which query did. A crashed
-        prediction is wrong; a crashed gold leaves the question unjudged (as any gold that fails)."""
+    def _crashed_judgement(self, task: JudgeTask, message: str) -> Judgement:
+        """A judgement whose task killed its worker (or raised): the gold runs alone to tell which query did.
+        A crashed prediction is wrong; a crashed gold leaves the question unjudged (as any gold that fails)."""
         gold = task.gold or self._alone(_execute_chunk, (task.db_path, normalize(task.gold_sql, task.semantics)),
-                                        lambda _query: CRASHED)
-        return Judgement(match=False, pred=CRASHED if gold.ok else Execution("crashed", message="not run"), gold=gold)
+                                        _crashed_execution)
+        pred = Execution("crashed", message=message) if gold.ok else Execution("crashed", message="not run")
+        return Judgement(match=False, pred=pred, gold=gold)
 
     def judge_many(
         self, tasks: Sequence[JudgeTask], progress: Callable[[int], None] | None = None
@@ -261,6 +284,10 @@ class SqlRunner:
             fresh = {k: j.gold for k, j in zip(keys, judgements, strict=True) if k not in cached}
             self.cache.put_many(fresh)
         return judgements
+
+
+def _crashed_execution(_query: object, message: str) -> Execution:
+    return Execution("crashed", message=message)
 
 
 def run_runner(settings) -> SqlRunner:
