@@ -86,7 +86,8 @@ def matmul_peak(dtype: str) -> float:
     return 2 * 2048**3 * runs / (time.perf_counter() - start) / 1e9
 
 
-def make_inputs(data: Path, n_records: int, n_pairs: int, pool_size: int = 0) -> tuple[list[dict], list[dict]]:
+def make_inputs(data: Path, n_records: int, n_pairs: int, pool_size: int = 0, batch: int = 4,
+                config_path: Path = ROOT / "configs" / "quickstart.yaml") -> tuple[list[dict], list[dict]]:
     """Records and pairs. pool_size 0: a random sample of Spider train. pool_size N: what a run that
     trains on N random train questions feeds its trainer first, in the order it trains them (by prompt,
     in shuffled batches of 4), so examples about one database meet as often as in that run; pairs
@@ -98,7 +99,7 @@ def make_inputs(data: Path, n_records: int, n_pairs: int, pool_size: int = 0) ->
     from exspin.prompts import build_prompts
     from exspin.sqltext import normal_form
 
-    config = load_config(ROOT / "configs" / "quickstart.yaml")
+    config = load_config(config_path)
     split = load_split(data, "train")
     pool = split.executable
     tokenizer = load_tokenizer(resolve_model(DEFAULT_MODEL))
@@ -116,11 +117,12 @@ def make_inputs(data: Path, n_records: int, n_pairs: int, pool_size: int = 0) ->
 
         subset = random.Random(0).sample(pool, pool_size)
         prompts = build_prompts(subset, book, tokenizer, config.prompt)
-        order = order_by_prompt(prompts, 4, seed=0)[:n_records]
+        order = order_by_prompt(prompts, batch, seed=0)[:n_records]
         records = [{"prompt": prompts[i], "completion": normal_form(subset[i].gold_sql)} for i in order]
         wrong = random.Random(1).sample(range(pool_size), int(0.4 * pool_size))
         wrong_prompts = [prompts[i] for i in wrong]
-        pairs = [pair(subset[wrong[j]], wrong_prompts[j]) for j in order_by_prompt(wrong_prompts, 4, seed=0)[:n_pairs]]
+        pairs = [pair(subset[wrong[j]], wrong_prompts[j])
+                 for j in order_by_prompt(wrong_prompts, batch, seed=0)[:n_pairs]]
         return records, pairs
     examples = sorted(random.Random(0).sample(pool, max(n_records, n_pairs)), key=lambda e: e.index)
     prompts = build_prompts(examples, book, tokenizer, config.prompt)
@@ -156,7 +158,7 @@ def forward_only(out: Path) -> None:
                                "tokens_per_s": runs * ids.numel() / seconds}))
 
 
-def run_arm(name: str, inputs_path: Path, steps: int, batch: int, out: Path) -> None:
+def run_arm(name: str, inputs_path: Path, steps: int, batch: int, out: Path, checkpoint_over: int | None) -> None:
     """One arm in this process: train `steps` steps, then write its measurements to out."""
     import tempfile
 
@@ -172,6 +174,10 @@ def run_arm(name: str, inputs_path: Path, steps: int, batch: int, out: Path) -> 
 
     common = {"batch_size": batch, "max_steps": steps, "max_length": 2048, "learning_rate": 5e-6,
               "save_every_steps": None, **settings}  # no checkpoint I/O in the timings
+    if settings.get("group_by_prompt"):  # the shared arms: one micro-batch of `batch` examples a step
+        common["batch_size"] = batch
+    if checkpoint_over:
+        common["checkpoint_over_tokens"] = checkpoint_over
     work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     if kind == "sft":
         from exspin.training.sft import SFTSettings, build_sft_trainer
@@ -222,7 +228,12 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "spider")
     parser.add_argument("--records", type=int, default=32)
     parser.add_argument("--pairs", type=int, default=16)
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=4, help="examples per optimizer step")
+    parser.add_argument("--checkpoint-over-tokens", type=int, default=None,
+                        help="recompute activations only for micro-batches over this many tokens (default: the "
+                             "settings' own)")
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "quickstart.yaml",
+                        help="whose prompt settings build the inputs")
     parser.add_argument("--pool", type=int, default=0,
                         help="draw inputs as a run training on this many questions meets them (0: random sample); "
                              "results go to training_pool<N>.*")
@@ -239,15 +250,16 @@ def main() -> None:
         forward_only(args.out)
         return
     if args.one:
-        run_arm(args.one, args.inputs, args.steps, args.batch, args.out)
+        run_arm(args.one, args.inputs, args.steps, args.batch, args.out, args.checkpoint_over_tokens)
         return
 
     results_dir = ROOT / "bench" / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
-    suffix = f"_pool{args.pool}" if args.pool else ""
+    suffix = (f"_pool{args.pool}" if args.pool else "") + (f"_batch{args.batch}" if args.batch != 4 else "")
+    suffix += "" if args.config.name == "quickstart.yaml" else f"_{args.config.stem}"
     work = ROOT / "runs" / f"bench-training{suffix}"
     work.mkdir(parents=True, exist_ok=True)
-    records, pairs = make_inputs(args.data, args.records, args.pairs, args.pool)
+    records, pairs = make_inputs(args.data, args.records, args.pairs, args.pool, args.batch, args.config)
     inputs_path = work / "inputs.json"
     fresh = json.dumps({"records": records, "pairs": pairs})
     if not inputs_path.is_file() or inputs_path.read_text() != fresh:  # other inputs: earlier arms are void
@@ -295,6 +307,8 @@ def main() -> None:
         out = work / f"{name}.json"
         command = [sys.executable, __file__, "--one", name, "--inputs", str(inputs_path), "--steps", str(steps),
                    "--batch", str(args.batch), "--out", str(out)]
+        if args.checkpoint_over_tokens:
+            command += ["--checkpoint-over-tokens", str(args.checkpoint_over_tokens)]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         arm = measured(name, json.loads(out.read_text()))
         report["arms"][name] = arm
