@@ -141,14 +141,22 @@ def main() -> None:
     args = parser.parse_args()
     base = RunFolder(args.base)
     rows = [row for arm in args.arms for row in arm_rows(base, RunFolder(arm))]
-    controls = dict(c.split("=", 1) for c in args.control)
-    controls = {name: Path(folder) for name, folder in controls.items()}
+    controls = {}
+    for control in args.control:
+        name, equals, folder = control.partition("=")
+        if not equals or name in controls or not (Path(folder) / "eval_eval").is_dir():
+            parser.error(f"--control {control}: give NAME=FOLDER once per name, FOLDER holding eval_eval/ and "
+                         "eval_validation/")
+        controls[name] = Path(folder)
     control = [control_rows(base, name, folder) for name, folder in controls.items()]
     versus = against_controls(base, rows, controls)
     vote = None
     if args.vote:
         found = json.loads(args.vote.read_text())
-        vote = {**next(r for r in found["rows"] if r["k"] == 8), "temperature": found.get("temperature", "?")}
+        eight = [r for r in found["rows"] if r["k"] == 8]
+        if not eight:
+            parser.error(f"--vote {args.vote}: no k = 8 row")
+        vote = {**eight[0], "temperature": found.get("temperature", "?")}
     out = args.out or ROOT / "bench" / "results" / f"arms_{base.name}"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"base": str(base.path), "rows": rows, "controls": control,

@@ -11,6 +11,7 @@
    every step, checkpointing) against one forward per pair, reference log-probs precomputed once,
    completion-only head, no checkpointing.
 
+LoRA's dropout draws its masks with training/dropout.py in every arm, trl's included (since 2026-12-06).
 Each arm runs in its own process (peak RSS is per process), on the default model (trl's arms in the
 dtype their name says, exspin's in the one a run picks on this machine: bf16 where it is fast), and
 reports tokens/s, pairs/s (records/s), achieved GFLOP/s and MFU against the measured peak, and
@@ -132,7 +133,7 @@ def make_inputs(data: Path, n_records: int, n_pairs: int, pool_size: int = 0, ba
 
 
 FORWARD_BATCH, FORWARD_LENGTH = 4, 420
-FORWARD_PASSES = {"sft": 2, "selfplay": 3}  # forward-equivalents per token: LoRA fwd+bwd 2, the reference 1  # a micro-batch about the size of a run's
+FORWARD_PASSES = {"sft": 2, "selfplay": 3}  # per trained token: LoRA forward and backward 2, the reference 1  # a micro-batch about the size of a run's
 
 
 def forward_only(out: Path) -> None:
@@ -174,8 +175,11 @@ def run_arm(name: str, inputs_path: Path, steps: int, batch: int, out: Path, che
 
     common = {"batch_size": batch, "max_steps": steps, "max_length": 2048, "learning_rate": 5e-6,
               "save_every_steps": None, **settings}  # no checkpoint I/O in the timings
-    if settings.get("group_by_prompt"):  # the shared arms: one micro-batch of `batch` examples a step
+    # `batch` examples a step: the shared and trl arms in one micro-batch, the one-at-a-time arms accumulated
+    if common["batch_size"] > 1:
         common["batch_size"] = batch
+    else:
+        common["gradient_accumulation"] = batch
     if checkpoint_over:
         common["checkpoint_over_tokens"] = checkpoint_over
     work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
@@ -257,6 +261,7 @@ def main() -> None:
     results_dir.mkdir(parents=True, exist_ok=True)
     suffix = (f"_pool{args.pool}" if args.pool else "") + (f"_batch{args.batch}" if args.batch != 4 else "")
     suffix += "" if args.config.name == "quickstart.yaml" else f"_{args.config.stem}"
+    suffix += f"_ckpt{args.checkpoint_over_tokens}" if args.checkpoint_over_tokens else ""
     work = ROOT / "runs" / f"bench-training{suffix}"
     work.mkdir(parents=True, exist_ok=True)
     records, pairs = make_inputs(args.data, args.records, args.pairs, args.pool, args.batch, args.config)
@@ -269,7 +274,9 @@ def main() -> None:
     previous = results_dir / f"training{suffix}.json"
     if not args.arms and previous.is_file():  # only re-reporting: keep the peaks measured with the arms
         peaks = json.loads(previous.read_text())["peak_gflops"]
-        forward = json.loads(previous.read_text())["forward_only"]
+        forward = json.loads(previous.read_text()).get("forward_only")
+        if forward is None:
+            raise SystemExit(f"{previous} predates the forward-only measurement: rerun its arms")
     else:
         peaks = {dtype: matmul_peak(dtype) for dtype in ("bfloat16", "float32")}
         subprocess.run([sys.executable, __file__, "--one", "forward", "--out", str(work / "forward.json")], check=True)

@@ -142,3 +142,13 @@ def test_an_item_that_raises_is_recorded_and_its_neighbours_are_judged(spider_di
     assert [j.match for j in judged[:5] + judged[6:]] == expected[:5] + expected[6:]
     assert judged[5].pred.outcome == "crashed" and "RecursionError" in judged[5].pred.message
     assert not judged[5].match and judged[5].gold.ok
+
+
+def test_a_bug_that_every_item_meets_stops_the_call(spider_dir):
+    """Past 1% of a call's items (at least 3) raising, the call stops with the error instead of recording
+    every item as crashed."""
+    tasks = [JudgeTask(t.db_path, t.gold_sql, "RAISE", "spider") for t in _tasks(spider_dir)[:80]]
+    for workers in (1, 2):
+        with SqlRunner(workers=workers) as runner, pytest.raises(RuntimeError, match="a bug, not one odd query"):
+            runner._map(_judge_or_raise, tasks, None, runner._crashed_judgement)
+        assert runner.raised == 4

@@ -29,7 +29,12 @@ CRASHED = Execution("crashed", message="the query failed its execution worker, a
 
 
 def _raised(error: Exception) -> str:
-    return f"judging it raised {type(error).__name__}: {error}"[:300]
+    return f"it raised {type(error).__name__} in its execution worker: {error}"[:300]
+
+
+# One odd query may raise where others do not; more than this share of a call's items raising is a bug
+# that every item meets, and the call stops with it instead of recording every item as crashed.
+MAX_RAISED_SHARE = 0.01
 
 # The address space each execution worker may add to what it has mapped at its start: SQLite's heap
 # (1 GiB), one result's rows (256 MB of values, more as Python objects) and the interpreter fit; a
@@ -151,7 +156,9 @@ class SqlRunner:
         self.cache = cache
         self.worker_memory_bytes = worker_memory_bytes
         self._pool: ProcessPoolExecutor | None = None
-        self.crashes = 0  # results recorded as crashed: their query killed an execution worker
+        self.crashes = 0  # results recorded as crashed: their query killed an execution worker, or raised
+        self.raised = 0  # of those, the ones that raised an exception
+        self._raised_before, self._raised_limit = 0, 3  # set per call by _map
 
     def __enter__(self) -> SqlRunner:
         return self
@@ -174,6 +181,8 @@ class SqlRunner:
         neighbours, and an item that kills its worker alone gets `crashed(item, message)` as its result.
         An exception from a chunk (a bug that one odd query triggers) is handled the same way, so a long
         stage records that one item as crashed, with the exception in its message, instead of ending."""
+        self._raised_limit = max(3, int(MAX_RAISED_SHARE * len(items)))
+        self._raised_before = self.raised
         if self.workers <= 1 or len(items) < MIN_TASKS_FOR_POOL:
             results = []
             for chunk in _chunks(items, 16):
@@ -238,15 +247,22 @@ class SqlRunner:
             self.crashes += 1
             return crashed(item, CRASHED.message)
         except Exception as error:  # noqa: BLE001 - recorded with the item, not lost with the stage
-            self.crashes += 1
-            return crashed(item, _raised(error))
+            return crashed(item, self._count_raised(error))
+
+    def _count_raised(self, error: Exception) -> str:
+        """Count an item's exception; past MAX_RAISED_SHARE of the call's items, raise it instead."""
+        self.crashes += 1
+        self.raised += 1
+        if self.raised - self._raised_before > self._raised_limit:
+            raise RuntimeError(f"{self.raised - self._raised_before} items raised while being executed "
+                               f"(more than {self._raised_limit}): a bug, not one odd query") from error
+        return _raised(error)
 
     def _in_process(self, function: Callable, item: object, crashed: Callable[[object, str], object]) -> object:
         try:
             return function([item], self.timeout_s, self.max_rows)[0]
         except Exception as error:  # noqa: BLE001 - recorded with the item, not lost with the stage
-            self.crashes += 1
-            return crashed(item, _raised(error))
+            return crashed(item, self._count_raised(error))
 
     def _discard_pool(self) -> None:
         if self._pool is not None:
@@ -262,8 +278,12 @@ class SqlRunner:
     def _crashed_judgement(self, task: JudgeTask, message: str) -> Judgement:
         """A judgement whose task killed its worker (or raised): the gold runs alone to tell which query did.
         A crashed prediction is wrong; a crashed gold leaves the question unjudged (as any gold that fails)."""
-        gold = task.gold or self._alone(_execute_chunk, (task.db_path, normalize(task.gold_sql, task.semantics)),
-                                        _crashed_execution)
+        try:
+            gold_sql = normalize(task.gold_sql, task.semantics)
+        except Exception as error:  # noqa: BLE001 - the question is left unjudged, as any gold that fails
+            gold_sql, gold = None, Execution("crashed", message=self._count_raised(error))
+        if gold_sql is not None:
+            gold = task.gold or self._alone(_execute_chunk, (task.db_path, gold_sql), _crashed_execution)
         pred = Execution("crashed", message=message) if gold.ok else Execution("crashed", message="not run")
         return Judgement(match=False, pred=pred, gold=gold)
 

@@ -17,12 +17,16 @@ class CPUDropout(torch.nn.Module):
 
     def __init__(self, p: float):
         super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {p}")
         self.p = p
         self.drop_below = round(p * 65536) - 32768  # int16 draws below this are dropped
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
+        if x.device.type != "cpu":  # moved to an accelerator after the swap (DeepSpeed, FSDP place it late)
+            return torch.nn.functional.dropout(x, self.p, training=True)
         seed = int(torch.randint(0, 2**63 - 1, (1,)))
         draws = np.random.PCG64(seed).random_raw((x.numel() + 3) // 4).view(np.int16)[: x.numel()]
         dropped = torch.from_numpy(draws).view(x.shape) < self.drop_below
