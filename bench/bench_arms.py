@@ -69,25 +69,31 @@ def arm_rows(base: RunFolder, arm: RunFolder) -> list[dict]:
     return rows
 
 
-def control_rows(base: RunFolder, name: str, folder: Path) -> dict:
-    """A control model's dev and validation EX and its change against SFT (folder: eval_eval/, eval_validation/)."""
+SETS = (("dev", "eval"), ("validation", "validation"))  # (name in the tables, scored set)
+
+
+def control_verdicts(folder: Path) -> dict:
+    """A control model's verdicts by scored set (folder: eval_eval/, eval_validation/)."""
+    return {split: read_verdicts(folder / f"eval_{split}") for _, split in SETS}
+
+
+def control_rows(base: RunFolder, name: str, folder: Path, verdicts: dict) -> dict:
+    """A control model's dev and validation EX and its change against SFT."""
     row = {"arm": name, "stage": "control", "folder": str(folder)}
-    for key, split in (("dev", "eval"), ("validation", "validation")):
-        verdicts = read_verdicts(folder / f"eval_{split}")
-        row[f"{key}_ex"] = 100.0 * sum(v.ex for v in verdicts) / len(verdicts)
-        row[f"{key}_vs_sft"] = paired_change(base.verdicts("sft", split), verdicts).to_json()
+    for key, split in SETS:
+        row[f"{key}_ex"] = 100.0 * sum(v.ex for v in verdicts[split]) / len(verdicts[split])
+        row[f"{key}_vs_sft"] = paired_change(base.verdicts("sft", split), verdicts[split]).to_json()
     return row
 
 
-def against_controls(base: RunFolder, rows: list[dict], controls: dict[str, Path]) -> list[dict]:
+def against_controls(rows: list[dict], controls: dict[str, dict]) -> list[dict]:
     """Each arm's stage against each control, on dev and validation (sign tests)."""
     found = []
     for r in rows:
         arm = RunFolder(Path(r["path"]))
-        for name, folder in controls.items():
+        for name, verdicts in controls.items():
             found.append({"arm": r["arm"], "stage": r["stage"], "control": name, **{
-                key: paired_change(read_verdicts(folder / f"eval_{split}"), arm.verdicts(r["stage"], split)).to_json()
-                for key, split in (("dev", "eval"), ("validation", "validation"))}})
+                key: paired_change(verdicts[split], arm.verdicts(r["stage"], split)).to_json() for key, split in SETS}})
     return found
 
 
@@ -148,8 +154,9 @@ def main() -> None:
             parser.error(f"--control {control}: give NAME=FOLDER once per name, FOLDER holding eval_eval/ and "
                          "eval_validation/")
         controls[name] = Path(folder)
-    control = [control_rows(base, name, folder) for name, folder in controls.items()]
-    versus = against_controls(base, rows, controls)
+    verdicts = {name: control_verdicts(folder) for name, folder in controls.items()}
+    control = [control_rows(base, name, folder, verdicts[name]) for name, folder in controls.items()]
+    versus = against_controls(rows, verdicts)
     vote = None
     if args.vote:
         found = json.loads(args.vote.read_text())

@@ -132,8 +132,8 @@ def make_inputs(data: Path, n_records: int, n_pairs: int, pool_size: int = 0, ba
     return records[:n_records], pairs
 
 
-FORWARD_BATCH, FORWARD_LENGTH = 4, 420
-FORWARD_PASSES = {"sft": 2, "selfplay": 3}  # per trained token: LoRA forward and backward 2, the reference 1  # a micro-batch about the size of a run's
+FORWARD_BATCH, FORWARD_LENGTH = 4, 420  # a micro-batch about the size of a run's
+FORWARD_PASSES = {"sft": 2, "selfplay": 3}  # per trained token: LoRA forward and backward 2, the reference 1
 
 
 def forward_only(out: Path) -> None:
@@ -293,9 +293,7 @@ def main() -> None:
         arm["gflops"] = arm["flops"] / arm["seconds"] / 1e9
         arm.setdefault("dtype", "bfloat16" if ARMS[name][1]["bf16"] else "float32")
         arm["mfu"] = arm["gflops"] / peaks[arm["dtype"]]
-        # The bound: LoRA training costs about 2 forward passes per trained token, the reference 1 more.
-        passes = FORWARD_PASSES[arm["kind"]]
-        arm["bound_seconds_per_item"] = passes * arm["tokens"] / arm["items"] / forward["tokens_per_s"]
+        arm["bound_seconds_per_item"] = FORWARD_PASSES[arm["kind"]] * arm["tokens"] / arm["items"] / forward["tokens_per_s"]
         arm["seconds_per_item"] = arm["seconds"] / arm["items"]
         arm["of_bound"] = arm["bound_seconds_per_item"] / arm["seconds_per_item"]
         return arm

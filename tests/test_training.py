@@ -785,7 +785,6 @@ def test_cpu_dropout_draws_a_seeded_bernoulli_mask_and_its_gradient():
     assert dropout(x) is x
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the trainer puts the model on the GPU: torch's own dropout")
 def test_lora_dropout_uses_cpu_masks(tiny_model_dir, tmp_path):
     """SFT's LoRA dropout draws CPU masks; self-play trains without dropout (trl's disable_dropout)."""
     from exspin.training.common import LoraSettings

@@ -37,10 +37,8 @@ class CPUDropout(torch.nn.Module):
 
 
 def use_cpu_dropout(model: torch.nn.Module) -> int:
-    """Replace the LoRA layers' nn.Dropout with CPUDropout where the model trains on a CPU (CUDA draws
-    masks fast itself). Returns how many were replaced."""
-    if next(model.parameters()).device.type != "cpu":
-        return 0
+    """Replace the LoRA layers' nn.Dropout with CPUDropout (which leaves a tensor on an accelerator to
+    torch's own dropout: CUDA draws masks fast itself). Returns how many were replaced."""
     replaced = 0
     for module in model.modules():
         dropouts = getattr(module, "lora_dropout", None)

@@ -110,7 +110,6 @@ def build_selfplay_trainer(model_path: str, pairs: Sequence[PreferencePair | dic
     from trl import DPOConfig, DPOTrainer
 
     from exspin.models import takes_4d_mask
-    from exspin.training.dropout import use_cpu_dropout
 
     if not settings.shared_prompt:  # trl's stock trainer cannot switch checkpointing per step
         settings = settings.model_copy(update={"checkpoint_over_tokens": None})
@@ -135,7 +134,6 @@ def build_selfplay_trainer(model_path: str, pairs: Sequence[PreferencePair | dic
     trainer_class = selfplay_trainer_class() if settings.shared_prompt else DPOTrainer
     trainer = trainer_class(model=model, ref_model=reference, args=config, train_dataset=dataset,
                             processing_class=tokenizer, peft_config=lora_config(settings), callbacks=[log])
-    use_cpu_dropout(trainer.model)
     if settings.shared_prompt:
         trainer.checkpointing = CheckpointLargeBatches(settings)
     return trainer, tokenizer, log
