@@ -54,7 +54,7 @@ from bench_sweep import run_from_base
 from exspin.errors import UserError
 from exspin.evaluation.stats import paired_change
 from exspin.records import Verdict
-from exspin.run_folder import RunFolder, branch_run, stage_folder_name
+from exspin.run_folder import RunFolder, branch_run, model_path_in, stage_folder_name
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLED = ["selfplay.samples_per_question=4", "selfplay.temperature=0.8"]
@@ -128,7 +128,7 @@ def run_control(base: Path, config_path: Path, run_dir: Path, overrides: list[st
     records = [{"prompt": p.prompt, "completion": p.chosen} for p in source.pairs("exspin-1")]
     selfplay = config.selfplay.train.model_dump()
     settings = SFTSettings(**{k: v for k, v in selfplay.items() if k in SFTSettings.model_fields})
-    opponent = source.summary("exspin-1").opponent  # what ExSPIN built on
+    opponent = model_path_in(source.path, source.summary("exspin-1").opponent)  # what ExSPIN built on
 
     def control(folder: Path) -> dict:
         trained = folder / "model"

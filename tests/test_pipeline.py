@@ -85,6 +85,32 @@ def test_full_run_then_kill_and_resume(tiny_run, tmp_path):
     assert _metrics(cut) == _metrics(whole)
 
 
+@pytest.mark.xdist_group("tiny_run")
+def test_a_branched_run_reads_its_stage_models_from_where_they_are_now(tiny_run, tmp_path, monkeypatch):
+    from exspin.config import load_config
+    from exspin.pipeline import Run, _earlier_evaluation
+    from exspin.run_folder import RunFolder, branch_run
+
+    config, whole = tiny_run
+    branch = tmp_path / "branch"
+    branch_run(whole, branch)
+    # A run started with a relative run_dir records its models relative to the folder it ran from.
+    done = branch / "03_sft" / "done.json"
+    recorded = json.loads(done.read_text())
+    done.unlink()  # a hard link into the base run: replaced, never written through
+    done.write_text(json.dumps({**recorded, "model": "runs/elsewhere/03_sft/model"}))
+    monkeypatch.chdir(tmp_path)
+    run = Run(load_config(config, [f"run_dir={branch}"]), resume=True)
+    here = str(branch / "03_sft" / "model")
+    try:
+        assert run.stage("03_sft", lambda folder: pytest.fail("a finished stage ran again")).model == here
+        assert _earlier_evaluation(run, here) == branch / "03_sft"
+    finally:
+        run.runner.close()
+    assert RunFolder(branch).model("sft") == here
+    assert json.loads((whole / "03_sft" / "done.json").read_text()) == recorded  # the base run is untouched
+
+
 def test_bad_config_is_one_line_error(tmp_path):
     from tests.test_cli import assert_one_line_error, run_cli
 
@@ -106,10 +132,15 @@ def test_resume_refuses_changed_settings(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "config.json").write_text(json.dumps(RunConfig(run_dir=run_dir).model_dump(mode="json")))
-    changed = RunConfig.model_validate({"run_dir": str(run_dir), "selfplay": {"iterations": 5}})
+    changed = RunConfig.model_validate({"run_dir": str(run_dir), "selfplay": {"temperature": 0.5}})
     with pytest.raises(UserError, match="selfplay"):
         Run(changed, resume=True)
     Run(RunConfig(run_dir=run_dir), resume=True).runner.close()  # the same settings resume fine
+    # Going on further (more iterations, another stopping rule) changes no finished stage.
+    further = RunConfig.model_validate({"run_dir": str(run_dir), "selfplay": {"iterations": 5},
+                                        "control": {"patience": 3, "rollback": False}})
+    Run(further, resume=True).runner.close()
+    assert json.loads((run_dir / "config.json").read_text())["selfplay"]["iterations"] == 5
 
 
 def test_resume_accepts_a_run_saved_before_a_setting_existed(tmp_path):

@@ -47,6 +47,7 @@ from exspin.run_folder import (
     RunFolder,
     RunSummary,
     StageSummary,
+    model_path_in,
     stage_folder_name,
 )
 from exspin.sqltext import normal_form
@@ -55,9 +56,14 @@ from exspin.training.settings import SFTSettings
 
 
 def _compared(config: dict) -> dict:
-    """The settings a resumed run must share with its start. Hint options change nothing while hints are off."""
+    """The settings a resumed run must share with its start. Hint options change nothing while hints are off.
+    How many iterations to run and when to stop (selfplay.iterations, control) change no finished stage, so a
+    run may be resumed to go on further, e.g. a finished one-iteration run with selfplay.iterations=2. They
+    apply to the stages not yet finished: finished ones are kept as they were made."""
     hints = config.get("hints") or {}
-    return {**config, "hints": {"enabled": False}} if hints.get("enabled") is False else config
+    selfplay = {k: v for k, v in (config.get("selfplay") or {}).items() if k != "iterations"}
+    compared = {k: v for k, v in config.items() if k != "control"} | {"selfplay": selfplay}
+    return compared | {"hints": {"enabled": False}} if hints.get("enabled") is False else compared
 
 
 class Run:
@@ -123,7 +129,13 @@ class Run:
         model_stage = name not in (DATA, PROMPTS)
         if done.is_file():
             summary = json.loads(done.read_text())
-            return StageSummary.model_validate(summary) if model_stage else summary
+            if not model_stage:
+                return summary
+            summary = StageSummary.model_validate(summary)
+            if name == stage_folder_name(2, "start"):  # the configured model, wherever it lives
+                return summary
+            # moved or branched since (run_folder.branch_run): its model is read from where it is now
+            return summary.model_copy(update={"model": model_path_in(self.dir, summary.model)})
         if folder.exists() and not (_trained(folder) or _checkpointed(folder) or _answered(folder)
                                     or _answering(folder)):
             shutil.rmtree(folder)
@@ -193,7 +205,7 @@ def _earlier_evaluation(run: Run, model_path: str) -> Path | None:
     """A finished stage of this run that already scored this very model (e.g. an iteration that made
     no pairs hands its opponent on unchanged): its folder, so the model is not generated for twice."""
     for stage in run.folder.stage_names():
-        if run.folder.summary(stage).model == model_path:
+        if run.folder.model(stage) == model_path:
             return run.folder.stage_dir(stage)
     return None
 

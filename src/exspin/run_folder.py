@@ -119,6 +119,18 @@ def branch_run(base: str | Path, run_dir: str | Path, stages: tuple[str, ...] = 
     return RunFolder(branch, must_exist=False)
 
 
+def model_path_in(run_dir: Path, recorded: str) -> str:
+    """A stage's recorded model as a path valid here. A run records its models' paths as written where it
+    ran (relative to that folder), so a model inside a run folder (<stage folder>/model, or an SFT epoch's
+    <stage folder>/epochs/<n>/model) is rebuilt from the folder the run is now in; any other (a hub id,
+    the start model) is kept. Not for the start stage, whose model is the configured one."""
+    parts = Path(recorded).parts
+    for at in range(len(parts) - 2, -1, -1):
+        if _MODEL_STAGE.match(parts[at]) and (run_dir.joinpath(*parts[at:])).is_dir():
+            return str(run_dir.joinpath(*parts[at:]))
+    return recorded
+
+
 def stage_folder_name(number: int, stage: str) -> str:
     """The folder of a model stage: ("start", 2) -> 02_start; ("exspin-1", 4) -> 04_iter1."""
     if stage in ("start", "sft", "control"):
@@ -203,12 +215,8 @@ class RunFolder:
     def model(self, stage: str) -> str:
         """The model a stage scored, as a path valid here (a run records paths relative to where it ran)."""
         model = self.summary(stage).model
-        parts = Path(model).parts
-        # <stage folder>/model, or an SFT epoch's <stage folder>/epochs/<n>/model: rebuilt from this folder
-        for at in range(len(parts) - 2, -1, -1):
-            if _MODEL_STAGE.match(parts[at]) and (self.path.joinpath(*parts[at:])).is_dir():
-                return str(self.path.joinpath(*parts[at:]))
-        return model
+        # The start stage's model is the configured one (which may be another run's stage model)
+        return model if self.stage_dir(stage).name.endswith("_start") else model_path_in(self.path, model)
 
     def scored_dir(self, stage: str, which: str) -> Path:
         """Where a stage's predictions and results on one scored set are (eval_<set>/)."""
