@@ -54,19 +54,8 @@ def worker(args) -> None:
         result = {"seconds": time.perf_counter() - start, "prompts": len(prompts),
                   "tokens": generator.stats.tokens - tokens_before, "prompt_chars": sum(map(len, prompts))}
     else:
-        from transformers import TrainerCallback
-
+        from exspin.training.common import StepTimes
         from exspin.training.sft import build_sft_trainer
-
-        class StepTimes(TrainerCallback):
-            def __init__(self):
-                self.stamps = []
-
-            def on_train_begin(self, args, state, control, **kwargs):
-                self.stamps.append(time.perf_counter())
-
-            def on_step_end(self, args, state, control, **kwargs):
-                self.stamps.append(time.perf_counter())
 
         settings = config.sft.train.model_copy(update={"max_steps": args.steps, "save_every_steps": None})
         # The same questions on both sides: the runs share their data stage, so record i is one question.
@@ -78,7 +67,8 @@ def worker(args) -> None:
             times = StepTimes()
             trainer.add_callback(times)
             trainer.train()
-        steps = [b - a for a, b in zip(times.stamps, times.stamps[1:], strict=False)]
+        stamps = [times.began, *times.stamps]
+        steps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
         result = {"seconds_per_step": statistics.median(steps), "steps": len(steps), "records": len(records)}
     result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(json.dumps(result))

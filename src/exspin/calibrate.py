@@ -76,8 +76,6 @@ def load_calibration(config) -> Calibration | None:
 
 def calibrate(config, log=print) -> Calibration:
     """Measure, write and return this machine's calibration for the config's model and settings."""
-    from transformers import TrainerCallback
-
     from exspin.data import load_split
     from exspin.evaluation import evaluate
     from exspin.execution.pool import run_runner
@@ -87,6 +85,7 @@ def calibrate(config, log=print) -> Calibration:
     from exspin.prompts import build_prompts
     from exspin.records import PreferencePair, SFTExample
     from exspin.sqltext import normal_form
+    from exspin.training.common import StepTimes
     from exspin.training.selfplay import build_selfplay_trainer
     from exspin.training.sft import build_sft_trainer
 
@@ -132,13 +131,6 @@ def calibrate(config, log=print) -> Calibration:
     chosen = chosen[:wanted]
     train_prompts = build_prompts(chosen, SchemaBook(train), tokenizer, config.prompt)
     records = [SFTExample(prompt=p, completion=normal_form(e.gold_sql)) for e, p in zip(chosen, train_prompts, strict=True)]
-
-    class StepTimes(TrainerCallback):
-        def __init__(self):
-            self.stamps = []
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.stamps.append(time.perf_counter())
 
     with tempfile.TemporaryDirectory(prefix="exspin-calibrate-") as out:
         settings = config.sft.train.model_copy(update={"max_steps": TRAINING_STEPS + 1, "save_every_steps": None,

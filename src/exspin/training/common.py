@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -170,6 +171,20 @@ def remove_checkpoints(trainer_dir: Path, keep: Path | None = None) -> None:
     for checkpoint in trainer_dir.glob("checkpoint-*"):
         if checkpoint != keep:
             shutil.rmtree(checkpoint)
+
+
+class StepTimes(TrainerCallback):
+    """When training began and when each optimizer step ended (time.perf_counter), for speed measurements."""
+
+    def __init__(self):
+        self.began: float | None = None
+        self.stamps: list[float] = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.began = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.stamps.append(time.perf_counter())
 
 
 class _NoFinalCheckpoint(TrainerCallback):
