@@ -47,7 +47,6 @@ from exspin.run_folder import (
     RunFolder,
     RunSummary,
     StageSummary,
-    model_path_in,
     stage_folder_name,
 )
 from exspin.sqltext import normal_form
@@ -127,15 +126,8 @@ class Run:
         folder = self.dir / name
         done = folder / DONE
         model_stage = name not in (DATA, PROMPTS)
-        if done.is_file():
-            summary = json.loads(done.read_text())
-            if not model_stage:
-                return summary
-            summary = StageSummary.model_validate(summary)
-            if name == stage_folder_name(2, "start"):  # the configured model, wherever it lives
-                return summary
-            # moved or branched since (run_folder.branch_run): its model is read from where it is now
-            return summary.model_copy(update={"model": model_path_in(self.dir, summary.model)})
+        if done.is_file():  # its model read from where the run is now (moved, or branched: branch_run)
+            return self.folder.summary_here(name) if model_stage else json.loads(done.read_text())
         if folder.exists() and not (_trained(folder) or _checkpointed(folder) or _answered(folder)
                                     or _answering(folder)):
             shutil.rmtree(folder)

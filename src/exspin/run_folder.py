@@ -212,11 +212,17 @@ class RunFolder:
             raise UserError(f"stage {stage} of {self.path} has not finished")
         return StageSummary.model_validate(json.loads(path.read_text()))
 
+    def summary_here(self, stage: str) -> StageSummary:
+        """A stage's summary with its model as a path valid here (a run records paths relative to where it
+        ran; a branch or a moved run reads them from where it is now)."""
+        summary = self.summary(stage)
+        if self.stage_dir(stage).name.endswith("_start"):  # the configured model (maybe another run's stage)
+            return summary
+        return summary.model_copy(update={"model": model_path_in(self.path, summary.model)})
+
     def model(self, stage: str) -> str:
-        """The model a stage scored, as a path valid here (a run records paths relative to where it ran)."""
-        model = self.summary(stage).model
-        # The start stage's model is the configured one (which may be another run's stage model)
-        return model if self.stage_dir(stage).name.endswith("_start") else model_path_in(self.path, model)
+        """The model a stage scored, as a path valid here."""
+        return self.summary_here(stage).model
 
     def scored_dir(self, stage: str, which: str) -> Path:
         """Where a stage's predictions and results on one scored set are (eval_<set>/)."""
