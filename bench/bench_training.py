@@ -1,6 +1,7 @@
 """Training throughput: today's trl path against exspin's, on the same records and pairs, in one run.
 
     .venv/bin/python bench/bench_training.py [--records 32] [--pairs 16] [--arms ...] [--pool N]
+                                             [--baseline WORKTREE]
 
 1. The machine's bf16 and fp32 matmul peaks (2048 x 2048, all threads), and the model's own forward-only
    throughput (4 x 420 tokens, no LM head, the dtype runs train in here): each exspin arm's seconds per
@@ -22,6 +23,9 @@ gradient), plus the LM head on scored tokens (x3 with backward); self-play adds 
 forward per token. A path that does more work (prompts twice, every position through the
 head, recomputation) shows lower MFU.
 
+With --baseline (a git worktree at an earlier commit), each arm runs on that library just before today's,
+and the report (training*_vs_baseline.*) gives today's items/s against it: a change measured side by side.
+
 4. With --pool N: the *_shared arms put 4 examples in one micro-batch, ordered by prompt, so the
    examples about one database share one packed row and its schema is computed once. Sharing
    depends on how many examples per database a run has, so the inputs are then those a run
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import subprocess
@@ -68,6 +73,10 @@ ARMS = {  # today's path ran in bf16 wherever oneDNN reported bf16 support; "_fp
     # and its schema is computed once (training/forward.py). Measured with --pool (a run's training set).
     "sft_exspin_shared": ("sft", {"gradient_checkpointing": False, "completion_head_only": True, "bf16": None,
                                   "batch_size": 4, "gradient_accumulation": 1, "group_by_prompt": True}),
+    # The shared SFT arm without LoRA's dropout (its masks and scaling on 7 projections' inputs a layer).
+    "sft_exspin_shared_no_dropout": ("sft", {"gradient_checkpointing": False, "completion_head_only": True,
+                                             "bf16": None, "batch_size": 4, "gradient_accumulation": 1,
+                                             "group_by_prompt": True, "lora": {"dropout": 0.0}}),
     "selfplay_exspin_shared": ("selfplay", {"gradient_checkpointing": False, "shared_prompt": True,
                                             "precompute_reference": True, "bf16": None, "batch_size": 4,
                                             "gradient_accumulation": 1, "group_by_prompt": True}),
@@ -163,6 +172,7 @@ def run_arm(name: str, inputs_path: Path, steps: int, batch: int, out: Path, che
     """One arm in this process: train `steps` steps, then write its measurements to out."""
     import tempfile
 
+    import exspin
     from exspin.models import DEFAULT_MODEL, load_tokenizer, resolve_model
 
     kind, settings = ARMS[name]
@@ -224,7 +234,7 @@ def run_arm(name: str, inputs_path: Path, steps: int, batch: int, out: Path, che
                                "dtype": "bfloat16" if trainer.args.bf16 else "float32", "seconds": seconds, "tokens": tokens, "flops": flops,
                                "mean_prompt_tokens": sum(prompt_tokens) / len(items),
                                "mean_completion_tokens": sum(completion_tokens) / len(items),
-                               "peak_rss_gib": peak_rss_gib}))
+                               "peak_rss_gib": peak_rss_gib, "library": str(Path(exspin.__file__).parent)}))
 
 
 def main() -> None:
@@ -245,6 +255,9 @@ def main() -> None:
                         help="arms to (re)run; the others are read back from runs/bench-training/ if measured")
     parser.add_argument("--bf16-steps", type=int, default=1, help="steps for the (slow) bf16 arms")
     parser.add_argument("--selfplay-steps", type=int, default=0, help="cap on self-play steps (0: all pairs)")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="a source tree (a git worktree at an earlier commit): each arm also runs on its "
+                             "library, alternating with today's, and the report gives today's speed against it")
     parser.add_argument("--one", choices=[*ARMS, "forward"], help=argparse.SUPPRESS)  # internal: run one arm here
     parser.add_argument("--inputs", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=0, help=argparse.SUPPRESS)
@@ -262,6 +275,7 @@ def main() -> None:
     suffix = (f"_pool{args.pool}" if args.pool else "") + (f"_batch{args.batch}" if args.batch != 4 else "")
     suffix += "" if args.config.name == "quickstart.yaml" else f"_{args.config.stem}"
     suffix += f"_ckpt{args.checkpoint_over_tokens}" if args.checkpoint_over_tokens else ""
+    suffix += "_vs_baseline" if args.baseline else ""
     work = ROOT / "runs" / f"bench-training{suffix}"
     work.mkdir(parents=True, exist_ok=True)
     records, pairs = make_inputs(args.data, args.records, args.pairs, args.pool, args.batch, args.config)
@@ -291,7 +305,7 @@ def main() -> None:
         arm["tokens_per_s"] = arm["tokens"] / arm["seconds"]
         arm["items_per_s"] = arm["items"] / arm["seconds"]
         arm["gflops"] = arm["flops"] / arm["seconds"] / 1e9
-        arm.setdefault("dtype", "bfloat16" if ARMS[name][1]["bf16"] else "float32")
+        arm.setdefault("dtype", "bfloat16" if ARMS[name.split("@")[0]][1]["bf16"] else "float32")
         arm["mfu"] = arm["gflops"] / peaks[arm["dtype"]]
         arm["bound_seconds_per_item"] = FORWARD_PASSES[arm["kind"]] * arm["tokens"] / arm["items"] / forward["tokens_per_s"]
         arm["seconds_per_item"] = arm["seconds"] / arm["items"]
@@ -299,9 +313,10 @@ def main() -> None:
         return arm
 
     for name in ARMS:  # arms not rerun this time but measured on the same inputs before
-        if name not in args.arms and (work / f"{name}.json").is_file():
-            report["arms"][name] = measured(name, {**json.loads((work / f"{name}.json").read_text()),
-                                                   "earlier_invocation": True})
+        for label in ([f"{name}@baseline"] if args.baseline else []) + [name]:
+            if name not in args.arms and (work / f"{label}.json").is_file():
+                report["arms"][label] = measured(label, {**json.loads((work / f"{label}.json").read_text()),
+                                                         "earlier_invocation": True})
     for name in args.arms:
         kind, settings = ARMS[name]
         steps = (args.records if kind == "sft" else args.pairs) // args.batch
@@ -309,18 +324,24 @@ def main() -> None:
             steps = min(steps, args.bf16_steps)  # emulated bf16 is slow here: fewer steps, same per-item rate
         if kind == "selfplay" and args.selfplay_steps:
             steps = min(steps, args.selfplay_steps)
-        out = work / f"{name}.json"
-        command = [sys.executable, __file__, "--one", name, "--inputs", str(inputs_path), "--steps", str(steps),
-                   "--batch", str(args.batch), "--out", str(out)]
-        if args.checkpoint_over_tokens:
-            command += ["--checkpoint-over-tokens", str(args.checkpoint_over_tokens)]
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-        arm = measured(name, json.loads(out.read_text()))
-        report["arms"][name] = arm
-        print(f"{name}: {arm['items_per_s']:.3f} {'records' if kind == 'sft' else 'pairs'}/s, "
-              f"{arm['tokens_per_s']:.0f} tokens/s, {arm['gflops']:.0f} GFLOP/s, MFU {arm['mfu']:.0%}, "
-              f"peak RSS {arm['peak_rss_gib']:.1f} GiB", flush=True)
-    arms = {name: report["arms"][name] for name in ARMS if name in report["arms"]}
+        # With a baseline, its library runs the arm first, then today's, one after the other
+        for label, source in ([(f"{name}@baseline", args.baseline)] if args.baseline else []) + [(name, None)]:
+            out = work / f"{label}.json"
+            command = [sys.executable, __file__, "--one", name, "--inputs", str(inputs_path), "--steps", str(steps),
+                       "--batch", str(args.batch), "--out", str(out)]
+            if args.checkpoint_over_tokens:
+                command += ["--checkpoint-over-tokens", str(args.checkpoint_over_tokens)]
+            env = {**os.environ, "PYTHONPATH": str(source.resolve() / "src")} if source else None
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=env)
+            arm = measured(label, json.loads(out.read_text()))
+            if source and not Path(arm["library"]).is_relative_to(source.resolve()):
+                raise SystemExit(f"{label} ran the library at {arm['library']}, not the baseline's {source}")
+            report["arms"][label] = arm
+            print(f"{label}: {arm['items_per_s']:.3f} {'records' if kind == 'sft' else 'pairs'}/s, "
+                  f"{arm['tokens_per_s']:.0f} tokens/s, {arm['gflops']:.0f} GFLOP/s, MFU {arm['mfu']:.0%}, "
+                  f"of bound {arm['of_bound']:.0%}, peak RSS {arm['peak_rss_gib']:.1f} GiB", flush=True)
+    arms = {label: report["arms"][label] for name in ARMS for label in (f"{name}@baseline", name)
+            if label in report["arms"]}
     report["arms"] = arms
     lines = [f"# Training throughput (default model, 2 cores; matmul peak bf16 {peaks['bfloat16']:.0f}, "
              f"fp32 {peaks['float32']:.0f} GFLOP/s)", "",
@@ -336,12 +357,20 @@ def main() -> None:
                      f"{a['gflops']:.0f} | {a['mfu']:.0%} | {a['peak_rss_gib']:.1f} | {a['seconds']:.0f} | "
                      f"{a['measured_at']} |")
     lines.append("")
+    if args.baseline:
+        commit = subprocess.run(["git", "-C", str(args.baseline), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True).stdout.strip()
+        report["baseline"] = {"source": str(args.baseline), "commit": commit}
+        lines += [f"*@baseline: the same arm on the library at {args.baseline} ({commit or 'not a git tree'}), run "
+                  "just before today's.", ""]
     if any(name.endswith("_shared") for name in arms):
         lines += ["GFLOP/s and MFU count every example's whole prompt; the *_shared arms compute a shared "
                   "schema once, so theirs are useful work per second, not what the cores executed.", ""]
     for kind in ("sft", "selfplay"):
         comparisons = [(f"{kind}_exspin", f"{kind}_trl_bf16"), (f"{kind}_exspin", f"{kind}_trl_fp32"),
-                       (f"{kind}_exspin_shared", f"{kind}_exspin")]
+                       (f"{kind}_exspin_shared", f"{kind}_exspin"), (f"{kind}_exspin_shared_no_dropout",
+                                                                     f"{kind}_exspin_shared")]
+        comparisons += [(name, f"{name}@baseline") for name in ARMS if name.startswith(kind)]
         for arm, baseline in comparisons:
             if baseline in arms and arm in arms:
                 ratio = arms[arm]["items_per_s"] / arms[baseline]["items_per_s"]

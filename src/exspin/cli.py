@@ -260,7 +260,7 @@ def _print_vote(out: Path) -> None:
     change = vote["vote_vs_greedy"]
     console.print(f"vote over greedy + {vote['samples']} samples: EX {vote['vote_ex']:.2f}% against greedy "
                   f"{vote['greedy_ex']:.2f}% (+{change['gained']}/-{change['lost']}, sign test p {change['p']:.3g}); "
-                  f"pass@{vote['candidates']} {vote['pass_at_k']:.2f}%")
+                  f"pass@{vote['samples']} (greedy or a sample right) {vote['pass_at_k']:.2f}%")
 
 
 def _train_settings(settings_cls, config: Path | None, settings: Path | None, section: str):

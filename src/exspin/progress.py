@@ -36,8 +36,11 @@ def progress_bar(total: int, description: str, unit: str = "it") -> Iterator[Cal
         in_log, start = not progress.console.is_terminal, time.monotonic()
         last = {"done": 0, "time": start, "resumed": 0}
 
-        def advance(n: int = 1, resumed: bool = False) -> None:
+        def advance(n: float = 1, resumed: bool = False) -> None:
             progress.advance(task, n)
+            done = progress.tasks[task].completed
+            if done != round(done) and abs(done - round(done)) < 1e-6:  # fractional shares that sum to a whole
+                progress.update(task, completed=round(done))
             if resumed:
                 last["resumed"] += n
                 return

@@ -91,7 +91,8 @@ def write_report(run_dir: Path, summary: RunSummary) -> Path:
     if voted:
         samples = config["generation"].get("vote_samples", 0)
         lines += [f"EX above is the execution vote's (greedy's answer and {samples} samples); greedy's alone, and "
-                  f"pass@{samples + 1} (some candidate right: the ceiling of any vote):", "",
+                  f"pass@{samples} (greedy's answer or one of the {samples} samples right: the ceiling of any "
+                  "vote):", "",
                   "| stage | greedy validation EX % | greedy eval EX % | pass@k validation % | pass@k eval % |",
                   "|---|---:|---:|---:|---:|"]
         lines += [f"| {n} | {s.greedy_ex.get('validation', 0):.2f} | {s.greedy_ex.get('eval', 0):.2f} | "

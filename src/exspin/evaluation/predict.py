@@ -97,10 +97,16 @@ def _candidates(prompts: Sequence[str], generator: Generator, config: Generation
     greedy_config = config.model_copy(update={"num_samples": 1, "temperature": 0.0})
     sample_config = config.model_copy(update={"num_samples": config.vote_samples,
                                               "temperature": config.vote_temperature})
+    # One bar for both calls: k samples a prompt took about k / 2.5 times greedy's time (bench/results/vote_*).
+    greedy_share = 1 / (1 + config.vote_samples / 2.5)
+
+    def share(weight: float) -> Callable[[int, int], None] | None:
+        return None if progress is None else lambda n, tokens: progress(n * weight, tokens)
+
     start = time.perf_counter()
-    greedy, greedy_logprobs = generator.sample(prompts, greedy_config, progress)
+    greedy, greedy_logprobs = generator.sample(prompts, greedy_config, share(greedy_share))
     middle = time.perf_counter()
-    samples, sample_logprobs = generator.sample(prompts, sample_config)
+    samples, sample_logprobs = generator.sample(prompts, sample_config, share(1 - greedy_share))
     end = time.perf_counter()
     candidates = [candidates_from(generator.tokenizer, g[0], gl[0], s, sl)
                   for g, gl, s, sl in zip(greedy, greedy_logprobs, samples, sample_logprobs, strict=True)]

@@ -79,18 +79,25 @@ def read_candidates(path: str | Path, split: Split) -> tuple[list[Example], list
     """The questions and their stored vote candidates from a voted prediction file (predictions.jsonl of
     `exspin predict --samples K`); outcomes and groups are dropped, to be decided again."""
     path = Path(path)
-    examples, candidates = [], []
+    examples, candidates, seen = [], [], set()
     for where, record in _records(path, read_text(path, "candidates file")):
         if not isinstance(record, dict) or not isinstance(record.get("candidates"), list) or not record["candidates"]:
             raise UserError(f"{where}: no candidates (a file written by `exspin predict --samples K`?)")
         index = record.get("index")
         if not isinstance(index, int) or not 0 <= index < len(split.examples):
             raise UserError(f"{where}: index {index!r} is not a question of {split.dataset} {split.name}")
+        if index in seen:
+            raise UserError(f"{where}: a second set of candidates for index {index}")
+        example = split.examples[index]
+        if record.get("db_id", example.db_id) != example.db_id:
+            raise UserError(f"{where}: index {index} is a question on {example.db_id!r}, not {record['db_id']!r} "
+                            f"(candidates of another split?)")
+        seen.add(index)
         try:
             options = [Candidate.model_validate({**c, "outcome": None, "group": None}) for c in record["candidates"]]
         except (ValidationError, TypeError):
             raise UserError(f"{where}: a candidate is not an object with source, sql and completion") from None
-        examples.append(split.examples[index])
+        examples.append(example)
         candidates.append(options)
     if not examples:
         raise UserError(f"{path} holds no candidates")

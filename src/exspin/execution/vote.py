@@ -74,9 +74,18 @@ def results_agree(first: Execution, first_sql: str, second: Execution, second_sq
     return bird_results_match(first.rows, second.rows)
 
 
+def executed_text(sql: str, semantics: Semantics) -> str | Exception:
+    """The text the judge would execute for a candidate, or the exception normalising it raised (the judge
+    records such a prediction as crashed, and so does the vote, rather than end the whole stage)."""
+    try:
+        return normalize(sql, semantics)
+    except Exception as error:  # noqa: BLE001 - a bug in normalising one candidate must not end the vote
+        return error
+
+
 def tally(candidates: Sequence[Candidate], executions: Sequence[Execution | None], semantics: Semantics) -> Vote:
     """The vote over one question's candidates, given each one's execution (None: it held no SQL)."""
-    executed = [normalize(c.sql, semantics) for c in candidates]
+    executed = [text if isinstance(text := executed_text(c.sql, semantics), str) else c.sql for c in candidates]
     firsts: list[int] = []  # each group's first member
     marked: list[Candidate] = []
     for position, (candidate, execution) in enumerate(zip(candidates, executions, strict=True)):
@@ -106,14 +115,19 @@ def vote_many(split: Split, examples: Sequence[Example], candidates: Sequence[Se
     A question whose database is missing keeps greedy's answer (the judge skips it anyway)."""
     semantics = split.dataset
     queries, where = [], []
+    executions: list[list[Execution | None]] = [[None] * len(options) for options in candidates]
     for q, (example, options) in enumerate(zip(examples, candidates, strict=True)):
         db_path = split.db_path(example.db_id)
         for c, candidate in enumerate(options):
             if db_path is not None and candidate.sql.strip():
-                queries.append((str(db_path), normalize(candidate.sql, semantics)))
+                text = executed_text(candidate.sql, semantics)
+                if not isinstance(text, str):
+                    executions[q][c] = Execution("crashed", message=f"normalising it raised {type(text).__name__}: "
+                                                                    f"{text}")
+                    continue
+                queries.append((str(db_path), text))
                 where.append((q, c))
     results = runner.execute_many(queries, progress)
-    executions: list[list[Execution | None]] = [[None] * len(options) for options in candidates]
     for (q, c), execution in zip(where, results, strict=True):
         executions[q][c] = execution
     return [tally(options, runs, semantics) for options, runs in zip(candidates, executions, strict=True)]
