@@ -258,6 +258,7 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, default=None,
                         help="a source tree (a git worktree at an earlier commit): each arm also runs on its "
                              "library, alternating with today's, and the report gives today's speed against it")
+    parser.add_argument("--tag", default="", help="appended to the results' names (what a --baseline run compares)")
     parser.add_argument("--one", choices=[*ARMS, "forward"], help=argparse.SUPPRESS)  # internal: run one arm here
     parser.add_argument("--inputs", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=0, help=argparse.SUPPRESS)
@@ -276,6 +277,7 @@ def main() -> None:
     suffix += "" if args.config.name == "quickstart.yaml" else f"_{args.config.stem}"
     suffix += f"_ckpt{args.checkpoint_over_tokens}" if args.checkpoint_over_tokens else ""
     suffix += "_vs_baseline" if args.baseline else ""
+    suffix += f"_{args.tag}" if args.tag else ""
     work = ROOT / "runs" / f"bench-training{suffix}"
     work.mkdir(parents=True, exist_ok=True)
     records, pairs = make_inputs(args.data, args.records, args.pairs, args.pool, args.batch, args.config)
