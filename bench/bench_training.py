@@ -257,7 +257,7 @@ def main() -> None:
     parser.add_argument("--selfplay-steps", type=int, default=0, help="cap on self-play steps (0: all pairs)")
     parser.add_argument("--baseline", type=Path, default=None,
                         help="a source tree (a git worktree at an earlier commit): each arm also runs on its "
-                             "library, alternating with today's, and the report gives today's speed against it")
+                             "library, just before today's, and the report gives today's speed against it")
     parser.add_argument("--tag", default="", help="appended to the results' names (what a --baseline run compares)")
     parser.add_argument("--one", choices=[*ARMS, "forward"], help=argparse.SUPPRESS)  # internal: run one arm here
     parser.add_argument("--inputs", type=Path, help=argparse.SUPPRESS)
@@ -317,8 +317,11 @@ def main() -> None:
     for name in ARMS:  # arms not rerun this time but measured on the same inputs before
         for label in ([f"{name}@baseline"] if args.baseline else []) + [name]:
             if name not in args.arms and (work / f"{label}.json").is_file():
-                report["arms"][label] = measured(label, {**json.loads((work / f"{label}.json").read_text()),
-                                                         "earlier_invocation": True})
+                arm = json.loads((work / f"{label}.json").read_text())
+                if label.endswith("@baseline") and not Path(arm.get("library", "/")).is_relative_to(
+                        args.baseline.resolve()):
+                    continue  # measured on another baseline: not this comparison
+                report["arms"][label] = measured(label, {**arm, "earlier_invocation": True})
     for name in args.arms:
         kind, settings = ARMS[name]
         steps = (args.records if kind == "sft" else args.pairs) // args.batch

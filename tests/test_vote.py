@@ -174,6 +174,28 @@ def test_a_candidate_that_writes_or_hangs_is_out_and_the_database_is_unchanged(b
     assert database.read_bytes() == before
 
 
+def test_a_candidate_whose_normalisation_raises_is_crashed_and_the_rest_still_vote(bird_dir, monkeypatch):
+    from exspin.data import load_split
+    from exspin.execution import vote as vote_module
+    from exspin.execution.pool import SqlRunner
+
+    split = load_split(bird_dir, "dev")
+    normalize = vote_module.normalize
+
+    def fragile(sql, semantics):
+        if "boom" in sql:
+            raise RecursionError("too deep")
+        return normalize(sql, semantics)
+
+    monkeypatch.setattr(vote_module, "normalize", fragile)
+    candidates = [_candidate("greedy", "SELECT 'boom'", -0.1), _candidate("sample", "SELECT count(*) FROM customer"),
+                  _candidate("sample", "SELECT count(id) FROM customer")]
+    with SqlRunner(workers=1) as runner:
+        (vote,) = vote_module.vote_many(split, [split.examples[0]], [candidates], runner)
+    assert vote.candidates[0].outcome == "crashed" and vote.candidates[0].group is None
+    assert [c.group for c in vote.candidates[1:]] == [0, 0] and vote.sql == "SELECT count(*) FROM customer"
+
+
 def test_grouping_equals_the_judge_on_the_conformance_pairs(spider_dir):
     """Each of 972 dev questions' gold query and a real or perturbed prediction as two candidates: they share a
     group exactly when the judge (whose verdicts equal the official evaluator's, test_conformance) says the
