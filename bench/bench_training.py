@@ -25,6 +25,8 @@ head, recomputation) shows lower MFU.
 
 With --baseline (a git worktree at an earlier commit), each arm runs on that library just before today's,
 and the report (training*_vs_baseline.*) gives today's items/s against it: a change measured side by side.
+With --repeats N, N such pairs, the order alternating, and each pair's ratio with their median: this
+machine drifts by more than a small change between minutes.
 
 4. With --pool N: the *_shared arms put 4 examples in one micro-batch, ordered by prompt, so the
    examples about one database share one packed row and its schema is computed once. Sharing
@@ -45,6 +47,7 @@ import json
 import os
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -258,6 +261,9 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, default=None,
                         help="a source tree (a git worktree at an earlier commit): each arm also runs on its "
                              "library, just before today's, and the report gives today's speed against it")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="with --baseline: pairs of runs per arm, the order alternating; the report gives each "
+                             "pair's ratio and their median")
     parser.add_argument("--tag", default="", help="appended to the results' names (what a --baseline run compares)")
     parser.add_argument("--one", choices=[*ARMS, "forward"], help=argparse.SUPPRESS)  # internal: run one arm here
     parser.add_argument("--inputs", type=Path, help=argparse.SUPPRESS)
@@ -307,7 +313,7 @@ def main() -> None:
         arm["tokens_per_s"] = arm["tokens"] / arm["seconds"]
         arm["items_per_s"] = arm["items"] / arm["seconds"]
         arm["gflops"] = arm["flops"] / arm["seconds"] / 1e9
-        arm.setdefault("dtype", "bfloat16" if ARMS[name.split("@")[0]][1]["bf16"] else "float32")
+        arm.setdefault("dtype", "bfloat16" if ARMS[name.split("@")[0].split("#")[0]][1]["bf16"] else "float32")
         arm["mfu"] = arm["gflops"] / peaks[arm["dtype"]]
         arm["bound_seconds_per_item"] = FORWARD_PASSES[arm["kind"]] * arm["tokens"] / arm["items"] / forward["tokens_per_s"]
         arm["seconds_per_item"] = arm["seconds"] / arm["items"]
@@ -329,8 +335,16 @@ def main() -> None:
             steps = min(steps, args.bf16_steps)  # emulated bf16 is slow here: fewer steps, same per-item rate
         if kind == "selfplay" and args.selfplay_steps:
             steps = min(steps, args.selfplay_steps)
-        # With a baseline, its library runs the arm first, then today's, one after the other
-        for label, source in ([(f"{name}@baseline", args.baseline)] if args.baseline else []) + [(name, None)]:
+        # With a baseline, the two libraries run the arm in turn, `--repeats` pairs, the order alternating
+        # (baseline first in the first pair), since this machine drifts by more than a small change.
+        runs = [(name, None)]
+        if args.baseline:
+            runs = []
+            for repeat in range(args.repeats):
+                pair = [(f"{name}@baseline", args.baseline), (name, None)]
+                runs += [(label + (f"#{repeat + 1}" if repeat else ""), source)
+                         for label, source in (pair if repeat % 2 == 0 else pair[::-1])]
+        for label, source in runs:
             out = work / f"{label}.json"
             command = [sys.executable, __file__, "--one", name, "--inputs", str(inputs_path), "--steps", str(steps),
                        "--batch", str(args.batch), "--out", str(out)]
@@ -345,8 +359,13 @@ def main() -> None:
             print(f"{label}: {arm['items_per_s']:.3f} {'records' if kind == 'sft' else 'pairs'}/s, "
                   f"{arm['tokens_per_s']:.0f} tokens/s, {arm['gflops']:.0f} GFLOP/s, MFU {arm['mfu']:.0%}, "
                   f"of bound {arm['of_bound']:.0%}, peak RSS {arm['peak_rss_gib']:.1f} GiB", flush=True)
-    arms = {label: report["arms"][label] for name in ARMS for label in (f"{name}@baseline", name)
-            if label in report["arms"]}
+        if args.baseline:  # today's items/s over the baseline's, pair by pair
+            ratios = [report["arms"][name + tag]["items_per_s"] / report["arms"][f"{name}@baseline{tag}"]["items_per_s"]
+                      for tag in [""] + [f"#{r + 1}" for r in range(1, args.repeats)]]
+            report[f"{name}_vs_baseline_pairs"] = ratios
+    arms = {label: report["arms"][label] for name in ARMS
+            for tag in [""] + [f"#{r + 1}" for r in range(1, args.repeats)]
+            for label in (f"{name}@baseline{tag}", f"{name}{tag}") if label in report["arms"]}
     report["arms"] = arms
     lines = [f"# Training throughput (default model, 2 cores; matmul peak bf16 {peaks['bfloat16']:.0f}, "
              f"fp32 {peaks['float32']:.0f} GFLOP/s)", "",
@@ -375,7 +394,8 @@ def main() -> None:
         comparisons = [(f"{kind}_exspin", f"{kind}_trl_bf16"), (f"{kind}_exspin", f"{kind}_trl_fp32"),
                        (f"{kind}_exspin_shared", f"{kind}_exspin"), (f"{kind}_exspin_shared_no_dropout",
                                                                      f"{kind}_exspin_shared")]
-        comparisons += [(name, f"{name}@baseline") for name in ARMS if name.startswith(kind)]
+        if args.repeats == 1:
+            comparisons += [(name, f"{name}@baseline") for name in ARMS if name.startswith(kind)]
         for arm, baseline in comparisons:
             if baseline in arms and arm in arms:
                 ratio = arms[arm]["items_per_s"] / arms[baseline]["items_per_s"]
@@ -384,6 +404,13 @@ def main() -> None:
                 report[f"{arm}_vs_{baseline}_tokens"] = tokens
                 lines.append(f"- {kind}: {arm} does {ratio:.2f}x the items/s and {tokens:.2f}x the tokens/s "
                              f"of {baseline} (same inputs, same machine)")
+    for name in ARMS:
+        ratios = report.get(f"{name}_vs_baseline_pairs")
+        if ratios and args.repeats > 1:
+            median = statistics.median(ratios)
+            report[f"{name}_vs_baseline_median"] = median
+            lines.append(f"- {name}: today's items/s over the baseline's, pair by pair (order alternating): "
+                         f"{', '.join(f'{r:.2f}x' for r in ratios)}; median {median:.2f}x")
     (results_dir / f"training{suffix}.json").write_text(json.dumps(report, indent=1) + "\n")
     (results_dir / f"training{suffix}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
