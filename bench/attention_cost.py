@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -23,14 +25,26 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADS, KV_HEADS, DIM = 14, 2, 64
+FLASH = [SDPBackend.FLASH_ATTENTION]
 
 
-def timed(query, key, value, mask, backends, repeats: int = 3, causal: bool = False) -> tuple[float, float]:
-    """Mean seconds of one forward and one backward."""
+def sdpa(query, key, value, mask=None, causal: bool = False) -> torch.Tensor:
+    return torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=causal,
+                                                            enable_gqa=True)
+
+
+def causal_prefix_apart(query, key, value, mask, prefix: int) -> torch.Tensor:
+    """The packed row's causal prefix (the schema and the first tail) as a causal call, the rest of its queries
+    under the mask."""
+    return torch.cat([sdpa(query[:, :, :prefix], key[:, :, :prefix], value[:, :, :prefix], causal=True),
+                      sdpa(query[:, :, prefix:], key, value, mask[:, :, prefix:])], dim=2)
+
+
+def timed(attend: Callable[[], torch.Tensor], backends, repeats: int = 3) -> tuple[float, float]:
+    """Mean seconds of one forward (`attend()`) and one backward, after a warm-up."""
     def step():
         start = time.perf_counter()
-        out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=causal,
-                                                               enable_gqa=True)
+        out = attend()
         middle = time.perf_counter()
         out.float().sum().backward()
         return middle - start, time.perf_counter() - middle
@@ -70,39 +84,24 @@ def main() -> None:
     for batch in args.batches:
         length, mask = packed(args.schema, args.tail, batch)
         allowed = int(mask.sum())
-        for name, backends in (("flash", [SDPBackend.FLASH_ATTENTION]), ("math", [SDPBackend.MATH])):
-            forward, backward = timed(*tensors(1, length, length), mask, backends)
+        for name, backends in (("flash", FLASH), ("math", [SDPBackend.MATH])):
+            forward, backward = timed(partial(sdpa, *tensors(1, length, length), mask), backends)
             rows.append({"batch": batch, "layout": f"packed row, {name}", "row_tokens": length,
                          "mask_cells": length * length, "allowed_cells": allowed,
                          "forward_ms": 1000 * forward, "backward_ms": 1000 * backward})
-        # The packed row as exspin runs it (models.causal_prefix): its causal prefix (the schema and the
-        # first tail) as a causal call, the rest of the row's queries under the mask
+        # The packed row with its causal prefix apart (tried in the library, not kept: bench/results/README.md)
         prefix = args.schema + args.tail
-        query, key, value = tensors(1, length, length)
-        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
-            def split_step(query=query, key=key, value=value, mask=mask, prefix=prefix):
-                start = time.perf_counter()
-                out = torch.cat([
-                    torch.nn.functional.scaled_dot_product_attention(
-                        query[:, :, :prefix], key[:, :, :prefix], value[:, :, :prefix], is_causal=True,
-                        enable_gqa=True),
-                    torch.nn.functional.scaled_dot_product_attention(
-                        query[:, :, prefix:], key, value, attn_mask=mask[:, :, prefix:], enable_gqa=True)], dim=2)
-                middle = time.perf_counter()
-                out.float().sum().backward()
-                return middle - start, time.perf_counter() - middle
-            split_step()
-            runs = [split_step() for _ in range(3)]
+        forward, backward = timed(partial(causal_prefix_apart, *tensors(1, length, length), mask, prefix), FLASH)
         rows.append({"batch": batch, "layout": "packed row, causal prefix apart (exspin), flash", "row_tokens": length,
                      "mask_cells": prefix * (prefix + 1) // 2 + (length - prefix) * length, "allowed_cells": allowed,
-                     "forward_ms": 1000 * sum(f for f, _ in runs) / 3, "backward_ms": 1000 * sum(b for _, b in runs) / 3})
-        # Tails as rows over the schema's keys (computed once, not counted here) and their own
+                     "forward_ms": 1000 * forward, "backward_ms": 1000 * backward})
+        # Tails as rows over the schema's keys (computed once, causally) and their own
         tail_mask = torch.ones(args.tail, args.schema + args.tail, dtype=torch.bool)
         tail_mask[:, args.schema:] = torch.ones(args.tail, args.tail, dtype=torch.bool).tril()
-        forward, backward = timed(*tensors(batch, args.tail, args.schema + args.tail), tail_mask[None, None],
-                                  [SDPBackend.FLASH_ATTENTION])
-        schema_forward, schema_backward = timed(*tensors(1, args.schema, args.schema), None, [SDPBackend.FLASH_ATTENTION],
-                                                causal=True)
+        forward, backward = timed(partial(sdpa, *tensors(batch, args.tail, args.schema + args.tail),
+                                          tail_mask[None, None]), FLASH)
+        schema_forward, schema_backward = timed(partial(sdpa, *tensors(1, args.schema, args.schema), causal=True),
+                                                FLASH)
         rows.append({"batch": batch, "layout": "schema once + tails over its keys, flash", "row_tokens": length,
                      "mask_cells": batch * args.tail * (args.schema + args.tail) + args.schema * (args.schema + 1) // 2,
                      "allowed_cells": allowed, "forward_ms": 1000 * (forward + schema_forward),

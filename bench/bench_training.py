@@ -328,6 +328,7 @@ def main() -> None:
                         args.baseline.resolve()):
                     continue  # measured on another baseline: not this comparison
                 report["arms"][label] = measured(label, {**arm, "earlier_invocation": True})
+    tags = [""] + [f"#{repeat + 1}" for repeat in range(1, args.repeats)]  # one a pair of runs: arm, arm#2, ...
     for name in args.arms:
         kind, settings = ARMS[name]
         steps = (args.records if kind == "sft" else args.pairs) // args.batch
@@ -340,10 +341,9 @@ def main() -> None:
         runs = [(name, None)]
         if args.baseline:
             runs = []
-            for repeat in range(args.repeats):
-                pair = [(f"{name}@baseline", args.baseline), (name, None)]
-                runs += [(label + (f"#{repeat + 1}" if repeat else ""), source)
-                         for label, source in (pair if repeat % 2 == 0 else pair[::-1])]
+            for repeat, tag in enumerate(tags):
+                pair = [(f"{name}@baseline{tag}", args.baseline), (f"{name}{tag}", None)]
+                runs += pair if repeat % 2 == 0 else pair[::-1]
         for label, source in runs:
             out = work / f"{label}.json"
             command = [sys.executable, __file__, "--one", name, "--inputs", str(inputs_path), "--steps", str(steps),
@@ -361,10 +361,9 @@ def main() -> None:
                   f"of bound {arm['of_bound']:.0%}, peak RSS {arm['peak_rss_gib']:.1f} GiB", flush=True)
         if args.baseline:  # today's items/s over the baseline's, pair by pair
             ratios = [report["arms"][name + tag]["items_per_s"] / report["arms"][f"{name}@baseline{tag}"]["items_per_s"]
-                      for tag in [""] + [f"#{r + 1}" for r in range(1, args.repeats)]]
+                      for tag in tags]
             report[f"{name}_vs_baseline_pairs"] = ratios
-    arms = {label: report["arms"][label] for name in ARMS
-            for tag in [""] + [f"#{r + 1}" for r in range(1, args.repeats)]
+    arms = {label: report["arms"][label] for name in ARMS for tag in tags
             for label in (f"{name}@baseline{tag}", f"{name}{tag}") if label in report["arms"]}
     report["arms"] = arms
     lines = [f"# Training throughput (default model, 2 cores; matmul peak bf16 {peaks['bfloat16']:.0f}, "

@@ -74,18 +74,9 @@ def results_agree(first: Execution, first_sql: str, second: Execution, second_sq
     return bird_results_match(first.rows, second.rows)
 
 
-def executed_text(sql: str, semantics: Semantics) -> str | Exception:
-    """The text the judge would execute for a candidate, or the exception normalising it raised (the judge
-    records such a prediction as crashed, and so does the vote, rather than end the whole stage)."""
-    try:
-        return normalize(sql, semantics)
-    except Exception as error:  # noqa: BLE001 - a bug in normalising one candidate must not end the vote
-        return error
-
-
 def tally(candidates: Sequence[Candidate], executions: Sequence[Execution | None], semantics: Semantics) -> Vote:
     """The vote over one question's candidates, given each one's execution (None: it held no SQL)."""
-    executed = [text if isinstance(text := executed_text(c.sql, semantics), str) else c.sql for c in candidates]
+    executed: dict[int, str] = {}  # the text each grouped candidate ran as (the judge's ORDER BY rule reads it)
     firsts: list[int] = []  # each group's first member
     marked: list[Candidate] = []
     for position, (candidate, execution) in enumerate(zip(candidates, executions, strict=True)):
@@ -94,6 +85,7 @@ def tally(candidates: Sequence[Candidate], executions: Sequence[Execution | None
             continue
         group = None
         if execution.ok and not execution.truncated:
+            executed[position] = normalize(candidate.sql, semantics)  # it ran, so its text normalised
             group = next((g for g, first in enumerate(firsts) if results_agree(
                 executions[first], executed[first], execution, executed[position], semantics)), None)
             if group is None:
@@ -120,10 +112,11 @@ def vote_many(split: Split, examples: Sequence[Example], candidates: Sequence[Se
         db_path = split.db_path(example.db_id)
         for c, candidate in enumerate(options):
             if db_path is not None and candidate.sql.strip():
-                text = executed_text(candidate.sql, semantics)
-                if not isinstance(text, str):
-                    executions[q][c] = Execution("crashed", message=f"normalising it raised {type(text).__name__}: "
-                                                                    f"{text}")
+                try:
+                    text = normalize(candidate.sql, semantics)
+                except Exception as error:  # noqa: BLE001 - crashed, as the judge records it, not the end of the vote
+                    executions[q][c] = Execution("crashed", message=f"normalising it raised {type(error).__name__}: "
+                                                                    f"{error}")
                     continue
                 queries.append((str(db_path), text))
                 where.append((q, c))
