@@ -270,6 +270,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.repeats > 1 and not args.baseline:
+        parser.error("--repeats pairs each arm's runs with a --baseline's: give --baseline")
     if args.one == "forward":
         forward_only(args.out)
         return
@@ -320,15 +322,24 @@ def main() -> None:
         arm["of_bound"] = arm["bound_seconds_per_item"] / arm["seconds_per_item"]
         return arm
 
+    tags = [""] + [f"#{repeat + 1}" for repeat in range(1, args.repeats)]  # one a pair of runs: arm, arm#2, ...
+
+    def pair_ratios(name: str) -> list[float]:
+        """Today's items/s over the baseline's, pair by pair."""
+        return [report["arms"][f"{name}{tag}"]["items_per_s"] / report["arms"][f"{name}@baseline{tag}"]["items_per_s"]
+                for tag in tags]
+
     for name in ARMS:  # arms not rerun this time but measured on the same inputs before
-        for label in ([f"{name}@baseline"] if args.baseline else []) + [name]:
+        for label in [f"{name}@baseline{tag}" for tag in tags if args.baseline] + [f"{name}{tag}" for tag in tags]:
             if name not in args.arms and (work / f"{label}.json").is_file():
                 arm = json.loads((work / f"{label}.json").read_text())
-                if label.endswith("@baseline") and not Path(arm.get("library", "/")).is_relative_to(
+                if "@baseline" in label and not Path(arm.get("library", "/")).is_relative_to(
                         args.baseline.resolve()):
                     continue  # measured on another baseline: not this comparison
                 report["arms"][label] = measured(label, {**arm, "earlier_invocation": True})
-    tags = [""] + [f"#{repeat + 1}" for repeat in range(1, args.repeats)]  # one a pair of runs: arm, arm#2, ...
+        if name not in args.arms and args.baseline and all(f"{name}{t}" in report["arms"] and f"{name}@baseline{t}"
+                                                           in report["arms"] for t in tags):
+            report[f"{name}_vs_baseline_pairs"] = pair_ratios(name)
     for name in args.arms:
         kind, settings = ARMS[name]
         steps = (args.records if kind == "sft" else args.pairs) // args.batch
@@ -359,10 +370,8 @@ def main() -> None:
             print(f"{label}: {arm['items_per_s']:.3f} {'records' if kind == 'sft' else 'pairs'}/s, "
                   f"{arm['tokens_per_s']:.0f} tokens/s, {arm['gflops']:.0f} GFLOP/s, MFU {arm['mfu']:.0%}, "
                   f"of bound {arm['of_bound']:.0%}, peak RSS {arm['peak_rss_gib']:.1f} GiB", flush=True)
-        if args.baseline:  # today's items/s over the baseline's, pair by pair
-            ratios = [report["arms"][name + tag]["items_per_s"] / report["arms"][f"{name}@baseline{tag}"]["items_per_s"]
-                      for tag in tags]
-            report[f"{name}_vs_baseline_pairs"] = ratios
+        if args.baseline:
+            report[f"{name}_vs_baseline_pairs"] = pair_ratios(name)
     arms = {label: report["arms"][label] for name in ARMS for tag in tags
             for label in (f"{name}@baseline{tag}", f"{name}{tag}") if label in report["arms"]}
     report["arms"] = arms

@@ -54,7 +54,8 @@ def main() -> None:
     texts = [prompts[e.index] for e in examples]
     split = load_split(config.data.path, config.data.eval_split)
     tag = (f"{run.name}_{args.stage}" + (f"_first{args.limit}" if args.limit else "")
-           + ("" if args.max_k == 16 else f"_k{args.max_k}"))
+           + ("" if args.max_k == 16 else f"_k{args.max_k}")
+           + ("" if args.temperature == 0.8 else f"_T{args.temperature}"))  # other candidates, another folder
     out = args.run.parent / "bench-vote" / tag
     generation = config.generation.model_copy(update={"vote_temperature": args.temperature})
     results: dict = {"run": str(run.path), "stage": args.stage, "model": model, "n": len(examples),
@@ -114,9 +115,12 @@ def main() -> None:
     t = results["timing"]
     lines = [f"# Execution vote on {len(examples)} dev questions: `{run.name}` {args.stage} "
              f"(T {args.temperature}, {args.machine})", "",
-             "Greedy's answer and the first k samples a question (the 16: two calls of 8 with their own seeds); "
-             "pass@k: some of the k + 1 candidates is right. Wall: what `exspin predict --samples k` costs, "
-             "generation and execution (k = 1 and 4 are not timed apart).", "",
+             "Greedy's answer and the first k samples a question"
+             + (" (the 16: two calls of 8 with their own seeds)" if args.max_k == 16 else "")
+             + "; pass@k: some of the k + 1 candidates is right. Wall: greedy's generation, the calls of 8 samples "
+             "the row uses and the vote's execution (`exspin predict --samples 8` makes the one call of 8; for 16 it "
+             "would make one call of 16, sharing each prompt's prefill once, where this bench makes two); k = 1 "
+             "and 4 are not timed apart.", "",
              "| k | greedy EX | vote EX | vote - greedy | +/- | p | pass@k | wall min | x greedy |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in results["rows"]:
