@@ -63,6 +63,8 @@ def test_row_order_counts_only_when_a_query_orders():
     swapped = [_candidate("greedy", "SELECT a, b FROM t"), _candidate("sample", "SELECT b, a FROM t")]
     assert len(tally(swapped, [_ok((1, "x")), _ok(("x", 1))], "spider").groups()) == 1
     assert len(tally(swapped, [_ok((1, "x")), _ok(("x", 1))], "bird").groups()) == 2
+    # The ORDER BY rule reads the text each candidate ran as, where the caller hands it over.
+    assert len(tally(plain, [up, down], "spider", ["SELECT a FROM t ORDER BY a", None]).groups()) == 2
 
 
 def _write_candidates(path, rows):

@@ -74,8 +74,10 @@ def results_agree(first: Execution, first_sql: str, second: Execution, second_sq
     return bird_results_match(first.rows, second.rows)
 
 
-def tally(candidates: Sequence[Candidate], executions: Sequence[Execution | None], semantics: Semantics) -> Vote:
-    """The vote over one question's candidates, given each one's execution (None: it held no SQL)."""
+def tally(candidates: Sequence[Candidate], executions: Sequence[Execution | None], semantics: Semantics,
+          ran: Sequence[str | None] | None = None) -> Vote:
+    """The vote over one question's candidates, given each one's execution (None: it held no SQL) and, where the
+    caller has it, the normalised text each one ran as (else it is normalised again here)."""
     executed: dict[int, str] = {}  # the text each grouped candidate ran as (the judge's ORDER BY rule reads it)
     firsts: list[int] = []  # each group's first member
     marked: list[Candidate] = []
@@ -85,7 +87,8 @@ def tally(candidates: Sequence[Candidate], executions: Sequence[Execution | None
             continue
         group = None
         if execution.ok and not execution.truncated:
-            executed[position] = normalize(candidate.sql, semantics)  # it ran, so its text normalised
+            text = ran[position] if ran is not None else None
+            executed[position] = text if text is not None else normalize(candidate.sql, semantics)
             group = next((g for g, first in enumerate(firsts) if results_agree(
                 executions[first], executed[first], execution, executed[position], semantics)), None)
             if group is None:
@@ -108,6 +111,7 @@ def vote_many(split: Split, examples: Sequence[Example], candidates: Sequence[Se
     semantics = split.dataset
     queries, where = [], []
     executions: list[list[Execution | None]] = [[None] * len(options) for options in candidates]
+    texts: list[list[str | None]] = [[None] * len(options) for options in candidates]
     for q, (example, options) in enumerate(zip(examples, candidates, strict=True)):
         db_path = split.db_path(example.db_id)
         for c, candidate in enumerate(options):
@@ -120,7 +124,8 @@ def vote_many(split: Split, examples: Sequence[Example], candidates: Sequence[Se
                     continue
                 queries.append((str(db_path), text))
                 where.append((q, c))
+                texts[q][c] = text
     results = runner.execute_many(queries, progress)
     for (q, c), execution in zip(where, results, strict=True):
         executions[q][c] = execution
-    return [tally(options, runs, semantics) for options, runs in zip(candidates, executions, strict=True)]
+    return [tally(options, runs, semantics, ran) for options, runs, ran in zip(candidates, executions, texts, strict=True)]

@@ -190,10 +190,10 @@ class Asker:
         semantics = database.split.dataset
         with self._sql_lock:  # as the judge runs them
             # The judge's row cap (a result is not cut at the page's 1,000 rows), the page's byte budget.
-            runs = [execute(database.path, normalize(c.sql, semantics), self.timeout_s,
-                            self.config.execution.max_rows, self.max_bytes) if c.sql.strip() else None
-                    for c in candidates]
-        vote = tally(candidates, runs, semantics)
+            texts = [normalize(c.sql, semantics) if c.sql.strip() else None for c in candidates]
+            runs = [execute(database.path, text, self.timeout_s, self.config.execution.max_rows, self.max_bytes)
+                    if text is not None else None for text in texts]
+        vote = tally(candidates, runs, semantics, texts)
         previews = tuple("no SQL" if run is None else str(run.rows[0]) if run.ok and run.rows else
                          "no rows" if run.ok else run.outcome for run in runs)
         chosen = vote.candidates[vote.chosen]
