@@ -595,6 +595,34 @@ def _assert_same_step(stock, fast):
         assert torch.allclose(grads[name], grad, atol=1e-5), name
 
 
+def test_a_resumed_selfplay_training_reuses_its_reference_log_probs(tiny_model_dir, tmp_path, monkeypatch):
+    """The reference log-probs, computed before the first step, are cached in the trainer's folder: building
+    the trainer again there (as a resume does, in a new process) computes none; saving the model drops them."""
+    from exspin.training import forward
+    from exspin.training.common import DATASET_CACHE, LoraSettings
+    from exspin.training.selfplay import SelfPlaySettings, build_selfplay_trainer, train_selfplay
+
+    calls = []
+    original = forward.scored_outputs
+    monkeypatch.setattr(forward, "scored_outputs",
+                        lambda model, packed, shape: calls.append(1) or original(model, packed, shape))
+    pairs = [{"prompt": f"<|im_start|>user\nQuestion {i}?<|im_end|>\n<|im_start|>assistant\n",
+              "chosen": f"SELECT {i} FROM singer", "rejected": "SELECT 1"} for i in range(4)]
+    settings = SelfPlaySettings(bf16=False, batch_size=2, max_length=128, max_steps=1,
+                                lora=LoraSettings(r=4, alpha=8, dropout=0.0), gradient_checkpointing=False)
+    references = []
+    for _ in range(2):
+        trainer, _, _ = build_selfplay_trainer(str(tiny_model_dir), pairs, settings, tmp_path)
+        references.append([trainer.train_dataset[i]["ref_chosen_logps"] for i in range(len(pairs))])
+        del trainer
+    assert len(calls) == 2 and references[0] == references[1]  # two batches, computed once
+    # Other pairs in the same folder are not served the old pairs' log-probs.
+    build_selfplay_trainer(str(tiny_model_dir), pairs[:2], settings, tmp_path)
+    assert len(calls) == 3
+    train_selfplay(str(tiny_model_dir), pairs, settings, tmp_path)
+    assert (tmp_path / "model").is_dir() and not (tmp_path / "trainer" / DATASET_CACHE).exists()
+
+
 def test_training_cut_short_continues_from_its_checkpoint(tiny_model_dir, tmp_path, capsys):
     """Killed after step 3 of 4 with a checkpoint at step 2: training again continues from step 2, logs
     each step once, and ends with the weights of a training never cut; the checkpoints then go."""

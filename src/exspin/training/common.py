@@ -115,6 +115,23 @@ def sampling_arguments(settings: TrainSettings, dataset, packs: bool):
     return dataset.select(order), {"train_sampling_strategy": "sequential"}
 
 
+def cached_on_disk(dataset, folder: Path):
+    """The dataset saved in folder and read back memory-mapped. What a trainer derives from it by
+    `map` (its tokenised rows; DPO's precomputed reference log-probs) is then cached beside it under a
+    name that the data and model fix, so a resumed training reuses it instead of computing it again.
+    An in-memory dataset's derived files go to a temporary folder that dies with the process."""
+    import shutil
+
+    from datasets import load_from_disk
+
+    state = folder / "state.json"
+    if not (state.is_file() and json.loads(state.read_text()).get("_fingerprint") == dataset._fingerprint):
+        if folder.exists():  # another training's rows, or a save cut short
+            shutil.rmtree(folder)
+        dataset.save_to_disk(str(folder))
+    return load_from_disk(str(folder))
+
+
 def check_lengths(tokenizer, records: list[tuple[str, ...]], max_length: int, output_dir: Path) -> dict:
     """Count the examples a trainer would truncate: prompt plus its longest completion over max_length.
 
@@ -171,6 +188,9 @@ def remove_checkpoints(trainer_dir: Path, keep: Path | None = None) -> None:
     for checkpoint in trainer_dir.glob("checkpoint-*"):
         if checkpoint != keep:
             shutil.rmtree(checkpoint)
+
+
+DATASET_CACHE = "dataset"  # in the trainer's folder: the training rows and what trl derived from them
 
 
 class StepTimes(TrainerCallback):
@@ -277,6 +297,7 @@ def save_trained(trainer, tokenizer, output_dir: Path, base_model: str, settings
                                                                            trainer.state.global_step))
         shutil.rmtree(staging, ignore_errors=True)
         remove_checkpoints(Path(trainer.args.output_dir))
+        shutil.rmtree(Path(trainer.args.output_dir) / DATASET_CACHE, ignore_errors=True)
     accelerator.wait_for_everyone()
     return output_dir / "model"
 

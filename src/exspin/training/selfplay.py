@@ -20,8 +20,10 @@ from pathlib import Path
 
 from exspin.records import PreferencePair
 from exspin.training.common import (
+    DATASET_CACHE,
     CheckpointLargeBatches,
     StepLog,
+    cached_on_disk,
     check_lengths,
     load_for_training,
     lora_config,
@@ -126,6 +128,8 @@ def build_selfplay_trainer(model_path: str, pairs: Sequence[PreferencePair | dic
     single_process = int(os.environ.get("WORLD_SIZE", "1")) == 1
     # A pair's `weight` (graded negatives, feedback.NegativeWeights) is how many times it is trained on.
     dataset = Dataset.from_list([p.model_dump(exclude={"weight"}) for p in pairs for _ in range(p.weight)])
+    if single_process:  # on disk, so a resumed training finds its reference log-probs already computed
+        dataset = cached_on_disk(dataset, output_dir / "trainer" / DATASET_CACHE)
     dataset, sampling = sampling_arguments(settings, dataset, settings.shared_prompt and takes_4d_mask(model))
     config = DPOConfig(**trainer_arguments(settings, output_dir / "trainer"), **sampling, beta=settings.beta,
                        loss_type=losses, loss_weights=weights,
