@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bench_methods import reward_trend
 
-from exspin.config import RunConfig
+from exspin.config import saved_config
 from exspin.evaluation.stats import paired_change
 from exspin.run_folder import RunFolder, read_verdicts
 
@@ -48,7 +48,7 @@ def changed_settings(base: dict, arm: dict, prefix: str = "") -> list[str]:
 def resolved(run: RunFolder) -> dict:
     """A run's settings with those added to exspin since it ran at their defaults, so that only real
     differences between two runs show."""
-    return RunConfig.model_validate(run.config()).model_dump(mode="json")
+    return saved_config(run.config()).model_dump(mode="json")
 
 
 def arm_rows(base: RunFolder, arm: RunFolder) -> list[dict]:

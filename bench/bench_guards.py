@@ -8,9 +8,9 @@ differ only in the self-play recipe:
   builds on the previous one whatever its validation EX);
 - guards on, same steps: learning rate 5e-6, NLL weight 1, the same 22 steps of batch 2, and
   rollback;
-- the base run itself (the quickstart defaults: 1 epoch of batch 4), read from it.
+- the base run itself (the quickstart's own recipe, DPO on its samples: 1 epoch of batch 4), read from it.
 Finished variants are reused. Writes bench/results/guards.json and prints the table
-(start, SFT, SPIN-1, ExSPIN-1, ExSPIN-2), validation / dev EX per cell.
+(start, SFT, SPIN-1, ExSPIN-1, ExSPIN-2, DPO-1, DPO-2), validation / dev EX per cell.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ GUARDS_ON = ["selfplay.train.learning_rate=5e-6", "selfplay.train.nll_weight=1",
 VARIANTS = [  # (name, guards, method, iterations, overrides), most informative first
     ("exspin-guards-off", "off", "exspin", 2, GUARDS_OFF),
     ("spin-guards-off", "off", "spin", 1, GUARDS_OFF),
-    ("exspin-guards-on", "on", "exspin", 1, GUARDS_ON),  # ExSPIN-2 with guards: the quickstart's row
+    ("exspin-guards-on", "on", "exspin", 1, GUARDS_ON),
     ("spin-guards-on", "on", "spin", 1, GUARDS_ON),
 ]
-COLUMNS = ["start", "sft", "spin-1", "exspin-1", "exspin-2"]
+COLUMNS = ["start", "sft", "spin-1", "exspin-1", "exspin-2", "dpo-1", "dpo-2"]
 
 
 def main() -> None:

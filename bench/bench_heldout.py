@@ -17,7 +17,7 @@ import json
 import random
 from pathlib import Path
 
-from exspin.config import RunConfig
+from exspin.config import saved_config
 from exspin.data import load_split
 from exspin.evaluation.predict import predict
 from exspin.evaluation.stats import paired_change
@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=160)
     args = parser.parse_args()
     base = RunFolder(args.base)
-    config = RunConfig.model_validate(base.config())
+    config = saved_config(base.config())
     split = load_split(config.data.path, config.data.train_split)
     used = {e.index for which in ("train", "validation") for e in base.examples(which)}
     unused = [e for e in split.executable if e.index not in used]

@@ -41,10 +41,10 @@ def main() -> None:
     overrides = [f"hints.enabled={str(not base_hints).lower()}", "selfplay.iterations=0"]
     if "decode_round" not in base_config["generation"]:  # begun before rounds: decode as it did
         overrides.append("generation.decode_round=null")
-    from exspin.config import RunConfig, load_config
+    from exspin.config import load_config, saved_config
 
     ours = load_config(args.config, overrides).model_dump(mode="json")
-    theirs = RunConfig.model_validate(base_config).model_dump(mode="json")
+    theirs = saved_config(base_config).model_dump(mode="json")
     theirs["generation"] = {**theirs["generation"], "decode_round": ours["generation"]["decode_round"]}
     differ = [k for k in ours if k not in ("run_dir", "hints", "selfplay", "control") and ours[k] != theirs.get(k)]
     if differ:

@@ -35,10 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def worker(args) -> None:
-    from exspin.config import RunConfig
+    from exspin.config import saved_config
 
     base, other = RunFolder(args.base), RunFolder(args.prompts_from)
-    config = RunConfig.model_validate(base.config())
+    config = saved_config(base.config())
     if args.task == "generate":
         from exspin.generation import load_generator
 

@@ -66,7 +66,8 @@ SETTABLE = ("selfplay.train.", "selfplay.method=", "selfplay.feedback.", "selfpl
 ARMS = {
     "exspin": [],  # plain ExSPIN: the base run's own first iteration, unless --set changes a setting
     "spin": ["selfplay.method=spin"],
-    "dpo": ["selfplay.method=dpo", *SAMPLED],
+    "dpo": ["selfplay.method=dpo", *SAMPLED, "selfplay.feedback.pairs_per_question=1",  # as measured, not the
+            "selfplay.train.learning_rate=5e-6"],  # default recipe (8 samples at T 1.0, 2 pairs, lr 2e-5)
     # Feedback beyond the paper, each against plain ExSPIN (greedy, every wrong answer, the gold as chosen):
     "exspin_k4": SAMPLED,
     "exspin_graded": ["selfplay.feedback.negatives.wrong_result=2", "selfplay.feedback.negatives.syntax_error=0"],
@@ -105,7 +106,10 @@ def run_iteration(base: Path, config: Path, run_dir: Path, overrides: list[str])
     answers as the base run did (greedy, from the same SFT model) starts from the base run's labelled
     answers instead of generating them again; a sampling arm starts from another sampling arm's (the same
     opponent, samples, temperature and seed, with log-probs). Only its pairs, training and scores are its own."""
-    greedy = not any(o.startswith(SAMPLING) for o in overrides)
+    from exspin.config import load_config
+
+    # Greedy as the resolved config says (a method's recipe may sample where no override asks it to)
+    greedy = load_config(config, [*overrides, "selfplay.iterations=1"]).selfplay.samples_per_question == 1
     answers = RunFolder(base).stage_dir("exspin-1") / "generations.jsonl" if greedy else shared_samples(run_dir.parent)
     first = run_dir / stage_folder_name(4, "exspin-1")  # where the branch's first iteration will run
     if answers is not None and answers.is_file() and not first.exists():

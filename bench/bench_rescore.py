@@ -29,7 +29,7 @@ def main() -> None:
                         help="generation settings to change (null: None)")
     args = parser.parse_args()
 
-    from exspin.config import RunConfig
+    from exspin.config import saved_config
     from exspin.data import load_split
     from exspin.evaluation.predict import predict_prompts
     from exspin.evaluation.stats import paired_change
@@ -38,7 +38,7 @@ def main() -> None:
     from exspin.run_folder import RunFolder, read_verdicts
 
     run = RunFolder(args.run)
-    config = RunConfig.model_validate(run.config())
+    config = saved_config(run.config())
     recorded = json.loads((run.scored_dir(args.stage, "eval") / "generation.json").read_text())
     settings = {**recorded["config"]}  # as the stage was scored (keys it predates take their defaults)
     for override in args.overrides:

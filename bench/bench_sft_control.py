@@ -22,7 +22,7 @@ import json
 import os
 from pathlib import Path
 
-from exspin.config import RunConfig
+from exspin.config import saved_config
 from exspin.pipeline import Run
 from exspin.run_folder import RunFolder, branch_run, model_path_in, stage_folder_name
 from exspin.training.launch import processes, train
@@ -75,7 +75,7 @@ def main() -> None:
         raise SystemExit(f"{arm.path.name} trained nothing up to {stages[-1]}: no control to match")
     records = base.sft_records("sft")
     branch_run(args.base, args.out)
-    config = RunConfig.model_validate(base.config()).model_copy(update={"run_dir": args.out})
+    config = saved_config(base.config()).model_copy(update={"run_dir": args.out})
     settings = config.sft.train.model_copy(update={"max_steps": steps, "epoch_snapshots": False})
     run = Run(config, resume=True)
     sft_model = base.model("sft")
@@ -96,7 +96,7 @@ def main() -> None:
     tokenizer = load_tokenizer(sft_model)
     per_record = sum(len(tokenizer(r.prompt + r.completion).input_ids) for r in records) / len(records)
     control_tokens = round(per_record * steps * rows_per_step)
-    epochs = RunConfig.model_validate(arm.config()).selfplay.train.epochs
+    epochs = saved_config(arm.config()).selfplay.train.epochs
     arm_tokens = sum(trained_tokens_of_rows(arm, stage, tokenizer, epochs) for stage in stages if trained[stage])
     print(f"control: {steps} optimizer steps of SFT from {sft_model} ({steps * rows_per_step:,} records); "
           f"about {control_tokens:,} trained tokens against {arm.path.name}'s {arm_tokens:,} "

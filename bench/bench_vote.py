@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from exspin.artifacts import read_jsonl, write_json, write_jsonl
-from exspin.config import RunConfig
+from exspin.config import saved_config
 from exspin.data import load_split
 from exspin.evaluation import evaluate
 from exspin.evaluation.predict import score_votes
@@ -47,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
 
     run = RunFolder(args.run)
-    config = RunConfig.model_validate(run.config())
+    config = saved_config(run.config())
     model = run.model(args.stage)
     examples = run.examples("eval")[: args.limit]
     prompts = run.prompts("eval")

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from exspin.config import RunConfig
+from exspin.config import saved_config
 from exspin.data import load_split
 from exspin.evaluation import evaluate, read_predictions, write_results
 from exspin.evaluation.predict import PromptSet, predict_sets
@@ -27,7 +27,7 @@ from exspin.run_folder import RunFolder
 def main():
     run_dir, epoch, out = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
     run = RunFolder(run_dir)
-    config = RunConfig.model_validate(run.config())
+    config = saved_config(run.config())
     base = resolve_model(config.model)
     model = out / "model"
     if not (model / "config.json").is_file():

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: the CPU quickstart. Sets itself up on first use (the default model comes from
-# PyPI), then runs SFT and two ExSPIN iterations on a fixed Spider subset, evaluating after each
+# PyPI), then runs SFT and two self-play iterations on a fixed Spider subset, evaluating after each
 # stage; the report lands in runs/quickstart/report/. Re-running resumes, or reprints when done.
 # DATA overrides the Spider directory; extra arguments are config overrides (key.sub=value).
 set -euo pipefail

@@ -109,7 +109,7 @@ def test_run_dry_run_prints_the_plan_and_starts_nothing(spider_dir, tmp_path):
     config = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
     result = run_cli("run", config, "--dry-run", f"data.path={spider_dir}", f"run_dir={tmp_path / 'run'}")
     assert result.returncode == 0, result.stderr
-    assert "sft" in result.stdout and "exspin-1" in result.stdout and "(too few)" in result.stdout
+    assert "sft" in result.stdout and "dpo-1" in result.stdout and "(too few)" in result.stdout
     assert not (tmp_path / "run").exists()
     # The quickstart carves 4 questions a database; asking more of the databases than they hold is one line.
     result = run_cli("run", config, "--dry-run", f"data.path={spider_dir}", "data.validation_size=2000")

@@ -9,7 +9,8 @@ import pytest
 from exspin.config import RunConfig, load_config
 from exspin.errors import UserError
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 
 
 def test_there_are_shipped_configs():
@@ -35,19 +36,19 @@ def test_dotted_overrides(tmp_path):
 
 def test_inconsistent_settings_are_one_line_errors(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("selfplay:\n  method: dpo\n")
+    path.write_text("selfplay:\n  method: dpo\n  samples_per_question: 1\n")
     with pytest.raises(UserError, match="samples_per_question >= 2") as error:
         load_config(path)
     assert "\n" not in str(error.value)
     assert load_config(path, ["selfplay.samples_per_question=4"]).selfplay.samples_per_question == 4
     assert load_config(path, ["selfplay.iterations=0"]).selfplay.method == "dpo"  # no self-play: nothing to pair
-    path.write_text("selfplay:\n  method: rft\n")
+    path.write_text("selfplay:\n  method: rft\n  samples_per_question: 1\n")
     with pytest.raises(UserError, match="rft trains towards the opponent's right samples"):
         load_config(path)
     assert load_config(path, ["selfplay.samples_per_question=4", "selfplay.feedback.pairs_per_question=2"])
     with pytest.raises(UserError, match="pairs_per_question is a DPO and RFT rule"):
         load_config(path, ["selfplay.method=exspin", "selfplay.feedback.pairs_per_question=2"])
-    path.write_text("selfplay:\n  feedback:\n    hardest_negative: true\n")
+    path.write_text("selfplay:\n  method: exspin\n  feedback:\n    hardest_negative: true\n")
     with pytest.raises(UserError, match="feedback.hardest_negative .*samples_per_question >= 2"):
         load_config(path)
     rules = load_config(path, ["selfplay.samples_per_question=4", "selfplay.feedback.negatives.syntax_error=0"])
@@ -61,7 +62,7 @@ def test_inconsistent_settings_are_one_line_errors(tmp_path):
         load_config(path, ["selfplay.samples_per_question=4", "selfplay.feedback.own_chosen=true",
                            "selfplay.feedback.equivalent_positives=true"])
     own = tmp_path / "own.yaml"
-    own.write_text("selfplay:\n  feedback:\n    own_chosen: true\n")
+    own.write_text("selfplay:\n  method: exspin\n  feedback:\n    own_chosen: true\n")
     with pytest.raises(UserError, match="own_chosen .*samples_per_question >= 2"):
         load_config(own)
     zero = [f"selfplay.feedback.negatives.{label}=0"
@@ -150,3 +151,50 @@ def test_rft_refuses_the_rules_of_a_rejected_side(tmp_path):
         load_config(path, ["selfplay.feedback.negatives.timeout=0"])
     with pytest.raises(UserError, match="replay_ratio is for pairs"):
         load_config(path, ["selfplay.replay_ratio=0.5"])
+
+
+def test_each_method_fills_its_own_recipe_and_the_papers_exspin_is_one_setting_away(tmp_path):
+    from exspin.config import RunConfig
+
+    default = RunConfig().selfplay
+    assert (default.method, default.samples_per_question, default.temperature, default.feedback.pairs_per_question,
+            default.train.learning_rate) == ("dpo", 8, 1.0, 2, 2e-5)
+    path = tmp_path / "c.yaml"
+    path.write_text("selfplay:\n  method: exspin\n")
+    paper = load_config(path).selfplay
+    assert (paper.samples_per_question, paper.feedback.pairs_per_question, paper.train.learning_rate) == (1, 1, 5e-6)
+    path.write_text("selfplay:\n  samples_per_question: 4\n  train:\n    learning_rate: 1.0e-5\n    beta: 0.2\n")
+    mine = load_config(path).selfplay  # what a config sets wins; the rest is the method's
+    assert (mine.samples_per_question, mine.train.learning_rate, mine.train.beta, mine.temperature) == (4, 1e-5, 0.2, 1.0)
+    path.write_text("selfplay:\n  feedback:\n    hardest_negative: true\n")
+    assert load_config(path).selfplay.feedback.pairs_per_question == 1  # the hardest wrong answer alone
+
+
+def test_a_saved_config_keeps_the_defaults_it_ran_with():
+    """A run's config.json from before a setting existed reads back with the field's default (what ran), not
+    with the recipe a new config of the same method fills in."""
+    from exspin.config import saved_config
+
+    saved = {"selfplay": {"method": "dpo", "samples_per_question": 4, "temperature": 0.8,
+                          "train": {"learning_rate": 5e-6}}}
+    assert saved_config(saved).selfplay.feedback.pairs_per_question == 1
+    assert RunConfig.model_validate(saved).selfplay.feedback.pairs_per_question == 2
+    assert saved_config({}).selfplay.method == "exspin"  # saved before DPO became the default: it ran ExSPIN
+
+
+def test_a_run_folders_config_json_reads_back_as_saved(tmp_path):
+    """`exspin run RUN/config.json --resume` resolves the file as the run saved it, not with recipes filled in."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"selfplay": {"method": "dpo", "samples_per_question": 4}}')
+    assert load_config(run / "config.json").selfplay.feedback.pairs_per_question == 2  # no manifest: a config
+    (run / "manifest.json").write_text("{}")
+    assert load_config(run / "config.json").selfplay.feedback.pairs_per_question == 1
+
+
+def test_a_parent_configs_method_recipe_gives_way_to_the_childs_method():
+    """spider_cpu.yaml is the paper's ExSPIN; spider_cpu_tuned.yaml inherits it and says only `method: dpo`."""
+    tuned = load_config(CONFIG_DIR / "spider_cpu_tuned.yaml").selfplay
+    assert (tuned.method, tuned.samples_per_question, tuned.train.learning_rate) == ("dpo", 8, 2e-5)
+    paper = load_config(CONFIG_DIR / "spider_cpu_tuned.yaml", ["selfplay.method=exspin"]).selfplay
+    assert (paper.samples_per_question, paper.feedback.pairs_per_question, paper.train.learning_rate) == (1, 1, 5e-6)

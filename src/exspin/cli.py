@@ -272,10 +272,10 @@ def _train_settings(settings_cls, config: Path | None, settings: Path | None, se
         from exspin.training.launch import read_settings
 
         return read_settings(settings, settings_cls)
-    if config is None:
-        return settings_cls()
-    from exspin.config import load_config
+    from exspin.config import RunConfig, load_config
 
+    if config is None:  # a run's own defaults (self-play: the default method's recipe)
+        return getattr(RunConfig(), section).train
     return getattr(load_config(config), section).train
 
 
@@ -302,15 +302,16 @@ def train_sft_command(
 @train_app.command("selfplay")
 def train_selfplay_command(
     model: Annotated[str, typer.Option(help="The opponent: the model of the previous iteration.")],
-    records: Annotated[Path, typer.Option("--records", "--pairs", help="JSONL with prompt, chosen (gold) and "
-                                          "rejected (opponent's), and optionally weight.")],
+    records: Annotated[Path, typer.Option("--records", "--pairs", help="JSONL with prompt, chosen (a right answer: "
+                                          "the model's own, or the gold) and rejected (a wrong one), and optionally weight.")],
     out: Annotated[Path, typer.Option(help="Output folder (model/, adapter/, train_log.jsonl).")],
-    config: Annotated[Path | None, typer.Option(help="Run config whose selfplay.train settings to use.")] = None,
+    config: Annotated[Path | None, typer.Option(help="Run config whose selfplay.train settings to use "
+                                                            "(without one: the default method's, lr 2e-5).")] = None,
     settings: Annotated[Path | None, typer.Option(help="Trainer settings as JSON (what a launched stage writes).")]
     = None,
     seed: Annotated[int | None, typer.Option(help="Overrides the settings' seed (one per iteration).")] = None,
 ) -> None:
-    """One self-play iteration's training with the SPIN loss."""
+    """One self-play iteration's training with the SPIN loss (DPO's sigmoid loss, the opponent as reference)."""
     from exspin.models import resolve_model
     from exspin.records import PreferencePair
     from exspin.training.launch import train

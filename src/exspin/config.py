@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
 from exspin.errors import UserError
 from exspin.feedback import OWN_ANSWERS, PairMethod, PairRules
@@ -47,8 +47,33 @@ class SFTStage(_Section):
     train: SFTSettings = SFTSettings()
 
 
+# What each method trains with where a config leaves it unset (issue 27). DPO on the model's own samples
+# measured best against a tuned SFT (bench/results/arms_base_e3.md); `selfplay.method: exspin` alone gives
+# the paper's ExSPIN: the opponent's greedy answer rejected, the gold chosen, a low learning rate.
+METHOD_DEFAULTS: dict[str, dict] = {
+    "dpo": {"samples_per_question": 8, "temperature": 1.0, "feedback": {"pairs_per_question": 2},
+            "train": {"learning_rate": 2e-5}},
+    "rft": {"samples_per_question": 8, "temperature": 1.0, "train": {"learning_rate": 2e-5}},
+    "exspin": {"samples_per_question": 1, "train": {"learning_rate": 5e-6}},
+    "spin": {"samples_per_question": 1, "train": {"learning_rate": 5e-6}},
+}
+DEFAULT_METHOD: PairMethod = "dpo"
+SAVED_METHOD: PairMethod = "exspin"  # the default before 2026-12-06, for a saved config without `method`
+
+
+def _with_defaults(given: dict, defaults: dict) -> dict:
+    """`given` with every key of `defaults` it lacks, nested dicts merged; objects already built are kept."""
+    merged = dict(given)
+    for key, value in defaults.items():
+        if key not in merged:
+            merged[key] = value
+        elif isinstance(value, dict) and isinstance(merged[key], dict):
+            merged[key] = _with_defaults(merged[key], value)
+    return merged
+
+
 class SelfPlayStage(_Section):
-    method: PairMethod = "exspin"
+    method: PairMethod = DEFAULT_METHOD
     iterations: int = Field(2, ge=0)
     samples_per_question: int = Field(1, ge=1)  # 1: greedy; more: sampling at `temperature`
     temperature: float = Field(0.8, gt=0.0)
@@ -58,6 +83,22 @@ class SelfPlayStage(_Section):
     replay_ratio: float = Field(0.0, ge=0.0)
     feedback: PairRules = PairRules()  # beyond the paper: graded negatives, equivalent positives, hardest negative
     train: SelfPlaySettings = SelfPlaySettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_defaults(cls, data, info: ValidationInfo):
+        """Fill what the config (with what it inherits and its overrides) leaves unset with its method's recipe
+        (METHOD_DEFAULTS). Not for a run's saved config (saved_config): what it lacks predates the setting, so
+        the field's own default is what ran, and a run saved before DPO became the default ran ExSPIN."""
+        if not isinstance(data, dict):
+            return data
+        if (info.context or {}).get("saved"):
+            return {"method": SAVED_METHOD, **data}
+        defaults = METHOD_DEFAULTS.get(data.get("method", DEFAULT_METHOD), {})
+        feedback = data.get("feedback")
+        if isinstance(feedback, dict) and str(feedback.get("hardest_negative", False)).lower() in ("true", "1"):
+            defaults = {**defaults, "feedback": {}}  # one wrong answer a question: pairs_per_question stays 1
+        return _with_defaults(data, defaults)
 
 
 class ControlSettings(_Section):
@@ -86,7 +127,7 @@ class RunConfig(_Section):
     prompt: PromptConfig = PromptConfig()
     generation: GenerationConfig = GenerationConfig()
     sft: SFTStage = SFTStage()
-    selfplay: SelfPlayStage = SelfPlayStage()
+    selfplay: SelfPlayStage = Field(default_factory=SelfPlayStage)
     control: ControlSettings = ControlSettings()
     guards: GuardSettings = GuardSettings()
     execution: ExecutionSettings = ExecutionSettings()
@@ -181,6 +222,17 @@ def _merged(base: dict, changes: dict) -> dict:
     return out
 
 
+def saved_config(data: dict) -> RunConfig:
+    """A run's resolved settings as its config.json holds them: a setting added since it ran takes the field's
+    default, the value the run had, not the recipe a new config would fill in."""
+    return RunConfig.model_validate({"selfplay": {}, **data}, context={"saved": True})
+
+
+def _is_run_config(path: Path) -> bool:
+    """A run folder's own config.json (`exspin run RUN/config.json --resume`): its manifest sits beside it."""
+    return path.name == "config.json" and (path.parent / "manifest.json").is_file()
+
+
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read YAML (and the file it inherits from, alignment-handbook style), apply ``key.sub=value``
     overrides, validate; one-line errors for anything wrong."""
@@ -192,7 +244,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
             raise UserError(f"override {override!r} should look like section.key=value")
         _set_dotted(tree, key.strip(), yaml.safe_load(raw))
     try:
-        return RunConfig.model_validate(tree)
+        return RunConfig.model_validate(tree, context={"saved": _is_run_config(path)})
     except ValidationError as error:
         first = error.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from exspin import __version__
 from exspin.artifacts import read_jsonl, write_json, write_jsonl
-from exspin.config import RunConfig
+from exspin.config import RunConfig, saved_config
 from exspin.data import Split, load_split
 from exspin.data.carve import carve
 from exspin.errors import UserError
@@ -85,7 +85,7 @@ class Run:
             # Settings added since the run started take their defaults (if it no longer validates,
             # every differing section is reported below).
             with contextlib.suppress(ValueError):
-                saved = RunConfig.model_validate(saved).model_dump(mode="json")
+                saved = saved_config(saved).model_dump(mode="json")
             # Where the run lives and how training is launched (e.g. on a machine with other GPUs) may change.
             current, started = _compared(resolved), _compared(saved)
             changed = sorted(k for k in current if k not in ("run_dir", "launcher") and current[k] != started.get(k))
@@ -132,9 +132,9 @@ class Run:
                                     or _answering(folder)):
             shutil.rmtree(folder)
         if _trained(folder):  # cut short after saving its model, before dropping its checkpoints
-            from exspin.training.common import drop_training_state
+            from exspin.training.common import remove_checkpoints
 
-            drop_training_state(folder / "trainer")
+            remove_checkpoints(folder / "trainer")
         for evaluation in folder.glob("eval_*"):
             shutil.rmtree(evaluation)
         folder.mkdir(parents=True, exist_ok=True)

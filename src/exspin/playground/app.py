@@ -269,10 +269,10 @@ def _run_tab(gr, run: RunTables) -> None:
 def prepare(models: list[str], data_dirs: list[Path], db_files: list[Path], run_dir: Path | None,
             classifier: Path | None = None, timeout_s: float = 10.0) -> tuple[Asker, dict[str, str], RunTables | None]:
     """What `exspin serve` shows: a run's data, prompt settings and stage models unless given otherwise."""
-    from exspin.config import RunConfig
+    from exspin.config import RunConfig, saved_config
 
     run = RunTables(run_dir) if run_dir is not None else None
-    config = RunConfig.model_validate(run.config()) if run else None
+    config = saved_config(run.config()) if run else None
     if run and not data_dirs:
         data_dirs = [Path(config.data.path)]
     if not data_dirs and not db_files:
