@@ -7,7 +7,9 @@ Issue 31's target: start and SFT within 25%.
     .venv/bin/python bench/bench_plan.py --run runs/quickstart [--out bench/results/plan_quickstart]
 
 A stage's recorded seconds include whatever else the machine did meanwhile: time the plan against a run
-that had the CPU to itself. Writes <out>.json and <out>.md.
+that had the CPU to itself. A stage resumed after a cut records only its last session's seconds, so its
+ratio means nothing: a self-play stage without answering time is marked resumed. Writes <out>.json and
+<out>.md.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ def compare(run: RunFolder) -> dict:
             actual = {**stage, "trained_rows": int(summary.training_rows * config.selfplay.train.epochs)}
             relabelled = estimate_minutes(actual, calibration, config, planned["processes"])
             row.update(reestimated_min=round(relabelled, 2), reestimated_ratio=round(summary.seconds / 60 / relabelled, 3),
-                       training_rows=summary.training_rows, guessed_rows=stage["trained_rows"])
+                       trained_rows=actual["trained_rows"], guessed_rows=stage["trained_rows"],
+                       resumed="answering" not in (summary.part_seconds or {}))
         if summary.part_seconds:
             row["parts_min"] = {k: round(v / 60, 2) for k, v in summary.part_seconds.items()}
         rows.append(row)
@@ -64,7 +67,7 @@ def report(result: dict) -> str:
              "| stage | estimated min | measured min | ratio | within | re-estimated min | ratio | parts (min) |",
              "|---|---:|---:|---:|---|---:|---:|---|"]
     for row in result["stages"]:
-        within = "yes" if abs(row["ratio"] - 1) <= result["tolerance"] else "no"
+        within = "resumed" if row.get("resumed") else "yes" if abs(row["ratio"] - 1) <= result["tolerance"] else "no"
         parts = ", ".join(f"{k} {v}" for k, v in (row.get("parts_min") or {}).items())
         lines.append(f"| {row['stage']} | {row['estimated_min']} | {row['measured_min']} | {row['ratio']} | {within} "
                      f"| {row.get('reestimated_min', '-')} | {row.get('reestimated_ratio', '-')} | {parts} |")

@@ -186,7 +186,11 @@ def test_a_stage_cut_short_keeps_its_checkpoint_or_its_answers(tmp_path):
     (run.dir / "07_iter4" / ".generations.jsonl.x.tmp").write_text("{}\n")
     (run.dir / "08_iter5" / "answer_pieces" / "128").mkdir(parents=True)  # cut short while answering
     (run.dir / "08_iter5" / "answer_pieces" / "128" / "0000.jsonl").write_text("{}\n")
-    stages = ("04_iter1", "05_sft", "06_iter3", "07_iter4", "08_iter5")
+    (run.dir / "09_iter6" / "model").mkdir(parents=True)  # cut short after saving its model: only scoring again
+    (run.dir / "09_iter6" / "model" / "config.json").write_text("{}")
+    for left in ("checkpoint-50", "dataset"):  # what only its training needed
+        (run.dir / "09_iter6" / "trainer" / left).mkdir(parents=True)
+    stages = ("04_iter1", "05_sft", "06_iter3", "07_iter4", "08_iter5", "09_iter6")
     for stage in stages:
         (run.dir / stage / "eval_eval").mkdir()
     seen = {}
@@ -199,7 +203,8 @@ def test_a_stage_cut_short_keeps_its_checkpoint_or_its_answers(tmp_path):
         run.stage(stage, look)
     run.runner.close()
     assert seen == {"04_iter1": ["generations.jsonl", "trainer"], "05_sft": [], "06_iter3": ["generations.jsonl"],
-                    "07_iter4": [], "08_iter5": ["answer_pieces"]}
+                    "07_iter4": [], "08_iter5": ["answer_pieces"], "09_iter6": ["model", "trainer"]}
+    assert not any((run.dir / "09_iter6" / "trainer").iterdir())
 
 
 def test_answering_cut_short_goes_on_from_its_first_missing_piece(spider_dir, tiny_model_dir, tmp_path,

@@ -595,6 +595,26 @@ def _assert_same_step(stock, fast):
         assert torch.allclose(grads[name], grad, atol=1e-5), name
 
 
+def test_cached_rows_survive_a_save_cut_short(tmp_path):
+    """A save cut short (a .saving folder, or a folder without its state) is saved again, never read back."""
+    from datasets import Dataset
+
+    from exspin.training.common import cached_on_disk
+
+    rows = Dataset.from_list([{"prompt": "p", "chosen": "SELECT 1", "rejected": "SELECT 2"}] * 3)
+    folder = tmp_path / "dataset"
+    (tmp_path / "dataset.saving").mkdir()
+    (tmp_path / "dataset.saving" / "junk.arrow").write_text("cut")
+    folder.mkdir()
+    (folder / "data-00000-of-00001.arrow").write_text("cut before its state was written")
+    cached = cached_on_disk(rows, folder)
+    assert list(cached["chosen"]) == ["SELECT 1"] * 3
+    assert not (tmp_path / "dataset.saving").exists()
+    saved = (folder / "state.json").stat().st_mtime_ns
+    assert list(cached_on_disk(rows, folder)["prompt"]) == ["p"] * 3
+    assert (folder / "state.json").stat().st_mtime_ns == saved  # read back as saved, not saved again
+
+
 def test_a_resumed_selfplay_training_reuses_its_reference_log_probs(tiny_model_dir, tmp_path, monkeypatch):
     """The reference log-probs, computed before the first step, are cached in the trainer's folder: building
     the trainer again there (as a resume does, in a new process) computes none; saving the model drops them."""

@@ -132,9 +132,9 @@ class Run:
                                     or _answering(folder)):
             shutil.rmtree(folder)
         if _trained(folder):  # cut short after saving its model, before dropping its checkpoints
-            from exspin.training.common import remove_checkpoints
+            from exspin.training.common import drop_training_state
 
-            remove_checkpoints(folder / "trainer")
+            drop_training_state(folder / "trainer")
         for evaluation in folder.glob("eval_*"):
             shutil.rmtree(evaluation)
         folder.mkdir(parents=True, exist_ok=True)

@@ -126,9 +126,11 @@ def cached_on_disk(dataset, folder: Path):
 
     state = folder / "state.json"
     if not (state.is_file() and json.loads(state.read_text()).get("_fingerprint") == dataset._fingerprint):
-        if folder.exists():  # another training's rows, or a save cut short
-            shutil.rmtree(folder)
-        dataset.save_to_disk(str(folder))
+        saving = folder.with_name(folder.name + ".saving")  # renamed once whole: a cut save is never read
+        for stale in (folder, saving):  # another training's rows, or a save cut short
+            shutil.rmtree(stale, ignore_errors=True)
+        dataset.save_to_disk(str(saving))
+        saving.rename(folder)
     return load_from_disk(str(folder))
 
 
@@ -191,6 +193,14 @@ def remove_checkpoints(trainer_dir: Path, keep: Path | None = None) -> None:
 
 
 DATASET_CACHE = "dataset"  # in the trainer's folder: the training rows and what trl derived from them
+
+
+def drop_training_state(trainer_dir: Path) -> None:
+    """Delete what only a cut-short training needs (its checkpoints and cached rows), once its model is saved."""
+    import shutil
+
+    remove_checkpoints(trainer_dir)
+    shutil.rmtree(trainer_dir / DATASET_CACHE, ignore_errors=True)
 
 
 class StepTimes(TrainerCallback):
@@ -296,8 +306,7 @@ def save_trained(trainer, tokenizer, output_dir: Path, base_model: str, settings
         save_model(merged, tokenizer, output_dir / "model", training_record(stage, base_model, examples, settings,
                                                                            trainer.state.global_step))
         shutil.rmtree(staging, ignore_errors=True)
-        remove_checkpoints(Path(trainer.args.output_dir))
-        shutil.rmtree(Path(trainer.args.output_dir) / DATASET_CACHE, ignore_errors=True)
+        drop_training_state(Path(trainer.args.output_dir))
     accelerator.wait_for_everyone()
     return output_dir / "model"
 
