@@ -193,7 +193,7 @@ def test_a_run_folders_config_json_reads_back_as_saved(tmp_path):
 
 
 def test_a_parent_configs_method_recipe_gives_way_to_the_childs_method():
-    """spider_cpu.yaml is the paper's ExSPIN; spider_cpu_tuned.yaml inherits it and says only `method: dpo`."""
+    """spider_cpu.yaml is the paper's ExSPIN; spider_cpu_tuned.yaml inherits it and says only `method: dpo` of the recipe."""
     tuned = load_config(CONFIG_DIR / "spider_cpu_tuned.yaml").selfplay
     assert (tuned.method, tuned.samples_per_question, tuned.train.learning_rate) == ("dpo", 8, 2e-5)
     paper = load_config(CONFIG_DIR / "spider_cpu_tuned.yaml", ["selfplay.method=exspin"]).selfplay
