@@ -228,6 +228,39 @@ def test_completion_log_probs_are_the_models_own_not_the_sampling_ones(tiny):
         assert totals[row] != pytest.approx(_logprob_from_logits(raw / 0.5, new_tokens[row], skip), abs=1e-2)
 
 
+@pytest.mark.parametrize("temperature, top_p", [(1.0, 1.0), (0.5, 1.0), (1.0, 0.9)])
+def test_draw_token_scores_what_it_draws_by_the_models_own_log_probs(tiny, temperature, top_p):
+    """DrawToken given skip ids adds up each row's log-probs under the raw distribution, as CompletionLogProbs
+    does: not the sampling one, and nothing once generate() pads a finished row."""
+    from transformers import StoppingCriteria
+
+    from exspin.generation.hf import DrawToken
+
+    model, tokenizer = tiny
+    ids = torch.tensor([tokenizer(PROMPTS[0], add_special_tokens=False)["input_ids"]]).repeat(3, 1)
+    skip = [tokenizer.pad_token_id, model.generation_config.eos_token_id]
+
+    class FirstRowAfterThree(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.tensor([input_ids.shape[1] >= ids.shape[1] + 3, False, False])
+
+    draw = DrawToken(temperature, top_p, skip)
+    draw.BLOCK = 64  # several blocks over the tiny vocabulary
+    torch.manual_seed(0)
+    out = model.generate(ids, do_sample=False, max_new_tokens=10, pad_token_id=tokenizer.pad_token_id,
+                         logits_processor=[draw], stopping_criteria=[FirstRowAfterThree()], output_logits=True,
+                         return_dict_in_generate=True)
+    new_tokens = out.sequences[:, ids.shape[1]:]
+    totals = draw.finish(new_tokens)
+    assert (new_tokens[0, 3:] == tokenizer.pad_token_id).all() and len(set(map(tuple, new_tokens.tolist()))) > 1
+    for row in range(3):
+        raw = torch.stack([step[row] for step in out.logits])
+        assert totals[row] == pytest.approx(_logprob_from_logits(raw, new_tokens[row], skip), abs=1e-4)
+        if temperature != 1.0:
+            assert totals[row] != pytest.approx(_logprob_from_logits(raw / temperature, new_tokens[row], skip),
+                                                abs=1e-2)
+
+
 @pytest.mark.parametrize("decode_round", [None, 3])
 def test_generator_sample_scores_each_completion_through_the_prefix_cache(tiny, decode_round):
     """Greedy through the shared-prefix path, in one go and in rounds: each completion's log-prob is the
@@ -457,11 +490,15 @@ def test_draw_token_samples_the_softmax_and_the_nucleus_transformers_keeps():
     from exspin.generation.hf import DrawToken
 
     torch.manual_seed(0)
-    scores = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, float("-inf")]]).repeat(40_000, 1)
-    for temperature, top_p in ((1.0, 1.0), (0.7, 1.0), (1.0, 0.8)):
-        drawn = DrawToken(temperature, top_p)(None, scores.clone()).argmax(-1)
+    scores = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, float("-inf"), float("-inf"), 0.3, 1.5]]).repeat(40_000, 1)
+    # blocks of 2 and 4: a block whose tokens all have probability 0, and a last block shorter than the rest
+    for temperature, top_p, block in ((1.0, 1.0, 1024), (0.7, 1.0, 1024), (1.0, 0.8, 1024), (1.0, 1.0, 2),
+                                      (0.7, 1.0, 4)):
+        draw = DrawToken(temperature, top_p)
+        draw.BLOCK = block
+        drawn = draw(None, scores.clone()).argmax(-1)
         expected = TopPLogitsWarper(top_p)(None, TemperatureLogitsWarper(temperature)(None, scores[:1].clone()))
         expected = torch.softmax(expected, -1)[0]
         frequencies = torch.bincount(drawn, minlength=scores.shape[1]).double() / len(drawn)
-        assert frequencies == pytest.approx(expected.double(), abs=0.01), (temperature, top_p)
+        assert frequencies == pytest.approx(expected.double(), abs=0.01), (temperature, top_p, block)
         assert frequencies[expected == 0].sum() == 0  # outside the nucleus, and the -inf token: never

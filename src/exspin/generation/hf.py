@@ -135,28 +135,107 @@ class DrawToken:
     inverse CDF), returned as scores whose argmax is the drawn token.
 
     It draws from the same distribution as transformers' sampling (up to float32 rounding of the cumulative
-    sum), which calls torch.multinomial; on a CPU that draws an exponential variate for every vocabulary entry
+    sums), which calls torch.multinomial; on a CPU that draws an exponential variate for every vocabulary entry
     (152k for Qwen2.5) of every row, most of a sampling step at 512 rows. The draws use torch's global
     generator, seeded as before. A model whose generation config sets other warpers (min_p, typical_p,
     epsilon or eta cut-offs) samples by transformers instead (_other_warpers).
+
+    Without a nucleus the inverse CDF runs in two levels: the draw picks a block of BLOCK tokens by the
+    blocks' masses, then a token within it, so no cumulative sum runs over the whole vocabulary. Given
+    `skip_ids`, it also adds up each row's log-probs as CompletionLogProbs does, from the same pass over the
+    vocabulary (at temperature 1 the sampling softmax's own normaliser): a vocabulary-sized pass per step was
+    a fifth of sampling's time (bench/results/README.md).
     """
 
-    def __init__(self, temperature: float, top_p: float = 1.0):
+    BLOCK = 1024
+
+    def __init__(self, temperature: float, top_p: float = 1.0, skip_ids: Sequence[int] | None = None):
         self.temperature, self.top_p = temperature, top_p
+        self.skip_ids = None if skip_ids is None else sorted(set(skip_ids))
+        self.totals = None  # per row, the log-probs added so far
+        self.drawn = self.drawn_logp = None  # the last step's tokens and their log-probs, until generate() keeps them
 
     def __call__(self, input_ids, scores):
         import torch
 
-        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
-        if self.top_p < 1.0:  # keep the most likely tokens whose mass reaches top_p (at least one)
-            ordered, order = probs.sort(dim=-1, descending=True)
-            outside = ordered.cumsum(-1) - ordered >= self.top_p
-            probs = probs.scatter(-1, order, ordered.masked_fill(outside, 0.0))
+        scores = scores.float()
+        if self.skip_ids is not None and self.drawn is None:
+            self.totals = torch.zeros(scores.shape[0], dtype=torch.float64, device=scores.device)
+        elif self.skip_ids is not None:
+            self._add_kept(input_ids[:, -1])
+        if self.top_p < 1.0:
+            tokens = self._draw_nucleus(scores)
+            log_norm = torch.logsumexp(scores, -1, keepdim=True).double() if self.skip_ids is not None else None
+            out = torch.empty_like(scores)
+        else:
+            top = scores.amax(-1, keepdim=True)
+            weights = scores - top  # unnormalised softmax(scores / T) below, computed in place
+            if self.temperature != 1.0:
+                weights /= self.temperature
+            tokens, total = self._draw_blocked(weights.exp_())
+            log_norm = None
+            if self.skip_ids is not None:  # the model's own normaliser: the sampling one's at temperature 1
+                log_norm = (total.double().log() + top if self.temperature == 1.0
+                            else torch.logsumexp(scores, -1, keepdim=True).double())
+            out = weights  # reused: its values are no longer needed
+        if self.skip_ids is not None:
+            self.drawn, self.drawn_logp = tokens[:, 0], (scores.gather(1, tokens).double() - log_norm)[:, 0]
+        return out.fill_(float("-inf")).scatter_(-1, tokens, 0.0)
+
+    def _draw_nucleus(self, scores):
+        """Tokens (rows x 1) drawn from the top-p nucleus of softmax(scores / T): the most likely tokens whose
+        mass reaches top_p (at least one)."""
+        import torch
+
+        probs = torch.softmax(scores / self.temperature, dim=-1)
+        ordered, order = probs.sort(dim=-1, descending=True)
+        outside = ordered.cumsum(-1) - ordered >= self.top_p
+        probs = probs.scatter(-1, order, ordered.masked_fill(outside, 0.0))
         cumulative = probs.cumsum(-1)
         draws = torch.rand(probs.shape[0], 1, device=probs.device) * cumulative[:, -1:]
         # right=True: the first token whose cumulative mass exceeds the draw, never one of probability 0
-        tokens = torch.searchsorted(cumulative, draws, right=True).clamp_(max=probs.shape[-1] - 1)
-        return torch.full_like(scores, float("-inf")).scatter_(-1, tokens, 0.0)
+        return torch.searchsorted(cumulative, draws, right=True).clamp_(max=probs.shape[-1] - 1)
+
+    def _draw_blocked(self, weights):
+        """Tokens (rows x 1) drawn in proportion to `weights` (rows x vocabulary, >= 0), and each row's total
+        weight (rows x 1): the draw's block by the blocks' masses, then its token within the block."""
+        import torch
+
+        rows, vocabulary = weights.shape
+        whole = vocabulary // self.BLOCK * self.BLOCK
+        masses = [weights[:, :whole].view(rows, -1, self.BLOCK).sum(-1)] if whole else []
+        if whole < vocabulary:
+            masses.append(weights[:, whole:].sum(-1, keepdim=True))
+        masses = torch.cat(masses, dim=1) if len(masses) > 1 else masses[0]
+        cumulative = masses.cumsum(-1)
+        total = cumulative[:, -1:]
+        draws = torch.rand(rows, 1, device=weights.device) * total
+        # right=True: the first block whose cumulative mass exceeds the draw; a draw rounded up to the total
+        # takes the last block with any mass, so that no token of probability 0 is ever drawn
+        last = (cumulative < total).sum(-1, keepdim=True)
+        block = torch.minimum(torch.searchsorted(cumulative, draws, right=True), last)
+        start = block * self.BLOCK
+        index = start + torch.arange(self.BLOCK, device=weights.device)
+        inside = weights.gather(1, index.clamp(max=vocabulary - 1)).masked_fill_(index >= vocabulary, 0.0)
+        within = inside.cumsum(-1)
+        rest = (draws - (cumulative.gather(1, block) - masses.gather(1, block))).clamp_(min=0.0)  # >= 0: rounding
+        last = (within < within[:, -1:]).sum(-1, keepdim=True)
+        return start + torch.minimum(torch.searchsorted(within, rest, right=True), last), total
+
+    def _add_kept(self, tokens) -> None:
+        """Add the last step's log-probs where generate() kept the drawn token (not where it padded a finished
+        row), and not for padding or end tokens; `tokens`: the tokens it kept."""
+        import torch
+
+        kept = (tokens == self.drawn) & ~torch.isin(tokens, torch.tensor(self.skip_ids, device=tokens.device))
+        self.totals = self.totals + torch.where(kept, self.drawn_logp, 0.0)
+
+    def finish(self, new_tokens) -> list[float]:
+        """Each row's total log-prob, given the generated tokens (rows x steps), as CompletionLogProbs.finish."""
+        if self.drawn is None:
+            return [0.0] * new_tokens.shape[0]
+        self._add_kept(new_tokens[:, -1])
+        return self.totals.tolist()
 
 
 def _other_warpers(generation_config) -> bool:
@@ -311,11 +390,11 @@ class TransformersGenerator(Generator):
         written, first = 0, True
         while True:
             stop = StatementEnd(tokenizer, prompt_width) if config.stop_at_statement_end else None
-            scorer = CompletionLogProbs(skip) if with_logprobs else None
-            # Rows already one per sample: our own draw (DrawToken) after the scorer, generate() then picks it
-            # as greedy would; rows that generate() itself expands into samples sample there.
-            draw = (DrawToken(config.temperature, config.top_p)
+            # Rows already one per sample: our own draw (DrawToken), which also scores where asked; generate()
+            # then picks its token as greedy would. Rows that generate() itself expands into samples sample there.
+            draw = (DrawToken(config.temperature, config.top_p, skip if with_logprobs else None)
                     if sampling and config.num_samples == 1 and not _other_warpers(model.generation_config) else None)
+            scorer = (draw if draw is not None else CompletionLogProbs(skip)) if with_logprobs else None
             hf_sampling = sampling and draw is None
             out = model.generate(
                 input_ids=input_ids,
@@ -331,7 +410,7 @@ class TransformersGenerator(Generator):
                 use_cache=True,  # training with gradient checkpointing turns it off in the config
                 return_dict_in_generate=True,
                 stopping_criteria=StoppingCriteriaList([stop] if stop else []),
-                logits_processor=LogitsProcessorList([p for p in (scorer, draw) if p is not None]),
+                logits_processor=LogitsProcessorList([draw] if draw else [scorer] if scorer else []),
             )
             new = out.sequences[:, input_ids.shape[1]:]
             scores = scorer.finish(new) if scorer else None

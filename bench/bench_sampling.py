@@ -1,0 +1,138 @@
+"""Sampling k answers a question, as self-play's opponent does: the code before a change (a git ref, run from a
+worktree) against today's, side by side in one run.
+
+    .venv/bin/python bench/bench_sampling.py [--prompts 32] [--samples 8] [--temperature 1.0]
+                                             [--baseline 2b16034] [--repeats 2] [--profile]
+
+Every arm samples the same prompts (the default prompt; the first N executable Spider train questions, in
+prompt order, so a few databases' questions in a row, as a self-play piece meets them) with the default model
+in its default dtype, with log-probs (Generator.sample), in its own process. Arms alternate (baseline, today,
+baseline, today, ...) because this machine's speed drifts within minutes; each arm also times greedy on the
+same prompts, so its sampled/greedy ratio is measured in the same process. Reports prompts/s, sampled
+tokens/s, the ratio to the baseline, and how many samples and log-probs equal the baseline's (same seed).
+`--profile` prints today's top operators by self CPU time (torch.profiler) over one sampled pass.
+Writes bench/results/sampling[_k<k>].json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from bench_generation_paths import baseline_tree  # noqa: E402
+
+
+def worker(args) -> None:
+    """One arm, in a process whose `exspin` is the library under test (PYTHONPATH)."""
+    from exspin.data import load_split
+    from exspin.generation import GenerationConfig
+    from exspin.generation.hf import TransformersGenerator
+    from exspin.hints.schema import SchemaBook
+    from exspin.models import DEFAULT_MODEL, load_model, resolve_model
+    from exspin.prompts import PromptConfig, build_prompts
+
+    split = load_split(args.data, "train")
+    generator = TransformersGenerator(*load_model(resolve_model(DEFAULT_MODEL)))
+    prompts = sorted(build_prompts(split.executable[: args.prompts], SchemaBook(split), generator.tokenizer,
+                                   PromptConfig()))
+    greedy = GenerationConfig(max_new_tokens=args.max_new_tokens)
+    sampled = greedy.model_copy(update={"num_samples": args.samples, "temperature": args.temperature})
+    generator.generate(prompts[:2], greedy.model_copy(update={"max_new_tokens": 2}))  # warm-up
+    start = time.perf_counter()
+    generator.generate(prompts, greedy)
+    greedy_seconds = time.perf_counter() - start
+    before = generator.stats.tokens
+    start = time.perf_counter()
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as profiler:
+            texts, logprobs = generator.sample(prompts, sampled)
+        print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=20), file=sys.stderr)
+    else:
+        texts, logprobs = generator.sample(prompts, sampled)
+    seconds = time.perf_counter() - start
+    print(json.dumps({"seconds": seconds, "greedy_seconds": greedy_seconds, "tokens": generator.stats.tokens - before,
+                      "dtype": str(generator.model.dtype), "texts": texts, "logprobs": logprobs}))
+
+
+def run_arm(source: Path, args, profile: bool = False) -> dict:
+    command = [sys.executable, __file__, "--worker", "--data", str(args.data), "--prompts", str(args.prompts),
+               "--samples", str(args.samples), "--temperature", str(args.temperature),
+               "--max-new-tokens", str(args.max_new_tokens), *(["--profile"] if profile else [])]
+    env = {**os.environ, "PYTHONPATH": str(source / "src")}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        sys.exit(f"arm from {source} failed:\n{result.stderr[-3000:]}")
+    if profile:
+        print(result.stderr[result.stderr.find("---"):], flush=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "spider")
+    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--baseline", default="2b16034")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--profile", action="store_true", help="profile one more pass of today's code")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+
+    sources = {f"baseline {args.baseline}": baseline_tree(args.baseline), "today": ROOT}
+    runs: dict[str, list[dict]] = {name: [] for name in sources}
+    for repeat in range(args.repeats):
+        for name, source in sources.items():
+            arm = run_arm(source, args)
+            runs[name].append(arm)
+            print(f"{name}, pass {repeat + 1}: {args.prompts / arm['seconds']:.3f} prompts/s sampled, "
+                  f"{arm['tokens'] / arm['seconds']:.1f} tokens/s, {arm['seconds'] / arm['greedy_seconds']:.2f}x "
+                  "greedy's time", flush=True)
+    if args.profile:
+        run_arm(ROOT, args, profile=True)
+    first = runs[f"baseline {args.baseline}"][0]
+    results: dict = {"prompts": args.prompts, "samples": args.samples, "temperature": args.temperature,
+                     "max_new_tokens": args.max_new_tokens, "baseline": args.baseline, "dtype": first["dtype"],
+                     "arms": {}}
+    lines = [f"# Sampling {args.samples} answers a question at T {args.temperature}, with log-probs: "
+             f"{args.prompts} Spider train prompts (default prompt), default model, {first['dtype']}, 2 cores", "",
+             "Arms alternate; each pass is one process. Same samples and log-probs: against the baseline's first pass.",
+             "", "| arm | passes | prompts/s (each pass) | median | x baseline | sampled / greedy time | same samples "
+             "| log-probs within 1e-3 |", "|---|---:|---|---:|---:|---:|---:|---:|"]
+    baseline_median = statistics.median(args.prompts / arm["seconds"] for arm in runs[f"baseline {args.baseline}"])
+    for name, arms in runs.items():
+        rates = [args.prompts / arm["seconds"] for arm in arms]
+        ratios = [arm["seconds"] / arm["greedy_seconds"] for arm in arms]
+        texts = [t for arm in arms[:1] for prompt in arm["texts"] for t in prompt]
+        same = sum(a == b for a, b in zip(texts, (t for prompt in first["texts"] for t in prompt), strict=True))
+        close = sum(abs(a - b) < 1e-3 for a, b in zip((x for p in arms[0]["logprobs"] for x in p),
+                                                       (x for p in first["logprobs"] for x in p), strict=True))
+        median = statistics.median(rates)
+        results["arms"][name] = {"prompts_per_s": rates, "median_prompts_per_s": median,
+                                 "sampled_over_greedy": ratios, "tokens": [arm["tokens"] for arm in arms],
+                                 "same_samples": same, "logprobs_within_1e-3": close, "samples_total": len(texts)}
+        lines.append(f"| {name} | {len(arms)} | {', '.join(f'{r:.3f}' for r in rates)} | {median:.3f} | "
+                     f"{median / baseline_median:.2f} | {', '.join(f'{r:.2f}' for r in ratios)} | "
+                     f"{same}/{len(texts)} | {close}/{len(texts)} |")
+    out = ROOT / "bench" / "results"
+    name = "sampling" if args.samples == 8 else f"sampling_k{args.samples}"
+    (out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
