@@ -2,13 +2,15 @@
 worktree) against today's, side by side in one run.
 
     .venv/bin/python bench/bench_sampling.py [--prompts 32] [--samples 8] [--temperature 1.0]
-                                             [--baseline 2b16034] [--repeats 2] [--profile]
+                                             [--baseline 2b16034 | none] [--batch-sizes 64 128]
+                                             [--repeats 2] [--profile]
 
 Every arm samples the same prompts (the default prompt; the first N executable Spider train questions, in
 prompt order, so a few databases' questions in a row, as a self-play piece meets them) with the default model
 in its default dtype, with log-probs (Generator.sample), in its own process. Arms alternate (baseline, today,
 baseline, today, ...) because this machine's speed drifts within minutes; each arm also times greedy on the
-same prompts, so its sampled/greedy ratio is measured in the same process. Reports prompts/s, sampled
+same prompts, so its sampled/greedy ratio is measured in the same process. `--batch-sizes` gives today's
+code one arm per batch size (prompts a batch, each with its k samples; default: the library's). Reports prompts/s, sampled
 tokens/s, the ratio to the baseline, and how many samples and log-probs equal the baseline's (same seed).
 `--profile` prints today's top operators by self CPU time (torch.profiler) over one sampled pass.
 Writes bench/results/sampling[_k<k>].json and .md.
@@ -44,7 +46,8 @@ def worker(args) -> None:
     prompts = sorted(build_prompts(split.executable[: args.prompts], SchemaBook(split), generator.tokenizer,
                                    PromptConfig()))
     greedy = GenerationConfig(max_new_tokens=args.max_new_tokens)
-    sampled = greedy.model_copy(update={"num_samples": args.samples, "temperature": args.temperature})
+    sampled = greedy.model_copy(update={"num_samples": args.samples, "temperature": args.temperature,
+                                        **({"batch_size": args.batch_size} if args.batch_size else {})})
     generator.generate(prompts[:2], greedy.model_copy(update={"max_new_tokens": 2}))  # warm-up
     start = time.perf_counter()
     generator.generate(prompts, greedy)
@@ -64,8 +67,9 @@ def worker(args) -> None:
                       "dtype": str(generator.model.dtype), "texts": texts, "logprobs": logprobs}))
 
 
-def run_arm(source: Path, args, profile: bool = False) -> dict:
+def run_arm(source: Path, args, batch_size: int = 0, profile: bool = False) -> dict:
     command = [sys.executable, __file__, "--worker", "--data", str(args.data), "--prompts", str(args.prompts),
+               "--batch-size", str(batch_size),
                "--samples", str(args.samples), "--temperature", str(args.temperature),
                "--max-new-tokens", str(args.max_new_tokens), *(["--profile"] if profile else [])]
     env = {**os.environ, "PYTHONPATH": str(source / "src")}
@@ -85,50 +89,55 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--baseline", default="2b16034")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[0],
+                        help="today's arms: prompts a batch (0: the library's default)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help="profile one more pass of today's code")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--batch-size", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
 
-    sources = {f"baseline {args.baseline}": baseline_tree(args.baseline), "today": ROOT}
-    runs: dict[str, list[dict]] = {name: [] for name in sources}
+    arms = {} if args.baseline == "none" else {f"baseline {args.baseline}": (baseline_tree(args.baseline), 0)}
+    arms.update({f"today, batch {size}" if size else "today": (ROOT, size) for size in args.batch_sizes})
+    runs: dict[str, list[dict]] = {name: [] for name in arms}
     for repeat in range(args.repeats):
-        for name, source in sources.items():
-            arm = run_arm(source, args)
+        for name, (source, batch_size) in arms.items():
+            arm = run_arm(source, args, batch_size)
             runs[name].append(arm)
             print(f"{name}, pass {repeat + 1}: {args.prompts / arm['seconds']:.3f} prompts/s sampled, "
                   f"{arm['tokens'] / arm['seconds']:.1f} tokens/s, {arm['seconds'] / arm['greedy_seconds']:.2f}x "
                   "greedy's time", flush=True)
     if args.profile:
-        run_arm(ROOT, args, profile=True)
-    first = runs[f"baseline {args.baseline}"][0]
+        run_arm(ROOT, args, args.batch_sizes[0], profile=True)
+    reference = next(iter(runs))  # the baseline where there is one
+    first = runs[reference][0]
     results: dict = {"prompts": args.prompts, "samples": args.samples, "temperature": args.temperature,
-                     "max_new_tokens": args.max_new_tokens, "baseline": args.baseline, "dtype": first["dtype"],
+                     "max_new_tokens": args.max_new_tokens, "reference": reference, "dtype": first["dtype"],
                      "arms": {}}
     lines = [f"# Sampling {args.samples} answers a question at T {args.temperature}, with log-probs: "
              f"{args.prompts} Spider train prompts (default prompt), default model, {first['dtype']}, 2 cores", "",
-             "Arms alternate; each pass is one process. Same samples and log-probs: against the baseline's first pass.",
-             "", "| arm | passes | prompts/s (each pass) | median | x baseline | sampled / greedy time | same samples "
+             f"Arms alternate; each pass is one process. Ratios, samples and log-probs: against {reference} (its first "
+             "pass).", "", "| arm | passes | prompts/s (each pass) | median | x reference | sampled / greedy time | same samples "
              "| log-probs within 1e-3 |", "|---|---:|---|---:|---:|---:|---:|---:|"]
-    baseline_median = statistics.median(args.prompts / arm["seconds"] for arm in runs[f"baseline {args.baseline}"])
-    for name, arms in runs.items():
-        rates = [args.prompts / arm["seconds"] for arm in arms]
-        ratios = [arm["seconds"] / arm["greedy_seconds"] for arm in arms]
-        texts = [t for arm in arms[:1] for prompt in arm["texts"] for t in prompt]
+    baseline_median = statistics.median(args.prompts / arm["seconds"] for arm in runs[reference])
+    for name, passes in runs.items():
+        rates = [args.prompts / arm["seconds"] for arm in passes]
+        ratios = [arm["seconds"] / arm["greedy_seconds"] for arm in passes]
+        texts = [t for arm in passes[:1] for prompt in arm["texts"] for t in prompt]
         same = sum(a == b for a, b in zip(texts, (t for prompt in first["texts"] for t in prompt), strict=True))
-        close = sum(abs(a - b) < 1e-3 for a, b in zip((x for p in arms[0]["logprobs"] for x in p),
+        close = sum(abs(a - b) < 1e-3 for a, b in zip((x for p in passes[0]["logprobs"] for x in p),
                                                        (x for p in first["logprobs"] for x in p), strict=True))
         median = statistics.median(rates)
         results["arms"][name] = {"prompts_per_s": rates, "median_prompts_per_s": median,
-                                 "sampled_over_greedy": ratios, "tokens": [arm["tokens"] for arm in arms],
+                                 "sampled_over_greedy": ratios, "tokens": [arm["tokens"] for arm in passes],
                                  "same_samples": same, "logprobs_within_1e-3": close, "samples_total": len(texts)}
-        lines.append(f"| {name} | {len(arms)} | {', '.join(f'{r:.3f}' for r in rates)} | {median:.3f} | "
+        lines.append(f"| {name} | {len(passes)} | {', '.join(f'{r:.3f}' for r in rates)} | {median:.3f} | "
                      f"{median / baseline_median:.2f} | {', '.join(f'{r:.2f}' for r in ratios)} | "
                      f"{same}/{len(texts)} | {close}/{len(texts)} |")
     out = ROOT / "bench" / "results"
-    name = "sampling" if args.samples == 8 else f"sampling_k{args.samples}"
+    name = "sampling" + ("" if args.samples == 8 else f"_k{args.samples}") + ("" if args.prompts == 32 else f"_{args.prompts}")
     (out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
