@@ -64,9 +64,24 @@ def test_full_run_then_kill_and_resume(tiny_run, tmp_path):
     assert not (killed / "04_iter1" / "done.json").exists()
     refused = subprocess.run(_command(config, killed), capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "--resume" in refused.stderr  # never overwrites a run silently
+    # Calibrated, a resumed run re-estimates each iteration's minutes once its pairs are known.
+    from exspin.calibrate import Calibration, calibration_path
+    from exspin.config import load_config
+
+    rates = Calibration(model="tiny", machine="test", measured="now", greedy_prompts_per_s=2.0, samples_per_question=1,
+                        sampled_prompts_per_s=1.0, judged_queries_per_s=10.0, sft_seconds_per_record=1.0,
+                        selfplay_seconds_per_pair=3.0, reference_seconds_per_pair=1.0, seconds=1.0)
+    path = calibration_path(load_config(config))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(rates.model_dump_json())
     resumed = subprocess.run(_command(config, killed, "--resume"), capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _metrics(killed) == _metrics(whole)
+    iteration = json.loads((killed / "04_iter1" / "done.json").read_text())
+    scored = sum(1 for which in ("validation", "eval") for _ in (killed / "00_data" / f"{which}.jsonl").open())
+    expected = (scored / 2.0 + scored / 10.0 + iteration["training_rows"] * (1.0 + 3.0)) / 60
+    assert iteration["estimated_minutes_left"] == pytest.approx(expected, abs=0.051)
+    assert "pairs from 8 answers; training and scoring about" in " ".join(resumed.stdout.split())
 
     # Cut short while scoring trained models: resuming redoes only the scoring, never the training.
     cut = tmp_path / "cut"

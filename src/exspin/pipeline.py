@@ -68,8 +68,9 @@ def _compared(config: dict) -> dict:
 class Run:
     """The state of one run: its config, folder, loaded splits and finished stage summaries."""
 
-    def __init__(self, config: RunConfig, resume: bool):
+    def __init__(self, config: RunConfig, resume: bool, log=print):
         self.config = config
+        self.log = log
         self.dir = config.run_dir
         self.folder = RunFolder(self.dir, must_exist=False)
         manifest_path = self.dir / "manifest.json"
@@ -333,6 +334,12 @@ def _iteration_stage(run: Run, iteration: int, opponent: str, folder: Path, prev
                "chosen_from_samples": sum(p.chosen_source == "sample" for p in preferences),
                "replay_rows": len(pairs) - len(preferences),
                "training_rows": sum(p.weight for p in pairs), "warnings": [], "part_seconds": seconds}
+    estimate = _minutes_left(run, pairs)
+    if estimate is not None:  # the dry run guessed the pairs; now they are known
+        summary["estimated_minutes_left"] = round(estimate, 1)
+        replay = f" and {summary['replay_rows']} replay rows" if summary["replay_rows"] else ""
+        run.log(f"{folder.name}: {len(preferences)} pairs{replay} from {len(labelled)} answers; training and "
+                f"scoring about {estimate:.0f} min at this machine's calibration")
     if not pairs:
         summary.update(model=opponent, note=no_pairs_reason(settings.method, labelled))
         with _clock(seconds, "scoring"):
@@ -346,6 +353,19 @@ def _iteration_stage(run: Run, iteration: int, opponent: str, folder: Path, prev
                    final_loss=next((r["loss"] for r in reversed(steps) if "loss" in r), None))
     with _clock(seconds, "scoring"):
         return {**summary, **_score_model(run, str(model), folder)}
+
+
+def _minutes_left(run: Run, pairs: list[Pair]) -> float | None:
+    """A self-play stage's training and scoring minutes, once its pairs are known, at this machine's
+    calibration (`exspin calibrate`); None where it has none."""
+    from exspin.calibrate import estimate_minutes, load_calibration
+
+    calibration = load_calibration(run.config)
+    if calibration is None:
+        return None
+    stage = {"kind": "selfplay", "answered": 0, "scored": len(run.examples("validation")) + len(run.examples("eval")),
+             "trained_rows": int(sum(p.weight for p in pairs) * run.config.selfplay.train.epochs)}
+    return estimate_minutes(stage, calibration, run.config, processes(run.config.launcher))
 
 
 @contextlib.contextmanager
@@ -514,7 +534,7 @@ def run_pipeline(config: RunConfig, resume: bool = False, log=print) -> RunSumma
     """Run (or resume) every stage and write the report; returns the final summary."""
     from exspin.models import resolve_model
 
-    run = Run(config, resume)
+    run = Run(config, resume, log)
     try:
         run.stage(DATA, lambda folder: _data_stage(run, folder))
         run.stage(PROMPTS, lambda folder: _prompts_stage(run, folder))
