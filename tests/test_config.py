@@ -97,7 +97,7 @@ def test_a_config_inherits_from_another(tmp_path):
 
 
 def test_gpu_recipes_give_self_play_at_least_50_steps_on_full_spider(spider_dir):
-    """The dry run's plan: every shipped GPU recipe, with its pairs guessed at one wrong answer in 8."""
+    """The dry run's plan: every shipped GPU recipe, with its pairs guessed as measured runs made them."""
     from exspin.pipeline import plan
 
     root = Path(__file__).resolve().parents[1] / "configs"

@@ -459,7 +459,7 @@ def _print_plan(settings) -> None:
     calibration = load_calibration(settings)
     console.print(f"{stages['train']} train questions, {stages['validation']} validation (from train), "
                   f"{stages['eval']} eval; training in {stages['processes']} process(es); self-play pairs "
-                  f"guessed at one per wrong answer, {stages['wrong_share']:.0%} of answers wrong")
+                  f"guessed at {stages['pairs_per_question']:.2f} a question, as measured runs made")
     table = Table("stage", "work", "examples (pairs)", "optimizer steps", "tokens at most", "prompt+answer / max_length",
                   "minutes (est.)")
     for row in stages["stages"]:

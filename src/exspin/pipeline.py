@@ -477,14 +477,19 @@ def _train_iteration(run: Run, iteration: int, opponent: str, pairs: list[Pair],
                  seed=seed)
 
 
-WRONG_SHARE = 1 / 8  # the dry run's guess: the share of the opponent's training answers that are wrong
+# The dry run's guess of the pairs a training question gives, from the 1,000-question runs of bench/results
+# (an SFT model as the opponent): ExSPIN, one per wrong greedy answer, 0.38-0.39; SPIN, one per answer that
+# differs from the gold, 0.68; DPO 0.43 with 1 pair a question allowed (4 samples) and 0.69-0.76 with 2
+# (8 samples), so about 0.36 for each pair allowed; RFT (not measured) one row per right answer kept,
+# with about 0.9 of questions answered right at least once. ExSPIN and SPIN with k samples: k times theirs.
+PAIRS_PER_QUESTION = {"exspin": 0.39, "spin": 0.68, "dpo": 0.36, "rft": 0.9}  # dpo and rft: per pair allowed
 
 
 def plan(config: RunConfig) -> dict:
     """What `exspin run` would do, read from the data and the config alone (no model, no tokenizer):
     per stage its examples, optimizer steps, tokens at most (examples x prompt budget + answer), and
-    the prompt budget against the trainer's max_length. Self-play pairs are a guess: one per wrong
-    answer, WRONG_SHARE of them (twice that with mix_previous_pairs, which adds the previous iteration's)."""
+    the prompt budget against the trainer's max_length. Self-play pairs are a guess: PAIRS_PER_QUESTION
+    (twice that with mix_previous_pairs, which adds the previous iteration's)."""
     data = config.data
     train, evaluation = load_split(data.path, data.train_split), load_split(data.path, data.eval_split)
     validation_set, train_set = carve(train.executable, data.validation_size, data.train_size, config.seed,
@@ -511,9 +516,12 @@ def plan(config: RunConfig) -> dict:
                        "trained_rows": int(n_train * settings.epochs)})
     selfplay = config.selfplay
     answers = n_train * selfplay.samples_per_question
-    pairs = math.ceil(answers * WRONG_SHARE)
-    if selfplay.method == "rft":  # rows of right answers, at most pairs_per_question a question
-        pairs = math.ceil(n_train * (1 - WRONG_SHARE)) * selfplay.feedback.pairs_per_question
+    per_question = PAIRS_PER_QUESTION[selfplay.method]
+    if selfplay.method in ("dpo", "rft"):  # at most pairs_per_question a question
+        per_question *= selfplay.feedback.pairs_per_question
+    else:  # a pair per wrong answer
+        per_question *= selfplay.samples_per_question
+    pairs = math.ceil(n_train * per_question)
     sides = 1 if selfplay.method == "rft" else 2  # a pair trains two answers, an RFT row one
     for iteration in range(1, selfplay.iterations + 1):
         trained = pairs * (2 if selfplay.mix_previous_pairs and iteration > 1 else 1)  # and the previous one's
@@ -526,7 +534,7 @@ def plan(config: RunConfig) -> dict:
                        + int(trained * settings.epochs * (answer + (sides - 1) * config.generation.max_new_tokens)),
                        "fits": f"{answer} <= {settings.max_length}", "kind": "selfplay",
                        "scored": validation + n_eval, "answered": n_train, "trained_rows": int(trained * settings.epochs)})
-    return {"processes": processes_per_training, "wrong_share": WRONG_SHARE, "train": n_train, "validation": validation,
+    return {"processes": processes_per_training, "pairs_per_question": per_question, "train": n_train, "validation": validation,
             "eval": n_eval, "stages": stages}
 
 
