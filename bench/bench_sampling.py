@@ -12,8 +12,9 @@ baseline, today, ...) because this machine's speed drifts within minutes; each a
 same prompts, so its sampled/greedy ratio is measured in the same process. `--batch-sizes` gives today's
 code one arm per batch size (prompts a batch, each with its k samples; default: the library's). Reports prompts/s, sampled
 tokens/s, the ratio to the baseline, and how many samples and log-probs equal the baseline's (same seed).
-`--profile` prints today's top operators by self CPU time (torch.profiler) over one sampled pass.
-Writes bench/results/sampling[_k<k>].json and .md.
+`--profile` adds one more pass of every arm under torch.profiler, and its top operators by self CPU time
+to the report. Writes bench/results/sampling[_k<k>][_<prompts>].json and .md (k: where not 8; prompts:
+where not 32).
 """
 
 from __future__ import annotations
@@ -76,8 +77,8 @@ def run_arm(source: Path, args, batch_size: int = 0, profile: bool = False) -> d
     result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         sys.exit(f"arm from {source} failed:\n{result.stderr[-3000:]}")
-    if profile:
-        print(result.stderr[result.stderr.find("---"):], flush=True)
+    if profile:  # the profiler's table, as the worker printed it
+        return {**json.loads(result.stdout.strip().splitlines()[-1]), "profile": result.stderr[result.stderr.find("---"):]}
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -92,7 +93,8 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[0],
                         help="today's arms: prompts a batch (0: the library's default)")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--profile", action="store_true", help="profile one more pass of today's code")
+    parser.add_argument("--profile", action="store_true",
+                        help="one more pass of every arm under torch.profiler, its table in the report")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -109,33 +111,50 @@ def main() -> None:
             print(f"{name}, pass {repeat + 1}: {args.prompts / arm['seconds']:.3f} prompts/s sampled, "
                   f"{arm['tokens'] / arm['seconds']:.1f} tokens/s, {arm['seconds'] / arm['greedy_seconds']:.2f}x "
                   "greedy's time", flush=True)
-    if args.profile:
-        run_arm(ROOT, args, args.batch_sizes[0], profile=True)
     reference = next(iter(runs))  # the baseline where there is one
     first = runs[reference][0]
+
+    def flat(arm: dict, key: str) -> list:
+        return [x for prompt in arm[key] for x in prompt]
+
     results: dict = {"prompts": args.prompts, "samples": args.samples, "temperature": args.temperature,
                      "max_new_tokens": args.max_new_tokens, "reference": reference, "dtype": first["dtype"],
                      "arms": {}}
     lines = [f"# Sampling {args.samples} answers a question at T {args.temperature}, with log-probs: "
              f"{args.prompts} Spider train prompts (default prompt), default model, {first['dtype']}, 2 cores", "",
-             f"Arms alternate; each pass is one process. Ratios, samples and log-probs: against {reference} (its first "
-             "pass).", "", "| arm | passes | prompts/s (each pass) | median | x reference | sampled / greedy time | same samples "
-             "| log-probs within 1e-3 |", "|---|---:|---|---:|---:|---:|---:|---:|"]
-    baseline_median = statistics.median(args.prompts / arm["seconds"] for arm in runs[reference])
+             f"Arms alternate; each pass is one process. Ratios, samples and log-probs: against {reference}'s first "
+             "pass (its own row: its second pass against its first); log-probs compared where the samples are the "
+             "same.", "", "| arm | passes | prompts/s (each pass) | median | x reference | tokens/s (each pass) | "
+             "sampled / greedy time | same samples | their log-probs within 1e-3 |",
+             "|---|---:|---|---:|---:|---|---:|---:|---:|"]
+    reference_median = statistics.median(args.prompts / arm["seconds"] for arm in runs[reference])
     for name, passes in runs.items():
         rates = [args.prompts / arm["seconds"] for arm in passes]
         ratios = [arm["seconds"] / arm["greedy_seconds"] for arm in passes]
-        texts = [t for arm in passes[:1] for prompt in arm["texts"] for t in prompt]
-        same = sum(a == b for a, b in zip(texts, (t for prompt in first["texts"] for t in prompt), strict=True))
-        close = sum(abs(a - b) < 1e-3 for a, b in zip((x for p in passes[0]["logprobs"] for x in p),
-                                                       (x for p in first["logprobs"] for x in p), strict=True))
+        compared = passes[1] if name == reference and len(passes) > 1 else passes[0] if name != reference else None
+        same = close = None
+        if compared is not None:
+            pairs = zip(flat(compared, "texts"), flat(first, "texts"), flat(compared, "logprobs"),
+                        flat(first, "logprobs"), strict=True)
+            matched = [(a, b) for text, other, a, b in pairs if text == other]
+            same, close = len(matched), sum(abs(a - b) < 1e-3 for a, b in matched)
+        total = len(flat(first, "texts"))
         median = statistics.median(rates)
-        results["arms"][name] = {"prompts_per_s": rates, "median_prompts_per_s": median,
+        token_rates = [arm["tokens"] / arm["seconds"] for arm in passes]
+        results["arms"][name] = {"prompts_per_s": rates, "median_prompts_per_s": median, "tokens_per_s": token_rates,
                                  "sampled_over_greedy": ratios, "tokens": [arm["tokens"] for arm in passes],
-                                 "same_samples": same, "logprobs_within_1e-3": close, "samples_total": len(texts)}
+                                 "same_samples": same, "their_logprobs_within_1e-3": close, "samples_total": total}
         lines.append(f"| {name} | {len(passes)} | {', '.join(f'{r:.3f}' for r in rates)} | {median:.3f} | "
-                     f"{median / baseline_median:.2f} | {', '.join(f'{r:.2f}' for r in ratios)} | "
-                     f"{same}/{len(texts)} | {close}/{len(texts)} |")
+                     f"{median / reference_median:.2f} | "
+                     f"{', '.join(f'{r:.1f}' for r in token_rates)} | "
+                     f"{', '.join(f'{r:.2f}' for r in ratios)} | "
+                     f"{'-' if same is None else f'{same}/{total}'} | {'-' if close is None else f'{close}/{same}'} |")
+    if args.profile:  # one more pass of every arm under torch.profiler
+        for name, (source, batch_size) in arms.items():
+            arm = run_arm(source, args, batch_size, profile=True)
+            results["arms"][name]["profiled_prompts_per_s"] = args.prompts / arm["seconds"]
+            lines += ["", f"## {name}: operators by self CPU time, one more pass under torch.profiler "
+                      f"({args.prompts / arm['seconds']:.3f} prompts/s)", "", "```", arm["profile"].rstrip(), "```"]
     out = ROOT / "bench" / "results"
     name = "sampling" + ("" if args.samples == 8 else f"_k{args.samples}") + ("" if args.prompts == 32 else f"_{args.prompts}")
     (out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")

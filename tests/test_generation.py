@@ -490,10 +490,12 @@ def test_draw_token_samples_the_softmax_and_the_nucleus_transformers_keeps():
     from exspin.generation.hf import DrawToken
 
     torch.manual_seed(0)
-    scores = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, float("-inf"), float("-inf"), 0.3, 1.5]]).repeat(40_000, 1)
-    # blocks of 2 and 4: a block whose tokens all have probability 0, and a last block shorter than the rest
+    never = float("-inf")
+    scores = torch.tensor([[2.0, 1.0, 0.5, 0.0, never, never, never, never, 1.5, never]]).repeat(40_000, 1)
+    # blocks of 2 and 4: whole blocks of probability 0 (4-5, 6-7; 4-7); of 4: a short last block (8-9); of 3:
+    # a short last block of probability 0 (9)
     for temperature, top_p, block in ((1.0, 1.0, 1024), (0.7, 1.0, 1024), (1.0, 0.8, 1024), (1.0, 1.0, 2),
-                                      (0.7, 1.0, 4)):
+                                      (0.7, 1.0, 4), (1.0, 1.0, 3)):
         draw = DrawToken(temperature, top_p)
         draw.BLOCK = block
         drawn = draw(None, scores.clone()).argmax(-1)

@@ -80,8 +80,9 @@ def test_full_run_then_kill_and_resume(tiny_run, tmp_path):
     iteration = json.loads((killed / "04_iter1" / "done.json").read_text())
     scored = sum(1 for which in ("validation", "eval") for _ in (killed / "00_data" / f"{which}.jsonl").open())
     expected = (scored / 2.0 + scored / 10.0 + iteration["training_rows"] * (1.0 + 3.0)) / 60
-    assert iteration["estimated_minutes_left"] == pytest.approx(expected, abs=0.051)
-    assert "pairs from 8 answers; training and scoring about" in " ".join(resumed.stdout.split())
+    assert iteration["estimated_train_and_score_minutes"] == pytest.approx(expected, abs=0.051)
+    assert "8 answers labelled, " in " ".join(resumed.stdout.split())
+    assert "to train on; training and scoring about" in " ".join(resumed.stdout.split())
 
     # Cut short while scoring trained models: resuming redoes only the scoring, never the training.
     cut = tmp_path / "cut"

@@ -334,12 +334,12 @@ def _iteration_stage(run: Run, iteration: int, opponent: str, folder: Path, prev
                "chosen_from_samples": sum(p.chosen_source == "sample" for p in preferences),
                "replay_rows": len(pairs) - len(preferences),
                "training_rows": sum(p.weight for p in pairs), "warnings": [], "part_seconds": seconds}
-    estimate = _minutes_left(run, pairs)
+    estimate = _train_and_score_minutes(run, pairs)
     if estimate is not None:  # the dry run guessed the pairs; now they are known
-        summary["estimated_minutes_left"] = round(estimate, 1)
+        summary["estimated_train_and_score_minutes"] = round(estimate, 1)
         replay = f" and {summary['replay_rows']} replay rows" if summary["replay_rows"] else ""
-        run.log(f"{folder.name}: {len(preferences)} pairs{replay} from {len(labelled)} answers; training and "
-                f"scoring about {estimate:.0f} min at this machine's calibration")
+        run.log(f"{folder.name}: {len(labelled)} answers labelled, {len(preferences)} pairs{replay} to train on; "
+                f"training and scoring about {estimate:.0f} min at this machine's calibration")
     if not pairs:
         summary.update(model=opponent, note=no_pairs_reason(settings.method, labelled))
         with _clock(seconds, "scoring"):
@@ -355,9 +355,10 @@ def _iteration_stage(run: Run, iteration: int, opponent: str, folder: Path, prev
         return {**summary, **_score_model(run, str(model), folder)}
 
 
-def _minutes_left(run: Run, pairs: list[Pair]) -> float | None:
+def _train_and_score_minutes(run: Run, pairs: list[Pair]) -> float | None:
     """A self-play stage's training and scoring minutes, once its pairs are known, at this machine's
-    calibration (`exspin calibrate`); None where it has none."""
+    calibration (`exspin calibrate`); None where it has none. Training is counted even where a resumed
+    stage had finished it."""
     from exspin.calibrate import estimate_minutes, load_calibration
 
     calibration = load_calibration(run.config)
@@ -481,8 +482,12 @@ def _train_iteration(run: Run, iteration: int, opponent: str, pairs: list[Pair],
 # (an SFT model as the opponent): ExSPIN, one per wrong greedy answer, 0.38-0.39; SPIN, one per answer that
 # differs from the gold, 0.68; DPO 0.43 with 1 pair a question allowed (4 samples) and 0.69-0.76 with 2
 # (8 samples), so about 0.36 for each pair allowed; RFT (not measured) one row per right answer kept,
-# with about 0.9 of questions answered right at least once. ExSPIN and SPIN with k samples: k times theirs.
+# with about 0.9 of questions answered right at least once. ExSPIN and SPIN with k samples: k times theirs,
+# or with hardest_negative (one pair a question at most) 0.73, as ExSPIN made with 4 samples. How many
+# pairs depends on the opponent: DPO from an SFT base of one epoch made 1.20 a question, its second
+# iteration 0.38 (bench/results/arms_base_e1.md, arms_base_e3_iter2.md).
 PAIRS_PER_QUESTION = {"exspin": 0.39, "spin": 0.68, "dpo": 0.36, "rft": 0.9}  # dpo and rft: per pair allowed
+HARDEST_NEGATIVE_PAIRS_PER_QUESTION = 0.73
 
 
 def plan(config: RunConfig) -> dict:
@@ -519,6 +524,8 @@ def plan(config: RunConfig) -> dict:
     per_question = PAIRS_PER_QUESTION[selfplay.method]
     if selfplay.method in ("dpo", "rft"):  # at most pairs_per_question a question
         per_question *= selfplay.feedback.pairs_per_question
+    elif selfplay.feedback.hardest_negative and selfplay.samples_per_question > 1:  # a question's likeliest wrong answer
+        per_question = HARDEST_NEGATIVE_PAIRS_PER_QUESTION
     else:  # a pair per wrong answer
         per_question *= selfplay.samples_per_question
     pairs = math.ceil(n_train * per_question)

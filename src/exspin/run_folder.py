@@ -62,8 +62,8 @@ class StageSummary(BaseModel):
     chosen_from_samples: int | None = None
     replay_rows: int | None = None  # NLL-only rows on gold SQL trained beside the pairs
     part_seconds: dict[str, float] | None = None  # answering, labelling, training, scoring
-    # training and scoring, estimated once the pairs were known, at the machine's calibration (exspin calibrate)
-    estimated_minutes_left: float | None = None
+    # this stage's training and scoring, estimated once its pairs were known, at the machine's calibration
+    estimated_train_and_score_minutes: float | None = None
     training_rows: int | None = None
     final_loss: float | None = None
     note: str | None = None  # why an iteration trained nothing

@@ -143,8 +143,9 @@ class DrawToken:
     Without a nucleus the inverse CDF runs in two levels: the draw picks a block of BLOCK tokens by the
     blocks' masses, then a token within it, so no cumulative sum runs over the whole vocabulary. Given
     `skip_ids`, it also adds up each row's log-probs as CompletionLogProbs does, from the same pass over the
-    vocabulary (at temperature 1 the sampling softmax's own normaliser): a vocabulary-sized pass per step was
-    a fifth of sampling's time (bench/results/README.md).
+    vocabulary (at temperature 1 the sampling softmax's own normaliser): the sampler's and the scorer's
+    passes over the vocabulary, with generate()'s argmax, were about a fifth of sampling's time
+    (bench/results/README.md).
     """
 
     BLOCK = 1024
