@@ -78,7 +78,9 @@ def run_arm(source: Path, args, batch_size: int = 0, profile: bool = False) -> d
     if result.returncode != 0:
         sys.exit(f"arm from {source} failed:\n{result.stderr[-3000:]}")
     if profile:  # the profiler's table, as the worker printed it
-        return {**json.loads(result.stdout.strip().splitlines()[-1]), "profile": result.stderr[result.stderr.find("---"):]}
+        table = result.stderr.find("---")
+        return {**json.loads(result.stdout.strip().splitlines()[-1]),
+                "profile": result.stderr[table:] if table >= 0 else "(no profiler table printed)"}
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 

@@ -198,3 +198,22 @@ def test_a_parent_configs_method_recipe_gives_way_to_the_childs_method():
     assert (tuned.method, tuned.samples_per_question, tuned.train.learning_rate) == ("dpo", 8, 2e-5)
     paper = load_config(CONFIG_DIR / "spider_cpu_tuned.yaml", ["selfplay.method=exspin"]).selfplay
     assert (paper.samples_per_question, paper.feedback.pairs_per_question, paper.train.learning_rate) == (1, 1, 5e-6)
+
+
+def test_the_dry_run_guesses_pairs_a_question_as_measured_runs_made_them(spider_dir):
+    """plan()'s self-play pairs: PAIRS_PER_QUESTION by method, per pair allowed for DPO, per sample for ExSPIN,
+    and the measured rate for ExSPIN's hardest negative."""
+    import math
+
+    from exspin.config import RunConfig
+    from exspin.pipeline import HARDEST_NEGATIVE_PAIRS_PER_QUESTION, PAIRS_PER_QUESTION, plan
+
+    def pairs(**selfplay) -> tuple[int, int]:
+        stages = plan(RunConfig(data={"path": spider_dir, "train_size": 100}, selfplay={"iterations": 1, **selfplay}))
+        return stages["train"], stages["stages"][-1]["examples"]
+
+    train, dpo = pairs(method="dpo", feedback={"pairs_per_question": 3})
+    assert dpo == math.ceil(train * PAIRS_PER_QUESTION["dpo"] * 3)
+    assert pairs(method="exspin", samples_per_question=4)[1] == math.ceil(train * PAIRS_PER_QUESTION["exspin"] * 4)
+    hardest = pairs(method="exspin", samples_per_question=4, feedback={"hardest_negative": True})[1]
+    assert hardest == math.ceil(train * HARDEST_NEGATIVE_PAIRS_PER_QUESTION) < dpo

@@ -483,9 +483,9 @@ def _train_iteration(run: Run, iteration: int, opponent: str, pairs: list[Pair],
 # differs from the gold, 0.68; DPO 0.43 with 1 pair a question allowed (4 samples) and 0.69-0.76 with 2
 # (8 samples), so about 0.36 for each pair allowed; RFT (not measured) one row per right answer kept,
 # with about 0.9 of questions answered right at least once. ExSPIN and SPIN with k samples: k times theirs,
-# or with hardest_negative (one pair a question at most) 0.73, as ExSPIN made with 4 samples. How many
-# pairs depends on the opponent: DPO from an SFT base of one epoch made 1.20 a question, its second
-# iteration 0.38 (bench/results/arms_base_e1.md, arms_base_e3_iter2.md).
+# or with hardest_negative (one rejected answer a question) 0.73, as ExSPIN made with 4 samples. How many
+# pairs depends on the opponent: DPO with 2 pairs allowed made 1.20 a question from a one-epoch SFT base
+# (bench/results/arms_base_e1.md), and the three-epoch base's second iteration 0.38 (arms_base_e3_iter2.md).
 PAIRS_PER_QUESTION = {"exspin": 0.39, "spin": 0.68, "dpo": 0.36, "rft": 0.9}  # dpo and rft: per pair allowed
 HARDEST_NEGATIVE_PAIRS_PER_QUESTION = 0.73
 
@@ -524,7 +524,7 @@ def plan(config: RunConfig) -> dict:
     per_question = PAIRS_PER_QUESTION[selfplay.method]
     if selfplay.method in ("dpo", "rft"):  # at most pairs_per_question a question
         per_question *= selfplay.feedback.pairs_per_question
-    elif selfplay.feedback.hardest_negative and selfplay.samples_per_question > 1:  # a question's likeliest wrong answer
+    elif selfplay.feedback.hardest_negative:  # a question's likeliest wrong answer
         per_question = HARDEST_NEGATIVE_PAIRS_PER_QUESTION
     else:  # a pair per wrong answer
         per_question *= selfplay.samples_per_question

@@ -144,7 +144,7 @@ class DrawToken:
     blocks' masses, then a token within it, so no cumulative sum runs over the whole vocabulary. Given
     `skip_ids`, it also adds up each row's log-probs as CompletionLogProbs does, from the same pass over the
     vocabulary (at temperature 1 the sampling softmax's own normaliser): the sampler's and the scorer's
-    passes over the vocabulary, with generate()'s argmax, were about a fifth of sampling's time
+    passes over the vocabulary, with generate()'s argmax, were about a sixth of sampling's time
     (bench/results/README.md).
     """
 
