@@ -504,3 +504,17 @@ def test_draw_token_samples_the_softmax_and_the_nucleus_transformers_keeps():
         frequencies = torch.bincount(drawn, minlength=scores.shape[1]).double() / len(drawn)
         assert frequencies == pytest.approx(expected.double(), abs=0.01), (temperature, top_p, block)
         assert frequencies[expected == 0].sum() == 0  # outside the nucleus, and the -inf token: never
+
+
+def test_draw_token_never_draws_a_token_of_probability_0_when_the_draw_reaches_the_total(monkeypatch):
+    """A uniform draw rounded up to the total mass (rand() returning 1.0) takes the last token with any mass,
+    never the zero-mass tokens after it, with or without blocks."""
+    from exspin.generation.hf import DrawToken
+
+    never = float("-inf")
+    scores = torch.tensor([[0.5, 1.0, never, 2.0, never, never, never, never, never]])
+    monkeypatch.setattr(torch, "rand", lambda *shape, **kwargs: torch.ones(*shape, **kwargs))
+    for block in (1024, 2, 3, 4):
+        draw = DrawToken(1.0, skip_ids=[])
+        draw.BLOCK = block
+        assert draw(torch.zeros(1, 1, dtype=torch.long), scores.clone()).argmax(-1).item() == 3, block
