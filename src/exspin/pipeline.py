@@ -334,7 +334,7 @@ def _iteration_stage(run: Run, iteration: int, opponent: str, folder: Path, prev
                "chosen_from_samples": sum(p.chosen_source == "sample" for p in preferences),
                "replay_rows": len(pairs) - len(preferences),
                "training_rows": sum(p.weight for p in pairs), "warnings": [], "part_seconds": seconds}
-    estimate = _train_and_score_minutes(run, pairs)
+    estimate = _train_and_score_minutes(run, summary["training_rows"])
     if estimate is not None:  # the dry run guessed the pairs; now they are known
         summary["estimated_train_and_score_minutes"] = round(estimate, 1)
         replay = f" and {summary['replay_rows']} replay rows" if summary["replay_rows"] else ""
@@ -355,17 +355,17 @@ def _iteration_stage(run: Run, iteration: int, opponent: str, folder: Path, prev
         return {**summary, **_score_model(run, str(model), folder)}
 
 
-def _train_and_score_minutes(run: Run, pairs: list[Pair]) -> float | None:
-    """A self-play stage's training and scoring minutes, once its pairs are known, at this machine's
-    calibration (`exspin calibrate`); None where it has none. Training is counted even where a resumed
-    stage had finished it."""
+def _train_and_score_minutes(run: Run, training_rows: int) -> float | None:
+    """A self-play stage's training and scoring minutes, once its pairs are known (`training_rows`: their
+    weights' sum, an epoch's rows), at this machine's calibration (`exspin calibrate`); None where it has
+    none. Training is counted even where a resumed stage had finished it."""
     from exspin.calibrate import estimate_minutes, load_calibration
 
     calibration = load_calibration(run.config)
     if calibration is None:
         return None
     stage = {"kind": "selfplay", "answered": 0, "scored": len(run.examples("validation")) + len(run.examples("eval")),
-             "trained_rows": int(sum(p.weight for p in pairs) * run.config.selfplay.train.epochs)}
+             "trained_rows": int(training_rows * run.config.selfplay.train.epochs)}
     return estimate_minutes(stage, calibration, run.config, processes(run.config.launcher))
 
 
