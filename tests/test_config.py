@@ -217,3 +217,17 @@ def test_the_dry_run_guesses_pairs_a_question_as_measured_runs_made_them(spider_
     assert pairs(method="exspin", samples_per_question=4)[1] == math.ceil(train * PAIRS_PER_QUESTION["exspin"] * 4)
     hardest = pairs(method="exspin", samples_per_question=4, feedback={"hardest_negative": True})[1]
     assert hardest == math.ceil(train * HARDEST_NEGATIVE_PAIRS_PER_QUESTION) < dpo
+
+
+def test_the_dry_run_counts_the_eval_rescore_when_validation_may_keep_an_earlier_sft_epoch(spider_dir):
+    from exspin.config import RunConfig
+    from exspin.pipeline import plan
+
+    def sft_row(**train) -> dict:
+        stages = plan(RunConfig(data={"path": spider_dir, "train_size": 100}, sft={"train": {"lora": {}, **train}}))
+        return stages, next(row for row in stages["stages"] if row["stage"] == "sft")
+
+    stages, snapshots = sft_row(epochs=3, epoch_snapshots=True)
+    assert snapshots["rescored_if_earlier_epoch"] == stages["eval"] > 0
+    assert snapshots["scored"] == stages["validation"] * 3 + stages["eval"]  # each earlier epoch on validation
+    assert sft_row(epochs=3)[1]["rescored_if_earlier_epoch"] == 0

@@ -99,6 +99,11 @@ def test_full_run_then_kill_and_resume(tiny_run, tmp_path):
     assert {stage: (cut / stage / "model" / "model.safetensors").stat().st_mtime_ns for stage in trained} == trained
     assert (cut / "04_iter1" / "generations.jsonl").stat().st_mtime_ns == generated
     assert _metrics(cut) == _metrics(whole)
+    # Its re-estimate counts only what is left to do: the scoring.
+    cut_iteration = json.loads((cut / "04_iter1" / "done.json").read_text())
+    assert cut_iteration["estimated_train_and_score_minutes"] == pytest.approx((scored / 2.0 + scored / 10.0) / 60,
+                                                                              abs=0.051)
+    assert "to train on; scoring about" in " ".join(resumed.stdout.split())
 
 
 @pytest.mark.xdist_group("tiny_run")

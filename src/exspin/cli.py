@@ -467,6 +467,9 @@ def _print_plan(settings) -> None:
         if row["steps"] is not None and row["stage"] != "sft" and row["steps"] < MIN_ITERATION_STEPS:
             steps += " (too few)"
         minutes = f"{estimate_minutes(row, calibration, settings, stages['processes']):.0f}" if calibration else "-"
+        if calibration and row.get("rescored_if_earlier_epoch"):
+            rescore = {"kind": "score", "scored": row["rescored_if_earlier_epoch"], "answered": 0, "trained_rows": 0}
+            minutes += f" (+{estimate_minutes(rescore, calibration, settings):.0f} if an earlier epoch is kept)"
         table.add_row(row["stage"], row["work"], str(row["examples"]), steps, f"{row['tokens_at_most']:,}",
                       (row["fits"] or "-").replace(" <= ", " / "), minutes)
     Console(width=max(console.width, 120)).print(table)  # one line per stage, even in a log

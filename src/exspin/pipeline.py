@@ -334,12 +334,14 @@ def _iteration_stage(run: Run, iteration: int, opponent: str, folder: Path, prev
                "chosen_from_samples": sum(p.chosen_source == "sample" for p in preferences),
                "replay_rows": len(pairs) - len(preferences),
                "training_rows": sum(p.weight for p in pairs), "warnings": [], "part_seconds": seconds}
-    estimate = _train_and_score_minutes(run, summary["training_rows"])
+    trained_before = (folder / "model" / "config.json").is_file()  # a cut after training: it is not redone
+    estimate = _train_and_score_minutes(run, 0 if trained_before else summary["training_rows"])
     if estimate is not None:  # the dry run guessed the pairs; now they are known
         summary["estimated_train_and_score_minutes"] = round(estimate, 1)
         replay = f" and {summary['replay_rows']} replay rows" if summary["replay_rows"] else ""
+        work = "scoring" if trained_before else "training and scoring"
         run.log(f"{folder.name}: {len(labelled)} answers labelled, {len(preferences)} pairs{replay} to train on; "
-                f"training and scoring about {estimate:.0f} min at this machine's calibration")
+                f"{work} about {estimate:.0f} min at this machine's calibration")
     if not pairs:
         summary.update(model=opponent, note=no_pairs_reason(settings.method, labelled))
         with _clock(seconds, "scoring"):
@@ -357,8 +359,8 @@ def _iteration_stage(run: Run, iteration: int, opponent: str, folder: Path, prev
 
 def _train_and_score_minutes(run: Run, training_rows: int) -> float | None:
     """A self-play stage's training and scoring minutes, once its pairs are known (`training_rows`: their
-    weights' sum, an epoch's rows), at this machine's calibration (`exspin calibrate`); None where it has
-    none. Training is counted even where a resumed stage had finished it."""
+    weights' sum, an epoch's rows; 0 where a resumed stage had trained), at this machine's calibration
+    (`exspin calibrate`); None where it has none."""
     from exspin.calibrate import estimate_minutes, load_calibration
 
     calibration = load_calibration(run.config)
@@ -518,7 +520,9 @@ def plan(config: RunConfig) -> dict:
                        "tokens_at_most": int(n_train * settings.epochs * answer),
                        "fits": f"{answer} <= {settings.max_length}", "kind": "sft",
                        "scored": validation + n_eval + snapshots * validation, "answered": 0,
-                       "trained_rows": int(n_train * settings.epochs)})
+                       "trained_rows": int(n_train * settings.epochs),
+                       # validation keeping an earlier epoch scores it on the eval set too (_pick_epoch)
+                       "rescored_if_earlier_epoch": n_eval if snapshots else 0})
     selfplay = config.selfplay
     answers = n_train * selfplay.samples_per_question
     per_question = PAIRS_PER_QUESTION[selfplay.method]
