@@ -83,6 +83,15 @@ ARMS = {  # today's path ran in bf16 wherever oneDNN reported bf16 support; "_fp
     "selfplay_exspin_shared": ("selfplay", {"gradient_checkpointing": False, "shared_prompt": True,
                                             "precompute_reference": True, "bf16": None, "batch_size": 4,
                                             "gradient_accumulation": 1, "group_by_prompt": True}),
+    # The shared arms with LoRA on the top 12 of the 24 decoder layers only (lora.layers): no backward
+    # below them. Their bound stays that of all layers trained, so they can pass 100% of it.
+    "sft_exspin_shared_top12": ("sft", {"gradient_checkpointing": False, "completion_head_only": True, "bf16": None,
+                                        "batch_size": 4, "gradient_accumulation": 1, "group_by_prompt": True,
+                                        "lora": {"layers": 12}}),
+    "selfplay_exspin_shared_top12": ("selfplay", {"gradient_checkpointing": False, "shared_prompt": True,
+                                                  "precompute_reference": True, "bf16": None, "batch_size": 4,
+                                                  "gradient_accumulation": 1, "group_by_prompt": True,
+                                                  "lora": {"layers": 12}}),
 }
 
 

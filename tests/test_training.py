@@ -855,3 +855,39 @@ def test_lora_dropout_uses_cpu_masks(tiny_model_dir, tmp_path):
                                             SelfPlaySettings(bf16=False, lora=lora), tmp_path / "selfplay")
     for trainer in (sft, selfplay):
         assert not any(type(m) is torch.nn.Dropout and m.p > 0 for m in trainer.model.modules())
+
+
+def test_lora_on_the_top_layers_stops_the_backward_pass_below_them(tiny_model_dir, tmp_path):
+    """lora.layers=1 of the tiny model's 2: adapters on the top layer only, and, once training begins
+    (checkpointing set up as Trainer.train does), no gradient is computed through the frozen layer below;
+    the adapters' gradients are those the input-grad hook would give."""
+    from exspin.errors import UserError
+    from exspin.training.common import LoraSettings
+    from exspin.training.sft import SFTSettings, build_sft_trainer
+
+    records = [{"prompt": "<|im_start|>user\nHow many singers are there?<|im_end|>\n<|im_start|>assistant\n",
+                "completion": "SELECT count(*) FROM singer"},
+               {"prompt": "<|im_start|>user\nList the stadiums.<|im_end|>\n<|im_start|>assistant\n",
+                "completion": "SELECT name FROM stadium"}]
+    steps, reached = {}, {}
+    for layers, begin in ((None, True), (1, False), (1, True)):
+        settings = SFTSettings(bf16=False, batch_size=2, max_length=256, checkpoint_over_tokens=100_000,
+                               lora=LoraSettings(r=4, alpha=8, dropout=0.0, layers=layers))
+        trainer, _ = build_sft_trainer(str(tiny_model_dir), records, settings, tmp_path / f"{layers}{begin}")
+        adapted = {name.split(".layers.")[1].split(".")[0] for name, _ in trainer.model.named_parameters()
+                   if "lora_" in name}
+        assert adapted == ({"0", "1"} if layers is None else {"1"})
+        trainer.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if begin:  # what Trainer.train() does next
+            trainer.callback_handler.on_train_begin(trainer.args, trainer.state, trainer.control)
+        calls = []
+        bottom = trainer.model.get_base_model().model.layers[0].mlp
+        hook = bottom.register_full_backward_hook(lambda *args: calls.append(1))
+        steps[layers, begin] = _one_step(trainer, 2, ("entropy",))[:3]
+        hook.remove()
+        reached[layers, begin] = bool(calls)
+    assert reached == {(None, True): True, (1, False): True, (1, True): False}
+    _assert_same_step(steps[1, False], steps[1, True])
+    with pytest.raises(UserError, match="2 decoder layers"):
+        build_sft_trainer(str(tiny_model_dir), records, SFTSettings(bf16=False, lora=LoraSettings(layers=3)),
+                          tmp_path / "too_many")

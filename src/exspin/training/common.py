@@ -153,13 +153,38 @@ def check_lengths(tokenizer, records: list[tuple[str, ...]], max_length: int, ou
     return fit
 
 
-def lora_config(settings: TrainSettings):
+def lora_config(settings: TrainSettings, model_layers: int):
+    """peft's LoraConfig for the settings, on a model of `model_layers` decoder layers; None without LoRA."""
     if settings.lora is None:
         return None
     from peft import LoraConfig
 
+    adapted = None
+    if settings.lora.layers is not None:
+        if settings.lora.layers > model_layers:
+            raise UserError(f"lora.layers is {settings.lora.layers}, but the model has {model_layers} decoder layers")
+        adapted = list(range(model_layers - settings.lora.layers, model_layers))  # the top ones
     return LoraConfig(r=settings.lora.r, lora_alpha=settings.lora.alpha, lora_dropout=settings.lora.dropout,
-                      target_modules=list(settings.lora.target_modules), task_type="CAUSAL_LM")
+                      target_modules=list(settings.lora.target_modules), layers_to_transform=adapted,
+                      task_type="CAUSAL_LM")
+
+
+class NoGradientBelowTheAdapters(TrainerCallback):
+    """Removes the hooks that make the input embeddings' output require grad, which trl and the trainer add
+    whenever checkpointing may be on. Non-reentrant checkpointing does not need them, and with LoRA on the
+    top layers only they would carry the backward pass through every frozen layer below. Each
+    enable_input_require_grads() call adds a hook and forgets the previous one, so that
+    disable_input_require_grads() removes only the last: these are found by name."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if model is None or (args.gradient_checkpointing_kwargs or {}).get("use_reentrant"):
+            return
+        embeddings = model.get_input_embeddings()
+        for key, hook in list(embeddings._forward_hooks.items()):
+            if getattr(hook, "__name__", "") == "make_inputs_require_grads":  # transformers' own
+                for hooks in (embeddings._forward_hooks, embeddings._forward_hooks_with_kwargs,
+                              embeddings._forward_hooks_always_called):
+                    hooks.pop(key, None)
 
 
 def load_for_training(model_path: str, settings: TrainSettings, frozen: bool = False):
