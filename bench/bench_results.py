@@ -39,8 +39,8 @@ def ex(right: dict[int, bool]) -> float:
 def stage_cell(folder: Path, sft_dev: dict[int, bool], sft_validation: dict[int, bool]) -> dict:
     """A scored stage's EX on both sets, its change against SFT, and its pairs and minutes (done.json)."""
     dev, validation = right_by_question(folder / "eval_eval"), right_by_question(folder / "eval_validation")
-    if dev.keys() != sft_dev.keys():
-        raise SystemExit(f"{folder} scored other dev questions than its base's SFT: not comparable")
+    if dev.keys() != sft_dev.keys() or validation.keys() != sft_validation.keys():
+        raise SystemExit(f"{folder} scored other dev or validation questions than its base's SFT: not comparable")
     change, validation_change = change_by_index(sft_dev, dev), change_by_index(sft_validation, validation)
     cell = {"folder": str(folder), "dev_ex": round(ex(dev), 2), "validation_ex": round(ex(validation), 2),
             "dev_gained": change.gained, "dev_lost": change.lost, "dev_p": change.p,
@@ -54,14 +54,16 @@ def stage_cell(folder: Path, sft_dev: dict[int, bool], sft_validation: dict[int,
     return cell
 
 
-def vote_cell(path: Path, k: int, sft_dev: dict[int, bool]) -> dict:
-    """A vote json's row for k samples: its greedy must be the base's SFT on the same questions."""
+def vote_cell(path: Path, k: int, sft: Path, sft_dev: dict[int, bool]) -> dict:
+    """A vote json's row for k samples: its model must be the base's SFT model, scored on as many questions
+    with the same greedy EX."""
     vote = json.loads(path.read_text())
     row = next((r for r in vote["rows"] if r["k"] == k), None)
     if row is None:
         raise SystemExit(f"{path} has no row for k={k}")
-    if vote["n"] != len(sft_dev) or abs(row["greedy_ex"] - ex(sft_dev)) > 0.01:
-        raise SystemExit(f"{path}'s greedy ({row['greedy_ex']:.2f} on {vote['n']}) is not this base's SFT")
+    if Path(vote["model"]) != sft / "model" or vote["n"] != len(sft_dev) or abs(row["greedy_ex"] - ex(sft_dev)) > 0.01:
+        raise SystemExit(f"{path} voted with {vote['model']} (greedy {row['greedy_ex']:.2f} on {vote['n']}), "
+                         f"not this base's SFT model {sft / 'model'}")
     change = row["vote_vs_greedy"]
     return {"folder": str(path), "dev_ex": round(row["vote_ex"], 2), "validation_ex": None,
             "dev_gained": len(change["gained_indices"]), "dev_lost": len(change["lost_indices"]), "dev_p": change["p"],
@@ -72,17 +74,17 @@ def build(spec: dict) -> dict:
     bases = {}
     for name, base in spec["bases"].items():
         sft = Path(base["sft"])
-        bases[name] = (right_by_question(sft / "eval_eval"), right_by_question(sft / "eval_validation"))
+        bases[name] = (sft, right_by_question(sft / "eval_eval"), right_by_question(sft / "eval_validation"))
     rows = []
     for row in spec["rows"]:
         cells = {}
-        for name, (sft_dev, sft_validation) in bases.items():
+        for name, (sft, sft_dev, sft_validation) in bases.items():
             where = row.get(name)
             if where is None:
                 cells[name] = None
             elif str(where).startswith("vote:"):
                 path, _, k = str(where)[len("vote:"):].rpartition("@")
-                cells[name] = vote_cell(Path(path), int(k), sft_dev)
+                cells[name] = vote_cell(Path(path), int(k), sft, sft_dev)
             else:
                 cells[name] = stage_cell(Path(where), sft_dev, sft_validation)
         rows.append({"label": row["label"], "cells": cells, "is_sft": bool(row.get("sft"))})
@@ -103,7 +105,7 @@ def markdown_table(table: dict) -> str:
                 line += " not run | | | |"
                 continue
             validation = "" if cell["validation_ex"] is None else f"{cell['validation_ex']:.2f}"
-            if row["is_sft"] or not (cell["dev_gained"] or cell["dev_lost"]):
+            if row["is_sft"]:
                 line += f" {cell['dev_ex']:.2f} | | | {validation} |"
             else:
                 line += (f" {cell['dev_ex']:.2f} | +{cell['dev_gained']}/-{cell['dev_lost']} | {p(cell['dev_p'])}"

@@ -53,6 +53,24 @@ def test_the_results_table_is_computed_from_the_folders_and_spliced_between_the_
         bench.splice("# no markers\n", text)
 
 
+def test_a_vote_row_is_read_only_from_a_vote_with_the_bases_sft_model(tmp_path):
+    bench = _bench()
+    sft = _stage(tmp_path / "sft", dev=list(range(10)), validation=[0])
+    vote = {"model": str(sft / "model"), "n": 20,
+            "rows": [{"k": 8, "greedy_ex": 50.0, "vote_ex": 60.0, "pass_at_k": 75.0,
+                      "vote_vs_greedy": {"gained_indices": [10, 11], "lost_indices": [], "p": 0.5}}]}
+    path = tmp_path / "vote.json"
+    path.write_text(json.dumps(vote))
+    spec = {"bases": {"b": {"sft": str(sft)}}, "rows": [{"label": "vote", "b": f"vote:{path}@8"}]}
+    cell = bench.build(spec)["rows"][0]["cells"]["b"]
+    assert (cell["dev_ex"], cell["dev_gained"], cell["dev_lost"], cell["pass_at_k"]) == (60.0, 2, 0, 75.0)
+    path.write_text(json.dumps({**vote, "model": str(tmp_path / "other" / "model")}))
+    with pytest.raises(SystemExit, match="not this base's SFT model"):
+        bench.build(spec)
+    with pytest.raises(SystemExit, match="no row for k=4"):
+        bench.build({**spec, "rows": [{"label": "vote", "b": f"vote:{path}@4"}]})
+
+
 def test_a_row_scored_on_other_questions_than_its_sft_is_refused(tmp_path):
     bench = _bench()
     sft = _stage(tmp_path / "sft", dev=[0], validation=[0])
@@ -60,5 +78,5 @@ def test_a_row_scored_on_other_questions_than_its_sft_is_refused(tmp_path):
     _stage(other, dev=[0], validation=[0])
     results = other / "eval_eval" / "results.json"
     results.write_text(json.dumps({"examples": [{"index": 99, "db_id": "d", "ex": 1, "outcome": "ok"}]}))
-    with pytest.raises(SystemExit, match="other dev questions"):
+    with pytest.raises(SystemExit, match="other dev or validation questions"):
         bench.build({"bases": {"b": {"sft": str(sft)}}, "rows": [{"label": "x", "b": str(other)}]})

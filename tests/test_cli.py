@@ -117,6 +117,30 @@ def test_run_dry_run_prints_the_plan_and_starts_nothing(spider_dir, tmp_path):
     assert "data.per_database=4 gives 0 training questions, not 48" in result.stderr + result.stdout
 
 
+def test_the_dry_run_adds_the_eval_rescore_of_an_earlier_sft_epoch(spider_dir, tmp_path, monkeypatch):
+    """With SFT epoch snapshots, the SFT row says how many more minutes a kept earlier epoch costs."""
+    import os
+
+    from exspin.calibrate import Calibration, calibration_path
+    from exspin.config import load_config
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "spider_cpu_tuned.yaml"
+    overrides = [f"data.path={spider_dir}", "sft.train.epochs=3", "sft.train.epoch_snapshots=true"]
+    monkeypatch.setenv("EXSPIN_CACHE_DIR", str(tmp_path / "cache"))
+    path = calibration_path(load_config(config, overrides))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(Calibration(model="m", machine="test", measured="now", greedy_prompts_per_s=1.0,
+                                samples_per_question=8, sampled_prompts_per_s=0.5, judged_queries_per_s=100.0,
+                                sft_seconds_per_record=1.0, selfplay_seconds_per_pair=2.0,
+                                reference_seconds_per_pair=0.5, seconds=1.0).model_dump_json())
+    result = subprocess.run([sys.executable, "-m", "exspin.cli", "run", str(config), "--dry-run", *overrides],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "300"})
+    assert result.returncode == 0, result.stderr
+    [sft] = [line for line in result.stdout.splitlines() if line.startswith("│ sft")]
+    # 972 dev questions at 1 prompt/s plus judging at 100/s: 16.4 minutes
+    assert "(+16 if an earlier epoch is kept)" in sft, result.stdout
+
+
 def test_the_dry_run_loads_neither_torch_nor_transformers(spider_dir, tmp_path):
     """Reading and checking a config, and planning a run, import no model library (seconds saved each time)."""
     import subprocess

@@ -859,8 +859,11 @@ def test_lora_dropout_uses_cpu_masks(tiny_model_dir, tmp_path):
 
 def test_lora_on_the_top_layers_stops_the_backward_pass_below_them(tiny_model_dir, tmp_path):
     """lora.layers=1 of the tiny model's 2: adapters on the top layer only, and, once training begins
-    (checkpointing set up as Trainer.train does), no gradient is computed through the frozen layer below;
-    the adapters' gradients are those the input-grad hook would give."""
+    (checkpointing set up as Trainer.train does, and on for this batch), no gradient is computed through the
+    frozen layer below; the adapters' gradients are those the input-grad hooks would give. Under reentrant
+    checkpointing the hooks stay: the adapters then need them for any gradient at all."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
     from exspin.errors import UserError
     from exspin.training.common import LoraSettings
     from exspin.training.sft import SFTSettings, build_sft_trainer
@@ -870,24 +873,64 @@ def test_lora_on_the_top_layers_stops_the_backward_pass_below_them(tiny_model_di
                {"prompt": "<|im_start|>user\nList the stadiums.<|im_end|>\n<|im_start|>assistant\n",
                 "completion": "SELECT name FROM stadium"}]
     steps, reached = {}, {}
-    for layers, begin in ((None, True), (1, False), (1, True)):
-        settings = SFTSettings(bf16=False, batch_size=2, max_length=256, checkpoint_over_tokens=100_000,
+    for layers, begin, reentrant in ((None, True, False), (1, False, False), (1, True, False), (1, True, True)):
+        settings = SFTSettings(bf16=False, batch_size=2, max_length=256, checkpoint_over_tokens=1,
                                lora=LoraSettings(r=4, alpha=8, dropout=0.0, layers=layers))
-        trainer, _ = build_sft_trainer(str(tiny_model_dir), records, settings, tmp_path / f"{layers}{begin}")
+        trainer, _ = build_sft_trainer(str(tiny_model_dir), records, settings,
+                                       tmp_path / f"{layers}{begin}{reentrant}")
         adapted = {name.split(".layers.")[1].split(".")[0] for name, _ in trainer.model.named_parameters()
                    if "lora_" in name}
         assert adapted == ({"0", "1"} if layers is None else {"1"})
-        trainer.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        trainer.args.gradient_checkpointing_kwargs = {"use_reentrant": reentrant}
+        trainer.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
         if begin:  # what Trainer.train() does next
             trainer.callback_handler.on_train_begin(trainer.args, trainer.state, trainer.control)
         calls = []
         bottom = trainer.model.get_base_model().model.layers[0].mlp
-        hook = bottom.register_full_backward_hook(lambda *args: calls.append(1))
-        steps[layers, begin] = _one_step(trainer, 2, ("entropy",))[:3]
+        hook = bottom.register_full_backward_hook(lambda *args, calls=calls: calls.append(1))
+        steps[layers, begin, reentrant] = _one_step(trainer, 2, ("entropy",))[:3]
         hook.remove()
-        reached[layers, begin] = bool(calls)
-    assert reached == {(None, True): True, (1, False): True, (1, True): False}
-    _assert_same_step(steps[1, False], steps[1, True])
+        reached[layers, begin, reentrant] = bool(calls)
+        assert {m.gradient_checkpointing for m in trainer.model.modules()
+                if isinstance(m, GradientCheckpointingLayer)} == {True}  # the batch ran checkpointed
+    assert reached == {(None, True, False): True, (1, False, False): True, (1, True, False): False,
+                       (1, True, True): True}
+    _assert_same_step(steps[1, False, False], steps[1, True, False])
+    _assert_same_step(steps[1, False, False], steps[1, True, True])
     with pytest.raises(UserError, match="2 decoder layers"):
         build_sft_trainer(str(tiny_model_dir), records, SFTSettings(bf16=False, lora=LoraSettings(layers=3)),
                           tmp_path / "too_many")
+
+
+def test_lora_on_the_top_layers_keeps_the_backward_short_with_a_reference_pass_each_step(tiny_model_dir, tmp_path,
+                                                                                         monkeypatch):
+    """A reference pass in training (not precomputed) turns checkpointing off and on, which adds the input-grad
+    hook again: the steps after it still do not backpropagate below the adapters."""
+    import contextlib
+
+    from trl.trainer import dpo_trainer
+
+    from exspin.training.common import LoraSettings
+    from exspin.training.selfplay import SelfPlaySettings, build_selfplay_trainer
+
+    pairs = [{"prompt": f"<|im_start|>user\nQuestion {i}?<|im_end|>\n<|im_start|>assistant\n",
+              "chosen": f"SELECT {i} FROM singer", "rejected": "SELECT 1"} for i in range(3)]
+    settings = SelfPlaySettings(bf16=False, batch_size=1, max_length=128, max_steps=3, precompute_reference=False,
+                                lora=LoraSettings(r=4, alpha=8, dropout=0.0, layers=1), save_every_steps=None)
+    trainer, _, _ = build_selfplay_trainer(str(tiny_model_dir), pairs, settings, tmp_path)
+    calls, hooked = [], []
+    trainer.model.get_base_model().model.layers[0].mlp.register_full_backward_hook(lambda *args: calls.append(1))
+    embeddings = trainer.model.get_input_embeddings()
+    original = dpo_trainer.disable_gradient_checkpointing
+
+    @contextlib.contextmanager
+    def reference_pass(*args, **kwargs):  # records what the reference pass leaves behind
+        with original(*args, **kwargs):
+            yield
+        hooked.append(any(getattr(h, "__name__", "") == "make_inputs_require_grads"
+                          for h in embeddings._forward_hooks.values()))
+
+    monkeypatch.setattr(dpo_trainer, "disable_gradient_checkpointing", reference_pass)
+    trainer.train()
+    assert len(hooked) == 3 and all(hooked)  # each step's reference pass put a hook back ...
+    assert not calls  # ... and none of the 3 steps' backward reached the bottom layer

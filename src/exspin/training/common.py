@@ -174,9 +174,22 @@ class NoGradientBelowTheAdapters(TrainerCallback):
     whenever checkpointing may be on. Non-reentrant checkpointing does not need them, and with LoRA on the
     top layers only they would carry the backward pass through every frozen layer below. Each
     enable_input_require_grads() call adds a hook and forgets the previous one, so that
-    disable_input_require_grads() removes only the last: these are found by name."""
+    disable_input_require_grads() removes only the last: these are found by name. A reference pass that
+    runs in training (not precomputed) turns checkpointing off and on again, which adds one more: they are
+    removed before every forward (each step and micro-step). Reentrant checkpointing (trl forces it for
+    PEFT under DeepSpeed ZeRO-3) needs them: there they stay, and the backward pass goes all the way down."""
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._strip(args, model)
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        self._strip(args, model)
+
+    def on_substep_end(self, args, state, control, model=None, **kwargs):
+        self._strip(args, model)
+
+    @staticmethod
+    def _strip(args, model) -> None:
         if model is None or (args.gradient_checkpointing_kwargs or {}).get("use_reentrant"):
             return
         embeddings = model.get_input_embeddings()

@@ -14,8 +14,9 @@ class LoraSettings(BaseModel):
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     # Adapt only the top `layers` decoder layers (None: all of them). Backpropagation then stops below the
-    # lowest adapted layer: with the top 12 of the default model's 24, SFT took 1.04 s a record against
-    # 1.60 (bench/results/README.md, "LoRA on the top layers"). What it costs in EX is not measured yet.
+    # lowest adapted layer (not under DeepSpeed ZeRO-3, whose reentrant checkpointing needs gradients from
+    # the bottom): with the top 12 of the default model's 24, SFT took 1.04 s a record against 1.60
+    # (bench/results/README.md, "LoRA on the top layers"). What it costs in EX is not measured yet.
     layers: int | None = Field(None, ge=1)
 
 
