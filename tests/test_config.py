@@ -232,17 +232,3 @@ def test_the_dry_run_counts_the_eval_rescore_when_validation_may_keep_an_earlier
     assert snapshots["scored"] == stages["validation"] * 3 + stages["eval"]  # each earlier epoch on validation
     assert sft_row(epochs=3)[1]["rescored_if_earlier_epoch"] == 0
 
-
-def test_calibration_times_batches_of_several_databases():
-    """exspin calibrate's inputs: runs of a database's questions, as a run's batches are, from several
-    databases drawn at random, the same each time."""
-    from types import SimpleNamespace
-
-    from exspin.calibrate import whole_batches
-
-    examples = [SimpleNamespace(db_id=f"db{i % 10}", index=i) for i in range(200)]
-    chosen = whole_batches(examples, 4, 16, seed=0)
-    runs = [chosen[i : i + 4] for i in range(0, 16, 4)]
-    assert len(chosen) == 16 and all(len({e.db_id for e in run}) == 1 for run in runs)
-    assert len({run[0].db_id for run in runs}) == 4
-    assert [e.index for e in whole_batches(examples, 4, 16, seed=0)] == [e.index for e in chosen]

@@ -74,21 +74,6 @@ def load_calibration(config) -> Calibration | None:
     return Calibration.model_validate_json(path.read_text()) if path.is_file() else None
 
 
-def whole_batches(examples: list, per_database: int, count: int, seed: int) -> list:
-    """`count` questions in runs of `per_database` from databases drawn at random (seeded), each with a
-    chance in proportion to its questions, as a run meets them: a database's questions together, and a
-    large database (more questions, and often a larger schema) as often as it comes up in the data."""
-    by_db: dict[str, list] = {}
-    for example in examples:
-        by_db.setdefault(example.db_id, []).append(example)
-    rng, chosen = random.Random(seed), []
-    while by_db and len(chosen) < count:
-        databases = sorted(by_db)
-        db_id = rng.choices(databases, weights=[len(by_db[d]) for d in databases])[0]
-        chosen += by_db.pop(db_id)[:per_database]
-    return chosen[:count]
-
-
 def calibrate(config, log=print) -> Calibration:
     """Measure, write and return this machine's calibration for the config's model and settings."""
     from exspin.data import load_split
@@ -109,10 +94,7 @@ def calibrate(config, log=print) -> Calibration:
     dev = load_split(config.data.path, config.data.eval_split)
     train = load_split(config.data.path, config.data.train_split)
     generator = load_generator(model, config.generation)
-    # Four databases' questions, drawn as scoring meets them: dev's first 64 (two small schemas) read
-    # 4.28 prompts/s where a run's start stage then generated at 2.19 (bench/results/README.md, "All of
-    # Spider train").
-    questions = whole_batches(dev.executable, GREEDY_PROMPTS // 4, GREEDY_PROMPTS, seed=0)
+    questions = dev.executable[:GREEDY_PROMPTS]
     prompts = build_prompts(questions, SchemaBook(dev), generator.tokenizer, config.prompt)
     greedy_config = config.generation.model_copy(update={"num_samples": 1, "temperature": 0.0})
     generator.generate(prompts[:2], greedy_config.model_copy(update={"max_new_tokens": 2}))  # warm-up
@@ -122,10 +104,9 @@ def calibrate(config, log=print) -> Calibration:
     log(f"greedy: {greedy:.2f} prompts/s")
     k = max(config.selfplay.samples_per_question, 2)
     start = time.perf_counter()
-    sampled_prompts = prompts[:: max(1, len(prompts) // SAMPLED_PROMPTS)][:SAMPLED_PROMPTS]  # each database
-    generator.sample(sampled_prompts, config.generation.model_copy(
+    generator.sample(prompts[:SAMPLED_PROMPTS], config.generation.model_copy(
         update={"num_samples": k, "temperature": config.selfplay.temperature}))
-    sampled = len(sampled_prompts) / (time.perf_counter() - start)
+    sampled = len(prompts[:SAMPLED_PROMPTS]) / (time.perf_counter() - start)
     log(f"{k} samples a question: {sampled:.2f} prompts/s")
     tokenizer = generator.tokenizer
     del generator
@@ -135,10 +116,19 @@ def calibrate(config, log=print) -> Calibration:
         judged = len(questions) / (time.perf_counter() - start)
     log(f"judging: {judged:.1f} queries/s")
 
-    # Training inputs as a run feeds them: each batch one database's questions, sharing their schema.
+    # Training inputs as a run feeds them: a few databases' questions, batches sharing their schema.
+    by_db: dict[str, list] = {}
+    for example in train.executable:
+        by_db.setdefault(example.db_id, []).append(example)
     batch = config.sft.train.batch_size * config.sft.train.gradient_accumulation
-    chosen = whole_batches(train.executable, min(batch, config.data.per_database or batch), batch * (TRAINING_STEPS + 1),
-                           seed=0)
+    wanted = batch * (TRAINING_STEPS + 1)
+    chosen, databases = [], sorted(by_db)
+    random.Random(0).shuffle(databases)
+    for db_id in databases:
+        chosen += by_db[db_id][: config.data.per_database or 12]
+        if len(chosen) >= wanted:
+            break
+    chosen = chosen[:wanted]
     train_prompts = build_prompts(chosen, SchemaBook(train), tokenizer, config.prompt)
     records = [SFTExample(prompt=p, completion=normal_form(e.gold_sql)) for e, p in zip(chosen, train_prompts, strict=True)]
 
