@@ -231,4 +231,3 @@ def test_the_dry_run_counts_the_eval_rescore_when_validation_may_keep_an_earlier
     assert snapshots["rescored_if_earlier_epoch"] == stages["eval"] > 0
     assert snapshots["scored"] == stages["validation"] * 3 + stages["eval"]  # each earlier epoch on validation
     assert sft_row(epochs=3)[1]["rescored_if_earlier_epoch"] == 0
-
