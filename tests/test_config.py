@@ -215,6 +215,10 @@ def test_the_dry_run_guesses_pairs_a_question_as_measured_runs_made_them(spider_
     train, dpo = pairs(method="dpo", feedback={"pairs_per_question": 3})
     assert dpo == math.ceil(train * PAIRS_PER_QUESTION["dpo"] * 3)
     assert pairs(method="exspin", samples_per_question=4)[1] == math.ceil(train * PAIRS_PER_QUESTION["exspin"] * 4)
+    rft = pairs(method="rft", feedback={"pairs_per_question": 2, "with_gold": True})[1]
+    assert rft == math.ceil(train * (PAIRS_PER_QUESTION["rft"] * 2 + 1))  # and each question's gold
+    with pytest.raises(ValueError, match="with_gold is an RFT rule"):
+        RunConfig(data={"path": spider_dir}, selfplay={"method": "dpo", "feedback": {"with_gold": True}})
     hardest = pairs(method="exspin", samples_per_question=4, feedback={"hardest_negative": True})[1]
     assert hardest == math.ceil(train * HARDEST_NEGATIVE_PAIRS_PER_QUESTION) < dpo
 

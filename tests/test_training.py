@@ -756,6 +756,13 @@ def test_dpo_pairs_per_question_and_the_gold_where_the_model_never_answers_right
                                                                    (second.index, "gold", gold)]
     assert all(p.rejected == p.chosen for p in rft)
     assert len(make_pairs("rft", [first, second], prompts, labelled)) == 1
+    # With the gold: every question's gold first, then its own right answers (issue 27's RFT control).
+    with_gold = make_pairs("rft", [first, second], prompts, labelled, PairRules(pairs_per_question=2, with_gold=True))
+    assert [(p.index, p.chosen_source, p.chosen) for p in with_gold] == [
+        (first.index, "gold", normal_form(first.gold_sql)), (first.index, "sample", right[0]),
+        (first.index, "sample", right[1]), (second.index, "gold", gold)]
+    with pytest.raises(ValueError, match="RFT rule"):
+        make_pairs("dpo", [first], prompts, labelled, PairRules(with_gold=True))
 
 
 def test_rft_iteration_trains_the_chosen_answers_with_the_sft_trainer(concert, tiny_model_dir, tmp_path):

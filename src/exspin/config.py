@@ -145,6 +145,9 @@ class RunConfig(_Section):
         if self.selfplay.method not in OWN_ANSWERS and rules.own_answers_only():
             raise ValueError(f"selfplay.feedback.{rules.own_answers_only()[0]} is a DPO and RFT rule; "
                              f"selfplay.method is {self.selfplay.method}")
+        if self.selfplay.method != "rft" and rules.rft_only():
+            raise ValueError(f"selfplay.feedback.{rules.rft_only()[0]} is an RFT rule; selfplay.method is "
+                             f"{self.selfplay.method}")
         if self.selfplay.method == "rft":
             unused = [f"feedback.{rule}" for rule in rules.rejected_side_rules()]
             unused += ["replay_ratio"] if self.selfplay.replay_ratio else []

@@ -81,6 +81,10 @@ class PairRules(BaseModel):
     # DPO and RFT only: a question the opponent never answered right takes the gold as its chosen side
     # (the paper's signal, where the model has no right answer of its own to prefer).
     gold_when_never_right: bool = False
+    # RFT only: every question's gold SQL is a row too, beside its distinct right answers (not counted in
+    # pairs_per_question, and an answer in the gold's normal form is not repeated): issue 27's
+    # rejection-sampling control, SFT on the gold plus the model's own right answers.
+    with_gold: bool = False
 
     @model_validator(mode="after")
     def _one_use_of_right_samples(self) -> PairRules:
@@ -107,6 +111,10 @@ class PairRules(BaseModel):
         """The rules switched on that only the methods choosing among the opponent's right answers (DPO, RFT)
         may use."""
         return self._switched_on("pairs_per_question", "gold_when_never_right")
+
+    def rft_only(self) -> list[str]:
+        """The rules switched on that only RFT may use."""
+        return self._switched_on("with_gold")
 
     def choosing_among_samples(self) -> list[str]:
         """The rules switched on that choose among several answers to a question."""
@@ -162,6 +170,8 @@ def make_pairs(method: PairMethod, examples: Sequence[Example], prompts: dict[in
         raise ValueError(f"{rules.exspin_only()[0]} is an ExSPIN rule, not a {method} one")
     if method not in OWN_ANSWERS and rules.own_answers_only():
         raise ValueError(f"{rules.own_answers_only()[0]} is a DPO and RFT rule, not a {method} one")
+    if method != "rft" and rules.rft_only():
+        raise ValueError(f"{rules.rft_only()[0]} is an RFT rule, not a {method} one")
     by_example: dict[int, list[Generation]] = {}
     for answer in labelled:
         by_example.setdefault(answer.index, []).append(answer)
@@ -180,9 +190,12 @@ def make_pairs(method: PairMethod, examples: Sequence[Example], prompts: dict[in
             chosen = ([("sample", text) for text in correct] if correct
                       else [("gold", gold)] if rules.gold_when_never_right else [])
             if method == "rft":  # no rejected side: both sides the answer trained towards
+                rows = chosen[: rules.pairs_per_question]
+                if rules.with_gold:
+                    rows = [("gold", gold)] + [(source, text) for source, text in rows if text != gold]
                 pairs += [Pair(index=example.index, db_id=example.db_id, prompt=prompts[example.index],
                                chosen=text, rejected=text, rejected_label="correct", chosen_source=source)
-                          for source, text in chosen[: rules.pairs_per_question]]
+                          for source, text in rows]
                 continue
             rejected = [(text, a) for text, a in unique.items() if text != gold and a.label != "correct"]
         else:

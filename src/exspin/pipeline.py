@@ -528,6 +528,7 @@ def plan(config: RunConfig) -> dict:
     per_question = PAIRS_PER_QUESTION[selfplay.method]
     if selfplay.method in ("dpo", "rft"):  # at most pairs_per_question a question
         per_question *= selfplay.feedback.pairs_per_question
+        per_question += 1 if selfplay.method == "rft" and selfplay.feedback.with_gold else 0  # the gold's row
     elif selfplay.feedback.hardest_negative:  # a question's likeliest wrong answer
         per_question = HARDEST_NEGATIVE_PAIRS_PER_QUESTION
     else:  # a pair per wrong answer
