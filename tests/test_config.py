@@ -206,7 +206,12 @@ def test_the_dry_run_guesses_pairs_a_question_as_measured_runs_made_them(spider_
     import math
 
     from exspin.config import RunConfig
-    from exspin.pipeline import HARDEST_NEGATIVE_PAIRS_PER_QUESTION, PAIRS_PER_QUESTION, plan
+    from exspin.pipeline import (
+        HARDEST_NEGATIVE_PAIRS_PER_QUESTION,
+        PAIRS_PER_QUESTION,
+        RFT_OWN_ROWS_BESIDE_GOLD,
+        plan,
+    )
 
     def pairs(**selfplay) -> tuple[int, int]:
         stages = plan(RunConfig(data={"path": spider_dir, "train_size": 100}, selfplay={"iterations": 1, **selfplay}))
@@ -216,7 +221,7 @@ def test_the_dry_run_guesses_pairs_a_question_as_measured_runs_made_them(spider_
     assert dpo == math.ceil(train * PAIRS_PER_QUESTION["dpo"] * 3)
     assert pairs(method="exspin", samples_per_question=4)[1] == math.ceil(train * PAIRS_PER_QUESTION["exspin"] * 4)
     rft = pairs(method="rft", feedback={"pairs_per_question": 2, "with_gold": True})[1]
-    assert rft == math.ceil(train * (PAIRS_PER_QUESTION["rft"] * 2 + 1))  # and each question's gold
+    assert rft == math.ceil(train * (1 + RFT_OWN_ROWS_BESIDE_GOLD * 2))  # each question's gold, and its own
     with pytest.raises(ValueError, match="with_gold is an RFT rule"):
         RunConfig(data={"path": spider_dir}, selfplay={"method": "dpo", "feedback": {"with_gold": True}})
     hardest = pairs(method="exspin", samples_per_question=4, feedback={"hardest_negative": True})[1]

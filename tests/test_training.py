@@ -761,6 +761,16 @@ def test_dpo_pairs_per_question_and_the_gold_where_the_model_never_answers_right
     assert [(p.index, p.chosen_source, p.chosen) for p in with_gold] == [
         (first.index, "gold", normal_form(first.gold_sql)), (first.index, "sample", right[0]),
         (first.index, "sample", right[1]), (second.index, "gold", gold)]
+    # A right answer in the gold's own form is not repeated and takes none of the question's slots; a
+    # question never answered right gets its gold once, with gold_when_never_right or without.
+    with SqlRunner(workers=1) as runner:
+        gold_first = label_samples(split, [first, second], [[first.gold_sql, *samples[0][1:4]], samples[1]], runner)
+    for never_right in (False, True):
+        rows = make_pairs("rft", [first, second], prompts, gold_first,
+                          PairRules(pairs_per_question=2, with_gold=True, gold_when_never_right=never_right))
+        assert [(p.index, p.chosen_source, p.chosen) for p in rows] == [
+            (first.index, "gold", normal_form(first.gold_sql)), (first.index, "sample", right[0]),
+            (first.index, "sample", right[1]), (second.index, "gold", gold)]
     with pytest.raises(ValueError, match="RFT rule"):
         make_pairs("dpo", [first], prompts, labelled, PairRules(with_gold=True))
 

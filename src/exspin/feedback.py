@@ -190,9 +190,11 @@ def make_pairs(method: PairMethod, examples: Sequence[Example], prompts: dict[in
             chosen = ([("sample", text) for text in correct] if correct
                       else [("gold", gold)] if rules.gold_when_never_right else [])
             if method == "rft":  # no rejected side: both sides the answer trained towards
-                rows = chosen[: rules.pairs_per_question]
-                if rules.with_gold:
-                    rows = [("gold", gold)] + [(source, text) for source, text in rows if text != gold]
+                if rules.with_gold:  # the gold first, then up to pairs_per_question answers in other forms
+                    own = [(source, text) for source, text in chosen if text != gold]
+                    rows = [("gold", gold)] + own[: rules.pairs_per_question]
+                else:
+                    rows = chosen[: rules.pairs_per_question]
                 pairs += [Pair(index=example.index, db_id=example.db_id, prompt=prompts[example.index],
                                chosen=text, rejected=text, rejected_label="correct", chosen_source=source)
                           for source, text in rows]

@@ -483,12 +483,15 @@ def _train_iteration(run: Run, iteration: int, opponent: str, pairs: list[Pair],
 # The dry run's guess of the pairs a training question gives, from the 1,000-question runs of bench/results
 # (an SFT model as the opponent): ExSPIN, one per wrong greedy answer, 0.38-0.39; SPIN, one per answer that
 # differs from the gold, 0.68; DPO 0.43 with 1 pair a question allowed (4 samples) and 0.69-0.76 with 2
-# (8 samples), so about 0.36 for each pair allowed; RFT (not measured) one row per right answer kept,
-# with about 0.9 of questions answered right at least once. ExSPIN and SPIN with k samples: k times theirs,
+# (8 samples), so about 0.36 for each pair allowed; RFT one row per distinct right answer kept, 0.97 with 1
+# allowed and 1.59 with 2 (8 samples at T 1 from base 1's SFT), so about 0.8 for each row allowed, and
+# with_gold adds the gold's row but drops an answer in the gold's form: 1.64 and 2.02, so 1 + 0.51 for
+# each row allowed (RFT_OWN_ROWS_BESIDE_GOLD). ExSPIN and SPIN with k samples: k times theirs,
 # or with hardest_negative (one rejected answer a question) 0.73, as ExSPIN made with 4 samples. How many
 # pairs depends on the opponent: DPO with 2 pairs allowed made 1.20 a question from a one-epoch SFT base
 # (bench/results/arms_base_e1.md), and the three-epoch base's second iteration 0.38 (arms_base_e3_iter2.md).
-PAIRS_PER_QUESTION = {"exspin": 0.39, "spin": 0.68, "dpo": 0.36, "rft": 0.9}  # dpo and rft: per pair allowed
+PAIRS_PER_QUESTION = {"exspin": 0.39, "spin": 0.68, "dpo": 0.36, "rft": 0.8}  # dpo and rft: per pair allowed
+RFT_OWN_ROWS_BESIDE_GOLD = 0.51  # per row allowed: own right answers in another form than the gold's
 HARDEST_NEGATIVE_PAIRS_PER_QUESTION = 0.73
 
 
@@ -526,9 +529,10 @@ def plan(config: RunConfig) -> dict:
     selfplay = config.selfplay
     answers = n_train * selfplay.samples_per_question
     per_question = PAIRS_PER_QUESTION[selfplay.method]
-    if selfplay.method in ("dpo", "rft"):  # at most pairs_per_question a question
+    if selfplay.method == "rft" and selfplay.feedback.with_gold:  # the gold's row, then answers in other forms
+        per_question = 1 + RFT_OWN_ROWS_BESIDE_GOLD * selfplay.feedback.pairs_per_question
+    elif selfplay.method in ("dpo", "rft"):  # at most pairs_per_question a question
         per_question *= selfplay.feedback.pairs_per_question
-        per_question += 1 if selfplay.method == "rft" and selfplay.feedback.with_gold else 0  # the gold's row
     elif selfplay.feedback.hardest_negative:  # a question's likeliest wrong answer
         per_question = HARDEST_NEGATIVE_PAIRS_PER_QUESTION
     else:  # a pair per wrong answer
