@@ -139,15 +139,8 @@ class RunConfig(_Section):
             raise ValueError(f"selfplay.method {self.selfplay.method} trains towards the opponent's right samples: "
                              "it needs selfplay.samples_per_question >= 2")
         rules = self.selfplay.feedback
-        if self.selfplay.method != "exspin" and rules.exspin_only():
-            raise ValueError(f"selfplay.feedback.{rules.exspin_only()[0]} is an ExSPIN rule; selfplay.method is "
-                             f"{self.selfplay.method}")
-        if self.selfplay.method not in OWN_ANSWERS and rules.own_answers_only():
-            raise ValueError(f"selfplay.feedback.{rules.own_answers_only()[0]} is a DPO and RFT rule; "
-                             f"selfplay.method is {self.selfplay.method}")
-        if self.selfplay.method != "rft" and rules.rft_only():
-            raise ValueError(f"selfplay.feedback.{rules.rft_only()[0]} is an RFT rule; selfplay.method is "
-                             f"{self.selfplay.method}")
+        if rules.misuse(self.selfplay.method):
+            raise ValueError(f"selfplay.feedback.{rules.misuse(self.selfplay.method)} (selfplay.method)")
         if self.selfplay.method == "rft":
             unused = [f"feedback.{rule}" for rule in rules.rejected_side_rules()]
             unused += ["replay_ratio"] if self.selfplay.replay_ratio else []

@@ -116,6 +116,15 @@ class PairRules(BaseModel):
         """The rules switched on that only RFT may use."""
         return self._switched_on("with_gold")
 
+    def misuse(self, method: str) -> str | None:
+        """What is wrong with these rules for `method` (a rule switched on that another method owns), or None."""
+        for owners, rules, name in ((("exspin",), self.exspin_only(), "an ExSPIN rule"),
+                                    (OWN_ANSWERS, self.own_answers_only(), "a DPO and RFT rule"),
+                                    (("rft",), self.rft_only(), "an RFT rule")):
+            if method not in owners and rules:
+                return f"{rules[0]} is {name}, not a {method} one"
+        return None
+
     def choosing_among_samples(self) -> list[str]:
         """The rules switched on that choose among several answers to a question."""
         return self._switched_on("hardest_negative", "equivalent_positives", "own_chosen", "pairs_per_question",
@@ -166,12 +175,8 @@ def _rejected_text(answer: Generation) -> str:
 def make_pairs(method: PairMethod, examples: Sequence[Example], prompts: dict[int, str],
                labelled: Sequence[Generation], rules: PairRules = PairRules()) -> list[Pair]:
     """The preference pairs of one iteration; a pair's `weight` is how many times training repeats it."""
-    if method != "exspin" and rules.exspin_only():
-        raise ValueError(f"{rules.exspin_only()[0]} is an ExSPIN rule, not a {method} one")
-    if method not in OWN_ANSWERS and rules.own_answers_only():
-        raise ValueError(f"{rules.own_answers_only()[0]} is a DPO and RFT rule, not a {method} one")
-    if method != "rft" and rules.rft_only():
-        raise ValueError(f"{rules.rft_only()[0]} is an RFT rule, not a {method} one")
+    if rules.misuse(method):
+        raise ValueError(rules.misuse(method))
     by_example: dict[int, list[Generation]] = {}
     for answer in labelled:
         by_example.setdefault(answer.index, []).append(answer)

@@ -50,7 +50,7 @@ from exspin.run_folder import (
     stage_folder_name,
 )
 from exspin.sqltext import normal_form
-from exspin.training.launch import optimizer_steps, processes, train
+from exspin.training.launch import optimizer_steps, processes, train, trained_in
 from exspin.training.settings import SFTSettings
 
 
@@ -334,7 +334,7 @@ def _iteration_stage(run: Run, iteration: int, opponent: str, folder: Path, prev
                "chosen_from_samples": sum(p.chosen_source == "sample" for p in preferences),
                "replay_rows": len(pairs) - len(preferences),
                "training_rows": sum(p.weight for p in pairs), "warnings": [], "part_seconds": seconds}
-    trained_before = (folder / "model" / "config.json").is_file()  # a cut after training: it is not redone
+    trained_before = trained_in(folder)  # a cut after training: it is not redone
     estimate = _train_and_score_minutes(run, 0 if trained_before else summary["training_rows"])
     if estimate is not None:  # the dry run guessed the pairs; now they are known
         summary["estimated_train_and_score_minutes"] = round(estimate, 1)

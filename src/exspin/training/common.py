@@ -169,6 +169,11 @@ def lora_config(settings: TrainSettings, model_layers: int):
                       task_type="CAUSAL_LM")
 
 
+def lora_callbacks(settings: TrainSettings) -> list:
+    """The callbacks LoRA's settings need in training: with the top layers only, NoGradientBelowTheAdapters."""
+    return [NoGradientBelowTheAdapters()] if settings.lora is not None and settings.lora.layers is not None else []
+
+
 class NoGradientBelowTheAdapters(TrainerCallback):
     """Removes the hooks that make the input embeddings' output require grad, which trl and the trainer add
     whenever checkpointing may be on. Non-reentrant checkpointing does not need them, and with LoRA on the

@@ -52,7 +52,7 @@ def train(kind: TrainKind, base: str, examples: Sequence[SFTExample] | Sequence[
     if seed is not None:
         settings = settings.model_copy(update={"seed": seed})
     model, log = folder / "model", folder / "train_log.jsonl"
-    if not (model / "config.json").is_file():  # else trained before a run was cut short
+    if not trained_in(folder):  # else trained before a run was cut short
         if launcher.launches:
             _launch(kind, base, examples, settings, folder, launcher)
         elif kind == "sft":
@@ -64,6 +64,11 @@ def train(kind: TrainKind, base: str, examples: Sequence[SFTExample] | Sequence[
 
             train_selfplay(base, examples, settings, folder)
     return model, read_jsonl(log) if log.is_file() else []
+
+
+def trained_in(folder: Path) -> bool:
+    """Whether a stage folder already holds its trained model (train() then trains nothing)."""
+    return (folder / "model" / "config.json").is_file()
 
 
 def _launch(kind: TrainKind, base: str, examples: Sequence[SFTExample] | Sequence[PreferencePair],

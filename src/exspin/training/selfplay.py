@@ -22,11 +22,11 @@ from exspin.records import PreferencePair
 from exspin.training.common import (
     DATASET_CACHE,
     CheckpointLargeBatches,
-    NoGradientBelowTheAdapters,
     StepLog,
     cached_on_disk,
     check_lengths,
     load_for_training,
+    lora_callbacks,
     lora_config,
     release_memory,
     sampling_arguments,
@@ -139,11 +139,9 @@ def build_selfplay_trainer(model_path: str, pairs: Sequence[PreferencePair | dic
     trainer_class = selfplay_trainer_class() if settings.shared_prompt else DPOTrainer
     trainer = trainer_class(model=model, ref_model=reference, args=config, train_dataset=dataset,
                             processing_class=tokenizer, peft_config=lora_config(settings, model.config.num_hidden_layers),
-                            callbacks=[log])
+                            callbacks=[log, *lora_callbacks(settings)])
     if settings.shared_prompt:
         trainer.checkpointing = CheckpointLargeBatches(settings)
-    if settings.lora is not None and settings.lora.layers is not None:  # the frozen layers below: no backward
-        trainer.add_callback(NoGradientBelowTheAdapters())
     return trainer, tokenizer, log
 
 

@@ -12,10 +12,10 @@ from exspin.models import TRAINING_RECORD, load_tokenizer, merge_lora, save_mode
 from exspin.records import SFTExample
 from exspin.training.common import (
     CheckpointLargeBatches,
-    NoGradientBelowTheAdapters,
     StepLog,
     check_lengths,
     load_for_training,
+    lora_callbacks,
     lora_config,
     release_memory,
     sampling_arguments,
@@ -131,10 +131,8 @@ def build_sft_trainer(model_path: str, records: Sequence[SFTExample | dict], set
     trainer_class = sft_trainer_class() if settings.completion_head_only else SFTTrainer
     trainer = trainer_class(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                             peft_config=lora_config(settings, model.config.num_hidden_layers),
-                            callbacks=[StepLog(output_dir / "train_log.jsonl")])
+                            callbacks=[StepLog(output_dir / "train_log.jsonl"), *lora_callbacks(settings)])
     use_cpu_dropout(trainer.model)
-    if settings.lora is not None and settings.lora.layers is not None:  # the frozen layers below: no backward
-        trainer.add_callback(NoGradientBelowTheAdapters())
     if settings.epoch_snapshots:
         trainer.add_callback(EpochSnapshots(output_dir))
     if settings.completion_head_only:
