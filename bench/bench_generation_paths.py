@@ -2,19 +2,21 @@
 
     .venv/bin/python bench/bench_generation_paths.py [--prompts 96] [--spread] [--baseline 852cc75]
                                                      [--batch-sizes 8 16 32] [--rounds 0 16]
+                                                     [--dtype float32|bfloat16] [--passes 1]
 
 Every arm generates for the same prompts (the default prompt; the first N executable Spider dev
 questions, so a few databases in a row, as a dev evaluation meets them; or with --spread every k-th,
 so many databases with few questions each, as a validation set carved from train meets them) with
 the default model in
-float32, greedy, in its own process, one arm at a time:
+float32 (or `--dtype`), greedy, in its own process, one arm at a time:
 - the baseline: the library as of `--baseline`, checked out into a git worktree, at its default
   batch size;
 - today's library at each batch size given, and each `--rounds` (GenerationConfig.decode_round: finished
   rows leave the batch every that many new tokens; 0: never), where given.
-Reports prompts/s, generated tokens/s, the ratio to the baseline, and how many extracted SQL strings
-equal the baseline's. Writes bench/results/generation_paths[_spread][_N].json and .md (N: --prompts,
-where not 96).
+With `--passes N` all arms run N times in turn (this machine drifts within minutes), and each pass's
+ratios are against that pass's baseline. Reports prompts/s, generated tokens/s, the ratio to the
+baseline, and how many extracted SQL strings equal the baseline's. Writes
+bench/results/generation_paths[_spread][_N][_bf16].json and .md (N: --prompts, where not 96).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def worker(args) -> None:
         from exspin.generation.hf import TransformersGenerator as InProcess
     except ImportError:
         from exspin.generation import Generator as InProcess
-    generator = InProcess(*load_model(resolve_model(DEFAULT_MODEL), dtype=torch.float32))
+    generator = InProcess(*load_model(resolve_model(DEFAULT_MODEL), dtype=getattr(torch, args.dtype)))
     generate = getattr(generator, "generate", generator)  # before: the generator was called
 
     def tokens() -> int:
@@ -75,7 +77,7 @@ def worker(args) -> None:
 def run_arm(source: Path, args, batch_size: int | None, decode_round: int) -> dict:
     command = [sys.executable, __file__, "--worker", "--data", str(args.data), "--prompts", str(args.prompts),
                *(["--spread"] if args.spread else []), "--max-new-tokens", str(args.max_new_tokens),
-               "--batch-size", str(batch_size or 0), "--decode-round", str(decode_round)]
+               "--batch-size", str(batch_size or 0), "--decode-round", str(decode_round), "--dtype", args.dtype]
     env = {**os.environ, "PYTHONPATH": str(source / "src")}
     result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -107,6 +109,8 @@ def main() -> None:
                         help="every k-th dev question (many databases, few questions each) instead of the first N")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--passes", type=int, default=1, help="run all arms this many times in turn")
     parser.add_argument("--decode-round", type=int, default=-1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -117,28 +121,33 @@ def main() -> None:
         for rounds in args.rounds or [-1]:
             label = "" if rounds < 0 else f", rounds of {rounds}" if rounds else ", no rounds"
             arms[f"today, batch {size}{label}"] = (ROOT, size, rounds)
-    results: dict = {"prompts": args.prompts, "baseline": args.baseline, "dtype": "float32", "arms": {}}
-    for name, (source, batch_size, decode_round) in arms.items():
-        arm = run_arm(source, args, batch_size, decode_round)
-        arm.update(prompts_per_s=args.prompts / arm["seconds"], tokens_per_s=arm["tokens"] / arm["seconds"])
-        results["arms"][name] = arm
-        print(f"{name} (batch {arm['batch_size']}, {arm['attention']}): {arm['prompts_per_s']:.2f} prompts/s, "
-              f"{arm['tokens_per_s']:.1f} tokens/s", flush=True)
-    baseline = results["arms"][f"baseline {args.baseline}"]
+    results: dict = {"prompts": args.prompts, "baseline": args.baseline, "dtype": args.dtype, "passes": []}
+    for number in range(1, args.passes + 1):
+        runs = {}
+        for name, (source, batch_size, decode_round) in arms.items():
+            arm = run_arm(source, args, batch_size, decode_round)
+            arm.update(prompts_per_s=args.prompts / arm["seconds"], tokens_per_s=arm["tokens"] / arm["seconds"])
+            runs[name] = arm
+            print(f"pass {number}, {name} (batch {arm['batch_size']}, {arm['attention']}): "
+                  f"{arm['prompts_per_s']:.2f} prompts/s, {arm['tokens_per_s']:.1f} tokens/s", flush=True)
+        results["passes"].append(runs)
     which = "every k-th executable Spider dev question" if args.spread else "the first executable Spider dev questions"
-    lines = [f"# Greedy generation: {args.prompts} prompts, {which} (default prompt), default model, float32, "
-             "2 cores", "", "| arm | batch | rounds | attention | prompts/s | tokens/s | x baseline | same SQL as baseline |",
-             "|---|---:|---:|---|---:|---:|---:|---:|"]
-    for name, arm in results["arms"].items():
-        arm["speedup"] = arm["prompts_per_s"] / baseline["prompts_per_s"]
-        arm["same_sql_as_baseline"] = sum(a == b for a, b in zip(arm["sql"], baseline["sql"], strict=True))
-        rounds = arm.get("decode_round") or ("-" if arm is baseline else "none")
-        lines.append(f"| {name} | {arm['batch_size']} | {rounds} | {arm['attention']} | {arm['prompts_per_s']:.2f} | "
-                     f"{arm['tokens_per_s']:.1f} | {arm['speedup']:.2f} | "
-                     f"{arm['same_sql_as_baseline']}/{args.prompts} |")
+    lines = [f"# Greedy generation: {args.prompts} prompts, {which} (default prompt), default model, {args.dtype}, "
+             "2 cores", "", "| pass | arm | batch | rounds | attention | prompts/s | tokens/s | x baseline | "
+             "same SQL as baseline |", "|---:|---|---:|---:|---|---:|---:|---:|---:|"]
+    for number, runs in enumerate(results["passes"], start=1):
+        baseline = runs[f"baseline {args.baseline}"]
+        for name, arm in runs.items():
+            arm["speedup"] = arm["prompts_per_s"] / baseline["prompts_per_s"]
+            arm["same_sql_as_baseline"] = sum(a == b for a, b in zip(arm["sql"], baseline["sql"], strict=True))
+            rounds = arm.get("decode_round") or ("-" if arm is baseline else "none")
+            lines.append(f"| {number} | {name} | {arm['batch_size']} | {rounds} | {arm['attention']} | "
+                         f"{arm['prompts_per_s']:.2f} | {arm['tokens_per_s']:.1f} | {arm['speedup']:.2f} | "
+                         f"{arm['same_sql_as_baseline']}/{args.prompts} |")
     out, name = ROOT / "bench" / "results", "generation_paths_spread" if args.spread else "generation_paths"
     first_size = 64 if args.spread else 96  # the first results' sizes, kept under their names
     name += "" if args.prompts == first_size else f"_{args.prompts}"
+    name += "" if args.dtype == "float32" else "_bf16"
     (out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -155,6 +155,32 @@ def test_grouped_kv_attention_generates_what_sdpa_does(tiny_model_dir):
     assert torch.allclose(logits["sdpa"], logits[CPU_ATTENTION], atol=1e-5)
 
 
+@pytest.mark.parametrize("rows", [1, 3, 8])
+def test_decoding_attention_with_stacked_query_heads_equals_sdpa_over_repeated_kv_heads(rows):
+    """Decoding's few query rows go to the kernel as rows of their KV head (models._sdpa_grouped_kv): the same
+    output as plain SDPA over KV heads repeated for every query head, under a padding mask whose last
+    columns are causal among the new rows."""
+    from types import SimpleNamespace
+
+    from exspin.models import _sdpa_grouped_kv
+
+    generator = torch.Generator().manual_seed(rows)
+    batch, heads, kv_heads, keys, dim = 3, 14, 2, 40, 16
+    query = torch.randn(batch, heads, rows, dim, generator=generator)
+    key, value = (torch.randn(batch, kv_heads, keys, dim, generator=generator) for _ in range(2))
+    mask = torch.ones(batch, 1, rows, keys, dtype=torch.bool)
+    mask[0, :, :, :5] = False  # left padding of two rows
+    mask[2, :, :, :11] = False
+    mask[:, :, :, keys - rows:] &= torch.ones(rows, rows, dtype=torch.bool).tril()
+    repeated = {"key": key.repeat_interleave(heads // kv_heads, dim=1),
+                "value": value.repeat_interleave(heads // kv_heads, dim=1)}
+    for given in (mask, None if rows == 1 else mask):
+        expected = torch.nn.functional.scaled_dot_product_attention(query, attn_mask=given, **repeated)
+        output, _ = _sdpa_grouped_kv(SimpleNamespace(is_causal=True), query, key, value, given)
+        assert output.shape == (batch, rows, heads, dim)
+        assert torch.allclose(output, expected.transpose(1, 2), atol=1e-5)
+
+
 def _ending_early(tiny_model_dir, prompts, steps: int):
     """A fresh tiny model whose end-of-sequence token is the token its greedy answers to `prompts` write
     most often, so that rows of one batch finish at different steps."""
