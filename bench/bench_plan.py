@@ -42,12 +42,12 @@ def compare(run: RunFolder) -> dict:
         if stage["stage"] not in finished:
             continue
         summary = run.summary(stage["stage"])
-        estimate = estimate_minutes(stage, calibration, config, planned["processes"])
+        estimate = estimate_minutes(stage, calibration, config, planned["processes"], planned["prompt_characters"])
         row = {"stage": stage["stage"], "estimated_min": round(estimate, 2),
                "measured_min": round(summary.seconds / 60, 2), "ratio": round(summary.seconds / 60 / estimate, 3)}
         if stage["kind"] == "selfplay" and summary.training_rows is not None:
             actual = {**stage, "trained_rows": int(summary.training_rows * config.selfplay.train.epochs)}
-            relabelled = estimate_minutes(actual, calibration, config, planned["processes"])
+            relabelled = estimate_minutes(actual, calibration, config, planned["processes"], planned["prompt_characters"])
             row.update(reestimated_min=round(relabelled, 2), reestimated_ratio=round(summary.seconds / 60 / relabelled, 3),
                        trained_rows=actual["trained_rows"], guessed_rows=stage["trained_rows"],
                        resumed="answering" not in (summary.part_seconds or {}))

@@ -7,7 +7,9 @@ of the config's size), sampling (prompts/s at self-play's samples a question), j
 (seconds a pair for its steps, and apart for its reference log-probs), each training after a warm-up step
 and in one process (a launched run's training is estimated as that divided by its processes). The prompts
 are the config's, without hints (their values add a line; building the hinter would dominate a short
-calibration). Where vLLM generates, each call starts an engine, and that start is counted in: the plan
+calibration). A few questions' prompts are smaller or larger than a run's (the first dev questions are about
+small schemas), so it also keeps their mean size in tokens, and the plan scales each rate by its own stage's
+prompts (sized in characters, since the dry run loads no tokenizer). Where vLLM generates, each call starts an engine, and that start is counted in: the plan
 is then pessimistic. The timings are kept per model, machine and the settings they depend on in the user
 cache (calibration/*.json); a plan names the calibration it used.
 """
@@ -19,6 +21,7 @@ import json
 import os
 import platform
 import random
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -46,6 +49,12 @@ class Calibration(BaseModel):
     selfplay_seconds_per_pair: float
     reference_seconds_per_pair: float  # the reference log-probs, computed once before self-play's steps
     seconds: float  # the calibration's own wall time
+    # The timed prompts' mean tokens (greedy's, sampling's, training's), and their characters a token: what
+    # the plan scales the rates by. None in calibrations written before they were kept.
+    greedy_prompt_tokens: float | None = None
+    sampled_prompt_tokens: float | None = None
+    training_prompt_tokens: float | None = None
+    characters_per_token: float | None = None
 
 
 def machine() -> str:
@@ -82,7 +91,7 @@ def calibrate(config, log=print) -> Calibration:
     from exspin.generation import extract_sql, load_generator
     from exspin.hints.schema import SchemaBook
     from exspin.models import resolve_model
-    from exspin.prompts import build_prompts
+    from exspin.prompts import build_prompts, prompt_characters
     from exspin.records import PreferencePair, SFTExample
     from exspin.sqltext import normal_form
     from exspin.training.common import StepTimes
@@ -95,7 +104,10 @@ def calibrate(config, log=print) -> Calibration:
     train = load_split(config.data.path, config.data.train_split)
     generator = load_generator(model, config.generation)
     questions = dev.executable[:GREEDY_PROMPTS]
-    prompts = build_prompts(questions, SchemaBook(dev), generator.tokenizer, config.prompt)
+    dev_book = SchemaBook(dev)
+    prompts = build_prompts(questions, dev_book, generator.tokenizer, config.prompt)
+    greedy_tokens = [len(ids) for ids in generator.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    characters = sum(prompt_characters(e, dev_book[e.db_id], config.prompt) for e in questions)
     greedy_config = config.generation.model_copy(update={"num_samples": 1, "temperature": 0.0})
     generator.generate(prompts[:2], greedy_config.model_copy(update={"max_new_tokens": 2}))  # warm-up
     start = time.perf_counter()
@@ -109,6 +121,7 @@ def calibrate(config, log=print) -> Calibration:
     sampled = len(prompts[:SAMPLED_PROMPTS]) / (time.perf_counter() - start)
     log(f"{k} samples a question: {sampled:.2f} prompts/s")
     tokenizer = generator.tokenizer
+    sampled_tokens = greedy_tokens[:SAMPLED_PROMPTS]
     del generator
     with run_runner(config.execution) as runner:
         start = time.perf_counter()
@@ -129,7 +142,10 @@ def calibrate(config, log=print) -> Calibration:
         if len(chosen) >= wanted:
             break
     chosen = chosen[:wanted]
-    train_prompts = build_prompts(chosen, SchemaBook(train), tokenizer, config.prompt)
+    train_book = SchemaBook(train)
+    train_prompts = build_prompts(chosen, train_book, tokenizer, config.prompt)
+    training_tokens = [len(ids) for ids in tokenizer(train_prompts, add_special_tokens=False)["input_ids"]]
+    characters += sum(prompt_characters(e, train_book[e.db_id], config.prompt) for e in chosen)
     records = [SFTExample(prompt=p, completion=normal_form(e.gold_sql)) for e, p in zip(chosen, train_prompts, strict=True)]
 
     with tempfile.TemporaryDirectory(prefix="exspin-calibrate-") as out:
@@ -170,35 +186,61 @@ def calibrate(config, log=print) -> Calibration:
                               greedy_prompts_per_s=greedy, samples_per_question=k, sampled_prompts_per_s=sampled,
                               judged_queries_per_s=judged, sft_seconds_per_record=sft,
                               selfplay_seconds_per_pair=selfplay, reference_seconds_per_pair=reference,
-                              seconds=time.perf_counter() - began)
+                              seconds=time.perf_counter() - began,
+                              greedy_prompt_tokens=statistics.mean(greedy_tokens),
+                              sampled_prompt_tokens=statistics.mean(sampled_tokens),
+                              training_prompt_tokens=statistics.mean(training_tokens),
+                              characters_per_token=characters / (sum(greedy_tokens) + sum(training_tokens)))
     path = calibration_path(config)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(calibration.model_dump(), indent=1))
     return calibration
 
 
-def estimate_minutes(stage: dict, calibration: Calibration, config, processes: int = 1) -> float:
+def mean_prompt_tokens(characters: list[int], calibration: Calibration, config) -> float | None:
+    """Prompts' mean tokens from their characters (plan()'s) at the calibration's characters a token,
+    each within the prompt budget (a longer schema is cut to it). None where either is unknown."""
+    if not characters or not calibration.characters_per_token:
+        return None
+    budget = config.prompt.max_prompt_tokens
+    return sum(min(c / calibration.characters_per_token, budget) for c in characters) / len(characters)
+
+
+def estimate_minutes(stage: dict, calibration: Calibration, config, processes: int = 1,
+                     characters: dict[str, list[int]] | None = None) -> float:
     """A planned stage's minutes (plan()'s row): scoring, answering, judging and training at the measured rates,
-    training spread over `processes`."""
+    training spread over `processes`. With `characters` (plan()'s prompt characters of the questions scored and
+    trained on), each rate is scaled by how much larger those prompts are than the ones it was timed on."""
+    characters = characters or {}
+    scored_size = mean_prompt_tokens(characters.get("scored", []), calibration, config)
+    train_size = mean_prompt_tokens(characters.get("train", []), calibration, config)
+
+    def larger(size: float | None, timed: float | None) -> float:  # 1.0 where either is unknown
+        return size / timed if size and timed else 1.0
+
     scored = stage["scored"]
-    seconds = scored / calibration.greedy_prompts_per_s + scored / calibration.judged_queries_per_s
+    seconds = (scored / calibration.greedy_prompts_per_s * larger(scored_size, calibration.greedy_prompt_tokens)
+               + scored / calibration.judged_queries_per_s)
     votes = config.generation.vote_samples
     if votes:  # scored by vote: the samples too, and every candidate run
-        seconds += scored / calibration.sampled_prompts_per_s * votes / calibration.samples_per_question
+        seconds += (scored / calibration.sampled_prompts_per_s * votes / calibration.samples_per_question
+                    * larger(scored_size, calibration.sampled_prompt_tokens))
         seconds += scored * votes / calibration.judged_queries_per_s
+    training = larger(train_size, calibration.training_prompt_tokens)
     if stage["kind"] == "sft":
-        seconds += stage["trained_rows"] * calibration.sft_seconds_per_record / processes
+        seconds += stage["trained_rows"] * calibration.sft_seconds_per_record * training / processes
     elif stage["kind"] == "selfplay":
         k = config.selfplay.samples_per_question
         answers = stage["answered"]
         # Sampling scales with k about linearly past the shared prefill: the measured k, rescaled.
-        seconds += (answers / calibration.greedy_prompts_per_s if k == 1 else
-                    answers / calibration.sampled_prompts_per_s * k / calibration.samples_per_question)
+        seconds += (answers / calibration.greedy_prompts_per_s * larger(train_size, calibration.greedy_prompt_tokens)
+                    if k == 1 else answers / calibration.sampled_prompts_per_s * k / calibration.samples_per_question
+                    * larger(train_size, calibration.sampled_prompt_tokens))
         seconds += answers * k / calibration.judged_queries_per_s
         if config.selfplay.method == "rft":
-            seconds += stage["trained_rows"] * calibration.sft_seconds_per_record / processes
+            seconds += stage["trained_rows"] * calibration.sft_seconds_per_record * training / processes
         else:  # the reference pass once per pair, the steps once per trained row
             pairs = stage["trained_rows"] / max(config.selfplay.train.epochs, 1e-9)
             seconds += (pairs * calibration.reference_seconds_per_pair
-                        + stage["trained_rows"] * calibration.selfplay_seconds_per_pair) / processes
+                        + stage["trained_rows"] * calibration.selfplay_seconds_per_pair) * training / processes
     return seconds / 60

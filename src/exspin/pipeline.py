@@ -36,7 +36,7 @@ from exspin.generation import GenerationConfig, load_generator
 from exspin.guards import chosen_logp_warning, control, length_drift_warning, reference_logps
 from exspin.hints.schema import SchemaBook
 from exspin.progress import progress_bar
-from exspin.prompts import build_prompts
+from exspin.prompts import build_prompts, prompt_characters
 from exspin.records import Example, Generation, Pair, SFTExample
 from exspin.report import write_report
 from exspin.run_folder import (
@@ -368,7 +368,12 @@ def _train_and_score_minutes(run: Run, training_rows: int) -> float | None:
         return None
     stage = {"kind": "selfplay", "answered": 0, "scored": len(run.examples("validation")) + len(run.examples("eval")),
              "trained_rows": int(training_rows * run.config.selfplay.train.epochs)}
-    return estimate_minutes(stage, calibration, run.config, processes(run.config.launcher))
+    characters = {}
+    for which in SETS:
+        book = SchemaBook(run.source_split(which))
+        characters[which] = [prompt_characters(e, book[e.db_id], run.config.prompt) for e in run.examples(which)]
+    characters = {"scored": characters["validation"] + characters["eval"], "train": characters["train"]}
+    return estimate_minutes(stage, calibration, run.config, processes(run.config.launcher), characters)
 
 
 @contextlib.contextmanager
@@ -498,7 +503,8 @@ HARDEST_NEGATIVE_PAIRS_PER_QUESTION = 0.73
 def plan(config: RunConfig) -> dict:
     """What `exspin run` would do, read from the data and the config alone (no model, no tokenizer):
     per stage its examples, optimizer steps, tokens at most (examples x prompt budget + answer), and
-    the prompt budget against the trainer's max_length. Self-play pairs are a guess: PAIRS_PER_QUESTION
+    the prompt budget against the trainer's max_length; and the characters of each prompt scored and
+    trained on (without hints), which the minutes are scaled by. Self-play pairs are a guess: PAIRS_PER_QUESTION
     (twice that with mix_previous_pairs, which adds the previous iteration's)."""
     data = config.data
     train, evaluation = load_split(data.path, data.train_split), load_split(data.path, data.eval_split)
@@ -506,6 +512,11 @@ def plan(config: RunConfig) -> dict:
                                       data.per_database)
     validation, n_train = len(validation_set), len(train_set)
     n_eval = min(data.eval_size or len(evaluation.executable), len(evaluation.executable))
+    train_book, eval_book = SchemaBook(train), SchemaBook(evaluation)
+    characters = {  # each prompt's size, for the minutes at a calibration's rates (calibrate.estimate_minutes)
+        "scored": [prompt_characters(e, train_book[e.db_id], config.prompt) for e in validation_set]
+        + [prompt_characters(e, eval_book[e.db_id], config.prompt) for e in evaluation.executable[:n_eval]],
+        "train": [prompt_characters(e, train_book[e.db_id], config.prompt) for e in train_set]}
     answer = config.prompt.max_prompt_tokens + config.generation.max_new_tokens + 1
     processes_per_training = processes(config.launcher)
 
@@ -551,7 +562,7 @@ def plan(config: RunConfig) -> dict:
                        "fits": f"{answer} <= {settings.max_length}", "kind": "selfplay",
                        "scored": validation + n_eval, "answered": n_train, "trained_rows": int(trained * settings.epochs)})
     return {"processes": processes_per_training, "pairs_per_question": per_question, "train": n_train, "validation": validation,
-            "eval": n_eval, "stages": stages}
+            "eval": n_eval, "stages": stages, "prompt_characters": characters}
 
 
 def run_pipeline(config: RunConfig, resume: bool = False, log=print) -> RunSummary:

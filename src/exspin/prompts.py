@@ -162,6 +162,17 @@ def format_chat(tokenizer, system: str | None, user: str) -> str:
     return (f"{system}\n\n" if system else "") + f"{user}\n\nSQL: "
 
 
+def user_message(schema_text: str, question: str) -> str:
+    return f"Database schema (SQLite):\n{schema_text}\n\n{question}"
+
+
+def prompt_characters(example: Example, schema: DatabaseSchema, config: PromptConfig) -> int:
+    """The characters of a question's prompt at full detail, without hints, the chat template or the token
+    budget: what the dry run, which loads no tokenizer, sizes a stage's prompts by."""
+    text = user_message(render_schema(schema, config), question_block(example, None, config))
+    return len(config.system_prompt or "") + len(text)
+
+
 def build_prompt(example: Example, schema: DatabaseSchema, tokenizer, hints: SchemaHints | None = None,
                  config: PromptConfig | None = None) -> str:
     """The full prompt text for one question, within the token budget."""
@@ -169,8 +180,7 @@ def build_prompt(example: Example, schema: DatabaseSchema, tokenizer, hints: Sch
     question = question_block(example, hints, config)
 
     def prompt(schema_text: str) -> str:
-        return format_chat(tokenizer, config.system_prompt,
-                           f"Database schema (SQLite):\n{schema_text}\n\n{question}")
+        return format_chat(tokenizer, config.system_prompt, user_message(schema_text, question))
 
     filters = [hints.columns] if hints and hints.columns is not None else []
     if config.filter_schema == "always":

@@ -1,0 +1,69 @@
+"""The dry run's minutes: rates timed on a few prompts, scaled by the size of each stage's own prompts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from exspin.calibrate import Calibration, estimate_minutes
+from exspin.config import load_config
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _calibration(**sizes) -> Calibration:
+    return Calibration(model="m", machine="test", measured="now", greedy_prompts_per_s=1.0, samples_per_question=8,
+                       sampled_prompts_per_s=0.5, judged_queries_per_s=100.0, sft_seconds_per_record=2.0,
+                       selfplay_seconds_per_pair=3.0, reference_seconds_per_pair=1.0, seconds=1.0, **sizes)
+
+
+def test_each_part_of_a_stage_is_scaled_by_its_prompts_size_against_the_timed_ones():
+    config = load_config(CONFIG_DIR / "spider_cpu_tuned.yaml", ["selfplay.samples_per_question=8"])
+    budget = config.prompt.max_prompt_tokens
+    sizes = {"greedy_prompt_tokens": 400.0, "sampled_prompt_tokens": 500.0, "training_prompt_tokens": 250.0,
+             "characters_per_token": 4.0}
+    sft = {"kind": "sft", "scored": 100, "answered": 0, "trained_rows": 30}
+    selfplay = {"kind": "selfplay", "scored": 100, "answered": 20, "trained_rows": 30}
+    # scored prompts of 800 tokens (twice greedy's timed size), trained ones of 500 (twice training's)
+    characters = {"scored": [3200] * 100, "train": [2000] * 20}
+    unscaled = _calibration()  # a calibration from before sizes were kept: rates as measured
+    assert estimate_minutes(sft, unscaled, config, characters=characters) * 60 == pytest.approx(100 + 1 + 30 * 2)
+    calibration = _calibration(**sizes)
+    assert estimate_minutes(sft, calibration, config) * 60 == pytest.approx(100 + 1 + 30 * 2)  # no sizes given
+    assert estimate_minutes(sft, calibration, config, characters=characters) * 60 == pytest.approx(
+        100 * 2 + 1 + 30 * 2 * 2)
+    # Answering 20 questions 8 times: sampled prompts timed at 500 tokens, these 500: as measured.
+    pairs = 30 / config.selfplay.train.epochs
+    assert estimate_minutes(selfplay, calibration, config, characters=characters) * 60 == pytest.approx(
+        100 * 2 + 1 + 20 / 0.5 + 20 * 8 / 100 + (pairs * 1.0 + 30 * 3.0) * 2)
+    # A schema past the prompt budget is cut to it.
+    huge = {"scored": [4 * budget * 10] * 100, "train": [2000] * 20}
+    assert estimate_minutes(sft, calibration, config, characters=huge) * 60 == pytest.approx(
+        100 * budget / 400 + 1 + 30 * 2 * 2)
+
+
+def test_the_plan_sizes_every_prompt_as_the_prompt_builder_writes_it(spider_dir, tiny_model_dir):
+    """plan() sizes prompts without a tokenizer: its characters are the built prompt's, less only the chat
+    template's, on databases large and small."""
+    from exspin.data import load_split
+    from exspin.data.carve import carve
+    from exspin.hints.schema import SchemaBook
+    from exspin.models import load_tokenizer
+    from exspin.pipeline import plan
+    from exspin.prompts import build_prompts
+
+    config = load_config(CONFIG_DIR / "spider_cpu_tuned.yaml", [f"data.path={spider_dir}", "data.train_size=60",
+                                                                "data.validation_size=40", "data.eval_size=30",
+                                                                "prompt.max_prompt_tokens=100000", "sft.train.max_length=200000",
+                                                                "selfplay.train.max_length=200000"])
+    planned = plan(config)
+    assert [len(planned["prompt_characters"][which]) for which in ("scored", "train")] == [40 + 30, 60]
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    tokenizer.chat_template = None  # the plain layout: system, user, then "SQL: "
+    train = load_split(spider_dir, "train")
+    validation, train_set = carve(train.executable, 40, 60, config.seed, config.data.per_database)
+    prompts = build_prompts(train_set, SchemaBook(train), tokenizer, config.prompt)
+    template = len("\n\n") * bool(config.prompt.system_prompt) + len("\n\nSQL: ")
+    assert [len(p) - template for p in prompts] == planned["prompt_characters"]["train"]
+    assert len({e.db_id for e in train_set}) > 3 and len(set(planned["prompt_characters"]["train"])) > 3
