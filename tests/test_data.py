@@ -27,6 +27,21 @@ def test_spider_dev_counts_and_missing_database(spider_dir):
     assert first.id == "spider/dev/0" and first.gold_sql.startswith("SELECT")
 
 
+@pytest.mark.parametrize("content", [b"", b"not a database at all, just text\n"])
+def test_a_database_file_that_is_not_sqlite_counts_as_missing(bird_dir, content):
+    """An empty file (what sqlite3.connect leaves on a mistyped path) or any other file in a database's place
+    is reported missing and its questions skipped, not scored as wrong against a gold that cannot run."""
+    database = bird_dir / "dev_databases" / "shop" / "shop.sqlite"
+    before = load_split(bird_dir, "dev")
+    on_shop = sum(e.db_id == "shop" for e in before.examples)
+    missing = before.missing_dbs
+    assert "shop" not in missing and on_shop and len(before.executable) == on_shop
+    database.write_bytes(content)
+    split = load_split(bird_dir, "dev")
+    assert split.missing_dbs == sorted([*missing, "shop"]) and split.executable == []
+    assert split.skipped_counts()["shop"] == on_shop
+
+
 def test_spider_train_uses_the_minimal_file(spider_dir):
     split = load_split(spider_dir, "train")
     assert len(split.examples) == 7000

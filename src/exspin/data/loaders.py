@@ -7,7 +7,7 @@ Layouts (paths relative to the data directory):
   (+ database_description/*.csv); mini_dev/mini_dev_sqlite.json; train/train.json,
   train/train_tables.json, train/train_databases/
 
-Databases that are missing are counted and reported, never fatal.
+Databases that are missing (or not SQLite files, such as an empty one) are counted and reported, never fatal.
 """
 
 from __future__ import annotations
@@ -18,6 +18,16 @@ from pathlib import Path
 
 from exspin.errors import UserError
 from exspin.records import Dataset, Example
+
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+
+
+def is_sqlite_database(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            return handle.read(len(SQLITE_HEADER)) == SQLITE_HEADER
+    except OSError:  # missing, a directory, unreadable
+        return False
 
 
 def read_text(path: Path, what: str = "file") -> str:
@@ -54,13 +64,15 @@ class Split:
     files: dict[str, Path] = field(default_factory=dict)  # db_id -> a SQLite file named outside database_dir
 
     def db_path(self, db_id: str) -> Path | None:
-        """The SQLite file of a database, or None when it is not on disk."""
+        """The SQLite file of a database, or None when there is none: not on disk, or a file that is not a
+        SQLite database (an empty one is what a connection opened on a missing path leaves behind)."""
         if db_id in self.files:
-            return self.files[db_id] if self.files[db_id].is_file() else None
-        if self.database_dir is None:
+            path = self.files[db_id]
+        elif self.database_dir is not None:
+            path = self.database_dir / db_id / f"{db_id}.sqlite"
+        else:
             return None
-        path = self.database_dir / db_id / f"{db_id}.sqlite"
-        return path if path.is_file() else None
+        return path if is_sqlite_database(path) else None
 
     @property
     def db_ids(self) -> list[str]:
