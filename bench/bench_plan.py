@@ -35,7 +35,7 @@ def compare(run: RunFolder) -> dict:
     if calibration is None:
         raise UserError(f"no calibration for {run.path}'s settings on this machine ({calibration_path(config)}): "
                         f"run `exspin calibrate {run.path / 'config.json'}` first")
-    planned = plan(config)
+    planned = plan(config, prompt_sizes=True)
     finished = set(run.stage_names())
     rows = []
     for stage in planned["stages"]:

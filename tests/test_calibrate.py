@@ -57,13 +57,41 @@ def test_the_plan_sizes_every_prompt_as_the_prompt_builder_writes_it(spider_dir,
                                                                 "data.validation_size=40", "data.eval_size=30",
                                                                 "prompt.max_prompt_tokens=100000", "sft.train.max_length=200000",
                                                                 "selfplay.train.max_length=200000"])
-    planned = plan(config)
+    planned = plan(config, prompt_sizes=True)
     assert [len(planned["prompt_characters"][which]) for which in ("scored", "train")] == [40 + 30, 60]
     tokenizer = load_tokenizer(str(tiny_model_dir))
     tokenizer.chat_template = None  # the plain layout: system, user, then "SQL: "
+    assert config.prompt.system_prompt is None
     train = load_split(spider_dir, "train")
     validation, train_set = carve(train.executable, 40, 60, config.seed, config.data.per_database)
     prompts = build_prompts(train_set, SchemaBook(train), tokenizer, config.prompt)
     template = len("\n\n") * bool(config.prompt.system_prompt) + len("\n\nSQL: ")
     assert [len(p) - template for p in prompts] == planned["prompt_characters"]["train"]
     assert len({e.db_id for e in train_set}) > 3 and len(set(planned["prompt_characters"]["train"])) > 3
+    assert plan(config)["prompt_characters"] is None  # reads no database unless asked
+
+
+def test_a_stage_of_the_timed_prompts_themselves_is_estimated_at_the_timed_rates(spider_dir, tiny_model_dir):
+    """The calibration sizes its prompts exactly as the plan sizes a stage's, so the same prompts scale by 1:
+    neither the chat template nor a schema cut to the budget skews the ratio."""
+    from exspin.calibrate import mean_prompt_tokens, timed_prompt_sizes
+    from exspin.data import load_split
+    from exspin.hints.schema import SchemaBook
+    from exspin.models import load_tokenizer
+    from exspin.prompts import sizing_texts
+
+    config = load_config(CONFIG_DIR / "spider_cpu_tuned.yaml", [f"data.path={spider_dir}", "prompt.max_prompt_tokens=300",
+                                                                "sft.train.max_length=600", "selfplay.train.max_length=600"])
+    dev, train = load_split(spider_dir, "dev"), load_split(spider_dir, "train")
+    greedy = sizing_texts(dev.executable[:20], SchemaBook(dev), config.prompt)
+    training = sizing_texts(train.executable[:20], SchemaBook(train), config.prompt)
+    sizes = timed_prompt_sizes(greedy, training, load_tokenizer(str(tiny_model_dir)), config)
+    assert sizes["characters_per_token"] > 1 and 0 < sizes["greedy_prompt_tokens"] <= 300
+    calibration = _calibration(**sizes)
+    assert mean_prompt_tokens([len(t) for t in greedy], calibration, config) == pytest.approx(sizes["greedy_prompt_tokens"])
+    assert mean_prompt_tokens([len(t) for t in training], calibration, config) == pytest.approx(
+        sizes["training_prompt_tokens"])
+    sft = {"kind": "sft", "scored": 20, "answered": 0, "trained_rows": 20}
+    characters = {"scored": [len(t) for t in greedy], "train": [len(t) for t in training]}
+    assert estimate_minutes(sft, calibration, config, characters=characters) == pytest.approx(
+        estimate_minutes(sft, _calibration(), config))

@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import random
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -91,7 +90,7 @@ def calibrate(config, log=print) -> Calibration:
     from exspin.generation import extract_sql, load_generator
     from exspin.hints.schema import SchemaBook
     from exspin.models import resolve_model
-    from exspin.prompts import build_prompts, prompt_characters
+    from exspin.prompts import build_prompts, sizing_texts
     from exspin.records import PreferencePair, SFTExample
     from exspin.sqltext import normal_form
     from exspin.training.common import StepTimes
@@ -106,8 +105,6 @@ def calibrate(config, log=print) -> Calibration:
     questions = dev.executable[:GREEDY_PROMPTS]
     dev_book = SchemaBook(dev)
     prompts = build_prompts(questions, dev_book, generator.tokenizer, config.prompt)
-    greedy_tokens = [len(ids) for ids in generator.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-    characters = sum(prompt_characters(e, dev_book[e.db_id], config.prompt) for e in questions)
     greedy_config = config.generation.model_copy(update={"num_samples": 1, "temperature": 0.0})
     generator.generate(prompts[:2], greedy_config.model_copy(update={"max_new_tokens": 2}))  # warm-up
     start = time.perf_counter()
@@ -121,7 +118,6 @@ def calibrate(config, log=print) -> Calibration:
     sampled = len(prompts[:SAMPLED_PROMPTS]) / (time.perf_counter() - start)
     log(f"{k} samples a question: {sampled:.2f} prompts/s")
     tokenizer = generator.tokenizer
-    sampled_tokens = greedy_tokens[:SAMPLED_PROMPTS]
     del generator
     with run_runner(config.execution) as runner:
         start = time.perf_counter()
@@ -144,8 +140,8 @@ def calibrate(config, log=print) -> Calibration:
     chosen = chosen[:wanted]
     train_book = SchemaBook(train)
     train_prompts = build_prompts(chosen, train_book, tokenizer, config.prompt)
-    training_tokens = [len(ids) for ids in tokenizer(train_prompts, add_special_tokens=False)["input_ids"]]
-    characters += sum(prompt_characters(e, train_book[e.db_id], config.prompt) for e in chosen)
+    sizes = timed_prompt_sizes(sizing_texts(questions, dev_book, config.prompt),
+                               sizing_texts(chosen, train_book, config.prompt), tokenizer, config)
     records = [SFTExample(prompt=p, completion=normal_form(e.gold_sql)) for e, p in zip(chosen, train_prompts, strict=True)]
 
     with tempfile.TemporaryDirectory(prefix="exspin-calibrate-") as out:
@@ -186,24 +182,38 @@ def calibrate(config, log=print) -> Calibration:
                               greedy_prompts_per_s=greedy, samples_per_question=k, sampled_prompts_per_s=sampled,
                               judged_queries_per_s=judged, sft_seconds_per_record=sft,
                               selfplay_seconds_per_pair=selfplay, reference_seconds_per_pair=reference,
-                              seconds=time.perf_counter() - began,
-                              greedy_prompt_tokens=statistics.mean(greedy_tokens),
-                              sampled_prompt_tokens=statistics.mean(sampled_tokens),
-                              training_prompt_tokens=statistics.mean(training_tokens),
-                              characters_per_token=characters / (sum(greedy_tokens) + sum(training_tokens)))
+                              seconds=time.perf_counter() - began, **sizes)
     path = calibration_path(config)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(calibration.model_dump(), indent=1))
     return calibration
 
 
+def timed_prompt_sizes(greedy_texts: list[str], training_texts: list[str], tokenizer, config) -> dict[str, float]:
+    """The timed prompts' sizes, measured as the plan measures a stage's (prompts.sizing_texts, in characters):
+    characters a token over those texts, and by it each set's mean tokens."""
+    texts = greedy_texts + training_texts
+    tokens = sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+    per_token = sum(map(len, texts)) / tokens
+
+    def mean(sized: list[str]) -> float:
+        return _mean_tokens([len(text) for text in sized], per_token, config.prompt.max_prompt_tokens)
+
+    return {"characters_per_token": per_token, "greedy_prompt_tokens": mean(greedy_texts),
+            "sampled_prompt_tokens": mean(greedy_texts[:SAMPLED_PROMPTS]), "training_prompt_tokens": mean(training_texts)}
+
+
+def _mean_tokens(characters: list[int], per_token: float, budget: int) -> float:
+    """Mean tokens at `per_token` characters a token, each prompt within the budget (a longer one is cut)."""
+    return sum(min(c / per_token, budget) for c in characters) / len(characters)
+
+
 def mean_prompt_tokens(characters: list[int], calibration: Calibration, config) -> float | None:
-    """Prompts' mean tokens from their characters (plan()'s) at the calibration's characters a token,
-    each within the prompt budget (a longer schema is cut to it). None where either is unknown."""
+    """Prompts' mean tokens from their characters (plan()'s) at the calibration's characters a token, each
+    within the prompt budget. None where either is unknown."""
     if not characters or not calibration.characters_per_token:
         return None
-    budget = config.prompt.max_prompt_tokens
-    return sum(min(c / calibration.characters_per_token, budget) for c in characters) / len(characters)
+    return _mean_tokens(characters, calibration.characters_per_token, config.prompt.max_prompt_tokens)
 
 
 def estimate_minutes(stage: dict, calibration: Calibration, config, processes: int = 1,

@@ -455,8 +455,8 @@ def _print_plan(settings) -> None:
     from exspin.calibrate import estimate_minutes, load_calibration
     from exspin.pipeline import MIN_ITERATION_STEPS, plan
 
-    stages = plan(settings)
     calibration = load_calibration(settings)
+    stages = plan(settings, prompt_sizes=calibration is not None)
     characters = stages["prompt_characters"]  # each stage's minutes scaled by its prompts' size
     console.print(f"{stages['train']} train questions, {stages['validation']} validation (from train), "
                   f"{stages['eval']} eval; training in {stages['processes']} process(es); self-play pairs "

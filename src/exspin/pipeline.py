@@ -36,7 +36,7 @@ from exspin.generation import GenerationConfig, load_generator
 from exspin.guards import chosen_logp_warning, control, length_drift_warning, reference_logps
 from exspin.hints.schema import SchemaBook
 from exspin.progress import progress_bar
-from exspin.prompts import build_prompts, prompt_characters
+from exspin.prompts import build_prompts, sizing_texts
 from exspin.records import Example, Generation, Pair, SFTExample
 from exspin.report import write_report
 from exspin.run_folder import (
@@ -368,11 +368,11 @@ def _train_and_score_minutes(run: Run, training_rows: int) -> float | None:
         return None
     stage = {"kind": "selfplay", "answered": 0, "scored": len(run.examples("validation")) + len(run.examples("eval")),
              "trained_rows": int(training_rows * run.config.selfplay.train.epochs)}
-    characters = {}
+    train_book, sized = SchemaBook(run.source_split("train")), {}
     for which in SETS:
-        book = SchemaBook(run.source_split(which))
-        characters[which] = [prompt_characters(e, book[e.db_id], run.config.prompt) for e in run.examples(which)]
-    characters = {"scored": characters["validation"] + characters["eval"], "train": characters["train"]}
+        book = train_book if which != "eval" else SchemaBook(run.source_split("eval"))
+        sized[which] = [len(text) for text in sizing_texts(run.examples(which), book, run.config.prompt)]
+    characters = {"scored": sized["validation"] + sized["eval"], "train": sized["train"]}
     return estimate_minutes(stage, calibration, run.config, processes(run.config.launcher), characters)
 
 
@@ -500,11 +500,12 @@ RFT_OWN_ROWS_BESIDE_GOLD = 0.51  # per row allowed: own right answers in another
 HARDEST_NEGATIVE_PAIRS_PER_QUESTION = 0.73
 
 
-def plan(config: RunConfig) -> dict:
+def plan(config: RunConfig, prompt_sizes: bool = False) -> dict:
     """What `exspin run` would do, read from the data and the config alone (no model, no tokenizer):
     per stage its examples, optimizer steps, tokens at most (examples x prompt budget + answer), and
-    the prompt budget against the trainer's max_length; and the characters of each prompt scored and
-    trained on (without hints), which the minutes are scaled by. Self-play pairs are a guess: PAIRS_PER_QUESTION
+    the prompt budget against the trainer's max_length; with `prompt_sizes`, also the characters of each
+    prompt scored and trained on (prompts.sizing_texts: this reads every database's sample values), which
+    a calibration's minutes are scaled by. Self-play pairs are a guess: PAIRS_PER_QUESTION
     (twice that with mix_previous_pairs, which adds the previous iteration's)."""
     data = config.data
     train, evaluation = load_split(data.path, data.train_split), load_split(data.path, data.eval_split)
@@ -512,11 +513,12 @@ def plan(config: RunConfig) -> dict:
                                       data.per_database)
     validation, n_train = len(validation_set), len(train_set)
     n_eval = min(data.eval_size or len(evaluation.executable), len(evaluation.executable))
-    train_book, eval_book = SchemaBook(train), SchemaBook(evaluation)
-    characters = {  # each prompt's size, for the minutes at a calibration's rates (calibrate.estimate_minutes)
-        "scored": [prompt_characters(e, train_book[e.db_id], config.prompt) for e in validation_set]
-        + [prompt_characters(e, eval_book[e.db_id], config.prompt) for e in evaluation.executable[:n_eval]],
-        "train": [prompt_characters(e, train_book[e.db_id], config.prompt) for e in train_set]}
+    characters = None
+    if prompt_sizes:  # each prompt's size, for the minutes at a calibration's rates (calibrate.estimate_minutes)
+        train_book = SchemaBook(train)
+        characters = {"scored": [len(text) for text in sizing_texts(validation_set, train_book, config.prompt)
+                                 + sizing_texts(evaluation.executable[:n_eval], SchemaBook(evaluation), config.prompt)],
+                      "train": [len(text) for text in sizing_texts(train_set, train_book, config.prompt)]}
     answer = config.prompt.max_prompt_tokens + config.generation.max_new_tokens + 1
     processes_per_training = processes(config.launcher)
 

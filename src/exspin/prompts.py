@@ -166,11 +166,17 @@ def user_message(schema_text: str, question: str) -> str:
     return f"Database schema (SQLite):\n{schema_text}\n\n{question}"
 
 
-def prompt_characters(example: Example, schema: DatabaseSchema, config: PromptConfig) -> int:
-    """The characters of a question's prompt at full detail, without hints, the chat template or the token
-    budget: what the dry run, which loads no tokenizer, sizes a stage's prompts by."""
-    text = user_message(render_schema(schema, config), question_block(example, None, config))
-    return len(config.system_prompt or "") + len(text)
+def sizing_texts(examples: Sequence[Example], schemas: SchemaBook, config: PromptConfig) -> list[str]:
+    """Each question's prompt at full detail, without hints, the chat template or the token budget (each
+    schema rendered once): what the dry run, which loads no tokenizer, sizes a stage's prompts by."""
+    rendered: dict[str, str] = {}
+    texts = []
+    for example in examples:
+        if example.db_id not in rendered:
+            rendered[example.db_id] = render_schema(schemas[example.db_id], config)
+        texts.append((config.system_prompt or "") + user_message(rendered[example.db_id],
+                                                                 question_block(example, None, config)))
+    return texts
 
 
 def build_prompt(example: Example, schema: DatabaseSchema, tokenizer, hints: SchemaHints | None = None,
