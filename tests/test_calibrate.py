@@ -72,26 +72,34 @@ def test_the_plan_sizes_every_prompt_as_the_prompt_builder_writes_it(spider_dir,
 
 
 def test_a_stage_of_the_timed_prompts_themselves_is_estimated_at_the_timed_rates(spider_dir, tiny_model_dir):
-    """The calibration sizes its prompts exactly as the plan sizes a stage's, so the same prompts scale by 1:
-    neither the chat template nor a schema cut to the budget skews the ratio."""
-    from exspin.calibrate import mean_prompt_tokens, timed_prompt_sizes
+    """The calibration sizes its prompts exactly as the plan sizes a stage's, so the same prompts scale by 1
+    and larger ones by their size: the chat template or a schema cut to the budget skews neither side."""
+    from exspin.calibrate import timed_prompt_sizes
     from exspin.data import load_split
     from exspin.hints.schema import SchemaBook
     from exspin.models import load_tokenizer
     from exspin.prompts import sizing_texts
 
-    config = load_config(CONFIG_DIR / "spider_cpu_tuned.yaml", [f"data.path={spider_dir}", "prompt.max_prompt_tokens=300",
-                                                                "sft.train.max_length=600", "selfplay.train.max_length=600"])
+    config = load_config(CONFIG_DIR / "spider_cpu_tuned.yaml", [f"data.path={spider_dir}",
+                                                                "prompt.max_prompt_tokens=100000",
+                                                                "sft.train.max_length=200000",
+                                                                "selfplay.train.max_length=200000"])
     dev, train = load_split(spider_dir, "dev"), load_split(spider_dir, "train")
     greedy = sizing_texts(dev.executable[:20], SchemaBook(dev), config.prompt)
     training = sizing_texts(train.executable[:20], SchemaBook(train), config.prompt)
-    sizes = timed_prompt_sizes(greedy, training, load_tokenizer(str(tiny_model_dir)), config)
-    assert sizes["characters_per_token"] > 1 and 0 < sizes["greedy_prompt_tokens"] <= 300
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    sizes = timed_prompt_sizes(greedy, training, tokenizer, config)
+    assert sizes["greedy_prompt_tokens"] != pytest.approx(sizes["training_prompt_tokens"], rel=0.05)
+    per_token = sum(map(len, greedy + training)) / sum(len(tokenizer(t, add_special_tokens=False)["input_ids"])
+                                                      for t in greedy + training)
+    assert sizes["characters_per_token"] == pytest.approx(per_token)
     calibration = _calibration(**sizes)
-    assert mean_prompt_tokens([len(t) for t in greedy], calibration, config) == pytest.approx(sizes["greedy_prompt_tokens"])
-    assert mean_prompt_tokens([len(t) for t in training], calibration, config) == pytest.approx(
-        sizes["training_prompt_tokens"])
     sft = {"kind": "sft", "scored": 20, "answered": 0, "trained_rows": 20}
-    characters = {"scored": [len(t) for t in greedy], "train": [len(t) for t in training]}
-    assert estimate_minutes(sft, calibration, config, characters=characters) == pytest.approx(
+    same = {"scored": [len(t) for t in greedy], "train": [len(t) for t in training]}
+    assert estimate_minutes(sft, calibration, config, characters=same) == pytest.approx(
         estimate_minutes(sft, _calibration(), config))
+    # The training prompts scored, and the greedy ones trained on: each part scales by the ratio of their sizes.
+    swapped = {"scored": same["train"], "train": same["scored"]}
+    ratio = sizes["training_prompt_tokens"] / sizes["greedy_prompt_tokens"]
+    assert estimate_minutes(sft, calibration, config, characters=swapped) * 60 == pytest.approx(
+        20 * ratio + 20 / 100 + 20 * 2.0 / ratio)

@@ -54,6 +54,25 @@ def test_databases_open_only_inside_the_data_folders_or_when_named(spider_dir, t
     assert allowed.get(str(outside)).path == outside.resolve()
 
 
+def test_a_file_that_is_not_a_sqlite_database_is_neither_listed_nor_opened(spider_dir, tmp_path):
+    from exspin.errors import UserError
+    from exspin.playground.ask import Databases
+
+    data = tmp_path / "data"
+    (data / "database" / "pets_1").mkdir(parents=True)
+    (data / "database" / "empty").mkdir()
+    shutil.copyfile(spider_dir / "database" / "pets_1" / "pets_1.sqlite", data / "database" / "pets_1" / "pets_1.sqlite")
+    (data / "database" / "empty" / "empty.sqlite").write_bytes(b"")  # what a connect on a missing path leaves
+    databases = Databases([data])
+    assert databases.ids == ["pets_1"]
+    with pytest.raises(UserError, match="not a SQLite database"):
+        databases.get(str(data / "database" / "empty" / "empty.sqlite"))
+    text = tmp_path / "notes.sqlite"
+    text.write_text("not a database\n")
+    with pytest.raises(UserError, match="not a SQLite database"):
+        Databases([data], [text])
+
+
 def test_links_and_odd_paths_never_open_a_file_outside(spider_dir, tmp_path):
     from exspin.errors import UserError
     from exspin.playground.ask import Databases

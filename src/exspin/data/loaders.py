@@ -24,6 +24,8 @@ SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite dat
 
 def is_sqlite_database(path: Path) -> bool:
     try:
+        if not path.is_file():  # a directory, or a pipe that a read would wait on
+            return False
         with path.open("rb") as handle:
             return handle.read(len(SQLITE_HEADER)) == SQLITE_HEADER
     except OSError:  # missing, a directory, unreadable

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from exspin.config import RunConfig
-from exspin.data import Split, detect_dataset, load_split
+from exspin.data import Split, detect_dataset, is_sqlite_database, load_split
 from exspin.errors import UserError
 from exspin.execution.compare import normalize
 from exspin.execution.sandbox import execute, execute_with_columns
@@ -71,12 +71,14 @@ class Databases:
         for file in self.named:
             if not file.is_file():
                 raise UserError(f"database file not found: {file}")
+            if not is_sqlite_database(file):
+                raise UserError(f"not a SQLite database: {file}")
         self._by_id: dict[str, Database] = {}
         for root in self.roots:
             split = _describing_split(root)
             for found in sorted(root.rglob("*.sqlite")):
                 path = found.resolve()
-                if self.allowed(path):  # a link out of the folders opens nothing
+                if self.allowed(path) and is_sqlite_database(path):  # a link out of the folders opens nothing
                     self._by_id.setdefault(path.stem, Database(path.stem, path, replace(split, files={path.stem: path})))
         listed = {d.path for d in self._by_id.values()}
         for path in sorted(self.named - listed):  # by name, or by path where a data folder has that name
@@ -109,6 +111,8 @@ class Databases:
                             "or a file named with --db")
         if not exists:
             raise UserError(f"unknown database: no file {choice!r}")
+        if not is_sqlite_database(path):
+            raise UserError(f"not a SQLite database: {choice!r}")
         known = next((d for d in self._by_id.values() if d.path == path), None)
         return known or Database(path.stem, path, _split_of_file(path))
 
