@@ -9,8 +9,8 @@ and in one process (a launched run's training is estimated as that divided by it
 are the config's, without hints (their values add a line; building the hinter would dominate a short
 calibration). A few questions' prompts are smaller or larger than a run's (the first dev questions are about
 small schemas), so it also keeps their mean size in tokens, and the plan scales each rate by its own stage's
-prompts (sized in characters, since the dry run loads no tokenizer). Where vLLM generates, each call starts an engine, and that start is counted in: the plan
-is then pessimistic. The timings are kept per model, machine and the settings they depend on in the user
+prompts (sized in characters, since the dry run loads no tokenizer). Where vLLM generates, each call starts
+an engine, and that start is counted in: the plan is then pessimistic. The timings are kept per model, machine and the settings they depend on in the user
 cache (calibration/*.json); a plan names the calibration it used.
 """
 

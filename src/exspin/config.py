@@ -139,8 +139,8 @@ class RunConfig(_Section):
             raise ValueError(f"selfplay.method {self.selfplay.method} trains towards the opponent's right samples: "
                              "it needs selfplay.samples_per_question >= 2")
         rules = self.selfplay.feedback
-        if rules.misuse(self.selfplay.method):
-            raise ValueError(f"selfplay.feedback.{rules.misuse(self.selfplay.method)} (selfplay.method)")
+        if misuse := rules.misuse(self.selfplay.method):
+            raise ValueError(f"selfplay.feedback.{misuse} (selfplay.method)")
         if self.selfplay.method == "rft":
             unused = [f"feedback.{rule}" for rule in rules.rejected_side_rules()]
             unused += ["replay_ratio"] if self.selfplay.replay_ratio else []

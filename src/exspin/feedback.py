@@ -175,8 +175,8 @@ def _rejected_text(answer: Generation) -> str:
 def make_pairs(method: PairMethod, examples: Sequence[Example], prompts: dict[int, str],
                labelled: Sequence[Generation], rules: PairRules = PairRules()) -> list[Pair]:
     """The preference pairs of one iteration; a pair's `weight` is how many times training repeats it."""
-    if rules.misuse(method):
-        raise ValueError(rules.misuse(method))
+    if misuse := rules.misuse(method):
+        raise ValueError(misuse)
     by_example: dict[int, list[Generation]] = {}
     for answer in labelled:
         by_example.setdefault(answer.index, []).append(answer)

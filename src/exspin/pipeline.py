@@ -368,12 +368,22 @@ def _train_and_score_minutes(run: Run, training_rows: int) -> float | None:
         return None
     stage = {"kind": "selfplay", "answered": 0, "scored": len(run.examples("validation")) + len(run.examples("eval")),
              "trained_rows": int(training_rows * run.config.selfplay.train.epochs)}
-    train_book, sized = SchemaBook(run.source_split("train")), {}
-    for which in SETS:
-        book = train_book if which != "eval" else SchemaBook(run.source_split("eval"))
-        sized[which] = [len(text) for text in sizing_texts(run.examples(which), book, run.config.prompt)]
-    characters = {"scored": sized["validation"] + sized["eval"], "train": sized["train"]}
+    characters = prompt_characters(run.config, run.source_split("train"), run.source_split("eval"),
+                                   *(run.examples(which) for which in SETS))
     return estimate_minutes(stage, calibration, run.config, processes(run.config.launcher), characters)
+
+
+def prompt_characters(config: RunConfig, train: Split, evaluation: Split, train_set: list[Example],
+                      validation: list[Example], eval_set: list[Example]) -> dict[str, list[int]]:
+    """Each prompt's size in characters (prompts.sizing_texts), of the questions scored (validation, then
+    eval) and of those trained on: what calibrate.estimate_minutes scales a calibration's rates by."""
+    train_book = SchemaBook(train)
+
+    def sized(examples: list[Example], book: SchemaBook) -> list[int]:
+        return [len(text) for text in sizing_texts(examples, book, config.prompt)]
+
+    return {"scored": sized(validation, train_book) + sized(eval_set, SchemaBook(evaluation)),
+            "train": sized(train_set, train_book)}
 
 
 @contextlib.contextmanager
@@ -513,12 +523,8 @@ def plan(config: RunConfig, prompt_sizes: bool = False) -> dict:
                                       data.per_database)
     validation, n_train = len(validation_set), len(train_set)
     n_eval = min(data.eval_size or len(evaluation.executable), len(evaluation.executable))
-    characters = None
-    if prompt_sizes:  # each prompt's size, for the minutes at a calibration's rates (calibrate.estimate_minutes)
-        train_book = SchemaBook(train)
-        characters = {"scored": [len(text) for text in sizing_texts(validation_set, train_book, config.prompt)
-                                 + sizing_texts(evaluation.executable[:n_eval], SchemaBook(evaluation), config.prompt)],
-                      "train": [len(text) for text in sizing_texts(train_set, train_book, config.prompt)]}
+    characters = (prompt_characters(config, train, evaluation, train_set, validation_set,
+                                    evaluation.executable[:n_eval]) if prompt_sizes else None)
     answer = config.prompt.max_prompt_tokens + config.generation.max_new_tokens + 1
     processes_per_training = processes(config.launcher)
 

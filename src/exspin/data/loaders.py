@@ -28,7 +28,7 @@ def is_sqlite_database(path: Path) -> bool:
             return False
         with path.open("rb") as handle:
             return handle.read(len(SQLITE_HEADER)) == SQLITE_HEADER
-    except OSError:  # missing, a directory, unreadable
+    except OSError:  # unreadable
         return False
 
 
