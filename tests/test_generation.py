@@ -544,3 +544,50 @@ def test_draw_token_never_draws_a_token_of_probability_0_when_the_draw_reaches_t
         draw = DrawToken(1.0, skip_ids=[])
         draw.BLOCK = block
         assert draw(torch.zeros(1, 1, dtype=torch.long), scores.clone()).argmax(-1).item() == 3, block
+
+
+def test_reserved_cache_layer_holds_what_dynamic_layer_holds_and_writes_steps_in_place():
+    from transformers.cache_utils import DynamicLayer
+
+    from exspin.generation.kv_cache import ReservedLayer
+
+    torch.manual_seed(0)
+    reserved, dynamic = ReservedLayer(reserve=3), DynamicLayer()
+
+    def step(tokens: int, rows: int = 4):
+        keys, values = torch.randn(rows, 2, tokens, 8), torch.randn(rows, 2, tokens, 8)
+        got, expected = reserved.update(keys, values), dynamic.update(keys, values)
+        assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+        return got[0]
+
+    step(5)  # a prefill: room for 3 more tokens
+    buffer = reserved._key_buffer
+    for _ in range(3):
+        step(1)
+        assert reserved._key_buffer.data_ptr() == buffer.data_ptr()  # written in place, not copied
+    step(1)  # no room left: a new buffer, with room again
+    assert reserved._key_buffer.data_ptr() != buffer.data_ptr()
+    assert reserved._key_buffer.shape[-2] == 9 + 3
+    keep = torch.tensor([0, 2, 3])
+    reserved.batch_select_indices(keep), dynamic.batch_select_indices(keep)
+    buffer = reserved._key_buffer
+    step(1, rows=3)
+    assert reserved._key_buffer.data_ptr() == buffer.data_ptr()  # the rows kept their room
+    reserved.batch_repeat_interleave(2), dynamic.batch_repeat_interleave(2)
+    step(2, rows=6)
+    reserved.crop(-4), dynamic.crop(-4)
+    assert reserved.get_seq_length() == dynamic.get_seq_length() == 8
+    step(1, rows=6)
+    assert torch.equal(reserved.values, dynamic.values)
+
+
+def test_generate_through_a_reserved_cache_writes_what_a_dynamic_cache_does(tiny):
+    from exspin.generation.kv_cache import reserved_cache
+
+    model, tokenizer = tiny
+    inputs = tokenizer(PROMPTS[:2], return_tensors="pt", padding=True, padding_side="left")
+    settings = {"max_new_tokens": 12, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
+    with torch.inference_mode():
+        plain = model.generate(**inputs, **settings)
+        reserved = model.generate(**inputs, past_key_values=reserved_cache(model.config, reserve=5), **settings)
+    assert torch.equal(plain, reserved)

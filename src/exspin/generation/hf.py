@@ -257,7 +257,8 @@ class TransformersGenerator(Generator):
         """The KV cache of every row's shared prefix, each prefix computed once and left-padded to the
         longest (the padding is masked)."""
         import torch
-        from transformers import DynamicCache
+
+        from exspin.generation.kv_cache import reserved_cache
 
         caches = {}
         for row, p in zip(rows, shared, strict=True):
@@ -274,7 +275,7 @@ class TransformersGenerator(Generator):
                 keys.append(torch.nn.functional.pad(k, (0, 0, width - p, 0)))  # left-pad the sequence dim
                 values.append(torch.nn.functional.pad(v, (0, 0, width - p, 0)))
             layers.append((torch.cat(keys), torch.cat(values)))
-        return DynamicCache(ddp_cache_data=layers, config=self.model.config)
+        return reserved_cache(self.model.config, layers)
 
     def _prefill_once(self, input_ids, attention_mask, cache, copies: int, share_cache: bool):
         """Every row's prompt but its last token through the model once (after its shared prefix, where
@@ -283,14 +284,13 @@ class TransformersGenerator(Generator):
         read one copy of their prompt's cache (`share_cache`) where the model's attention knows how (the
         CPU attention: shared_prompt.py), else the cache is repeated too. Positions come from the mask, as generate()
         derives them."""
-        from transformers import DynamicCache
-
+        from exspin.generation.kv_cache import reserved_cache
         from exspin.generation.shared_prompt import shared_prompt_cache
         from exspin.models import CPU_ATTENTION
 
         done = cache.get_seq_length() if cache is not None else 0
         if input_ids.shape[1] - 1 > done:
-            cache = cache if cache is not None else DynamicCache(config=self.model.config)
+            cache = cache if cache is not None else reserved_cache(self.model.config)
             positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
             self.model(input_ids[:, done:-1], attention_mask=attention_mask[:, :-1], past_key_values=cache,
                        position_ids=positions[:, done:-1], use_cache=True, logits_to_keep=1)
@@ -376,6 +376,8 @@ class TransformersGenerator(Generator):
         import torch
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
+        from exspin.generation.kv_cache import reserved_cache
+
         model, tokenizer = self.model, self.tokenizer
         sampling = config.temperature > 0
         skip = sorted({i for i in end_ids if i is not None})  # not scored: padding and end tokens
@@ -383,6 +385,8 @@ class TransformersGenerator(Generator):
         eos = set(eos if isinstance(eos, list) else [eos])  # what ends a row (padding follows an ended row)
         # A cache of a fixed kind (cache_implementation) cannot be handed back to generate(): one round.
         step = config.decode_round if model.generation_config.cache_implementation is None else None
+        if cache is None and step is not None:  # steps write into room reserved ahead (kv_cache.py)
+            cache = reserved_cache(model.config)
         prompt_width = input_ids.shape[1]
         rows = input_ids.shape[0] * config.num_samples
         tokens: list[list[int]] = [[] for _ in range(rows)]
@@ -431,7 +435,8 @@ class TransformersGenerator(Generator):
                                    "set generation.decode_round to null")
             keep = torch.tensor(writing, device=new.device)
             cache = out.past_key_values  # every token but the last: generate() feeds that one next round
-            cache.batch_select_indices(keep)
+            if len(writing) < len(live):  # selecting copies the whole cache: only when a row has finished
+                cache.batch_select_indices(keep)
             input_ids = out.sequences[keep]
             attention_mask = torch.cat([attention_mask[keep], torch.ones_like(new[keep])], dim=1)
             live, first = [live[j] for j in writing], False

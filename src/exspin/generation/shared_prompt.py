@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+
+from exspin.generation.kv_cache import ReservedLayer
 
 
-class SharedPromptLayer(DynamicLayer):
+class SharedPromptLayer(ReservedLayer):
     """One layer's cache: each prompt's keys and values once, each row's own tokens, and the prompt each
     row samples from (`owner`, non-decreasing: a prompt's rows are contiguous)."""
 
@@ -43,8 +44,7 @@ class SharedPromptLayer(DynamicLayer):
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         """Keep only some rows (finished rows leave the batch); a prompt none of whose rows is left goes too."""
-        if self.own_length():
-            self.keys, self.values = self.keys[indices], self.values[indices]
+        super().batch_select_indices(indices)
         owner = self.owner[indices]
         kept = torch.unique(owner)  # sorted
         if len(kept) < self.prompt_keys.shape[0]:
