@@ -3,11 +3,12 @@
     .venv/bin/python bench/bench_generation_paths.py [--prompts 96] [--spread] [--baseline 852cc75]
                                                      [--batch-sizes 8 16 32] [--rounds 0 16]
                                                      [--dtype float32|bfloat16] [--passes 1]
+                                                     [--prompts-file RUN/01_prompts/validation.jsonl] [--out NAME]
 
 Every arm generates for the same prompts (the default prompt; the first N executable Spider dev
 questions, so a few databases in a row, as a dev evaluation meets them; or with --spread every k-th,
-so many databases with few questions each, as a validation set carved from train meets them) with
-the default model in
+so many databases with few questions each, as a validation set carved from train meets them; or with
+--prompts-file the first N prompts a run wrote, hints and all) with the default model in
 float32 (or `--dtype`), greedy, in its own process, one arm at a time:
 - the baseline: the library as of `--baseline`, checked out into a git worktree, at its default
   batch size;
@@ -16,7 +17,8 @@ float32 (or `--dtype`), greedy, in its own process, one arm at a time:
 With `--passes N` all arms run N times in turn (this machine drifts within minutes), and each pass's
 ratios are against that pass's baseline. Reports prompts/s, generated tokens/s, the ratio to the
 baseline, and how many extracted SQL strings equal the baseline's. Writes
-bench/results/generation_paths[_spread][_N][_bf16].json and .md (N: --prompts, where not 96).
+bench/results/generation_paths[_spread][_N][_bf16].json and .md (N: --prompts, where not 96), or
+bench/results/NAME.json and .md with --out.
 """
 
 from __future__ import annotations
@@ -57,7 +59,11 @@ def worker(args) -> None:
     examples = split.executable
     if args.spread:  # every k-th question: many databases, few questions each (like a validation set)
         examples = examples[:: max(1, len(examples) // args.prompts)]
-    prompts = build_prompts(examples[: args.prompts], SchemaBook(split), generator.tokenizer, PromptConfig())
+    if args.prompts_file:  # a run's prompts (01_prompts/<set>.jsonl), as its scoring meets them
+        with args.prompts_file.open() as lines:
+            prompts = [json.loads(line)["prompt"] for line in lines][: args.prompts]
+    else:
+        prompts = build_prompts(examples[: args.prompts], SchemaBook(split), generator.tokenizer, PromptConfig())
     config = GenerationConfig(max_new_tokens=args.max_new_tokens)
     if args.batch_size:
         config = config.model_copy(update={"batch_size": args.batch_size})
@@ -76,7 +82,8 @@ def worker(args) -> None:
 
 def run_arm(source: Path, args, batch_size: int | None, decode_round: int) -> dict:
     command = [sys.executable, __file__, "--worker", "--data", str(args.data), "--prompts", str(args.prompts),
-               *(["--spread"] if args.spread else []), "--max-new-tokens", str(args.max_new_tokens),
+               *(["--spread"] if args.spread else []),
+               *(["--prompts-file", str(args.prompts_file)] if args.prompts_file else []), "--max-new-tokens", str(args.max_new_tokens),
                "--batch-size", str(batch_size or 0), "--decode-round", str(decode_round), "--dtype", args.dtype]
     env = {**os.environ, "PYTHONPATH": str(source / "src")}
     result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
@@ -107,6 +114,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--spread", action="store_true",
                         help="every k-th dev question (many databases, few questions each) instead of the first N")
+    parser.add_argument("--prompts-file", type=Path, help="a run's prompts (01_prompts/<set>.jsonl), the first N")
+    parser.add_argument("--out", help="the results' file name in bench/results, without extension")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
@@ -131,8 +140,9 @@ def main() -> None:
             print(f"pass {number}, {name} (batch {arm['batch_size']}, {arm['attention']}): "
                   f"{arm['prompts_per_s']:.2f} prompts/s, {arm['tokens_per_s']:.1f} tokens/s", flush=True)
         results["passes"].append(runs)
-    which = "every k-th executable Spider dev question" if args.spread else "the first executable Spider dev questions"
-    lines = [f"# Greedy generation: {args.prompts} prompts, {which} (default prompt), default model, {args.dtype}, "
+    which = ("every k-th executable Spider dev question" if args.spread else "the first executable Spider dev questions")
+    which = f"the first in {args.prompts_file} (a run's, hints and all)" if args.prompts_file else f"{which} (default prompt)"
+    lines = [f"# Greedy generation: {args.prompts} prompts, {which}, default model, {args.dtype}, "
              "2 cores", "", "| pass | arm | batch | rounds | attention | prompts/s | tokens/s | x baseline | "
              "same SQL as baseline |", "|---:|---|---:|---:|---|---:|---:|---:|---:|"]
     for number, runs in enumerate(results["passes"], start=1):
@@ -148,6 +158,7 @@ def main() -> None:
     first_size = 64 if args.spread else 96  # the first results' sizes, kept under their names
     name += "" if args.prompts == first_size else f"_{args.prompts}"
     name += "" if args.dtype == "float32" else "_bf16"
+    name = args.out or name
     (out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -35,19 +35,19 @@ def compare(run: RunFolder) -> dict:
     if calibration is None:
         raise UserError(f"no calibration for {run.path}'s settings on this machine ({calibration_path(config)}): "
                         f"run `exspin calibrate {run.path / 'config.json'}` first")
-    planned = plan(config, prompt_sizes=True)
+    planned = plan(config, with_prompt_sizes=True)
     finished = set(run.stage_names())
     rows = []
     for stage in planned["stages"]:
         if stage["stage"] not in finished:
             continue
         summary = run.summary(stage["stage"])
-        estimate = estimate_minutes(stage, calibration, config, planned["processes"], planned["prompt_characters"])
+        estimate = estimate_minutes(stage, calibration, config, planned["processes"], planned["prompt_sizes"])
         row = {"stage": stage["stage"], "estimated_min": round(estimate, 2),
                "measured_min": round(summary.seconds / 60, 2), "ratio": round(summary.seconds / 60 / estimate, 3)}
         if stage["kind"] == "selfplay" and summary.training_rows is not None:
             actual = {**stage, "trained_rows": int(summary.training_rows * config.selfplay.train.epochs)}
-            relabelled = estimate_minutes(actual, calibration, config, planned["processes"], planned["prompt_characters"])
+            relabelled = estimate_minutes(actual, calibration, config, planned["processes"], planned["prompt_sizes"])
             row.update(reestimated_min=round(relabelled, 2), reestimated_ratio=round(summary.seconds / 60 / relabelled, 3),
                        trained_rows=actual["trained_rows"], guessed_rows=stage["trained_rows"],
                        resumed="answering" not in (summary.part_seconds or {}))

@@ -11,6 +11,7 @@ import torch
 from exspin.errors import UserError
 from exspin.generation import GenerationConfig, extract_sql, load_generator
 from exspin.generation.hf import (
+    JOINT_SUFFIX_TOKENS,
     MIN_SHARED_PREFIX,
     CompletionLogProbs,
     StatementEnd,
@@ -110,6 +111,10 @@ def test_each_database_in_a_batch_shares_its_own_prefix():
     rows = [schema_a + [3], schema_a + [4], schema_a + [5], schema_b + [3], [9, 8]]
     # A row alone prefills all but its last token apart; [9, 8] is too short to bother.
     assert prefix_lengths(rows) == [20, 20, 20, 20, 0]
+    # A row whose own part is longer than the joint prefill allows prefills all but its last token apart.
+    schema = [1] * 100
+    rows = [schema + [3], schema + [4] * (JOINT_SUFFIX_TOKENS + 1), schema + [5] * JOINT_SUFFIX_TOKENS]
+    assert prefix_lengths(rows) == [100, 100 + JOINT_SUFFIX_TOKENS, 100]
     ids, mask = pad_after_prefix([[1, 1, 1, 5], [2, 2, 6, 7, 8]], [3, 2], pad_id=0)
     assert ids == [[1, 1, 1, 0, 0, 5], [0, 2, 2, 6, 7, 8]]
     assert mask == [[1, 1, 1, 0, 0, 1], [0, 1, 1, 1, 1, 1]]
@@ -126,6 +131,26 @@ def test_a_batch_of_two_databases_prefills_each_schema_once(tiny):
     batched = generator.generate(prompts, GenerationConfig(max_new_tokens=12, batch_size=4))
     # One pass per schema (one row each), then one pass over the 4 questions, then decoding.
     assert [rows for rows, width in fed[:3]] == [1, 1, 4] and all(width == 1 for _, width in fed[3:]), fed
+    assert batched == [generator.generate([p], GenerationConfig(max_new_tokens=12))[0] for p in prompts]
+
+
+def test_a_long_question_is_prefilled_apart_and_the_batch_is_not_padded_to_it(tiny):
+    generator = TransformersGenerator(*tiny)
+    schema = SCHEMA * 6  # long enough that a long question still joins its database's run
+    long_question = "-- " + "Names, countries and ages of the singers who sang in the largest stadium " * 3 + "\nSELECT"
+    prompts = [schema + "-- How many singers are there?\nSELECT", schema + long_question,
+               schema + "-- Average age\nSELECT"]
+    ids = generator.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    own = [len(row) - shared_prefix_length(ids) for row in ids]
+    assert own[1] > JOINT_SUFFIX_TOKENS >= max(own[0], own[2]) and 2 * shared_prefix_length(ids) >= max(map(len, ids))
+    fed: list[tuple[int, int]] = []
+    generator.model.get_decoder().register_forward_pre_hook(
+        lambda module, args, kwargs: fed.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    batched = generator.generate(prompts, GenerationConfig(max_new_tokens=12, batch_size=3))
+    # The schema once, the long question's own part from it, then the rows' own parts together: as wide as
+    # the short questions' own parts (the long row feeds its last token alone), not the long one's.
+    assert [rows for rows, _ in fed[:3]] == [1, 1, 3], fed
+    assert fed[1][1] == own[1] - 1 and fed[2][1] == max(own[0], own[2]), fed
     assert batched == [generator.generate([p], GenerationConfig(max_new_tokens=12))[0] for p in prompts]
 
 

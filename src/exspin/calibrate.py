@@ -1,17 +1,20 @@
 """`exspin calibrate CONFIG`: measure this machine briefly with a run config's model and settings, so that
-`exspin run CONFIG --dry-run` can say how many minutes each stage will take, without loading a model.
+`exspin run CONFIG --dry-run` can say how many minutes each stage will take, without loading the model.
 
-It times, on a few of the config's own questions: greedy generation (prompts/s, dev prompts in one batch
-of the config's size), sampling (prompts/s at self-play's samples a question), judging by execution
-(queries/s), SFT (seconds a record, over a few optimizer steps after a warm-up one) and self-play training
-(seconds a pair for its steps, and apart for its reference log-probs), each training after a warm-up step
-and in one process (a launched run's training is estimated as that divided by its processes). The prompts
-are the config's, without hints (their values add a line; building the hinter would dominate a short
-calibration). A few questions' prompts are smaller or larger than a run's (the first dev questions are about
-small schemas), so it also keeps their mean size in tokens, and the plan scales each rate by its own stage's
-prompts (sized in characters, since the dry run loads no tokenizer). Where vLLM generates, each call starts
-an engine, and that start is counted in: the plan is then pessimistic. The timings are kept per model, machine and the settings they depend on in the user
-cache (calibration/*.json); a plan names the calibration it used.
+It times, on a few of the config's own questions: greedy generation (dev prompts in batches of the config's
+size, first their prefill alone, then whole: prompt tokens prefilled a second, and each prompt's decoding
+past that), sampling (each prompt's samples past their prefill, at self-play's samples a question), judging
+by execution (queries/s), SFT (seconds a record, over a few optimizer steps after a warm-up one) and
+self-play training (seconds a pair for its steps, and apart for its reference log-probs), each training
+after a warm-up step and in one process (a launched run's training is estimated as that divided by its
+processes). The prompts are the config's, without hints (building the hinter would dominate a short
+calibration). A stage's generation is then its own prompts' prefill, counted as the generator computes it
+(generation.hf.prefill_tokens: how much a batch shares decides it), at that rate, plus each prompt's
+decoding; training is scaled by its prompts' mean size against the timed ones' (in characters, as
+prompts.sizing_texts writes them). Where each generation call loads the model (vLLM, a worker process),
+that load is counted in, and generation is estimated from prompts/s alone: the plan is then pessimistic.
+The timings are kept per model, machine and the settings they depend on in the user cache
+(calibration/*.json); a plan names the calibration it used.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import platform
 import random
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -54,6 +58,26 @@ class Calibration(BaseModel):
     sampled_prompt_tokens: float | None = None
     training_prompt_tokens: float | None = None
     characters_per_token: float | None = None
+    # Generation in two parts: the prompt tokens it prefills a second (counted as generation.hf.prefill_tokens
+    # counts them), and what a prompt's answers take past that (greedy's one; samples_per_question samples).
+    # A stage's prompts differ most in the first, by how much of them their batch shares. None in older files.
+    prefill_tokens_per_s: float | None = None
+    greedy_decode_seconds: float | None = None
+    sampled_decode_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class PromptSizes:
+    """A run's prompts as the plan sizes them: each one's characters (prompts.sizing_texts; scored, then
+    trained on), and where the prompts were built, the tokens generation prefills for each set and how many
+    prompts that is (validation and eval together, and the training questions self-play answers)."""
+
+    scored_characters: list[int]
+    train_characters: list[int]
+    scored_prefill_tokens: int | None = None
+    scored_prompts: int | None = None
+    train_prefill_tokens: int | None = None
+    train_prompts: int | None = None
 
 
 def machine() -> str:
@@ -88,6 +112,7 @@ def calibrate(config, log=print) -> Calibration:
     from exspin.evaluation import evaluate
     from exspin.execution.pool import run_runner
     from exspin.generation import extract_sql, load_generator
+    from exspin.generation.hf import prefill_tokens
     from exspin.hints.schema import SchemaBook
     from exspin.models import resolve_model
     from exspin.prompts import build_prompts, sizing_texts
@@ -107,16 +132,30 @@ def calibrate(config, log=print) -> Calibration:
     prompts = build_prompts(questions, dev_book, generator.tokenizer, config.prompt)
     greedy_config = config.generation.model_copy(update={"num_samples": 1, "temperature": 0.0})
     generator.generate(prompts[:2], greedy_config.model_copy(update={"max_new_tokens": 2}))  # warm-up
+    token_ids = generator.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    start = time.perf_counter()
+    generator.generate(prompts, greedy_config.model_copy(update={"max_new_tokens": 1}))  # the prefill alone
+    prefill_seconds = time.perf_counter() - start
+    prefill_rate = prefill_tokens(token_ids, greedy_config) / prefill_seconds
+    log(f"prefill: {prefill_rate:.0f} prompt tokens/s")
     start = time.perf_counter()
     answers = generator.generate(prompts, greedy_config)
-    greedy = len(prompts) / (time.perf_counter() - start)
+    greedy_seconds = time.perf_counter() - start
+    greedy = len(prompts) / greedy_seconds
     log(f"greedy: {greedy:.2f} prompts/s")
     k = max(config.selfplay.samples_per_question, 2)
     start = time.perf_counter()
     generator.sample(prompts[:SAMPLED_PROMPTS], config.generation.model_copy(
         update={"num_samples": k, "temperature": config.selfplay.temperature}))
-    sampled = len(prompts[:SAMPLED_PROMPTS]) / (time.perf_counter() - start)
+    sampled_seconds = time.perf_counter() - start
+    sampled = len(prompts[:SAMPLED_PROMPTS]) / sampled_seconds
     log(f"{k} samples a question: {sampled:.2f} prompts/s")
+    # A generator that loads the model per call (vLLM, a worker process) counts a load into every timing:
+    # no split into prefill and decoding from those.
+    decoding = {} if generator.loads_per_call else {"prefill_tokens_per_s": prefill_rate,
+                "greedy_decode_seconds": max(0.0, greedy_seconds - prefill_seconds) / len(prompts),
+                "sampled_decode_seconds": max(0.0, sampled_seconds - prefill_tokens(
+                    token_ids[:SAMPLED_PROMPTS], greedy_config) / prefill_rate) / len(prompts[:SAMPLED_PROMPTS])}
     tokenizer = generator.tokenizer
     del generator
     with run_runner(config.execution) as runner:
@@ -182,7 +221,7 @@ def calibrate(config, log=print) -> Calibration:
                               greedy_prompts_per_s=greedy, samples_per_question=k, sampled_prompts_per_s=sampled,
                               judged_queries_per_s=judged, sft_seconds_per_record=sft,
                               selfplay_seconds_per_pair=selfplay, reference_seconds_per_pair=reference,
-                              seconds=time.perf_counter() - began, **sizes)
+                              seconds=time.perf_counter() - began, **sizes, **decoding)
     path = calibration_path(config)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(calibration.model_dump(), indent=1))
@@ -217,24 +256,36 @@ def mean_prompt_tokens(characters: list[int], calibration: Calibration, config) 
 
 
 def estimate_minutes(stage: dict, calibration: Calibration, config, processes: int = 1,
-                     characters: dict[str, list[int]] | None = None) -> float:
+                     sizes: PromptSizes | None = None) -> float:
     """A planned stage's minutes (plan()'s row): scoring, answering, judging and training at the measured rates,
-    training spread over `processes`. With `characters` (plan()'s prompt characters of the questions scored and
-    trained on), each rate is scaled by how much larger those prompts are than the ones it was timed on."""
-    characters = characters or {}
-    scored_size = mean_prompt_tokens(characters.get("scored", []), calibration, config)
-    train_size = mean_prompt_tokens(characters.get("train", []), calibration, config)
+    training spread over `processes`. With `sizes` (plan()'s), generation is its prefill at the measured
+    prompt tokens a second plus each prompt's decoding, and training is scaled by how much larger its
+    prompts are than the timed ones; without prefill counts, generation is scaled by prompt size too."""
+    scored_size = mean_prompt_tokens(sizes.scored_characters if sizes else [], calibration, config)
+    train_size = mean_prompt_tokens(sizes.train_characters if sizes else [], calibration, config)
 
     def larger(size: float | None, timed: float | None) -> float:  # 1.0 where either is unknown
         return size / timed if size and timed else 1.0
 
+    def generating(prompts: int, prefilled: int | None, counted: int | None, samples: int, size) -> float:
+        """Seconds to answer `prompts` prompts `samples` times each (0: greedy), where `counted` of such
+        prompts prefill `prefilled` tokens."""
+        if prefilled is not None and counted and calibration.prefill_tokens_per_s:
+            decode = (calibration.sampled_decode_seconds * samples / calibration.samples_per_question if samples
+                      else calibration.greedy_decode_seconds)
+            return prompts * (prefilled / counted / calibration.prefill_tokens_per_s + decode)
+        per_prompt = (1 / calibration.sampled_prompts_per_s * samples / calibration.samples_per_question if samples
+                      else 1 / calibration.greedy_prompts_per_s)
+        return prompts * per_prompt * larger(size, calibration.sampled_prompt_tokens if samples
+                                             else calibration.greedy_prompt_tokens)
+
     scored = stage["scored"]
-    seconds = (scored / calibration.greedy_prompts_per_s * larger(scored_size, calibration.greedy_prompt_tokens)
-               + scored / calibration.judged_queries_per_s)
+    scored_prefill = (sizes.scored_prefill_tokens, sizes.scored_prompts) if sizes else (None, None)
+    train_prefill = (sizes.train_prefill_tokens, sizes.train_prompts) if sizes else (None, None)
+    seconds = generating(scored, *scored_prefill, 0, scored_size) + scored / calibration.judged_queries_per_s
     votes = config.generation.vote_samples
     if votes:  # scored by vote: the samples too, and every candidate run
-        seconds += (scored / calibration.sampled_prompts_per_s * votes / calibration.samples_per_question
-                    * larger(scored_size, calibration.sampled_prompt_tokens))
+        seconds += generating(scored, *scored_prefill, votes, scored_size)
         seconds += scored * votes / calibration.judged_queries_per_s
     training = larger(train_size, calibration.training_prompt_tokens)
     if stage["kind"] == "sft":
@@ -243,9 +294,7 @@ def estimate_minutes(stage: dict, calibration: Calibration, config, processes: i
         k = config.selfplay.samples_per_question
         answers = stage["answered"]
         # Sampling scales with k about linearly past the shared prefill: the measured k, rescaled.
-        seconds += (answers / calibration.greedy_prompts_per_s * larger(train_size, calibration.greedy_prompt_tokens)
-                    if k == 1 else answers / calibration.sampled_prompts_per_s * k / calibration.samples_per_question
-                    * larger(train_size, calibration.sampled_prompt_tokens))
+        seconds += generating(answers, *train_prefill, k if k > 1 else 0, train_size)
         seconds += answers * k / calibration.judged_queries_per_s
         if config.selfplay.method == "rft":
             seconds += stage["trained_rows"] * calibration.sft_seconds_per_record * training / processes

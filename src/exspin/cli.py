@@ -456,8 +456,8 @@ def _print_plan(settings) -> None:
     from exspin.pipeline import MIN_ITERATION_STEPS, plan
 
     calibration = load_calibration(settings)
-    stages = plan(settings, prompt_sizes=calibration is not None)
-    characters = stages["prompt_characters"]  # each stage's minutes scaled by its prompts' size
+    stages = plan(settings, with_prompt_sizes=calibration is not None)
+    sizes = stages["prompt_sizes"]  # each stage's minutes by its own prompts' size and prefill
     console.print(f"{stages['train']} train questions, {stages['validation']} validation (from train), "
                   f"{stages['eval']} eval; training in {stages['processes']} process(es); self-play pairs "
                   f"guessed at {stages['pairs_per_question']:.2f} a question, as measured runs made")
@@ -467,11 +467,11 @@ def _print_plan(settings) -> None:
         steps = "-" if row["steps"] is None else str(row["steps"])
         if row["steps"] is not None and row["stage"] != "sft" and row["steps"] < MIN_ITERATION_STEPS:
             steps += " (too few)"
-        minutes = (f"{estimate_minutes(row, calibration, settings, stages['processes'], characters):.0f}"
+        minutes = (f"{estimate_minutes(row, calibration, settings, stages['processes'], sizes):.0f}"
                    if calibration else "-")
         if calibration and row.get("rescored_if_earlier_epoch"):
             rescore = {"kind": "score", "scored": row["rescored_if_earlier_epoch"], "answered": 0, "trained_rows": 0}
-            minutes += f" (+{estimate_minutes(rescore, calibration, settings, 1, characters):.0f} if an earlier epoch is kept)"
+            minutes += f" (+{estimate_minutes(rescore, calibration, settings, 1, sizes):.0f} if an earlier epoch is kept)"
         table.add_row(row["stage"], row["work"], str(row["examples"]), steps, f"{row['tokens_at_most']:,}",
                       (row["fits"] or "-").replace(" <= ", " / "), minutes)
     Console(width=max(console.width, 120)).print(table)  # one line per stage, even in a log

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from exspin import __version__
 from exspin.artifacts import read_jsonl, write_json, write_jsonl
+from exspin.calibrate import PromptSizes
 from exspin.config import RunConfig, saved_config
 from exspin.data import Split, load_split
 from exspin.data.carve import carve
@@ -368,22 +369,56 @@ def _train_and_score_minutes(run: Run, training_rows: int) -> float | None:
         return None
     stage = {"kind": "selfplay", "answered": 0, "scored": len(run.examples("validation")) + len(run.examples("eval")),
              "trained_rows": int(training_rows * run.config.selfplay.train.epochs)}
-    characters = prompt_characters(run.config, run.source_split("train"), run.source_split("eval"),
-                                   *(run.examples(which) for which in SETS))
-    return estimate_minutes(stage, calibration, run.config, processes(run.config.launcher), characters)
+    sizes = prompt_sizes(run.config, run.source_split("train"), run.source_split("eval"),
+                         *(run.examples(which) for which in SETS),
+                         built={which: list(run.prompts(which).values()) for which in ("validation", "eval")})
+    return estimate_minutes(stage, calibration, run.config, processes(run.config.launcher), sizes)
 
 
-def prompt_characters(config: RunConfig, train: Split, evaluation: Split, train_set: list[Example],
-                      validation: list[Example], eval_set: list[Example]) -> dict[str, list[int]]:
-    """Each prompt's size in characters (prompts.sizing_texts), of the questions scored (validation, then
-    eval) and of those trained on: what calibrate.estimate_minutes scales a calibration's rates by."""
-    train_book = SchemaBook(train)
+def prompt_sizes(config: RunConfig, train: Split, evaluation: Split, train_set: list[Example], validation: list[Example],
+                 eval_set: list[Example], built: dict[str, list[str]] | None = None) -> PromptSizes:
+    """The prompts' sizes that calibrate.estimate_minutes scales a calibration's rates by: each prompt's
+    characters (prompts.sizing_texts) of the questions scored (validation, then eval) and trained on, and the
+    tokens generation prefills for the sets in `built` (each set's prompts, where a run has them; the train
+    set's only where given), or else for prompts built here as the prompts stage builds them. That loads the
+    model's tokenizer (a hub model's is downloaded where there is a network; the default model is converted
+    on first use) and the value hints' index; a hints classifier is not fitted or read for a plan, so those
+    prompts are counted without hints. Without a tokenizer, characters only."""
+    from exspin.generation.hf import prefill_tokens
+    from exspin.hints import load_hinter
+    from exspin.models import load_tokenizer, resolve_model
+
+    train_book, eval_book = SchemaBook(train), SchemaBook(evaluation)
 
     def sized(examples: list[Example], book: SchemaBook) -> list[int]:
         return [len(text) for text in sizing_texts(examples, book, config.prompt)]
 
-    return {"scored": sized(validation, train_book) + sized(eval_set, SchemaBook(evaluation)),
-            "train": sized(train_set, train_book)}
+    characters = {"scored_characters": sized(validation, train_book) + sized(eval_set, eval_book),
+                  "train_characters": sized(train_set, train_book)}
+    try:
+        tokenizer = load_tokenizer(resolve_model(config.model))
+    except (UserError, OSError, ValueError):
+        return PromptSizes(**characters)
+    if built is None:
+        hints = config.hints
+        built = {}
+        for which, examples, split, book in (("train", train_set, train, train_book),
+                                             ("validation", validation, train, train_book),
+                                             ("eval", eval_set, evaluation, eval_book)):
+            hinter = load_hinter(split, None, hints.options) if hints.enabled and hints.classifier is None else None
+            built[which] = build_prompts(examples, book, tokenizer, config.prompt, hinter)
+
+    def prefilled(prompts: list[str], call: int | None = None) -> int:
+        """Tokens prefilled generating for `prompts` in calls of `call` prompts (in prompt order), or one call."""
+        ordered = sorted(prompts)
+        call = call or max(len(ordered), 1)
+        return sum(prefill_tokens(tokenizer(ordered[i : i + call], add_special_tokens=False)["input_ids"],
+                                  config.generation) for i in range(0, len(ordered), call))
+
+    answered = {"train_prefill_tokens": prefilled(built["train"], ANSWER_PIECE),
+                "train_prompts": len(built["train"])} if "train" in built else {}
+    return PromptSizes(**characters, scored_prefill_tokens=prefilled(built["validation"]) + prefilled(built["eval"]),
+                       scored_prompts=len(built["validation"]) + len(built["eval"]), **answered)
 
 
 @contextlib.contextmanager
@@ -510,12 +545,13 @@ RFT_OWN_ROWS_BESIDE_GOLD = 0.51  # per row allowed: own right answers in another
 HARDEST_NEGATIVE_PAIRS_PER_QUESTION = 0.73
 
 
-def plan(config: RunConfig, prompt_sizes: bool = False) -> dict:
-    """What `exspin run` would do, read from the data and the config alone (no model, no tokenizer):
+def plan(config: RunConfig, with_prompt_sizes: bool = False) -> dict:
+    """What `exspin run` would do, read from the data and the config alone (no model weights):
     per stage its examples, optimizer steps, tokens at most (examples x prompt budget + answer), and
-    the prompt budget against the trainer's max_length; with `prompt_sizes`, also the characters of each
-    prompt scored and trained on (prompts.sizing_texts: this reads every database's sample values), which
-    a calibration's minutes are scaled by. Self-play pairs are a guess: PAIRS_PER_QUESTION
+    the prompt budget against the trainer's max_length; with `with_prompt_sizes`, also the size of each
+    prompt scored and trained on and the tokens generation prefills for them (prompt_sizes: this reads every
+    database and builds the prompts with the model's tokenizer), which a calibration's minutes are
+    scaled by. Self-play pairs are a guess: PAIRS_PER_QUESTION
     (twice that with mix_previous_pairs, which adds the previous iteration's)."""
     data = config.data
     train, evaluation = load_split(data.path, data.train_split), load_split(data.path, data.eval_split)
@@ -523,8 +559,8 @@ def plan(config: RunConfig, prompt_sizes: bool = False) -> dict:
                                       data.per_database)
     validation, n_train = len(validation_set), len(train_set)
     n_eval = min(data.eval_size or len(evaluation.executable), len(evaluation.executable))
-    characters = (prompt_characters(config, train, evaluation, train_set, validation_set,
-                                    evaluation.executable[:n_eval]) if prompt_sizes else None)
+    sizes = (prompt_sizes(config, train, evaluation, train_set, validation_set, evaluation.executable[:n_eval])
+             if with_prompt_sizes else None)
     answer = config.prompt.max_prompt_tokens + config.generation.max_new_tokens + 1
     processes_per_training = processes(config.launcher)
 
@@ -570,7 +606,7 @@ def plan(config: RunConfig, prompt_sizes: bool = False) -> dict:
                        "fits": f"{answer} <= {settings.max_length}", "kind": "selfplay",
                        "scored": validation + n_eval, "answered": n_train, "trained_rows": int(trained * settings.epochs)})
     return {"processes": processes_per_training, "pairs_per_question": per_question, "train": n_train, "validation": validation,
-            "eval": n_eval, "stages": stages, "prompt_characters": characters}
+            "eval": n_eval, "stages": stages, "prompt_sizes": sizes}
 
 
 def run_pipeline(config: RunConfig, resume: bool = False, log=print) -> RunSummary:

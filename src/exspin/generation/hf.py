@@ -4,8 +4,8 @@ Prompts are sorted by their tokens, so prompts about the same database (same sch
 different question) sit next to each other. Within a batch, each run of prompts about one database
 has its common prefix (system prompt and schema) prefilled once, and that KV cache is copied to
 each of its rows (prefixes of different databases left-padded to one width, the padding masked);
-only each row's own suffix is prefilled. The next batch about the same database starts from that
-prefix's cache too. So a batch mixes databases freely without prefilling any schema twice. On a CPU
+only each row's own suffix is prefilled (a long one apart, so that the others are not padded to it). The
+next batch about the same database starts from that prefix's cache too. So a batch mixes databases freely without prefilling any schema twice. On a CPU
 prefill is compute-bound and batching alone does not speed it up, so this reuse is what makes batches
 pay off for long schema prompts. vLLM does the same by itself (automatic prefix caching).
 
@@ -23,6 +23,11 @@ from exspin.generation.extract import statement_complete
 from exspin.generation.generator import Completions, GenerationConfig, Generator, LogProbs, Progress
 
 MIN_SHARED_PREFIX = 16  # shorter shared prefixes are not worth a separate forward pass
+# A batch prefills its rows' own parts (after their shared prefixes) together, each padded to the longest.
+# A row whose own part is longer than this prefills it apart instead, from the last prefix computed (its
+# neighbour in token order): on validation prompts whose schemas are cut per question, the padding had
+# doubled the tokens prefilled. 48 beat 32, 64 and 96 (bench/results/README.md, "Prefill without padding").
+JOINT_SUFFIX_TOKENS = 48
 
 
 def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
@@ -34,17 +39,19 @@ def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
 def prefix_lengths(rows: Sequence[Sequence[int]]) -> list[int]:
     """Per row (rows sorted by tokens), the length of its prefix to prefill apart from the batch: runs
     of rows that share at least half of themselves with the run's first (one database's schema) share
-    their common prefix, computed once for all of them; a row alone prefills all but its last token.
-    Either way the batch's joint prefill is only the short suffixes (the questions), never a long
-    prompt that every other row would be padded to. 0 where the prefix is too short to bother."""
+    their common prefix, computed once for all of them; a row alone, or one whose own part would be
+    longer than JOINT_SUFFIX_TOKENS, prefills all but its last token. Either way the batch's joint
+    prefill is only short suffixes (the questions), never a long one that every other row would be padded
+    to. 0 where the prefix is too short to bother."""
     lengths = [0] * len(rows)
     start = 0
     for end in range(1, len(rows) + 1):
         if end < len(rows) and 2 * shared_prefix_length([rows[start], rows[end]]) >= len(rows[end]):
             continue
         shared = shared_prefix_length(rows[start:end])
-        if shared >= MIN_SHARED_PREFIX:
-            lengths[start:end] = [shared] * (end - start)
+        for i in range(start, end):
+            own = len(rows[i]) - 1 if len(rows[i]) - shared > JOINT_SUFFIX_TOKENS else shared
+            lengths[i] = own if own >= MIN_SHARED_PREFIX else 0
         start = end
     return lengths
 
@@ -63,6 +70,32 @@ def pad_after_prefix(rows: Sequence[Sequence[int]], shared: Sequence[int], pad_i
         ids.append([pad_id] * front + list(row[:p]) + [pad_id] * middle + list(row[p:]))
         mask.append([0] * front + [1] * p + [0] * middle + [1] * (len(row) - p))
     return ids, mask
+
+
+def prompt_order(token_ids: Sequence[Sequence[int]], config: GenerationConfig) -> list[int]:
+    """The order prompts are generated in (batches are consecutive runs of it)."""
+    if config.reuse_prefix:  # same schema, same batch: long shared prefixes
+        return sorted(range(len(token_ids)), key=lambda i: token_ids[i])
+    # longest first: similar lengths share a batch (little padding), and memory peaks early
+    return sorted(range(len(token_ids)), key=lambda i: -len(token_ids[i]))
+
+
+def prefill_tokens(token_ids: Sequence[Sequence[int]], config: GenerationConfig) -> int:
+    """The prompt tokens TransformersGenerator computes to generate for these prompts in one call, with a
+    model whose cache takes prefixes (no fixed cache_implementation): in each batch its distinct prefixes,
+    less what each shares with the prefix computed before it, then every row's own part padded to the
+    batch's longest. Exact for greedy; sampling feeds each row's last token once per sample, which this
+    counts once. What the dry run counts a stage's prefill by."""
+    order, last, total = prompt_order(token_ids, config), [], 0
+    for offset in range(0, len(order), config.batch_size):
+        rows = [token_ids[i] for i in order[offset : offset + config.batch_size]]
+        shared = prefix_lengths(rows) if config.reuse_prefix else [0] * len(rows)
+        for prefix in dict.fromkeys(tuple(row[:p]) for row, p in zip(rows, shared, strict=True) if p):
+            common = len(os.path.commonprefix([last, list(prefix)]))
+            total += len(prefix) - (common if common >= MIN_SHARED_PREFIX else 0)
+            last = list(prefix)
+        total += len(rows) * max(len(row) - p for row, p in zip(rows, shared, strict=True))
+    return total
 
 
 class StatementEnd:
@@ -255,10 +288,8 @@ class TransformersGenerator(Generator):
 
     def _batch_cache(self, rows: Sequence[Sequence[int]], shared: Sequence[int]):
         """The KV cache of every row's shared prefix, each prefix computed once and left-padded to the
-        longest (the padding is masked)."""
-        import torch
-
-        from exspin.generation.kv_cache import reserved_cache
+        longest (the padding is masked), written straight into the batch's buffers with room to decode."""
+        from exspin.generation.kv_cache import ReservedLayer, reserved_cache
 
         caches = {}
         for row, p in zip(rows, shared, strict=True):
@@ -266,16 +297,23 @@ class TransformersGenerator(Generator):
                 caches[tuple(row[:p])] = self._prefix_cache(list(row[:p]))
         width = max(shared)
         template = next(iter(caches.values()))
-        layers = []
-        for layer in range(len(template.layers)):
-            keys, values = [], []
-            for row, p in zip(rows, shared, strict=True):
-                source = caches[tuple(row[:p])].layers[layer] if p else template.layers[layer]
-                k, v = (source.keys, source.values) if p else (source.keys[..., :0, :], source.values[..., :0, :])
-                keys.append(torch.nn.functional.pad(k, (0, 0, width - p, 0)))  # left-pad the sequence dim
-                values.append(torch.nn.functional.pad(v, (0, 0, width - p, 0)))
-            layers.append((torch.cat(keys), torch.cat(values)))
-        return reserved_cache(self.model.config, layers)
+        cache = reserved_cache(self.model.config)
+        for index, layer in enumerate(cache.layers):
+            room = layer.reserve if isinstance(layer, ReservedLayer) else 0
+            shape = template.layers[index].keys.shape
+            keys = template.layers[index].keys.new_zeros(len(rows), shape[1], width + room, shape[-1])
+            values = template.layers[index].values.new_zeros(len(rows), shape[1], width + room,
+                                                             template.layers[index].values.shape[-1])
+            for position, (row, p) in enumerate(zip(rows, shared, strict=True)):
+                if p:
+                    prefix = caches[tuple(row[:p])].layers[index]
+                    keys[position, :, width - p : width] = prefix.keys[0]
+                    values[position, :, width - p : width] = prefix.values[0]
+            if room:
+                layer.hold(keys, values, width)
+            else:  # a layer of another kind (a sliding window): filled as transformers fills it
+                layer.update(keys, values)
+        return cache
 
     def _prefill_once(self, input_ids, attention_mask, cache, copies: int, share_cache: bool):
         """Every row's prompt but its last token through the model once (after its shared prefix, where
@@ -326,10 +364,7 @@ class TransformersGenerator(Generator):
 
         tokenizer, model = self.tokenizer, self.model
         token_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-        if config.reuse_prefix:  # same schema, same batch: long shared prefixes
-            order = sorted(range(len(prompts)), key=lambda i: token_ids[i])
-        else:  # longest first: similar lengths share a batch (little padding), and memory peaks early
-            order = sorted(range(len(prompts)), key=lambda i: -len(token_ids[i]))
+        order = prompt_order(token_ids, config)
         outputs: list[list[str]] = [[] for _ in prompts]
         logprobs: list[list[float]] = [[] for _ in prompts]
         end_ids = model.generation_config.eos_token_id
@@ -385,8 +420,8 @@ class TransformersGenerator(Generator):
         eos = set(eos if isinstance(eos, list) else [eos])  # what ends a row (padding follows an ended row)
         # A cache of a fixed kind (cache_implementation) cannot be handed back to generate(): one round.
         step = config.decode_round if model.generation_config.cache_implementation is None else None
-        if cache is None and step is not None:  # steps write into room reserved ahead (kv_cache.py)
-            cache = reserved_cache(model.config)
+        if cache is None and step is not None and model._supports_default_dynamic_cache():
+            cache = reserved_cache(model.config)  # steps write into room reserved ahead (kv_cache.py)
         prompt_width = input_ids.shape[1]
         rows = input_ids.shape[0] * config.num_samples
         tokens: list[list[int]] = [[] for _ in range(rows)]

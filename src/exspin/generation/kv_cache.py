@@ -13,7 +13,8 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-RESERVE = 128  # tokens of room made whenever a layer runs out (a SQL answer is mostly shorter)
+RESERVE = 128  # tokens of room made whenever a layer runs out: a batch's own prompt parts (at most 48 tokens,
+# hf.JOINT_SUFFIX_TOKENS) and then its answers (SQL is mostly shorter than 80)
 
 
 class ReservedLayer(DynamicLayer):
@@ -47,6 +48,12 @@ class ReservedLayer(DynamicLayer):
         self.dtype, self.device = key_states.dtype, key_states.device
         self.is_initialized = True
 
+    def hold(self, key_buffer, value_buffer, length: int) -> None:
+        """Take buffers whose first `length` tokens are filled (the room after them is this layer's)."""
+        self.lazy_initialization(key_buffer, value_buffer)
+        self._key_buffer, self._value_buffer = key_buffer, value_buffer
+        self._key_length = self._value_length = length
+
     def update(self, key_states, value_states, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
@@ -69,7 +76,7 @@ class ReservedLayer(DynamicLayer):
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         """Keep only some rows, with their room (finished rows leave the batch between decoding rounds)."""
-        if self._key_length:
+        if self._key_buffer is not None:
             self._key_buffer, self._value_buffer = self._key_buffer[indices], self._value_buffer[indices]
 
 
