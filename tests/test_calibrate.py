@@ -44,8 +44,8 @@ def test_each_part_of_a_stage_is_scaled_by_its_prompts_size_against_the_timed_on
 
 
 def test_the_plan_sizes_every_prompt_as_the_prompt_builder_writes_it(spider_dir, tiny_model_dir):
-    """plan() sizes prompts without a tokenizer: its characters are the built prompt's, less only the chat
-    template's, on databases large and small."""
+    """plan() sizes prompts in characters as the prompt builder writes them, less only the chat template's,
+    on databases large and small, and counts their prefill on the prompts as the prompts stage builds them."""
     from exspin.data import load_split
     from exspin.data.carve import carve
     from exspin.hints.schema import SchemaBook

@@ -616,3 +616,30 @@ def test_generate_through_a_reserved_cache_writes_what_a_dynamic_cache_does(tiny
         plain = model.generate(**inputs, **settings)
         reserved = model.generate(**inputs, past_key_values=reserved_cache(model.config, reserve=5), **settings)
     assert torch.equal(plain, reserved)
+
+
+def test_a_batch_cache_keeps_its_room_and_a_selection_before_any_token_keeps_its_rows():
+    from exspin.generation.kv_cache import ReservedLayer
+
+    layer = ReservedLayer(reserve=4)
+    layer.hold(torch.zeros(4, 2, 3, 8), torch.zeros(4, 2, 3, 8), 0)
+    layer.batch_select_indices(torch.tensor([0, 2]))
+    keys = torch.ones(2, 2, 1, 8)
+    assert torch.equal(layer.update(keys, keys)[0], keys)  # two rows, not four broadcast ones
+
+
+def test_the_batch_cache_is_written_into_buffers_with_room_to_decode(tiny):
+    from exspin.generation.kv_cache import RESERVE
+
+    generator = TransformersGenerator(*tiny)
+    ids = generator.tokenizer(SHARED_PREFIX_PROMPTS, add_special_tokens=False)["input_ids"]
+    rows = sorted(ids)
+    shared = prefix_lengths(rows)
+    with torch.inference_mode():
+        cache = generator._batch_cache(rows, shared)
+        layer = cache.layers[0]
+        assert layer.get_seq_length() == max(shared) and layer._key_buffer.shape[-2] == max(shared) + RESERVE
+        buffer = layer._key_buffer.data_ptr()
+        step = torch.zeros(len(rows), layer.keys.shape[1], 5, layer.keys.shape[-1])
+        layer.update(step, step)
+        assert layer._key_buffer.data_ptr() == buffer  # the joint prefill and the first steps write in place

@@ -133,11 +133,15 @@ def calibrate(config, log=print) -> Calibration:
     greedy_config = config.generation.model_copy(update={"num_samples": 1, "temperature": 0.0})
     generator.generate(prompts[:2], greedy_config.model_copy(update={"max_new_tokens": 2}))  # warm-up
     token_ids = generator.tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    start = time.perf_counter()
-    generator.generate(prompts, greedy_config.model_copy(update={"max_new_tokens": 1}))  # the prefill alone
-    prefill_seconds = time.perf_counter() - start
-    prefill_rate = prefill_tokens(token_ids, greedy_config) / prefill_seconds
-    log(f"prefill: {prefill_rate:.0f} prompt tokens/s")
+    # A generator that loads the model per call (vLLM, a worker process) counts a load into every timing:
+    # no split into prefill and decoding from those.
+    split_timing = not generator.loads_per_call
+    if split_timing:
+        start = time.perf_counter()
+        generator.generate(prompts, greedy_config.model_copy(update={"max_new_tokens": 1}))  # the prefill alone
+        prefill_seconds = time.perf_counter() - start
+        prefill_rate = prefill_tokens(token_ids, greedy_config) / prefill_seconds
+        log(f"prefill: {prefill_rate:.0f} prompt tokens/s")
     start = time.perf_counter()
     answers = generator.generate(prompts, greedy_config)
     greedy_seconds = time.perf_counter() - start
@@ -150,9 +154,7 @@ def calibrate(config, log=print) -> Calibration:
     sampled_seconds = time.perf_counter() - start
     sampled = len(prompts[:SAMPLED_PROMPTS]) / sampled_seconds
     log(f"{k} samples a question: {sampled:.2f} prompts/s")
-    # A generator that loads the model per call (vLLM, a worker process) counts a load into every timing:
-    # no split into prefill and decoding from those.
-    decoding = {} if generator.loads_per_call else {"prefill_tokens_per_s": prefill_rate,
+    decoding = {} if not split_timing else {"prefill_tokens_per_s": prefill_rate,
                 "greedy_decode_seconds": max(0.0, greedy_seconds - prefill_seconds) / len(prompts),
                 "sampled_decode_seconds": max(0.0, sampled_seconds - prefill_tokens(
                     token_ids[:SAMPLED_PROMPTS], greedy_config) / prefill_rate) / len(prompts[:SAMPLED_PROMPTS])}

@@ -4,10 +4,10 @@ Prompts are sorted by their tokens, so prompts about the same database (same sch
 different question) sit next to each other. Within a batch, each run of prompts about one database
 has its common prefix (system prompt and schema) prefilled once, and that KV cache is copied to
 each of its rows (prefixes of different databases left-padded to one width, the padding masked);
-only each row's own suffix is prefilled (a long one apart, so that the others are not padded to it). The
-next batch about the same database starts from that prefix's cache too. So a batch mixes databases freely without prefilling any schema twice. On a CPU
-prefill is compute-bound and batching alone does not speed it up, so this reuse is what makes batches
-pay off for long schema prompts. vLLM does the same by itself (automatic prefix caching).
+only each row's own suffix is prefilled (a long one apart, so that the others are not padded to it).
+The next batch about the same database starts from that prefix's cache too. So a batch mixes databases
+freely without prefilling any schema twice. On a CPU prefill is compute-bound and batching alone does not
+speed it up, so this reuse is what makes batches pay off for long schema prompts. vLLM does the same by itself (automatic prefix caching).
 
 Decoding runs in rounds of a few tokens, and the rows that finished leave the batch between rounds
 (TransformersGenerator._decode): SQL answers vary in length, and a finished row would otherwise be computed on
@@ -311,8 +311,8 @@ class TransformersGenerator(Generator):
                     values[position, :, width - p : width] = prefix.values[0]
             if room:
                 layer.hold(keys, values, width)
-            else:  # a layer of another kind (a sliding window): filled as transformers fills it
-                layer.update(keys, values)
+            else:  # a layer of another kind: filled as transformers fills it (a sliding window's prefix is
+                layer.update(keys, values)  # shorter than the prompt's, so such models take no prefix here)
         return cache
 
     def _prefill_once(self, input_ids, attention_mask, cache, copies: int, share_cache: bool):

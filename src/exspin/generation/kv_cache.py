@@ -13,7 +13,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-RESERVE = 128  # tokens of room made whenever a layer runs out: a batch's own prompt parts (at most 48 tokens,
+RESERVE = 128  # tokens of room made whenever a layer runs out: a batch's own prompt parts (mostly at most
 # hf.JOINT_SUFFIX_TOKENS) and then its answers (SQL is mostly shorter than 80)
 
 
