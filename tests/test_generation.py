@@ -466,6 +466,9 @@ def test_provisioned_default_model_is_reused(tmp_path, monkeypatch):
     monkeypatch.setattr(models, "_default_model_part_paths", lambda: pytest.fail("parts were read again"))
     assert models.provision_default_model() == ready
     assert models.resolve_model("default") == str(ready)
+    assert models.resolve_model_if_ready("default") == str(ready)
+    (ready / ".exspin-ready").unlink()  # not converted yet: the dry run does not convert it
+    assert models.resolve_model_if_ready("default") is None
 
 
 def test_samples_share_all_of_their_prompts_prefill(tiny):

@@ -102,6 +102,15 @@ def resolve_model(name: str) -> str:
     return name
 
 
+def resolve_model_if_ready(name: str) -> str | None:
+    """As resolve_model, but None where the default model is not converted yet (converting takes a minute):
+    for callers that only want its tokenizer if it is already there, such as the dry run."""
+    if name in (DEFAULT_MODEL, "default"):
+        folder = cache_dir() / "models" / DEFAULT_MODEL
+        return str(folder) if (folder / _READY).is_file() else None
+    return resolve_model(name)
+
+
 def default_dtype():
     """bf16 where the hardware computes it fast, else float32.
 

@@ -381,12 +381,13 @@ def prompt_sizes(config: RunConfig, train: Split, evaluation: Split, train_set: 
     characters (prompts.sizing_texts) of the questions scored (validation, then eval) and trained on, and the
     tokens generation prefills for the sets in `built` (each set's prompts, where a run has them; the train
     set's only where given), or else for prompts built here as the prompts stage builds them. That loads the
-    model's tokenizer (a hub model's is downloaded where there is a network; the default model is converted
-    on first use) and the value hints' index; a hints classifier is not fitted or read for a plan, so those
-    prompts are counted without hints. Without a tokenizer, characters only."""
+    model's tokenizer (a hub model's is downloaded where there is a network; the default model's only once
+    it is converted, which the dry run does not do) and the value hints' index; a hints classifier is not
+    fitted or read for a plan, so those prompts are counted without hints. Without a tokenizer, characters
+    only."""
     from exspin.generation.hf import prefill_tokens
     from exspin.hints import load_hinter
-    from exspin.models import load_tokenizer, resolve_model
+    from exspin.models import load_tokenizer, resolve_model_if_ready
 
     train_book, eval_book = SchemaBook(train), SchemaBook(evaluation)
 
@@ -396,8 +397,11 @@ def prompt_sizes(config: RunConfig, train: Split, evaluation: Split, train_set: 
     characters = {"scored_characters": sized(validation, train_book) + sized(eval_set, eval_book),
                   "train_characters": sized(train_set, train_book)}
     try:
-        tokenizer = load_tokenizer(resolve_model(config.model))
+        model = resolve_model_if_ready(config.model)
+        tokenizer = load_tokenizer(model) if model is not None else None
     except (UserError, OSError, ValueError):
+        tokenizer = None
+    if tokenizer is None:
         return PromptSizes(**characters)
     if built is None:
         hints = config.hints
