@@ -79,9 +79,14 @@ def convert_gguf(gguf_path: Path, output_dir: Path) -> Path:
     return output_dir
 
 
+def _default_model_dir() -> Path:
+    """Where the default model is converted to, in the user cache."""
+    return cache_dir() / "models" / DEFAULT_MODEL
+
+
 def provision_default_model() -> Path:
     """The default model as a local checkpoint, built on first use and reused after."""
-    output_dir = cache_dir() / "models" / DEFAULT_MODEL
+    output_dir = _default_model_dir()
     if (output_dir / _READY).is_file():
         return output_dir
     parts = _default_model_part_paths()
@@ -106,7 +111,7 @@ def resolve_model_if_ready(name: str) -> str | None:
     """As resolve_model, but None where the default model is not converted yet (converting takes a minute):
     for callers that only want its tokenizer if it is already there, such as the dry run."""
     if name in (DEFAULT_MODEL, "default"):
-        folder = cache_dir() / "models" / DEFAULT_MODEL
+        folder = _default_model_dir()
         return str(folder) if (folder / _READY).is_file() else None
     return resolve_model(name)
 

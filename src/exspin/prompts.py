@@ -168,7 +168,7 @@ def user_message(schema_text: str, question: str) -> str:
 
 def sizing_texts(examples: Sequence[Example], schemas: SchemaBook, config: PromptConfig) -> list[str]:
     """Each question's prompt at full detail, without hints, the chat template or the token budget (each
-    schema rendered once): what the dry run, which loads no tokenizer, sizes a stage's prompts by."""
+    schema rendered once): the text the calibration and the dry run both size prompts by, in characters."""
     rendered: dict[str, str] = {}
     texts = []
     for example in examples:

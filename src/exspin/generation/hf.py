@@ -7,7 +7,8 @@ each of its rows (prefixes of different databases left-padded to one width, the 
 only each row's own suffix is prefilled (a long one apart, so that the others are not padded to it).
 The next batch about the same database starts from that prefix's cache too. So a batch mixes databases
 freely without prefilling any schema twice. On a CPU prefill is compute-bound and batching alone does not
-speed it up, so this reuse is what makes batches pay off for long schema prompts. vLLM does the same by itself (automatic prefix caching).
+speed it up, so this reuse is what makes batches pay off for long schema prompts. vLLM does the same by
+itself (automatic prefix caching).
 
 Decoding runs in rounds of a few tokens, and the rows that finished leave the batch between rounds
 (TransformersGenerator._decode): SQL answers vary in length, and a finished row would otherwise be computed on
@@ -72,12 +73,24 @@ def pad_after_prefix(rows: Sequence[Sequence[int]], shared: Sequence[int], pad_i
     return ids, mask
 
 
-def prompt_order(token_ids: Sequence[Sequence[int]], config: GenerationConfig) -> list[int]:
-    """The order prompts are generated in (batches are consecutive runs of it)."""
+def batches(token_ids: Sequence[Sequence[int]], config: GenerationConfig, reuse_prefix: bool = True):
+    """The batches a generation call makes, in order: each as (prompt indices, their tokens, each one's
+    prefix to prefill apart; all 0 without prefix reuse)."""
     if config.reuse_prefix:  # same schema, same batch: long shared prefixes
-        return sorted(range(len(token_ids)), key=lambda i: token_ids[i])
-    # longest first: similar lengths share a batch (little padding), and memory peaks early
-    return sorted(range(len(token_ids)), key=lambda i: -len(token_ids[i]))
+        order = sorted(range(len(token_ids)), key=lambda i: token_ids[i])
+    else:  # longest first: similar lengths share a batch (little padding), and memory peaks early
+        order = sorted(range(len(token_ids)), key=lambda i: -len(token_ids[i]))
+    for offset in range(0, len(order), config.batch_size):
+        batch = order[offset : offset + config.batch_size]
+        rows = [token_ids[i] for i in batch]
+        yield batch, rows, prefix_lengths(rows) if config.reuse_prefix and reuse_prefix else [0] * len(rows)
+
+
+def reused_length(kept: Sequence[int], prefix: Sequence[int]) -> int:
+    """How much of `prefix` is taken from the cache of `kept`, the prefix computed before it: what they
+    share, where that is worth it."""
+    common = len(os.path.commonprefix([list(kept), list(prefix)]))
+    return common if common >= MIN_SHARED_PREFIX else 0
 
 
 def prefill_tokens(token_ids: Sequence[Sequence[int]], config: GenerationConfig) -> int:
@@ -86,14 +99,11 @@ def prefill_tokens(token_ids: Sequence[Sequence[int]], config: GenerationConfig)
     less what each shares with the prefix computed before it, then every row's own part padded to the
     batch's longest. Exact for greedy; sampling feeds each row's last token once per sample, which this
     counts once. What the dry run counts a stage's prefill by."""
-    order, last, total = prompt_order(token_ids, config), [], 0
-    for offset in range(0, len(order), config.batch_size):
-        rows = [token_ids[i] for i in order[offset : offset + config.batch_size]]
-        shared = prefix_lengths(rows) if config.reuse_prefix else [0] * len(rows)
+    last, total = (), 0
+    for _, rows, shared in batches(token_ids, config):
         for prefix in dict.fromkeys(tuple(row[:p]) for row, p in zip(rows, shared, strict=True) if p):
-            common = len(os.path.commonprefix([last, list(prefix)]))
-            total += len(prefix) - (common if common >= MIN_SHARED_PREFIX else 0)
-            last = list(prefix)
+            total += len(prefix) - reused_length(last, prefix)
+            last = prefix
         total += len(rows) * max(len(row) - p for row, p in zip(rows, shared, strict=True))
     return total
 
@@ -300,10 +310,9 @@ class TransformersGenerator(Generator):
         cache = reserved_cache(self.model.config)
         for index, layer in enumerate(cache.layers):
             room = layer.reserve if isinstance(layer, ReservedLayer) else 0
-            shape = template.layers[index].keys.shape
-            keys = template.layers[index].keys.new_zeros(len(rows), shape[1], width + room, shape[-1])
-            values = template.layers[index].values.new_zeros(len(rows), shape[1], width + room,
-                                                             template.layers[index].values.shape[-1])
+            like = template.layers[index]
+            keys = like.keys.new_zeros(len(rows), like.keys.shape[1], width + room, like.keys.shape[-1])
+            values = like.values.new_zeros(len(rows), like.values.shape[1], width + room, like.values.shape[-1])
             for position, (row, p) in enumerate(zip(rows, shared, strict=True)):
                 if p:
                     prefix = caches[tuple(row[:p])].layers[index]
@@ -346,12 +355,11 @@ class TransformersGenerator(Generator):
         from transformers import DynamicCache
 
         kept, kept_cache = self._last_prefix or ([], None)
-        common = len(os.path.commonprefix([kept, prefix]))
-        if common >= MIN_SHARED_PREFIX:  # a new cache of the shared part: the kept one stays as it is
+        common = reused_length(kept, prefix)
+        cache = None
+        if common:  # a new cache of the shared part: the kept one stays as it is
             cache = DynamicCache(ddp_cache_data=[(layer.keys[..., :common, :], layer.values[..., :common, :])
                                                  for layer in kept_cache.layers], config=self.model.config)
-        else:
-            common, cache = 0, None
         if common < len(prefix):
             rest = torch.tensor([prefix[common:]], device=self.model.device)
             cache = self.model(rest, past_key_values=cache, use_cache=True, logits_to_keep=1).past_key_values
@@ -364,7 +372,6 @@ class TransformersGenerator(Generator):
 
         tokenizer, model = self.tokenizer, self.model
         token_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-        order = prompt_order(token_ids, config)
         outputs: list[list[str]] = [[] for _ in prompts]
         logprobs: list[list[float]] = [[] for _ in prompts]
         end_ids = model.generation_config.eos_token_id
@@ -372,12 +379,9 @@ class TransformersGenerator(Generator):
         self._last_prefix = None
         if config.temperature > 0:
             torch.manual_seed(config.seed)
-        for offset in range(0, len(order), config.batch_size):
-            batch = order[offset : offset + config.batch_size]
-            rows = [token_ids[i] for i in batch]
-            # A model with a cache of a fixed kind takes none from outside: no prefix reuse there.
-            fixed_cache = model.generation_config.cache_implementation not in (None, "hybrid")
-            shared = prefix_lengths(rows) if config.reuse_prefix and not fixed_cache else [0] * len(rows)
+        # A model with a cache of a fixed kind takes none from outside: no prefix reuse there.
+        fixed_cache = model.generation_config.cache_implementation not in (None, "hybrid")
+        for batch, rows, shared in batches(token_ids, config, reuse_prefix=not fixed_cache):
             ids, mask = pad_after_prefix(rows, shared, tokenizer.pad_token_id)
             input_ids, attention_mask = torch.tensor(ids, device=model.device), torch.tensor(mask, device=model.device)
             with torch.inference_mode():

@@ -85,14 +85,9 @@ def _length(tensor) -> int:
     return 0 if tensor is None or tensor.dim() < 2 else tensor.shape[-2]
 
 
-def reserved_cache(config, layers: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-                   reserve: int = RESERVE) -> DynamicCache:
-    """A DynamicCache for `config`'s model whose full-attention layers reserve room for `reserve` tokens ahead
-    (others, such as sliding-window layers, stay transformers' own), holding `layers`' keys and values
-    where given."""
+def reserved_cache(config, reserve: int = RESERVE) -> DynamicCache:
+    """An empty DynamicCache for `config`'s model whose full-attention layers reserve room for `reserve`
+    tokens ahead (others, such as sliding-window layers, stay transformers' own)."""
     cache = DynamicCache(config=config)
     cache.layers = [ReservedLayer(reserve) if type(layer) is DynamicLayer else layer for layer in cache.layers]
-    if layers is not None:
-        for layer, (keys, values) in zip(cache.layers, layers, strict=True):
-            layer.update(keys, values)
     return cache
