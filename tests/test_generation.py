@@ -646,3 +646,18 @@ def test_the_batch_cache_is_written_into_buffers_with_room_to_decode(tiny):
         step = torch.zeros(len(rows), layer.keys.shape[1], 5, layer.keys.shape[-1])
         layer.update(step, step)
         assert layer._key_buffer.data_ptr() == buffer  # the joint prefill and the first steps write in place
+
+
+def test_a_model_refusing_a_dynamic_cache_gets_no_cache_from_outside(tiny, monkeypatch):
+    generator = TransformersGenerator(*tiny)
+    config = GenerationConfig(max_new_tokens=12, batch_size=3)
+    expected = generator.generate(SHARED_PREFIX_PROMPTS, config)
+    monkeypatch.setattr(generator.model, "_supports_default_dynamic_cache", lambda: False)
+    built = []
+    for name in ("_prefix_cache", "_prefill_once"):
+        method = getattr(generator, name)
+        monkeypatch.setattr(generator, name, lambda *a, _m=method, _n=name, **k: built.append(_n) or _m(*a, **k))
+    assert generator.generate(SHARED_PREFIX_PROMPTS, config) == expected
+    sampled = generator.generate(SHARED_PREFIX_PROMPTS[:2], GenerationConfig(max_new_tokens=6, temperature=1.0,
+                                                                             num_samples=2, batch_size=2))
+    assert [len(s) for s in sampled] == [2, 2] and built == []

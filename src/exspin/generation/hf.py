@@ -379,8 +379,10 @@ class TransformersGenerator(Generator):
         self._last_prefix = None
         if config.temperature > 0:
             torch.manual_seed(config.seed)
-        # A model with a cache of a fixed kind takes none from outside: no prefix reuse there.
-        fixed_cache = model.generation_config.cache_implementation not in (None, "hybrid")
+        # A model with a cache of a fixed kind, or whose generate() refuses a DynamicCache, takes none from
+        # outside: no prefix reuse and no shared prefill there.
+        fixed_cache = (model.generation_config.cache_implementation not in (None, "hybrid")
+                       or not model._supports_default_dynamic_cache())
         for batch, rows, shared in batches(token_ids, config, reuse_prefix=not fixed_cache):
             ids, mask = pad_after_prefix(rows, shared, tokenizer.pad_token_id)
             input_ids, attention_mask = torch.tensor(ids, device=model.device), torch.tensor(mask, device=model.device)
