@@ -43,6 +43,7 @@ database (a wrong answer of realistic length). Writes bench/results/training.jso
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -190,6 +191,7 @@ def count_computed_tokens(pad_id: int) -> dict[str, int]:
     counts = {"trained": 0, "reference": 0, "fed": 0}  # fed: every position, padding included
     forward = modeling_qwen2.Qwen2Model.forward
 
+    @functools.wraps(forward)
     def counted(self, *args, **kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
         mask, positions = kwargs.get("attention_mask"), kwargs.get("position_ids")
@@ -271,6 +273,8 @@ def run_arm(name: str, inputs_path: Path, steps: int, batch: int, out: Path, che
     seconds = time.perf_counter() - start
     if kind == "selfplay":
         seconds += sum(reference_seconds)
+    if not computed["trained"]:
+        raise SystemExit(f"{name}: no decoder pass was counted (count_computed_tokens wraps Qwen2's decoder)")
     peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     out.write_text(json.dumps({"arm": name, "kind": kind, "items": len(items), "steps": steps, "batch": batch,
                                "dtype": "bfloat16" if trainer.args.bf16 else "float32", "seconds": seconds, "tokens": tokens, "flops": flops,
