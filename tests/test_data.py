@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exspin.data import load_split
-from exspin.data.carve import carve
+from exspin.data.carve import carve, iteration_questions
 from exspin.errors import UserError
 from exspin.hints.schema import read_schema
 from exspin.records import Example
@@ -131,6 +131,25 @@ def test_carving_question_by_question_is_a_seeded_shuffle_then_slices():
     assert validation == sorted(order[:10], key=lambda e: e.index)
     assert train == sorted(order[10:30], key=lambda e: e.index)
     assert len(carve(pool, 10, None, seed=3)[1]) == 50
+
+
+@settings(deadline=None)
+@given(n=st.integers(1, 40), size=st.one_of(st.none(), st.integers(1, 50)), seed=st.integers(0, 3))
+def test_self_play_iterations_answer_fresh_blocks_of_the_training_questions(n, size, seed):
+    train = _questions([f"db{i % 5}" for i in range(n)])
+    blocks = [iteration_questions(train, size, iteration, seed) for iteration in range(1, 5)]
+    if size is None or size >= n:
+        assert all(block == train for block in blocks)
+        return
+    assert all(len(block) == size and block == sorted(block, key=lambda e: e.index) for block in blocks)
+    assert all(len({e.index for e in block}) == size for block in blocks)  # no question twice in a block
+    # Until every question has been answered once, no question comes back.
+    fresh = n // size
+    seen = [e.index for block in blocks[:fresh] for e in block]
+    assert len(seen) == len(set(seen))
+    if fresh < 4:  # the order wraps: every question answered by the iteration that passes the end
+        assert {e.index for block in blocks[: fresh + 1] for e in block} == {e.index for e in train}
+    assert iteration_questions(train, size, 2, seed) == blocks[1]  # the same blocks on resume
 
 
 @settings(deadline=None)

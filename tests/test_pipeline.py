@@ -283,6 +283,38 @@ def test_answering_cut_short_goes_on_from_its_first_missing_piece(spider_dir, ti
     assert not pieces.exists() and (tmp_path / "cut" / "04_iter1" / "generations.jsonl").is_file()
 
 
+def test_each_iteration_answers_and_pairs_its_own_block_of_questions(spider_dir, tiny_model_dir, tmp_path):
+    import yaml
+
+    from exspin import pipeline
+    from exspin.config import RunConfig
+
+    text = (Path(__file__).parent / "data" / "tiny_run.yaml").read_text()
+    settings = yaml.safe_load(text.replace("MODEL_DIR", str(tiny_model_dir)).replace("DATA_DIR", str(spider_dir)))
+    settings["hints"] = {"enabled": False}
+    settings["selfplay"].update(questions_per_iteration=3, replay_ratio=1.0)
+    settings["selfplay"]["train"]["nll_weight"] = 1.0
+    config = RunConfig.model_validate({**settings, "run_dir": tmp_path / "run"})
+    run = pipeline.Run(config, resume=False)
+    try:
+        run.stage("00_data", lambda folder: pipeline._data_stage(run, folder))
+        run.stage("01_prompts", lambda folder: pipeline._prompts_stage(run, folder))
+        answered = []
+        for iteration in (1, 2):
+            folder = run.dir / f"0{3 + iteration}_iter{iteration}"
+            folder.mkdir()
+            labelled = pipeline._answer(run, iteration, str(tiny_model_dir), folder)
+            answered.append({a.index for a in labelled})
+            pairs = pipeline._pair(run, iteration, labelled, folder, None)
+            assert {p.index for p in pairs if not p.replay} <= answered[-1]
+        assert [len(a) for a in answered] == [3, 3] and not answered[0] & answered[1]
+        assert answered[0] | answered[1] <= {e.index for e in run.examples("train")}
+    finally:
+        run.runner.close()
+    planned = pipeline.plan(config)["stages"][-1]
+    assert planned["answered"] == 3 and planned["work"].startswith("answer 3,")
+
+
 def test_a_model_scored_before_is_not_generated_for_again(tmp_path):
     from types import SimpleNamespace
 

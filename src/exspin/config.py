@@ -78,6 +78,10 @@ class SelfPlayStage(_Section):
     samples_per_question: int = Field(1, ge=1)  # 1: greedy; more: sampling at `temperature`
     temperature: float = Field(0.8, gt=0.0)
     mix_previous_pairs: bool = False  # SPIN's recipe: also train on the previous iteration's pairs
+    # Each iteration answers this many training questions, the next block of one fixed random order, so
+    # successive iterations see different questions (as iterative DPO recipes draw fresh prompts); what a
+    # large train set makes affordable. None: every question every iteration (the paper).
+    questions_per_iteration: int | None = Field(None, ge=1)
     # Replay: NLL-only rows on the gold SQL of training questions drawn uniformly, this many per pair, so
     # that training on the hard questions' pairs does not drift from the rest (needs train.nll_weight > 0).
     replay_ratio: float = Field(0.0, ge=0.0)

@@ -21,7 +21,7 @@ from exspin.artifacts import read_jsonl, write_json, write_jsonl
 from exspin.calibrate import PromptSizes
 from exspin.config import RunConfig, saved_config
 from exspin.data import Split, load_split
-from exspin.data.carve import carve
+from exspin.data.carve import carve, iteration_questions
 from exspin.errors import UserError
 from exspin.evaluation.predict import PromptSet, predict_sets
 from exspin.execution.pool import run_runner
@@ -327,9 +327,10 @@ def _iteration_stage(run: Run, iteration: int, opponent: str, folder: Path, prev
         labelled = [Generation.model_validate(r) for r in read_jsonl(folder / "generations.jsonl")]
     else:
         labelled = _answer(run, iteration, opponent, folder, seconds)
-    pairs = _pair(run, labelled, folder, previous_pairs)
+    pairs = _pair(run, iteration, labelled, folder, previous_pairs)
     preferences = [p for p in pairs if not p.replay]
-    summary = {"opponent": opponent, "labels": count_labels(labelled), "pairs": len(preferences),
+    summary = {"opponent": opponent, "questions": len(_iteration_examples(run, iteration)),
+               "labels": count_labels(labelled), "pairs": len(preferences),
                # RFT's rows have no rejected side to count by label
                "pairs_by_label": None if settings.method == "rft" else count_pair_labels(preferences),
                "chosen_from_samples": sum(p.chosen_source == "sample" for p in preferences),
@@ -449,7 +450,7 @@ def _answer(run: Run, iteration: int, opponent: str, folder: Path, seconds: dict
     their schema's prefill. The seconds spent answering and labelling are added to `seconds`."""
     seconds = {} if seconds is None else seconds
     settings = run.config.selfplay
-    prompts, questions = run.prompts("train"), run.examples("train")
+    prompts, questions = run.prompts("train"), _iteration_examples(run, iteration)
     order = {e.index: i for i, e in enumerate(questions)}
     examples = sorted(questions, key=lambda e: prompts[e.index])
     sampling = settings.samples_per_question > 1
@@ -496,11 +497,20 @@ def _answer(run: Run, iteration: int, opponent: str, folder: Path, seconds: dict
     return labelled
 
 
-def _pair(run: Run, labelled: list[Generation], folder: Path, previous_pairs: Path | None) -> list[Pair]:
+def _iteration_examples(run: Run, iteration: int) -> list[Example]:
+    """The training questions an iteration answers (selfplay.questions_per_iteration: a block of them)."""
+    return iteration_questions(run.examples("train"), run.config.selfplay.questions_per_iteration, iteration,
+                               run.config.seed)
+
+
+def _pair(run: Run, iteration: int, labelled: list[Generation], folder: Path, previous_pairs: Path | None
+          ) -> list[Pair]:
     """The pairs to train on, made from the labelled answers by the method's rules (pairs.jsonl: this
-    iteration's own; train_pairs.jsonl: with the previous iteration's where mixed). Cheap: no model."""
+    iteration's own; train_pairs.jsonl: with the previous iteration's where mixed). Cheap: no model.
+    Replay rows are drawn from all the training questions, answered this iteration or not."""
     settings = run.config.selfplay
-    pairs = make_pairs(settings.method, run.examples("train"), run.prompts("train"), labelled, settings.feedback)
+    pairs = make_pairs(settings.method, _iteration_examples(run, iteration), run.prompts("train"), labelled,
+                       settings.feedback)
     # exclude_unset: a pair read back from an older run's file is written and trained on as it was.
     write_jsonl(folder / "pairs.jsonl", [p.model_dump(exclude_unset=True) for p in pairs])
     if settings.mix_previous_pairs and previous_pairs is not None and previous_pairs.is_file():
@@ -586,7 +596,8 @@ def plan(config: RunConfig, with_prompt_sizes: bool = False) -> dict:
                        # validation keeping an earlier epoch scores it on the eval set too (_pick_epoch)
                        "rescored_if_earlier_epoch": n_eval if snapshots else 0})
     selfplay = config.selfplay
-    answers = n_train * selfplay.samples_per_question
+    answered = min(selfplay.questions_per_iteration or n_train, n_train)  # questions an iteration answers
+    answers = answered * selfplay.samples_per_question
     per_question = PAIRS_PER_QUESTION[selfplay.method]
     if selfplay.method == "rft" and selfplay.feedback.with_gold:  # the gold's row, then answers in other forms
         per_question = 1 + RFT_OWN_ROWS_BESIDE_GOLD * selfplay.feedback.pairs_per_question
@@ -596,7 +607,7 @@ def plan(config: RunConfig, with_prompt_sizes: bool = False) -> dict:
         per_question = HARDEST_NEGATIVE_PAIRS_PER_QUESTION
     else:  # a pair per wrong answer
         per_question *= selfplay.samples_per_question
-    pairs = math.ceil(n_train * per_question)
+    pairs = math.ceil(answered * per_question)
     sides = 1 if selfplay.method == "rft" else 2  # a pair trains two answers, an RFT row one
     for iteration in range(1, selfplay.iterations + 1):
         trained = pairs * (2 if selfplay.mix_previous_pairs and iteration > 1 else 1)  # and the previous one's
@@ -608,7 +619,8 @@ def plan(config: RunConfig, with_prompt_sizes: bool = False) -> dict:
                        "tokens_at_most": answers * answer
                        + int(trained * settings.epochs * (answer + (sides - 1) * config.generation.max_new_tokens)),
                        "fits": f"{answer} <= {settings.max_length}", "kind": "selfplay",
-                       "scored": validation + n_eval, "answered": n_train, "trained_rows": int(trained * settings.epochs)})
+                       "scored": validation + n_eval, "answered": answered,
+                       "trained_rows": int(trained * settings.epochs)})
     return {"processes": processes_per_training, "pairs_per_question": per_question, "train": n_train, "validation": validation,
             "eval": n_eval, "stages": stages, "prompt_sizes": sizes}
 

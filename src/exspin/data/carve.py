@@ -50,5 +50,18 @@ def carve(pool: Sequence[Example], validation_size: int, train_size: int | None,
     return _by_index(validation), _by_index(train)
 
 
+def iteration_questions(train: Sequence[Example], size: int | None, iteration: int, seed: int) -> list[Example]:
+    """The training questions self-play iteration `iteration` (1, 2, ...) answers, in split order: all of
+    them where `size` is None or covers them; else the iteration's block of `size` in one fixed random
+    order of all of them, so that the iterations answer different questions until every question has
+    been answered once (the order then wraps around)."""
+    if size is None or size >= len(train):
+        return list(train)
+    order = list(train)
+    random.Random(f"self-play questions {seed}").shuffle(order)
+    start = (iteration - 1) * size % len(order)
+    return _by_index((order + order)[start : start + size])
+
+
 def _by_index(examples: list[Example]) -> list[Example]:
     return sorted(examples, key=lambda e: e.index)
