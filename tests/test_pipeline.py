@@ -38,6 +38,8 @@ def test_full_run_then_kill_and_resume(tiny_run, tmp_path):
         assert (whole / path).is_file(), path
     summary = json.loads((whole / "report" / "metrics.json").read_text())
     assert list(summary["stages"]) == ["start", "sft", "exspin-1", "exspin-2"]
+    assert summary["stages"]["exspin-1"]["questions"] == 8  # every training question: no questions_per_iteration
+    assert "| exspin-1 | 8 |" in (whole / "report" / "report.md").read_text()
     # Each trained model says what trained it, beside its weights.
     made = json.loads((whole / "04_iter1" / "model" / "exspin_training.json").read_text())
     assert made["stage"] == "selfplay" and made["base_model"] == json.loads((whole / "04_iter1" / "done.json").read_text())["opponent"]

@@ -106,10 +106,13 @@ def write_report(run_dir: Path, summary: RunSummary) -> Path:
     if labelled:
         labels = list(next(iter(labelled.values())))
         lines += ["## Opponent's training answers by feedback label", "",
-                  "| iteration | " + " | ".join(labels) + " | pairs kept |", "|---|" + "---:|" * (len(labels) + 1)]
+                  "| iteration | questions | " + " | ".join(labels) + " | pairs kept |",
+                  "|---|" + "---:|" * (len(labels) + 2)]
         for name, counts in labelled.items():
-            lines.append(f"| {name} | " + " | ".join(str(counts[k]) for k in labels)
-                         + f" | {summary.stages[name].pairs} |")
+            stage = summary.stages[name]
+            questions = "" if stage.questions is None else stage.questions  # a run saved before it was counted
+            lines.append(f"| {name} | {questions} | " + " | ".join(str(counts[k]) for k in labels)
+                         + f" | {stage.pairs} |")
         lines.append("")
     lines += ["Truncated: training examples longer than the trainer's max_length (cut, never silently).", "",
               "![EX per stage](ex_per_stage.png)", ""]

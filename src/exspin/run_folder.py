@@ -56,6 +56,7 @@ class StageSummary(BaseModel):
     final_epoch_scores: dict[str, float] | None = None
     # self-play iterations
     opponent: str | None = None
+    questions: int | None = None  # training questions the opponent answered (selfplay.questions_per_iteration)
     labels: dict[str, int] | None = None  # the opponent's answers by feedback label
     pairs: int | None = None
     pairs_by_label: dict[str, int] | None = None
