@@ -294,8 +294,9 @@ def test_each_iteration_answers_and_pairs_its_own_block_of_questions(spider_dir,
     text = (Path(__file__).parent / "data" / "tiny_run.yaml").read_text()
     settings = yaml.safe_load(text.replace("MODEL_DIR", str(tiny_model_dir)).replace("DATA_DIR", str(spider_dir)))
     settings["hints"] = {"enabled": False}
-    settings["selfplay"].update(questions_per_iteration=3, replay_ratio=1.0)
-    settings["selfplay"]["train"]["nll_weight"] = 1.0
+    # RFT with the gold: a row for every question paired, so a question not answered would show
+    settings["selfplay"].update(method="rft", samples_per_question=2, temperature=1.0, questions_per_iteration=3,
+                                feedback={"with_gold": True})
     config = RunConfig.model_validate({**settings, "run_dir": tmp_path / "run"})
     run = pipeline.Run(config, resume=False)
     try:
@@ -308,13 +309,13 @@ def test_each_iteration_answers_and_pairs_its_own_block_of_questions(spider_dir,
             labelled = pipeline._answer(run, iteration, str(tiny_model_dir), folder)
             answered.append({a.index for a in labelled})
             pairs = pipeline._pair(run, iteration, labelled, folder, None)
-            assert {p.index for p in pairs if not p.replay} <= answered[-1]
+            assert {p.index for p in pairs} == answered[-1]
         assert [len(a) for a in answered] == [3, 3] and not answered[0] & answered[1]
         assert answered[0] | answered[1] <= {e.index for e in run.examples("train")}
     finally:
         run.runner.close()
     planned = pipeline.plan(config)["stages"][-1]
-    assert planned["answered"] == 3 and planned["work"].startswith("answer 3,")
+    assert planned["answered"] == 3 and planned["work"].startswith("answer 6,")  # 3 questions, 2 samples each
 
 
 def test_a_model_scored_before_is_not_generated_for_again(tmp_path):

@@ -255,7 +255,7 @@ def _logprob(answer: Generation) -> float:
 def no_pairs_reason(method: PairMethod, labelled: Sequence[Generation]) -> str:
     """Why an iteration made no pairs, in words, for its summary."""
     if labelled and all(a.label == "correct" for a in labelled):
-        return "no pairs: the opponent got every training question right"
+        return "no pairs: the opponent got every training question it answered right"
     if method == "dpo":
         return "no pairs: no question had both a correct and a wrong sample"
     if method == "rft":

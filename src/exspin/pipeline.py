@@ -407,7 +407,10 @@ def prompt_sizes(config: RunConfig, train: Split, evaluation: Split, train_set: 
     if built is None:
         hints = config.hints
         built = {}
-        for which, examples, split, book in (("train", train_set, train, train_book),
+        # The train set's prompts time answering: those an iteration answers (a block of them, spread over
+        # more databases than all of them, prefills more a prompt)
+        answered = iteration_questions(train_set, config.selfplay.questions_per_iteration, 1, config.seed)
+        for which, examples, split, book in (("train", answered, train, train_book),
                                              ("validation", validation, train, train_book),
                                              ("eval", eval_set, evaluation, eval_book)):
             hinter = load_hinter(split, None, hints.options) if hints.enabled and hints.classifier is None else None
