@@ -145,6 +145,18 @@ def test_generation_is_estimated_as_its_prefill_plus_each_prompts_decoding():
         6000 / 100 + 20 * 2.0 * 4 / 8 + 20 * 4 / 100)
 
 
+def test_sft_is_estimated_as_the_positions_its_micro_batches_feed_at_the_timed_rate():
+    config = load_config(CONFIG_DIR / "spider_cpu_tuned.yaml")  # 3 epochs
+    sft = {"kind": "sft", "scored": 0, "answered": 0, "trained_rows": 3000}
+    sizes = PromptSizes(scored_characters=[], train_characters=[2000] * 1000, sft_positions_per_epoch=250_000)
+    timed = _calibration(sft_seconds_per_position=0.002, training_prompt_tokens=250.0, characters_per_token=4.0)
+    assert estimate_minutes(sft, timed, config, sizes=sizes) * 60 == pytest.approx(250_000 * 3 * 0.002)
+    assert estimate_minutes(sft, timed, config, sizes=sizes, processes=2) * 60 == pytest.approx(250_000 * 3 * 0.001)
+    # A calibration from before positions were timed: records at its rate, scaled by prompt size (2x here)
+    older = _calibration(training_prompt_tokens=250.0, characters_per_token=4.0)
+    assert estimate_minutes(sft, older, config, sizes=sizes) * 60 == pytest.approx(3000 * 2.0 * 2)
+
+
 def test_prefill_tokens_are_the_tokens_the_generator_feeds_its_model(tiny_model_dir):
     """The dry run counts a stage's prefill as the generator computes it: shared schemas once (across batches
     too), long questions apart, every row's own part padded to its batch's longest."""

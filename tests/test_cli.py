@@ -178,7 +178,7 @@ def test_calibrate_then_the_dry_run_estimates_each_stages_minutes(spider_dir, ti
     assert rates["model"] == str(tiny_model_dir) and all(rates[k] > 0 for k in (
         "greedy_prompts_per_s", "sampled_prompts_per_s", "judged_queries_per_s", "sft_seconds_per_record",
         "selfplay_seconds_per_pair", "greedy_prompt_tokens", "sampled_prompt_tokens", "training_prompt_tokens",
-        "characters_per_token"))
+        "characters_per_token", "sft_seconds_per_position"))
     after = cli("run", config, "--dry-run")
     assert after.returncode == 0 and "minutes from this machine's calibration" in after.stdout, after.stderr
     rows = [line for line in after.stdout.splitlines() if line.startswith("│ ") and "exspin-1" in line]

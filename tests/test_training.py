@@ -501,6 +501,30 @@ def test_examples_about_one_database_train_in_one_batch(tiny_model_dir, tmp_path
         assert len({"singer" if "singer (" in t else "stadium" for t in texts}) == 1, texts
 
 
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_the_positions_counted_for_the_dry_run_are_those_sft_feeds_its_model(tiny_model_dir, tmp_path, batch_size):
+    from exspin.training.common import LoraSettings, positions_fed
+    from exspin.training.sft import SFTSettings, build_sft_trainer
+
+    schemas = {"singer": "<|im_start|>user\nCREATE TABLE singer (name TEXT, age INTEGER, country TEXT);\n",
+               "stadium": "<|im_start|>user\nCREATE TABLE stadium (name TEXT, capacity INTEGER, city TEXT);\n",
+               "pets": "<|im_start|>user\nCREATE TABLE pets (id INTEGER, kind TEXT);\n"}
+    # Uneven counts a database: some batches mix two, so packed rows are padded to the widest
+    records = [{"prompt": schemas[db] + f"Question {i} about it{'?' * (i % 4)}<|im_end|>\n<|im_start|>assistant\n",
+                "completion": f"SELECT {'name, ' * (i % 3)}{i} FROM {db}"}
+               for i, db in enumerate(["singer"] * 4 + ["stadium"] * 3 + ["pets"] * 2)]
+    settings = SFTSettings(bf16=False, batch_size=batch_size, max_length=256, epochs=1,
+                           lora=LoraSettings(r=4, alpha=8), save_every_steps=None)
+    trainer, tokenizer = build_sft_trainer(str(tiny_model_dir), records, settings, tmp_path)
+    fed = []
+    decoder = trainer.model.get_base_model().model
+    decoder.register_forward_pre_hook(lambda _m, _a, kwargs: fed.append(kwargs["input_ids"].numel()), with_kwargs=True)
+    trainer.train()
+    counted = positions_fed(tokenizer, [(r["prompt"], r["completion"]) for r in records], settings)
+    # One at a time the trainer draws its own random order; packed, it keeps the grouped one
+    assert (sorted(fed) == sorted(counted)) if batch_size == 1 else fed == counted
+
+
 def test_batches_over_the_token_limit_recompute_activations_with_the_same_gradients(tiny_model_dir, tmp_path):
     from transformers.modeling_layers import GradientCheckpointingLayer
 

@@ -64,13 +64,17 @@ class Calibration(BaseModel):
     prefill_tokens_per_s: float | None = None
     greedy_decode_seconds: float | None = None
     sampled_decode_seconds: float | None = None
+    # SFT's seconds a position fed to the model (training.common.positions_fed: a shared schema once, padding
+    # counted): a stage's training is its own positions at this rate. None in older files.
+    sft_seconds_per_position: float | None = None
 
 
 @dataclass(frozen=True)
 class PromptSizes:
     """A run's prompts as the plan sizes them: each one's characters (prompts.sizing_texts; scored, then
     trained on), and where the prompts were built, the tokens generation prefills for each set and how many
-    prompts that is (validation and eval together, and the training questions self-play answers)."""
+    prompts that is (validation and eval together, and the training questions self-play answers), and the
+    positions an epoch of SFT feeds the model (training.common.positions_fed)."""
 
     scored_characters: list[int]
     train_characters: list[int]
@@ -78,6 +82,7 @@ class PromptSizes:
     scored_prompts: int | None = None
     train_prefill_tokens: int | None = None
     train_prompts: int | None = None
+    sft_positions_per_epoch: int | None = None
 
 
 def machine() -> str:
@@ -118,7 +123,7 @@ def calibrate(config, log=print) -> Calibration:
     from exspin.prompts import build_prompts, sizing_texts
     from exspin.records import PreferencePair, SFTExample
     from exspin.sqltext import normal_form
-    from exspin.training.common import StepTimes
+    from exspin.training.common import StepTimes, positions_fed
     from exspin.training.selfplay import build_selfplay_trainer
     from exspin.training.sft import build_sft_trainer
 
@@ -194,9 +199,14 @@ def calibrate(config, log=print) -> Calibration:
         times = StepTimes()
         trainer.add_callback(times)
         trainer.train()
-        sft = (times.stamps[-1] - times.stamps[0]) / (TRAINING_STEPS * batch)  # after the warm-up step
+        sft_seconds = times.stamps[-1] - times.stamps[0]  # after the warm-up step
+        sft = sft_seconds / (TRAINING_STEPS * batch)
         del trainer
-        log(f"SFT: {sft:.2f} s a record")
+        micro_batches = config.sft.train.gradient_accumulation  # a step's; the warm-up step's are not timed
+        fed = positions_fed(tokenizer, [(r.prompt, r.completion) for r in records], settings)[micro_batches:]
+        sft_per_position = sft_seconds / sum(fed) if sum(fed) else None
+        log(f"SFT: {sft:.2f} s a record" + (f", {sft_per_position * 1e3:.2f} ms a position fed" if sft_per_position
+                                             else ""))
         # Pairs of realistic length: the gold against another question's gold on the same database.
         pairs = []
         for i, (example, prompt) in enumerate(zip(chosen, train_prompts, strict=True)):
@@ -222,6 +232,7 @@ def calibrate(config, log=print) -> Calibration:
     calibration = Calibration(model=config.model, machine=machine(), measured=time.strftime("%Y-%m-%d %H:%M"),
                               greedy_prompts_per_s=greedy, samples_per_question=k, sampled_prompts_per_s=sampled,
                               judged_queries_per_s=judged, sft_seconds_per_record=sft,
+                              sft_seconds_per_position=sft_per_position,
                               selfplay_seconds_per_pair=selfplay, reference_seconds_per_pair=reference,
                               seconds=time.perf_counter() - began, **sizes, **decoding)
     path = calibration_path(config)
@@ -290,7 +301,11 @@ def estimate_minutes(stage: dict, calibration: Calibration, config, processes: i
         seconds += generating(scored, *scored_prefill, votes, scored_size)
         seconds += scored * votes / calibration.judged_queries_per_s
     training = larger(train_size, calibration.training_prompt_tokens)
-    if stage["kind"] == "sft":
+    if stage["kind"] == "sft" and sizes and sizes.sft_positions_per_epoch and calibration.sft_seconds_per_position:
+        # the positions the stage's own micro-batches feed the model, at the measured rate
+        seconds += (sizes.sft_positions_per_epoch * config.sft.train.epochs * calibration.sft_seconds_per_position
+                    / processes)
+    elif stage["kind"] == "sft":
         seconds += stage["trained_rows"] * calibration.sft_seconds_per_record * training / processes
     elif stage["kind"] == "selfplay":
         k = config.selfplay.samples_per_question

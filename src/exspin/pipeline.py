@@ -379,9 +379,10 @@ def _train_and_score_minutes(run: Run, training_rows: int) -> float | None:
 def prompt_sizes(config: RunConfig, train: Split, evaluation: Split, train_set: list[Example], validation: list[Example],
                  eval_set: list[Example], built: dict[str, list[str]] | None = None) -> PromptSizes:
     """The prompts' sizes that calibrate.estimate_minutes scales a calibration's rates by: each prompt's
-    characters (prompts.sizing_texts) of the questions scored (validation, then eval) and trained on, and the
+    characters (prompts.sizing_texts) of the questions scored (validation, then eval) and trained on, the
     tokens generation prefills for the sets in `built` (each set's prompts, where a run has them; the train
-    set's only where given), or else for prompts built here as the prompts stage builds them. That loads the
+    set's only where given), or else for prompts built here as the prompts stage builds them, and the
+    positions an epoch of SFT on the train set feeds the model. That loads the
     model's tokenizer (a hub model's is downloaded where there is a network; the default model's only once
     it is converted, which the dry run does not do) and the value hints' index; a hints classifier is not
     fitted or read for a plan, so those prompts are counted without hints. Without a tokenizer, characters
@@ -389,6 +390,7 @@ def prompt_sizes(config: RunConfig, train: Split, evaluation: Split, train_set: 
     from exspin.generation.hf import prefill_tokens
     from exspin.hints import load_hinter
     from exspin.models import load_tokenizer, resolve_model_if_ready
+    from exspin.training.common import positions_fed
 
     train_book, eval_book = SchemaBook(train), SchemaBook(evaluation)
 
@@ -407,10 +409,7 @@ def prompt_sizes(config: RunConfig, train: Split, evaluation: Split, train_set: 
     if built is None:
         hints = config.hints
         built = {}
-        # The train set's prompts time answering: those an iteration answers (a block of them, spread over
-        # more databases than all of them, prefills more a prompt)
-        answered = iteration_questions(train_set, config.selfplay.questions_per_iteration, 1, config.seed)
-        for which, examples, split, book in (("train", answered, train, train_book),
+        for which, examples, split, book in (("train", train_set, train, train_book),
                                              ("validation", validation, train, train_book),
                                              ("eval", eval_set, evaluation, eval_book)):
             hinter = load_hinter(split, None, hints.options) if hints.enabled and hints.classifier is None else None
@@ -423,10 +422,18 @@ def prompt_sizes(config: RunConfig, train: Split, evaluation: Split, train_set: 
         return sum(prefill_tokens(tokenizer(ordered[i : i + call], add_special_tokens=False)["input_ids"],
                                   config.generation) for i in range(0, len(ordered), call))
 
-    answered = {"train_prefill_tokens": prefilled(built["train"], ANSWER_PIECE),
-                "train_prompts": len(built["train"])} if "train" in built else {}
+    trained = {}
+    if "train" in built:
+        # Answering is timed on the prompts an iteration answers (a block of them, spread over more databases
+        # than all of them, prefills more a prompt); SFT on all of them, as its micro-batches feed them.
+        position = {e.index: i for i, e in enumerate(train_set)}
+        block = iteration_questions(train_set, config.selfplay.questions_per_iteration, 1, config.seed)
+        answering = [built["train"][position[e.index]] for e in block]
+        records = [(prompt, normal_form(e.gold_sql)) for e, prompt in zip(train_set, built["train"], strict=True)]
+        trained = {"train_prefill_tokens": prefilled(answering, ANSWER_PIECE), "train_prompts": len(answering),
+                   "sft_positions_per_epoch": sum(positions_fed(tokenizer, records, config.sft.train))}
     return PromptSizes(**characters, scored_prefill_tokens=prefilled(built["validation"]) + prefilled(built["eval"]),
-                       scored_prompts=len(built["validation"]) + len(built["eval"]), **answered)
+                       scored_prompts=len(built["validation"]) + len(built["eval"]), **trained)
 
 
 @contextlib.contextmanager

@@ -63,6 +63,30 @@ def sharing_groups(rows: list[list[int]], firsts: list[int]) -> list[list[int]]:
     return groups
 
 
+def _trees(rows: list[list[int]], firsts: list[int]):
+    """Each packed row's tree: its rows (a sharing group), the prefix they share, and their prompts'
+    distinct rests after it, each with the rows under it. Every row's own tail starts at the token before
+    its first scored one (firsts[r])."""
+    trees = []
+    for group in sharing_groups(rows, firsts):
+        shared = min(firsts[r] for r in group) - 1
+        for r in group[1:]:
+            shared = min(shared, _common_prefix(rows[group[0]], rows[r]))
+        nodes: dict[tuple[int, ...], list[int]] = {}  # the rest of the prompt -> rows that share it
+        for r in group:
+            nodes.setdefault(tuple(rows[r][shared : firsts[r] - 1]), []).append(r)
+        trees.append((group, shared, nodes))
+    return trees
+
+
+def packed_lengths(rows: list[list[int]], firsts: list[int]) -> list[int]:
+    """The lengths of the packed rows pack_rows makes of these rows (token ids, each scored from index
+    firsts[r] to its end): the tokens a micro-batch feeds the model, its shared prefixes once."""
+    return [shared + sum(len(rest) + sum(len(rows[r]) - firsts[r] + 1 for r in members)
+                         for rest, members in nodes.items())
+            for _, shared, nodes in _trees(rows, firsts)]
+
+
 def pack_rows(input_ids: torch.Tensor, scored: torch.Tensor, pad_id: int,
               attention_mask: torch.Tensor | None = None) -> PackedRows | None:
     """Pack a right-padded batch whose scored tokens (scored[r, t]: token t of row r is scored) end
@@ -80,16 +104,9 @@ def pack_rows(input_ids: torch.Tensor, scored: torch.Tensor, pad_id: int,
     score_rows = [scored[r, : ends[r]].tolist() for r in range(len(ends))]
     packed: list[dict[str, list[int]]] = []
     target_rows, target_columns = [], []
-    for group in sharing_groups(rows, firsts):
-        # Every row's own tail starts at the token before its first scored one.
-        shared = min(firsts[r] for r in group) - 1
-        for r in group[1:]:
-            shared = min(shared, _common_prefix(rows[group[0]], rows[r]))
+    for group, shared, nodes in _trees(rows, firsts):
         out = {"ids": rows[group[0]][:shared], "prompt": [0] * shared, "tail": [0] * shared,
                "position": list(range(shared)), "target": [-100] * shared}
-        nodes: dict[tuple[int, ...], list[int]] = {}  # the rest of the prompt -> rows that share it
-        for r in group:
-            nodes.setdefault(tuple(rows[r][shared : firsts[r] - 1]), []).append(r)
         for node, (prompt_rest, members) in enumerate(nodes.items(), start=1):
             out["ids"] += prompt_rest
             out["prompt"] += [node] * len(prompt_rest)
