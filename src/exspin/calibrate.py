@@ -123,7 +123,7 @@ def calibrate(config, log=print) -> Calibration:
     from exspin.prompts import build_prompts, sizing_texts
     from exspin.records import PreferencePair, SFTExample
     from exspin.sqltext import normal_form
-    from exspin.training.common import StepTimes, positions_fed
+    from exspin.training.common import StepTimes
     from exspin.training.selfplay import build_selfplay_trainer
     from exspin.training.sft import build_sft_trainer
 
@@ -198,13 +198,17 @@ def calibrate(config, log=print) -> Calibration:
         loading = time.perf_counter() - start  # the model, the adapter and the dataset: no training yet
         times = StepTimes()
         trainer.add_callback(times)
+        fed: list[int] = []  # positions each micro-batch's forward fed the model, in turn
+        base = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
+        base.get_decoder().register_forward_pre_hook(
+            lambda _module, args, kwargs: fed.append((kwargs.get("input_ids", args[0] if args else None)).numel()),
+            with_kwargs=True)
         trainer.train()
         sft_seconds = times.stamps[-1] - times.stamps[0]  # after the warm-up step
         sft = sft_seconds / (TRAINING_STEPS * batch)
         del trainer
-        micro_batches = config.sft.train.gradient_accumulation  # a step's; the warm-up step's are not timed
-        fed = positions_fed(tokenizer, [(r.prompt, r.completion) for r in records], settings)[micro_batches:]
-        sft_per_position = sft_seconds / sum(fed) if sum(fed) else None
+        timed = fed[config.sft.train.gradient_accumulation :]  # the warm-up step's micro-batches are not timed
+        sft_per_position = sft_seconds / sum(timed) if sum(timed) else None
         log(f"SFT: {sft:.2f} s a record" + (f", {sft_per_position * 1e3:.2f} ms a position fed" if sft_per_position
                                              else ""))
         # Pairs of realistic length: the gold against another question's gold on the same database.

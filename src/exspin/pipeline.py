@@ -431,7 +431,8 @@ def prompt_sizes(config: RunConfig, train: Split, evaluation: Split, train_set: 
         answering = [built["train"][position[e.index]] for e in block]
         records = [(prompt, normal_form(e.gold_sql)) for e, prompt in zip(train_set, built["train"], strict=True)]
         trained = {"train_prefill_tokens": prefilled(answering, ANSWER_PIECE), "train_prompts": len(answering),
-                   "sft_positions_per_epoch": sum(positions_fed(tokenizer, records, config.sft.train))}
+                   # packed as on the default model (SDPA takes a 4-D mask); the plan loads no model to ask
+                   "sft_positions_per_epoch": sum(positions_fed(tokenizer, records, config.sft.train, packs=True))}
     return PromptSizes(**characters, scored_prefill_tokens=prefilled(built["validation"]) + prefilled(built["eval"]),
                        scored_prompts=len(built["validation"]) + len(built["eval"]), **trained)
 

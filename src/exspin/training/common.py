@@ -104,28 +104,37 @@ def order_by_prompt(prompts: list[str], batch_size: int, seed: int) -> list[int]
     return [i for batch in batches + short for i in batch]
 
 
-def positions_fed(tokenizer, records: list[tuple[str, str]], settings: TrainSettings) -> list[int]:
+def positions_fed(tokenizer, records: list[tuple[str, str]], settings: TrainSettings, packs: bool = True) -> list[int]:
     """The positions each micro-batch of one epoch of SFT on (prompt, completion) records feeds the model, in
-    training's order: packed as forward.pack_rows packs them where training groups by prompt (a shared
-    schema once, sampling_arguments), else each row whole, padded to the micro-batch's widest row. A row is
-    the prompt's tokens, the completion's and the end token, cut at max_length. What the dry run times SFT
-    by (calibrate.estimate_minutes)."""
+    training's order: packed as forward.pack_rows packs them where the trainer packs (`packs`: the completion
+    head on a model that takes a 4-D mask; a shared schema once), else each row whole, padded to the
+    micro-batch's widest row. A row is the prompt's tokens, the completion's and the end token, cut at
+    max_length; a row whose prompt fills max_length is dropped, as trl drops it. Where the trainer draws a
+    random order (not grouped by prompt), a seeded shuffle stands in for it: only the padding depends on it.
+    What the dry run times SFT by (calibrate.estimate_minutes)."""
+    import random
+
     from exspin.training.forward import packed_lengths
 
+    packs = packs and settings.completion_head_only
     prompts = [prompt for prompt, _ in records]
     prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     completion_ids = tokenizer([completion for _, completion in records], add_special_tokens=False)["input_ids"]
     rows = [(p + c + [tokenizer.eos_token_id])[: settings.max_length] for p, c in zip(prompt_ids, completion_ids,
                                                                                        strict=True)]
     firsts = [len(p) for p in prompt_ids]
-    packs = settings.group_by_prompt and settings.batch_size > 1
-    order = order_by_prompt(prompts, settings.batch_size, settings.seed) if packs else list(range(len(rows)))
+    if settings.group_by_prompt and packs and settings.batch_size > 1:  # as sampling_arguments orders them
+        order = order_by_prompt(prompts, settings.batch_size, settings.seed)
+    else:
+        order = list(range(len(rows)))
+        random.Random(settings.seed).shuffle(order)
+    order = [i for i in order if firsts[i] < settings.max_length]
     fed = []
     for start in range(0, len(order), settings.batch_size):
         batch = order[start : start + settings.batch_size]
-        whole = any(firsts[i] < 1 or firsts[i] >= len(rows[i]) for i in batch)  # pack_rows refuses these
-        lengths = ([len(rows[i]) for i in batch] if not packs or len(batch) == 1 or whole
-                   else packed_lengths([rows[i] for i in batch], [firsts[i] for i in batch]))
+        whole = not packs or len(batch) == 1 or any(firsts[i] < 1 for i in batch)  # pack_rows refuses these
+        lengths = [len(rows[i]) for i in batch] if whole else packed_lengths([rows[i] for i in batch],
+                                                                            [firsts[i] for i in batch])
         fed.append(len(lengths) * max(lengths))
     return fed
 
