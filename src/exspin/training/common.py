@@ -123,9 +123,8 @@ def positions_fed(tokenizer, records: list[tuple[str, str]], settings: TrainSett
     rows = [(p + c + [tokenizer.eos_token_id])[: settings.max_length] for p, c in zip(prompt_ids, completion_ids,
                                                                                        strict=True)]
     firsts = [len(p) for p in prompt_ids]
-    if settings.group_by_prompt and packs and settings.batch_size > 1:  # as sampling_arguments orders them
-        order = order_by_prompt(prompts, settings.batch_size, settings.seed)
-    else:
+    order = grouped_order(prompts, settings, packs)
+    if order is None:
         order = list(range(len(rows)))
         random.Random(settings.seed).shuffle(order)
     order = [i for i in order if firsts[i] < settings.max_length]
@@ -139,14 +138,20 @@ def positions_fed(tokenizer, records: list[tuple[str, str]], settings: TrainSett
     return fed
 
 
-def sampling_arguments(settings: TrainSettings, dataset, packs: bool):
-    """The dataset in the order training should see it, and the sampler strategy that keeps that order.
-
-    Only where the trainer packs rows by shared prefix (packs) and a batch has several: otherwise
-    trl's random order. The grouped order is drawn once, so every epoch sees the same batches."""
+def grouped_order(prompts: list[str], settings: TrainSettings, packs: bool) -> list[int] | None:
+    """The order training sees its examples in where it groups them by prompt (order_by_prompt): only where
+    the trainer packs rows by shared prefix (packs) and a batch has several. None: trl's random order."""
     if not (settings.group_by_prompt and packs and settings.batch_size > 1):
+        return None
+    return order_by_prompt(prompts, settings.batch_size, settings.seed)
+
+
+def sampling_arguments(settings: TrainSettings, dataset, packs: bool):
+    """The dataset in the order training should see it (grouped_order), and the sampler strategy that keeps
+    that order. The grouped order is drawn once, so every epoch sees the same batches."""
+    order = grouped_order(list(dataset["prompt"]), settings, packs)
+    if order is None:
         return dataset, {}
-    order = order_by_prompt(list(dataset["prompt"]), settings.batch_size, settings.seed)
     return dataset.select(order), {"train_sampling_strategy": "sequential"}
 
 
