@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -846,6 +847,44 @@ def test_replay_rows_train_the_nll_alone(concert, tiny_model_dir, tmp_path):
     assert norms[1.0] > 1e-2 and norms[0.0] < 1e-4 * norms[1.0], norms  # float noise where the sides cancel
     with pytest.raises(ValueError, match="nll_weight"):
         RunConfig.model_validate({"selfplay": {"replay_ratio": 0.5, "train": {"nll_weight": 0.0}}})
+
+
+@pytest.mark.parametrize("loss, at_start", [("sigmoid", math.log(2)), ("apo_zero", 1.0), ("nca_pair", 2 * math.log(2)),
+                                            ("ipo", (1 / (2 * 0.1)) ** 2), ("sigmoid_norm", math.log(2))])
+def test_selfplay_trains_with_the_chosen_preference_loss(loss, at_start, tiny_model_dir, tmp_path):
+    """selfplay.train.loss is trl's loss: with the policy still equal to its reference (both log-ratios 0)
+    each loss has a known value, and a replay row (the same answer on both sides) still gets no gradient
+    from it, except from NCA, which a config with replay refuses."""
+    from exspin.config import RunConfig
+    from exspin.records import PreferencePair
+    from exspin.training.selfplay import SelfPlaySettings, build_selfplay_trainer
+
+    prompt = "<|im_start|>user\nHow many singers?<|im_end|>\n<|im_start|>assistant\n"
+    settings = SelfPlaySettings(bf16=False, batch_size=1, max_length=128, lora=None, nll_weight=0.0,
+                                precompute_reference=False, loss=loss, beta=0.1)
+    grads = {}
+    for name, rejected in (("pair", "SELECT name FROM singer"), ("replay", "SELECT count(*) FROM singer")):
+        pair = PreferencePair(prompt=prompt, chosen="SELECT count(*) FROM singer", rejected=rejected)
+        trainer, _, _ = build_selfplay_trainer(str(tiny_model_dir), [pair], settings, tmp_path / name)
+        assert trainer.loss_types == [loss]
+        batch = next(iter(trainer.get_train_dataloader()))
+        trainer.model.zero_grad()
+        value = trainer.compute_loss(trainer.model, batch)
+        value.backward()
+        grads[name] = sum(p.grad.abs().sum().item() for p in trainer.model.parameters() if p.grad is not None)
+        if name == "pair":
+            assert value.item() == pytest.approx(at_start, rel=1e-4)
+    # at the start every log-ratio is 0, where even NCA's pull on equal sides vanishes
+    assert grads["pair"] > 1e-3 and grads["replay"] < 1e-4 * grads["pair"], grads
+    replay = {"selfplay": {"replay_ratio": 0.5, "train": {"loss": loss}}}
+    if loss == "nca_pair":
+        with pytest.raises(ValueError, match="nca_pair trains them too"):
+            RunConfig.model_validate(replay)
+    else:
+        RunConfig.model_validate(replay)
+    if loss != "sigmoid":  # RFT is SFT: it has no preference term to choose
+        with pytest.raises(ValueError, match="train.loss"):
+            RunConfig.model_validate({"selfplay": {"method": "rft", "train": {"loss": loss}}})
 
 
 def test_training_reports_to_tensorboard_when_asked(tiny_model_dir, tmp_path):

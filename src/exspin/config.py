@@ -18,7 +18,7 @@ from exspin.generation.generator import GenerationConfig
 from exspin.hints import HintsConfig
 from exspin.prompts import PromptConfig
 from exspin.training.launch import LauncherSettings
-from exspin.training.settings import SelfPlaySettings, SFTSettings
+from exspin.training.settings import LOSSES_ACTING_ON_EQUAL_SIDES, SelfPlaySettings, SFTSettings
 
 
 class _Section(BaseModel):
@@ -148,11 +148,15 @@ class RunConfig(_Section):
         if self.selfplay.method == "rft":
             unused = [f"feedback.{rule}" for rule in rules.rejected_side_rules()]
             unused += ["replay_ratio"] if self.selfplay.replay_ratio else []
+            unused += ["train.loss"] if self.selfplay.train.loss != "sigmoid" else []
             if unused:
                 raise ValueError(f"selfplay.{unused[0]} is for pairs with a rejected side, which rft trains without")
         elif self.selfplay.replay_ratio > 0 and self.selfplay.train.nll_weight <= 0:
             raise ValueError("selfplay.replay_ratio trains replay rows through the NLL term alone: set "
                              "selfplay.train.nll_weight > 0")
+        elif self.selfplay.replay_ratio > 0 and self.selfplay.train.loss in LOSSES_ACTING_ON_EQUAL_SIDES:
+            raise ValueError(f"selfplay.replay_ratio trains replay rows through the NLL term alone, but "
+                             f"selfplay.train.loss {self.selfplay.train.loss} trains them too: choose another loss")
         if not any(rules.negatives.model_dump().values()):
             raise ValueError("selfplay.feedback.negatives: every outcome has weight 0, so no pair would be made")
         if rules.choosing_among_samples() and self.selfplay.iterations and self.selfplay.samples_per_question < 2:

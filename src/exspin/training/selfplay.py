@@ -122,7 +122,7 @@ def build_selfplay_trainer(model_path: str, pairs: Sequence[PreferencePair | dic
     reference = None
     if settings.lora is None:
         reference, _ = load_for_training(model_path, settings, frozen=True)
-    losses = ["sigmoid"] + (["sft"] if settings.nll_weight > 0 else [])
+    losses = [settings.loss] + (["sft"] if settings.nll_weight > 0 else [])
     weights = [1.0] + ([settings.nll_weight] if settings.nll_weight > 0 else [])
     # trl caches precomputed reference log-probs in a file named after the dataset's cache files; an
     # in-memory dataset has none, so each process would name another file: precompute in one process only.

@@ -3,7 +3,18 @@ can be read and checked (`exspin run --dry-run`) without importing torch or tran
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
+
+# The preference losses self-play may train with, as trl's DPOTrainer names them. "sigmoid" is SPIN's (and
+# DPO's); the others are the alternatives recipes report where DPO lowers the chosen side's likelihood: APO-zero
+# (arXiv 2408.06266) and NCA (2402.05369) push the chosen side up on its own, IPO (2310.12036) and the
+# length-normalised sigmoid bound the margin.
+PreferenceLoss = Literal["sigmoid", "apo_zero", "nca_pair", "ipo", "sigmoid_norm"]
+# Those that give a row whose two sides are the same answer (a replay row) a gradient of their own: NCA pulls
+# its log-ratio to 0 too, so its replay rows would not be NLL-only.
+LOSSES_ACTING_ON_EQUAL_SIDES = frozenset({"nca_pair"})
 
 
 class LoraSettings(BaseModel):
@@ -72,6 +83,7 @@ class SFTSettings(TrainSettings):
 class SelfPlaySettings(TrainSettings):
     learning_rate: float = Field(5e-6, gt=0.0)
     beta: float = Field(0.1, gt=0.0)  # lambda in the SPIN paper
-    nll_weight: float = Field(1.0, ge=0.0)  # NLL on the gold SQL (RPO); 0 is plain SPIN
+    nll_weight: float = Field(1.0, ge=0.0)  # NLL on the chosen side (RPO); 0 is plain SPIN
+    loss: PreferenceLoss = "sigmoid"  # the preference term beside the NLL (trl's loss_type); sigmoid: the paper's
     shared_prompt: bool = True  # rows sharing a prompt in one forward (each pair's two, at least)
     precompute_reference: bool = True  # reference log-probs once per iteration, not on every step
