@@ -862,20 +862,33 @@ def test_selfplay_trains_with_the_chosen_preference_loss(loss, at_start, tiny_mo
     prompt = "<|im_start|>user\nHow many singers?<|im_end|>\n<|im_start|>assistant\n"
     settings = SelfPlaySettings(bf16=False, batch_size=1, max_length=128, lora=None, nll_weight=0.0,
                                 precompute_reference=False, loss=loss, beta=0.1)
+
+    def gradient(trainer, batch):
+        trainer.model.zero_grad()
+        value = trainer.compute_loss(trainer.model, batch)
+        value.backward()
+        return value.item(), sum(p.grad.abs().sum().item() for p in trainer.model.parameters() if p.grad is not None)
+
     grads = {}
     for name, rejected in (("pair", "SELECT name FROM singer"), ("replay", "SELECT count(*) FROM singer")):
         pair = PreferencePair(prompt=prompt, chosen="SELECT count(*) FROM singer", rejected=rejected)
         trainer, _, _ = build_selfplay_trainer(str(tiny_model_dir), [pair], settings, tmp_path / name)
         assert trainer.loss_types == [loss]
         batch = next(iter(trainer.get_train_dataloader()))
-        trainer.model.zero_grad()
-        value = trainer.compute_loss(trainer.model, batch)
-        value.backward()
-        grads[name] = sum(p.grad.abs().sum().item() for p in trainer.model.parameters() if p.grad is not None)
+        value, grads[name] = gradient(trainer, batch)
         if name == "pair":
-            assert value.item() == pytest.approx(at_start, rel=1e-4)
+            assert value == pytest.approx(at_start, rel=1e-4)
     # at the start every log-ratio is 0, where even NCA's pull on equal sides vanishes
     assert grads["pair"] > 1e-3 and grads["replay"] < 1e-4 * grads["pair"], grads
+    with torch.no_grad():  # the policy moved away from its reference, as training moves it
+        torch.manual_seed(0)
+        for parameter in trainer.model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    _, moved = gradient(trainer, batch)
+    if loss == "nca_pair":
+        assert moved > 1e-2 * grads["pair"], (moved, grads)
+    else:
+        assert moved < 1e-4 * grads["pair"], (moved, grads)
     replay = {"selfplay": {"replay_ratio": 0.5, "train": {"loss": loss}}}
     if loss == "nca_pair":
         with pytest.raises(ValueError, match="nca_pair trains them too"):

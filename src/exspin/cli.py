@@ -311,7 +311,8 @@ def train_selfplay_command(
     = None,
     seed: Annotated[int | None, typer.Option(help="Overrides the settings' seed (one per iteration).")] = None,
 ) -> None:
-    """One self-play iteration's training with the SPIN loss (DPO's sigmoid loss, the opponent as reference)."""
+    """One self-play iteration's training with its preference loss (selfplay.train.loss: the SPIN loss, DPO's
+    sigmoid, by default) and the opponent as reference."""
     from exspin.models import resolve_model
     from exspin.records import PreferencePair
     from exspin.training.launch import train

@@ -235,8 +235,8 @@ def make_pairs(method: PairMethod, examples: Sequence[Example], prompts: dict[in
 def replay_rows(examples: Sequence[Example], prompts: dict[int, str], count: int, seed: int) -> list[Pair]:
     """`count` NLL-only rows: the gold SQL of training questions drawn uniformly (right or wrong answered),
     so that training on pairs of hard questions does not drift from the rest. Each is a pair whose two
-    sides are the gold: the preference loss has no gradient there (the two log-ratios cancel, up to LoRA
-    dropout, which draws each side's mask apart), and the NLL term (selfplay.train.nll_weight) trains on its
+    sides are the gold: the preference loss has no gradient there (the two log-ratios cancel; self-play
+    trains without dropout, and config refuses a loss for which they do not cancel), and the NLL term (selfplay.train.nll_weight) trains on its
     chosen side. They count in trl's logged means (rewards, margins, chosen log-probs) like any pair."""
     import random
 

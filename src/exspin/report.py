@@ -74,7 +74,9 @@ def write_report(run_dir: Path, summary: RunSummary) -> Path:
     lines = [
         f"# exspin run: {run_dir.name}",
         "",
-        f"Model `{config['model']}`, self-play method **{config['selfplay']['method']}**, data `{config['data']['path']}`.",
+        f"Model `{config['model']}`, self-play method **{config['selfplay']['method']}**"
+        + (f" (loss {loss})" if (loss := config["selfplay"].get("train", {}).get("loss", "sigmoid")) != "sigmoid" else "")
+        + f", data `{config['data']['path']}`.",
         "",
         "| stage | validation EX % | eval EX % | pairs | truncated | wall time (s) | warnings |",
         "|---|---:|---:|---:|---:|---:|---|",

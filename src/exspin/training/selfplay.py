@@ -147,8 +147,8 @@ def build_selfplay_trainer(model_path: str, pairs: Sequence[PreferencePair | dic
 
 def train_selfplay(model_path: str, pairs: Sequence[PreferencePair | dict], settings: SelfPlaySettings,
                    output_dir: Path) -> tuple[Path, list[dict]]:
-    """Train on chosen-over-rejected pairs with the SPIN loss (each `weight` times an epoch). Returns (model
-    folder, step log)."""
+    """Train on chosen-over-rejected pairs with `settings.loss` (the SPIN loss by default; each pair `weight`
+    times an epoch). Returns (model folder, step log)."""
     pairs = [PreferencePair.model_validate(p) for p in pairs]
     trainer, tokenizer, log = build_selfplay_trainer(model_path, pairs, settings, output_dir)
     train_resumably(trainer, [model_path, [p.model_dump() for p in pairs], settings.model_dump(mode="json")])

@@ -84,6 +84,8 @@ class SelfPlaySettings(TrainSettings):
     learning_rate: float = Field(5e-6, gt=0.0)
     beta: float = Field(0.1, gt=0.0)  # lambda in the SPIN paper
     nll_weight: float = Field(1.0, ge=0.0)  # NLL on the chosen side (RPO); 0 is plain SPIN
-    loss: PreferenceLoss = "sigmoid"  # the preference term beside the NLL (trl's loss_type); sigmoid: the paper's
+    # The preference term beside the NLL (trl's loss_type); sigmoid: the paper's. ipo and sigmoid_norm average
+    # log-ratios over an answer's tokens, so the same beta weighs them very differently: tune beta with them.
+    loss: PreferenceLoss = "sigmoid"
     shared_prompt: bool = True  # rows sharing a prompt in one forward (each pair's two, at least)
     precompute_reference: bool = True  # reference log-probs once per iteration, not on every step
