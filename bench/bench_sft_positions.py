@@ -17,10 +17,10 @@ import argparse
 import json
 from pathlib import Path
 
-from exspin.artifacts import read_jsonl
 from exspin.calibrate import load_calibration
 from exspin.config import saved_config
 from exspin.models import load_tokenizer, resolve_model
+from exspin.run_folder import RunFolder
 from exspin.training.common import positions_fed
 
 
@@ -32,10 +32,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, required=True, help="the stretch's measured seconds")
     parser.add_argument("--calibration", type=Path, help="a calibration's JSON (default: this machine's for the run)")
     args = parser.parse_args()
-    config = saved_config(json.loads((args.run / "config.json").read_text()))
+    run = RunFolder(args.run)
+    config = saved_config(run.config)
     settings = config.sft.train
     micro_per_step = settings.gradient_accumulation
-    records = [(r["prompt"], r["completion"]) for r in read_jsonl(args.run / "03_sft" / "sft_records.jsonl")]
+    records = [(r.prompt, r.completion) for r in run.sft_records()]
     fed = positions_fed(load_tokenizer(resolve_model(config.model)), records, settings)
     rate = (json.loads(args.calibration.read_text())["sft_seconds_per_position"] if args.calibration
             else load_calibration(config).sft_seconds_per_position)
