@@ -39,7 +39,17 @@ def test_full_run_then_kill_and_resume(tiny_run, tmp_path):
     summary = json.loads((whole / "report" / "metrics.json").read_text())
     assert list(summary["stages"]) == ["start", "sft", "exspin-1", "exspin-2"]
     assert summary["stages"]["exspin-1"]["questions"] == 8  # every training question: no questions_per_iteration
-    assert "| exspin-1 | 8 |" in (whole / "report" / "report.md").read_text()
+    report = (whole / "report" / "report.md").read_text()
+    assert "| exspin-1 | 8 |" in report
+    # Each stage question by question against the one before it and against SFT.
+    from exspin.evaluation.stats import paired_change
+    from exspin.run_folder import RunFolder
+
+    run = RunFolder(whole)
+    for stage, before in (("sft", "start"), ("exspin-2", "exspin-1"), ("exspin-2", "sft")):
+        moved = paired_change(run.verdicts(before), run.verdicts(stage))
+        assert f"| {stage} | {before} | +{moved.gained}/-{moved.lost}, p = {moved.p:.2g} |" in report
+    assert "| sft | sft |" not in report and "| exspin-1 | sft |" in report
     # Each trained model says what trained it, beside its weights.
     made = json.loads((whole / "04_iter1" / "model" / "exspin_training.json").read_text())
     assert made["stage"] == "selfplay" and made["base_model"] == json.loads((whole / "04_iter1" / "done.json").read_text())["opponent"]

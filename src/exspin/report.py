@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 from exspin.artifacts import read_jsonl, write_json, write_text
-from exspin.run_folder import REPORT, RunSummary
+from exspin.errors import UserError
+from exspin.evaluation.stats import paired_change
+from exspin.run_folder import REPORT, RunFolder, RunSummary
 
 
 def _plot_ex(summary: RunSummary, path: Path) -> None:
@@ -64,6 +66,30 @@ def _plot_logps(run_dir: Path, path: Path) -> bool:
     return True
 
 
+def _paired_changes(run_dir: Path, summary: RunSummary) -> list[str]:
+    """Each stage against the one before it and against SFT, question by question on both scored sets:
+    questions gained and lost, and the exact sign test's p (EX alone hides how much of a change is noise)."""
+    run, names = RunFolder(run_dir), list(summary.stages)
+    sets = ("eval", "validation")
+
+    def change(before: str, after: str, which: str) -> str:
+        try:
+            moved = paired_change(run.verdicts(before, which), run.verdicts(after, which))
+        except UserError:  # a set this stage did not score
+            return ""
+        return f"+{moved.gained}/-{moved.lost}, p = {moved.p:.2g}"
+
+    lines = ["## Question by question", "",
+             "Questions a stage gained and lost (wrong before, right after; and the reverse) against the stage "
+             "before it and against SFT, with the exact two-sided sign test's p.", "",
+             "| stage | against | " + " | ".join(f"{which} EX" for which in sets) + " |", "|---|---|---:|---:|"]
+    for number, name in enumerate(names[1:], start=1):
+        against = [names[number - 1]] + (["sft"] if "sft" in names[: number - 1] else [])
+        lines += [f"| {name} | {before} | " + " | ".join(change(before, name, which) for which in sets) + " |"
+                  for before in against]
+    return [*lines, ""] if len(names) > 1 else []
+
+
 def write_report(run_dir: Path, summary: RunSummary) -> Path:
     folder = run_dir / REPORT
     folder.mkdir(parents=True, exist_ok=True)
@@ -89,6 +115,7 @@ def write_report(run_dir: Path, summary: RunSummary) -> Path:
                      f"{'; '.join(stage.warnings)} |")
     lines += ["", f"**Kept:** `{summary.best}` -> `{summary.final_model}`", "",
               f"**Stopped:** {summary.stop_reason}", ""]
+    lines += _paired_changes(run_dir, summary)
     voted = {n: s for n, s in summary.stages.items() if s.greedy_ex}
     if voted:
         samples = config["generation"].get("vote_samples", 0)
