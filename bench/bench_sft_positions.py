@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--calibration", type=Path, help="a calibration's JSON (default: this machine's for the run)")
     args = parser.parse_args()
     run = RunFolder(args.run)
-    config = saved_config(run.config)
+    config = saved_config(run.config())
     settings = config.sft.train
     micro_per_step = settings.gradient_accumulation
     records = [(r.prompt, r.completion) for r in run.sft_records()]

@@ -41,14 +41,20 @@ def test_full_run_then_kill_and_resume(tiny_run, tmp_path):
     assert summary["stages"]["exspin-1"]["questions"] == 8  # every training question: no questions_per_iteration
     report = (whole / "report" / "report.md").read_text()
     assert "| exspin-1 | 8 |" in report
-    # Each stage question by question against the one before it and against SFT.
+    # Each stage question by question against the stage it was trained from (its opponent) and against SFT.
     from exspin.evaluation.stats import paired_change
-    from exspin.run_folder import RunFolder
+    from exspin.run_folder import RunFolder, model_path_in
 
-    run = RunFolder(whole)
-    for stage, before in (("sft", "start"), ("exspin-2", "exspin-1"), ("exspin-2", "sft")):
-        moved = paired_change(run.verdicts(before), run.verdicts(stage))
-        assert f"| {stage} | {before} | +{moved.gained}/-{moved.lost}, p = {moved.p:.2g} |" in report
+    run, stages = RunFolder(whole), summary["stages"]
+
+    def trained_from(name: str) -> str:
+        opponent = model_path_in(whole, stages[name]["opponent"])
+        return next(n for n in stages if n != name and model_path_in(whole, stages[n]["model"]) == opponent)
+
+    for stage, before in (("sft", "start"), ("exspin-2", trained_from("exspin-2")), ("exspin-2", "sft")):
+        moved = [paired_change(run.verdicts(before, which), run.verdicts(stage, which)) for which in ("validation", "eval")]
+        assert (f"| {stage} | {before} | " + " | ".join(f"+{m.gained}/-{m.lost}, p = {m.p:.2g}" for m in moved)
+                + " |") in report
     assert "| sft | sft |" not in report and "| exspin-1 | sft |" in report
     # Each trained model says what trained it, beside its weights.
     made = json.loads((whole / "04_iter1" / "model" / "exspin_training.json").read_text())

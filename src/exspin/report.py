@@ -8,7 +8,7 @@ from pathlib import Path
 from exspin.artifacts import read_jsonl, write_json, write_text
 from exspin.errors import UserError
 from exspin.evaluation.stats import paired_change
-from exspin.run_folder import REPORT, RunFolder, RunSummary
+from exspin.run_folder import REPORT, RunFolder, RunSummary, model_path_in
 
 
 def _plot_ex(summary: RunSummary, path: Path) -> None:
@@ -67,26 +67,40 @@ def _plot_logps(run_dir: Path, path: Path) -> bool:
 
 
 def _paired_changes(run_dir: Path, summary: RunSummary) -> list[str]:
-    """Each stage against the one before it and against SFT, question by question on both scored sets:
-    questions gained and lost, and the exact sign test's p (EX alone hides how much of a change is noise)."""
+    """Each stage against the stage it was trained from (a self-play iteration's opponent; after a drop that
+    is the best stage so far, not the one before it) and against SFT, question by question on both scored
+    sets: questions gained and lost, and the exact sign test's p (EX alone hides how much of a change is noise)."""
     run, names = RunFolder(run_dir), list(summary.stages)
-    sets = ("eval", "validation")
+    sets = ("validation", "eval")
+
+    def here(model: str) -> str:
+        return model_path_in(run_dir, model)
+
+    def built_on(number: int) -> str:
+        opponent = summary.stages[names[number]].opponent
+        if opponent is not None:
+            for earlier in reversed(names[:number]):
+                if here(summary.stages[earlier].model) == here(opponent):
+                    return earlier
+        return names[number - 1]
 
     def change(before: str, after: str, which: str) -> str:
         try:
             moved = paired_change(run.verdicts(before, which), run.verdicts(after, which))
-        except UserError:  # a set this stage did not score
+        except (UserError, ValueError, KeyError):  # a set not scored, or scored files this code cannot read
             return ""
         return f"+{moved.gained}/-{moved.lost}, p = {moved.p:.2g}"
 
     lines = ["## Question by question", "",
              "Questions a stage gained and lost (wrong before, right after; and the reverse) against the stage "
-             "before it and against SFT, with the exact two-sided sign test's p.", "",
-             "| stage | against | " + " | ".join(f"{which} EX" for which in sets) + " |", "|---|---|---:|---:|"]
+             "it was trained from and against SFT, with the exact two-sided sign test's p.", "",
+             "| stage | against | " + " | ".join(f"{which}: gained/lost, p" for which in sets) + " |",
+             "|---|---|---:|---:|"]
     for number, name in enumerate(names[1:], start=1):
-        against = [names[number - 1]] + (["sft"] if "sft" in names[: number - 1] else [])
-        lines += [f"| {name} | {before} | " + " | ".join(change(before, name, which) for which in sets) + " |"
-                  for before in against]
+        before = built_on(number)
+        against = [before] + (["sft"] if "sft" in names[:number] and before != "sft" else [])
+        lines += [f"| {name} | {earlier} | " + " | ".join(change(earlier, name, which) for which in sets) + " |"
+                  for earlier in against]
     return [*lines, ""] if len(names) > 1 else []
 
 
@@ -115,7 +129,6 @@ def write_report(run_dir: Path, summary: RunSummary) -> Path:
                      f"{'; '.join(stage.warnings)} |")
     lines += ["", f"**Kept:** `{summary.best}` -> `{summary.final_model}`", "",
               f"**Stopped:** {summary.stop_reason}", ""]
-    lines += _paired_changes(run_dir, summary)
     voted = {n: s for n, s in summary.stages.items() if s.greedy_ex}
     if voted:
         samples = config["generation"].get("vote_samples", 0)
@@ -131,6 +144,7 @@ def write_report(run_dir: Path, summary: RunSummary) -> Path:
     for name, stage in epochs.items():
         lines += [f"**{name}: validation EX by epoch** " + ", ".join(
             f"{epoch}: {ex:.2f}" for epoch, ex in stage.validation_ex_by_epoch.items()) + f"; kept epoch {stage.epoch}", ""]
+    lines += _paired_changes(run_dir, summary)
     labelled = {n: s.labels for n, s in summary.stages.items() if s.labels}
     if labelled:
         labels = list(next(iter(labelled.values())))
