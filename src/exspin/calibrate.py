@@ -120,8 +120,8 @@ def calibrate(config, log=print) -> Calibration:
     from exspin.generation.hf import prefill_tokens
     from exspin.hints.schema import SchemaBook
     from exspin.models import resolve_model
-    from exspin.prompts import build_prompts, sizing_texts
-    from exspin.records import PreferencePair, SFTExample
+    from exspin.prompts import build_prompts, sft_records, sizing_texts
+    from exspin.records import PreferencePair
     from exspin.sqltext import normal_form
     from exspin.training.common import StepTimes
     from exspin.training.selfplay import build_selfplay_trainer
@@ -188,7 +188,7 @@ def calibrate(config, log=print) -> Calibration:
     train_prompts = build_prompts(chosen, train_book, tokenizer, config.prompt)
     sizes = timed_prompt_sizes(sizing_texts(questions, dev_book, config.prompt),
                                sizing_texts(chosen, train_book, config.prompt), tokenizer, config)
-    records = [SFTExample(prompt=p, completion=normal_form(e.gold_sql)) for e, p in zip(chosen, train_prompts, strict=True)]
+    records = sft_records(chosen, train_prompts)
 
     with tempfile.TemporaryDirectory(prefix="exspin-calibrate-") as out:
         settings = config.sft.train.model_copy(update={"max_steps": TRAINING_STEPS + 1, "save_every_steps": None,

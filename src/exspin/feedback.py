@@ -236,8 +236,8 @@ def replay_rows(examples: Sequence[Example], prompts: dict[int, str], count: int
     """`count` NLL-only rows: the gold SQL of training questions drawn uniformly (right or wrong answered),
     so that training on pairs of hard questions does not drift from the rest. Each is a pair whose two
     sides are the gold: the preference loss has no gradient there (the two log-ratios cancel; self-play
-    trains without dropout, and config refuses a loss for which they do not cancel), and the NLL term (selfplay.train.nll_weight) trains on its
-    chosen side. They count in trl's logged means (rewards, margins, chosen log-probs) like any pair."""
+    trains without dropout, and config refuses a loss for which they do not cancel), and the NLL term
+    (selfplay.train.nll_weight) trains on its chosen side. They count in trl's logged means (rewards, margins, chosen log-probs) like any pair."""
     import random
 
     drawn = random.Random(seed).choices(list(examples), k=count) if examples and count else []

@@ -37,7 +37,7 @@ from exspin.generation import GenerationConfig, load_generator
 from exspin.guards import chosen_logp_warning, control, length_drift_warning, reference_logps
 from exspin.hints.schema import SchemaBook
 from exspin.progress import progress_bar
-from exspin.prompts import build_prompts, sizing_texts
+from exspin.prompts import build_prompts, sft_records, sizing_texts
 from exspin.records import Example, Generation, Pair, SFTExample
 from exspin.report import write_report
 from exspin.run_folder import (
@@ -50,7 +50,6 @@ from exspin.run_folder import (
     StageSummary,
     stage_folder_name,
 )
-from exspin.sqltext import normal_form
 from exspin.training.launch import optimizer_steps, processes, train, trained_in
 from exspin.training.settings import SFTSettings
 
@@ -263,9 +262,8 @@ MIN_ITERATION_STEPS = 20  # fewer optimizer steps than this barely move the mode
 
 
 def _sft_stage(run: Run, model_path: str, folder: Path) -> dict:
-    prompts = run.prompts("train")
-    # The gold SQL in normal form: Spider's tokenised spacing is not something to learn.
-    records = [SFTExample(prompt=prompts[e.index], completion=normal_form(e.gold_sql)) for e in run.examples("train")]
+    prompts, examples = run.prompts("train"), run.examples("train")
+    records = sft_records(examples, [prompts[e.index] for e in examples])
     write_jsonl(folder / "sft_records.jsonl", (r.model_dump() for r in records))
     model, _ = train("sft", model_path, records, run.config.sft.train, folder, run.config.launcher)
     summary = {"model": str(model), **_fit(folder), **_score_model(run, str(model), folder)}
@@ -429,7 +427,7 @@ def prompt_sizes(config: RunConfig, train: Split, evaluation: Split, train_set: 
         position = {e.index: i for i, e in enumerate(train_set)}
         block = iteration_questions(train_set, config.selfplay.questions_per_iteration, 1, config.seed)
         answering = [built["train"][position[e.index]] for e in block]
-        records = [(prompt, normal_form(e.gold_sql)) for e, prompt in zip(train_set, built["train"], strict=True)]
+        records = [(r.prompt, r.completion) for r in sft_records(train_set, built["train"])]
         trained = {"train_prefill_tokens": prefilled(answering, ANSWER_PIECE), "train_prompts": len(answering),
                    # packed as on the default model (SDPA takes a 4-D mask); the plan loads no model to ask
                    "sft_positions_per_epoch": sum(positions_fed(tokenizer, records, config.sft.train, packs=True))}

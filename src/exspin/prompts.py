@@ -27,8 +27,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from exspin.hints.schema import Column, DatabaseSchema, SchemaBook, Table
-from exspin.records import Example, SchemaHints
-from exspin.sqltext import readable_identifier
+from exspin.records import Example, SchemaHints, SFTExample
+from exspin.sqltext import normal_form, readable_identifier
 
 SYSTEM_PROMPT = "You are a SQLite expert. Given a database schema and a question, write one SQLite query."
 INSTRUCTION = "Write one SQLite query that answers the question. Output only the SQL."
@@ -227,3 +227,11 @@ def build_prompts(examples: Sequence[Example], schemas: SchemaBook, tokenizer, p
         prompts.append(build_prompt(example, schema, tokenizer, hints(example, schema) if hints else None,
                                     prompt_config))
     return prompts
+
+
+def sft_records(examples: Sequence[Example], prompts: Sequence[str]) -> list[SFTExample]:
+    """What SFT trains on, one record a question: its prompt (prompts[i] for examples[i]) and its gold SQL in
+    normal form (Spider's tokenised spacing is not something to learn). The SFT stage, the calibration's timed
+    steps and the dry run's count all take it from here."""
+    return [SFTExample(prompt=prompt, completion=normal_form(example.gold_sql))
+            for example, prompt in zip(examples, prompts, strict=True)]

@@ -111,12 +111,13 @@ def write_report(run_dir: Path, summary: RunSummary) -> Path:
     _plot_ex(summary, folder / "ex_per_stage.png")
     has_logps = _plot_logps(run_dir, folder / "logps.png")
     config = json.loads((run_dir / "config.json").read_text())
+    method = config["selfplay"]["method"]
+    loss = config["selfplay"].get("train", {}).get("loss", "sigmoid")  # absent from a run saved before it existed
     lines = [
         f"# exspin run: {run_dir.name}",
         "",
-        f"Model `{config['model']}`, self-play method **{config['selfplay']['method']}**"
-        + (f" (loss {loss})" if (loss := config["selfplay"].get("train", {}).get("loss", "sigmoid")) != "sigmoid" else "")
-        + f", data `{config['data']['path']}`.",
+        f"Model `{config['model']}`, self-play method **{method}**{f' (loss {loss})' if loss != 'sigmoid' else ''}, "
+        f"data `{config['data']['path']}`.",
         "",
         "| stage | validation EX % | eval EX % | pairs | truncated | wall time (s) | warnings |",
         "|---|---:|---:|---:|---:|---:|---|",
