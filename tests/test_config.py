@@ -180,6 +180,10 @@ def test_a_saved_config_keeps_the_defaults_it_ran_with():
     assert saved_config(saved).selfplay.feedback.pairs_per_question == 1
     assert RunConfig.model_validate(saved).selfplay.feedback.pairs_per_question == 2
     assert saved_config({}).selfplay.method == "exspin"  # saved before DPO became the default: it ran ExSPIN
+    # saved before answers were repaired: scored without repair; a new config repairs, a saved choice stands
+    assert saved_config({}).generation.repair_columns is False
+    assert RunConfig.model_validate({}).generation.repair_columns is True
+    assert saved_config({"generation": {"repair_columns": True}}).generation.repair_columns is True
 
 
 def test_a_run_folders_config_json_reads_back_as_saved(tmp_path):

@@ -46,6 +46,13 @@ def test_full_run_then_kill_and_resume(tiny_run, tmp_path):
     from exspin.run_folder import RunFolder, model_path_in
 
     run, stages = RunFolder(whole), summary["stages"]
+    # Answers repaired by execution (the default): each scored set says what the model's own SQL scored.
+    for stage in ("start", "sft", "exspin-1", "exspin-2"):
+        for which in ("validation", "eval"):
+            repair = json.loads((run.stage_dir(stage) / f"eval_{which}" / "repair.json").read_text())
+            assert summary["stages"][stage]["model_ex"][which] == repair["model_ex"] <= repair["ex"]
+            assert repair["ex"] == summary["stages"][stage][f"{which}_ex"]
+    assert "| sft | " in report.split("The model's own SQL:")[1]
 
     def trained_from(name: str) -> str:
         opponent = model_path_in(whole, stages[name]["opponent"])

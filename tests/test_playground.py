@@ -384,3 +384,20 @@ def test_browser_sql_box_ask_and_run_browser(server, browser):
     first_pair = RunTables(server["run_dir"]).pair_rows("exspin-2")[0]
     _wait_for(browser, lambda d: first_pair["question"] in _text(d, "pairs"))
     browser.save_screenshot(str(SCREENSHOTS / "run_browser.png"))
+
+
+def test_the_playground_repairs_an_answer_as_scoring_does(spider_dir):
+    """The repair that scoring applies (execution/repair.py) answers a playground question too: a column of a
+    table the query never joined, joined on its foreign key; the page shows the model's SQL above the repair."""
+    from exspin.playground.ask import Asker, Databases
+
+    asker = Asker(Databases([spider_dir]))
+    database = asker.databases.get("poker_player")
+    model_sql = "SELECT Name FROM poker_player ORDER BY Earnings DESC"
+    message = asker.run_sql(database, model_sql).execution.message
+    assert message == "no such column: Name"
+    repaired = asker._repaired(database, model_sql, message)
+    assert repaired == ("SELECT J1.Name FROM poker_player JOIN people AS J1 ON poker_player.People_ID = J1.People_ID "
+                        "ORDER BY poker_player.Earnings DESC")
+    assert asker.run_sql(database, repaired).execution.rows[0] == ("Maksim Botin",)  # the gold answer's first row
+    assert asker._repaired(database, "SELECT salary FROM poker_player", "no such column: salary") is None

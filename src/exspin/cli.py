@@ -214,6 +214,8 @@ def predict_command(
     samples: Annotated[int, typer.Option(help="Vote by execution over greedy's answer and this many samples "
                                          "(0: greedy alone).")] = 0,
     temperature: Annotated[float, typer.Option(help="Sampling temperature of the vote's samples.")] = 0.8,
+    repair: Annotated[bool, typer.Option(help="Repair greedy answers that SQLite refuses for a missing column, "
+                                         "where a rewrite against the schema makes them run.")] = True,
     timeout: Timeout = 30.0,
     workers: Workers = 0,
 ) -> None:
@@ -232,7 +234,7 @@ def predict_command(
     examples = loaded.executable[:limit]
     try:
         config = GenerationConfig(backend=backend, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                  vote_samples=samples, vote_temperature=temperature)
+                                  vote_samples=samples, vote_temperature=temperature, repair_columns=repair)
     except ValueError as error:
         raise UserError(f"invalid generation option: {error.errors()[0]['msg']}") from None
     model_path = resolve_model(model)
@@ -252,7 +254,17 @@ def predict_command(
                   f"{stats.tokens} tokens at {stats.tokens_per_s:.1f} tokens/s")
     if samples:
         _print_vote(out)
+    if (out / "repair.json").is_file():
+        _print_repair(out)
     console.print(f"wrote {out}")
+
+
+def _print_repair(out: Path) -> None:
+    repair = json.loads((out / "repair.json").read_text())
+    change = repair["repaired_vs_model"]
+    console.print(f"repaired {repair['repaired']} of the {repair['failed']} answers that failed to run: EX "
+                  f"{repair['ex']:.2f}% against the model's own SQL's {repair['model_ex']:.2f}% "
+                  f"(+{change['gained']}/-{change['lost']}, sign test p {change['p']:.3g})")
 
 
 def _print_vote(out: Path) -> None:

@@ -137,6 +137,16 @@ class RunConfig(_Section):
     execution: ExecutionSettings = ExecutionSettings()
     launcher: LauncherSettings = LauncherSettings()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _saved_generation(cls, data, info: ValidationInfo):
+        """A run saved before answers were repaired (generation.repair_columns) was scored without repair."""
+        if not isinstance(data, dict) or not (info.context or {}).get("saved"):
+            return data
+        generation = data.get("generation")
+        generation = generation if isinstance(generation, dict) else {}
+        return {**data, "generation": {"repair_columns": False, **generation}}
+
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
         if self.selfplay.method in OWN_ANSWERS and self.selfplay.iterations and self.selfplay.samples_per_question < 2:

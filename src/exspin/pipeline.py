@@ -212,7 +212,7 @@ def _score_model(run: Run, model_path: str, folder: Path, which_sets: tuple[str,
             shutil.copytree(earlier / f"eval_{which}", folder / f"eval_{which}")
         summary = StageSummary.model_validate(json.loads((earlier / DONE).read_text()))
         return {**summary.model_dump(include={"validation_ex", "eval_ex", "mean_completion_chars", "tokens_per_s",
-                                              "greedy_ex", "pass_at_k"}, exclude_none=True),
+                                              "greedy_ex", "pass_at_k", "model_ex"}, exclude_none=True),
                 "scored_in": earlier.name}
 
     generator = load_generator(model_path, run.config.generation)
@@ -229,6 +229,9 @@ def _score_model(run: Run, model_path: str, folder: Path, which_sets: tuple[str,
         votes = {which: json.loads((folder / f"eval_{which}" / "vote.json").read_text()) for which in which_sets}
         scores["greedy_ex"] = {which: vote["greedy_ex"] for which, vote in votes.items()}
         scores["pass_at_k"] = {which: vote["pass_at_k"] for which, vote in votes.items()}
+    repairs = {which: folder / f"eval_{which}" / "repair.json" for which in which_sets}
+    if all(path.is_file() for path in repairs.values()):  # the EX above is of the repaired answers
+        scores["model_ex"] = {which: json.loads(path.read_text())["model_ex"] for which, path in repairs.items()}
     generation = json.loads((folder / f"eval_{which_sets[0]}" / "generation.json").read_text())
     scores["mean_completion_chars"] = generation["mean_completion_chars"]
     scores["tokens_per_s"] = generation["tokens_per_s"]
@@ -307,6 +310,9 @@ def _pick_epoch(run: Run, base_model: str, folder: Path, final: dict) -> dict:
             vote = json.loads((folder / "eval_validation" / "vote.json").read_text())
             picked.update(greedy_ex={"validation": vote["greedy_ex"], **scores["greedy_ex"]},
                           pass_at_k={"validation": vote["pass_at_k"], **scores["pass_at_k"]})
+        if "model_ex" in scores:  # answers repaired: the kept epoch's own SQL's EX on both sets
+            repair = json.loads((folder / "eval_validation" / "repair.json").read_text())
+            picked.update(model_ex={"validation": repair["model_ex"], **scores["model_ex"]})
     return picked
 
 

@@ -141,6 +141,14 @@ def write_report(run_dir: Path, summary: RunSummary) -> Path:
         lines += [f"| {n} | {s.greedy_ex.get('validation', 0):.2f} | {s.greedy_ex.get('eval', 0):.2f} | "
                   f"{s.pass_at_k.get('validation', 0):.2f} | {s.pass_at_k.get('eval', 0):.2f} |" for n, s in voted.items()]
         lines.append("")
+    repaired = {n: s for n, s in summary.stages.items() if s.model_ex}
+    if repaired:
+        lines += ["EX above is of the answers after repair: a query SQLite refused for a missing column, rewritten "
+                  "against the schema where that made it run (generation.repair_columns). The model's own SQL:", "",
+                  "| stage | model's validation EX % | model's eval EX % |", "|---|---:|---:|"]
+        lines += [f"| {n} | {s.model_ex.get('validation', 0):.2f} | {s.model_ex.get('eval', 0):.2f} |"
+                  for n, s in repaired.items()]
+        lines.append("")
     epochs = {n: s for n, s in summary.stages.items() if s.validation_ex_by_epoch}
     for name, stage in epochs.items():
         lines += [f"**{name}: validation EX by epoch** " + ", ".join(

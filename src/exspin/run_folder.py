@@ -49,6 +49,9 @@ class StageSummary(BaseModel):
     # (some candidate right) by set
     greedy_ex: dict[str, float] | None = None
     pass_at_k: dict[str, float] | None = None
+    # Answers repaired by execution (generation.repair_columns): the EX above is the repaired answers'; the
+    # model's own SQL's by set
+    model_ex: dict[str, float] | None = None
     over_max_length: int | None = None  # training examples the trainer had to truncate
     # SFT with epoch snapshots: validation EX of each epoch, the epoch kept, the last epoch's scores
     validation_ex_by_epoch: dict[int, float] | None = None

@@ -13,6 +13,7 @@ from exspin.errors import UserError
 from exspin.evaluation import EvalResult, evaluate, write_results
 from exspin.evaluation.stats import paired_change
 from exspin.execution.pool import SqlRunner
+from exspin.execution.repair import repair_answers
 from exspin.execution.vote import candidates_from, vote_many
 from exspin.generation import GenerationConfig, Generator, extract_sql
 from exspin.hints.schema import SchemaBook
@@ -127,8 +128,10 @@ def _score(model_path: str, prompt_set: PromptSet, completions: Sequence[Sequenc
     else:
         records = [{"index": e.index, "db_id": e.db_id, "question": e.question, "sql": extract_sql(c[0]),
                     "completion": c[0]} for e, c in zip(examples, completions, strict=True)]
-        write_jsonl(out_dir / "predictions.jsonl", records)
         result = evaluate(prompt_set.split, {r["index"]: r["sql"] for r in records}, runner)
+        if generation_config.repair_columns:
+            result = repair_and_score(prompt_set.split, records, result, runner, out_dir)
+        write_jsonl(out_dir / "predictions.jsonl", records)
         write_results(result, out_dir)
     seconds, tokens = timing["seconds"], timing["tokens"]
     # Generated with other sets in one call: its time and tokens are the call's, not this set's.
@@ -141,6 +144,26 @@ def _score(model_path: str, prompt_set: PromptSet, completions: Sequence[Sequenc
         "tokens_per_s": tokens / seconds if seconds else 0.0,
         "mean_completion_chars": sum(len(r["completion"]) for r in records) / max(len(records), 1),
         "config": generation_config.model_dump()})
+    return result
+
+
+def repair_and_score(split: Split, records: list[dict], model_result: EvalResult, runner: SqlRunner,
+              out_dir: Path) -> EvalResult:
+    """Repair the answers SQLite refused for a missing column (execution/repair.py) and score again. Each
+    repaired record keeps the model's SQL as `model_sql`; repair.json holds the model's EX, the repaired EX and
+    the change between them with an exact sign test."""
+    failed = {v.index: (str(split.db_path(v.db_id)), v.pred, v.message) for v in model_result.examples
+              if v.outcome == "runtime_error"}
+    schemas, db_of = SchemaBook(split, n_values=0), {v.index: v.db_id for v in model_result.examples}
+    repaired = repair_answers(failed, lambda index: schemas[db_of[index]].layout(), runner.execute_many)
+    for record in records:
+        if record["index"] in repaired:
+            record["model_sql"], record["sql"] = record["sql"], repaired[record["index"]]
+    result = evaluate(split, {r["index"]: r["sql"] for r in records}, runner) if repaired else model_result
+    change = paired_change(model_result.examples, result.examples)
+    write_json(out_dir / "repair.json", {"model_ex": round(model_result.ex, 4), "ex": round(result.ex, 4),
+                                         "failed": len(failed), "repaired": len(repaired),
+                                         "repaired_vs_model": change.to_json()})
     return result
 
 

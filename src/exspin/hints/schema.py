@@ -58,6 +58,11 @@ class DatabaseSchema:
     def table(self, name: str) -> Table | None:
         return next((t for t in self.tables if t.name.lower() == name.lower()), None)
 
+    def layout(self) -> tuple[dict[str, list[str]], list[tuple[str, str, str, str]]]:
+        """Each table's column names, and the foreign keys as (table, column, referenced table, its column)."""
+        return ({t.name: [c.name for c in t.columns] for t in self.tables},
+                [(k.table, k.column, k.ref_table, k.ref_column) for k in self.foreign_keys])
+
 
 def _short(value: object) -> str:
     text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

@@ -158,6 +158,9 @@ def build_app(asker: Asker, models: dict[str, str], run: RunTables | None = None
                                                hints if use_hints else None, int(samples or 0))
                     sql = answer.sql or "-- no SQL found in the model's answer, which was:\n" + "\n".join(
                         f"-- {line}" for line in answer.completion.splitlines() or [""])
+                    if answer.model_sql is not None:  # repaired: what the model wrote, above the repair
+                        sql = "-- repaired against the schema; the model wrote:\n" + "\n".join(
+                            f"-- {line}" for line in answer.model_sql.splitlines()) + "\n" + sql
                     shown += (outcome_text(answer.result), sql, _frame(answer.result), answer.prompt,
                               vote_text(answer))
                 return shown

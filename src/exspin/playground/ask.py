@@ -15,6 +15,7 @@ from exspin.config import RunConfig
 from exspin.data import Split, detect_dataset, is_sqlite_database, load_split
 from exspin.errors import UserError
 from exspin.execution.compare import normalize
+from exspin.execution.repair import repair_answers
 from exspin.execution.sandbox import execute, execute_with_columns
 from exspin.execution.vote import Vote, candidates_from, tally
 from exspin.generation import Generator, extract_sql, load_generator
@@ -57,6 +58,7 @@ class Answer:
     result: QueryResult
     vote: Vote | None = None  # answered by execution vote: every candidate, its group, the winner
     previews: tuple[str, ...] = ()  # per candidate, its result's first row (or its failure)
+    model_sql: str | None = None  # the model's own SQL, where `sql` is its repair (execution/repair.py)
 
 
 class Databases:
@@ -189,7 +191,13 @@ class Asker:
                     "num_samples": samples, "temperature": self.config.generation.vote_temperature}))
         if not samples:
             sql = extract_sql(greedy[0])
-            return Answer(model, prompt, greedy[0], sql, self.run_sql(database, sql))
+            result = self.run_sql(database, sql)
+            if self.config.generation.repair_columns and result.execution.outcome == "runtime_error":
+                repaired = self._repaired(database, sql, result.execution.message)
+                if repaired is not None:
+                    return Answer(model, prompt, greedy[0], repaired, self.run_sql(database, repaired),
+                                  model_sql=sql)
+            return Answer(model, prompt, greedy[0], sql, result)
         candidates = candidates_from(generator.tokenizer, greedy[0], greedy_logprob[0], *drawn)
         semantics = database.split.dataset
         with self._sql_lock:  # as the judge runs them
@@ -202,6 +210,16 @@ class Asker:
                          "no rows" if run.ok else run.outcome for run in runs)
         chosen = vote.candidates[vote.chosen]
         return Answer(model, prompt, chosen.completion, chosen.sql, self.run_sql(database, chosen.sql), vote, previews)
+
+    def _repaired(self, database: Database, sql: str, message: str) -> str | None:
+        """The answer repaired against the schema where SQLite refused it for a missing column, as scoring
+        repairs it; None where no rewrite runs."""
+        def execute_many(queries: list[tuple[str, str]]) -> list[Execution]:
+            with self._sql_lock:
+                return [execute(path, text, self.timeout_s, self.max_rows, self.max_bytes) for path, text in queries]
+
+        layout = self._schema(database).layout()
+        return repair_answers({0: (str(database.path), sql, message)}, lambda _key: layout, execute_many).get(0)
 
     def run_sql(self, database: Database, sql: str) -> QueryResult:
         if not sql.strip():

@@ -1,0 +1,173 @@
+"""Answers repaired by execution: where SQLite refuses a model's query with "no such column", the column it
+names is looked up in the schema, and the reference is rewritten:
+- a qualified column that its table lacks but exactly one other table of the same FROM has: that table's
+  alias (`T2.name` where `name` is T1's);
+- a column whose name is one of those tables' columns up to case and separators (`pet_type` for `PetType`),
+  or, failing that, its one close spelling (rapidfuzz ratio >= REPAIR_SIMILARITY);
+- a column of a table the query does not read, the only table that has it, linked by exactly one foreign key
+  to the table the reference starts from: that table joined on the key (`SELECT name FROM entrepreneur`
+  where `name` is people's).
+Only the column the error names is touched, one error at a time (a query may need a few rounds), and a repair
+stands only where the repaired query runs. It never sees the gold: it uses the query's own error, as a user's
+query meets it. The model's SQL is kept beside the answer (predictions.jsonl `model_sql`)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+
+import sqlglot
+from rapidfuzz import fuzz, process
+from sqlglot import exp
+from sqlglot.errors import SqlglotError
+from sqlglot.optimizer.scope import traverse_scope
+
+from exspin.records import Execution
+
+REPAIR_SIMILARITY = 85  # rapidfuzz ratio of squashed names; 85 lets one letter in seven differ
+REPAIR_ROUNDS = 3  # a query naming several wrong columns is repaired one error a round
+MISSING_COLUMN = re.compile(r"no such column: (?:(?P<table>[^.\s]+)\.)?(?P<column>\S+)", re.IGNORECASE)
+
+Tables = Mapping[str, Sequence[str]]  # a database's tables, each with its column names
+Link = tuple[str, str, str, str]  # a foreign key: table, column, the table it references, the column there
+
+
+def missing_column(message: str) -> tuple[str | None, str] | None:
+    """The (qualifier, column) a "no such column" error names, else None."""
+    found = MISSING_COLUMN.search(message)
+    return (found["table"], found["column"]) if found else None
+
+
+def _squash(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def closest_column(name: str, columns: Sequence[str]) -> str | None:
+    """The one column that is `name` up to case and separators, else its one close spelling, else None."""
+    same = {c for c in columns if _squash(c) == _squash(name)}
+    if same:
+        return same.pop() if len(same) == 1 else None
+    scored = process.extract(_squash(name), {c: _squash(c) for c in set(columns)}, scorer=fuzz.ratio, limit=2)
+    if scored and scored[0][1] >= REPAIR_SIMILARITY and (len(scored) == 1 or scored[1][1] < scored[0][1]):
+        return scored[0][2]
+    return None
+
+
+def repair_column(sql: str, missing: tuple[str | None, str], tables: Tables, links: Sequence[Link] = ()
+                  ) -> str | None:
+    """`sql` with the references to the missing (qualifier, column) rewritten against the tables its FROM
+    reads, or joined to the one table that has the column (module docstring); None where there is nothing to
+    rewrite or no single way to."""
+    try:
+        tree = sqlglot.parse_one(sql, read="sqlite")
+    except SqlglotError:
+        return None
+    if tree is None:
+        return None
+    columns_of = {table.lower(): list(columns) for table, columns in tables.items()}
+    table_names = {table.lower(): table for table in tables}
+    qualifier, name = missing[0] and missing[0].lower(), missing[1]
+    changed = False
+    for scope in traverse_scope(tree):
+        # alias -> the table it reads, for the scope's tables in the schema (not subqueries, not CTEs)
+        read = {alias.lower(): source.name.lower() for alias, source in scope.sources.items()
+                if isinstance(source, exp.Table) and source.name.lower() in columns_of}
+        spelt = {alias.lower(): alias for alias in scope.sources}  # the query's own spelling of each alias
+        known = len(read) == len(scope.sources)  # else a subquery's or CTE's columns, not known here
+        references = [c for c in scope.columns
+                      if c.name.lower() == name.lower() and c.table.lower() == (qualifier or "")]
+        if not references or (qualifier and qualifier not in read):
+            continue
+        fix = _within(name, qualifier, read, columns_of, known)
+        if fix is None and known:
+            fix = _joined(scope, name, qualifier, read, spelt, table_names, columns_of, links)
+        if fix is None:
+            continue
+        alias, column_name = fix
+        for reference in references:
+            reference.set("this", exp.to_identifier(column_name))
+            if alias is not None:
+                reference.set("table", exp.to_identifier(spelt.get(alias, alias)))
+        changed = True
+    return tree.sql(dialect="sqlite") if changed else None
+
+
+def _has(columns: Sequence[str], name: str) -> bool:
+    return name.lower() in (c.lower() for c in columns)
+
+
+def _within(name: str, qualifier: str | None, read: dict[str, str], columns_of: dict[str, list[str]],
+            known: bool) -> tuple[str | None, str] | None:
+    """(alias or None, column) for a reference the scope's own tables can answer: another alias holding the
+    column, the qualifier's table's close spelling, or one close spelling among all the tables read."""
+    if qualifier:
+        holders = [alias for alias, table in read.items() if _has(columns_of[table], name)]
+        if len(holders) == 1:
+            return holders[0], name
+        own = closest_column(name, columns_of[read[qualifier]])
+        if own is not None:
+            return qualifier, own
+    if not known:
+        return None
+    owners: dict[str, list[str]] = {}
+    for alias, table in read.items():
+        for column in columns_of[table]:
+            owners.setdefault(column, []).append(alias)
+    found = closest_column(name, list(owners))
+    if found is None or len(owners[found]) > 1:
+        return None
+    return (owners[found][0] if qualifier else None), found
+
+
+def _joined(scope, name: str, qualifier: str | None, read: dict[str, str], spelt: dict[str, str],
+            table_names: dict[str, str], columns_of: dict[str, list[str]], links: Sequence[Link]) -> tuple[str, str] | None:
+    """Join the table that has the column where exactly one foreign key links such a table to the table the
+    reference starts from (its qualifier's, or any the scope reads); (its alias, the column), else None."""
+    select = scope.expression
+    if not isinstance(select, exp.Select) or select.args.get("from_") is None:
+        return None
+    targets = [table for table, columns in columns_of.items() if table not in read.values() and _has(columns, name)]
+    starts = {qualifier: read[qualifier]} if qualifier else read
+    found = [(alias, target, link) for alias, table in starts.items() for target in targets for link in links
+             if {link[0].lower(), link[2].lower()} == {table, target}]
+    if len(found) != 1:
+        return None
+    alias, target, (table, column, ref_table, ref_column) = found[0]
+    here, there = (column, ref_column) if table.lower() == read[alias] and ref_table.lower() == target \
+        else (ref_column, column)
+    new_alias = next(f"J{i}" for i in range(1, 100) if f"j{i}" not in spelt)
+    if len(read) == 1 and not qualifier:  # the columns written bare were the one table's: keep them its
+        for other in scope.columns:
+            if not other.table and _has(columns_of[read[alias]], other.name):
+                other.set("table", exp.to_identifier(spelt[alias]))
+    select.join(exp.to_table(table_names[target]).as_(new_alias),
+                on=exp.EQ(this=exp.column(here, table=spelt[alias]), expression=exp.column(there, table=new_alias)),
+                copy=False)
+    return new_alias, name
+
+
+def repair_answers(failed: Mapping[int, tuple[str, str, str]],
+                   layout_of: Callable[[int], tuple[Tables, Sequence[Link]]],
+                   execute_many: Callable[[list[tuple[str, str]]], Sequence[Execution]]) -> dict[int, str]:
+    """Repaired SQL for the answers that failed with "no such column" and run once repaired. `failed`: an answer's
+    key -> (database path, SQL, its error message); `layout_of`: the key's database tables and foreign keys;
+    `execute_many`: runs (database path, SQL) pairs in the sandbox (SqlRunner.execute_many)."""
+    pending = dict(failed)
+    repaired: dict[int, str] = {}
+    for _ in range(REPAIR_ROUNDS):
+        attempts = {}
+        for key, (db_path, sql, message) in pending.items():
+            missing = missing_column(message)
+            fixed = repair_column(sql, missing, *layout_of(key)) if missing else None
+            if fixed is not None and fixed != sql:
+                attempts[key] = (db_path, fixed)
+        if not attempts:
+            break
+        executions = execute_many(list(attempts.values()))
+        pending = {}
+        for (key, (db_path, fixed)), execution in zip(attempts.items(), executions, strict=True):
+            if execution.ok:
+                repaired[key] = fixed
+            elif execution.outcome == "runtime_error":
+                pending[key] = (db_path, fixed, execution.message)
+    return repaired

@@ -1,0 +1,121 @@
+"""Answers repaired by execution: the rewrite rules as data, the rounds against a real database, and the
+scoring path that keeps the model's own SQL and EX beside the repaired ones."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from exspin.data import load_split
+from exspin.evaluation import evaluate
+from exspin.evaluation.predict import repair_and_score
+from exspin.execution.pool import SqlRunner
+from exspin.execution.repair import missing_column, repair_answers, repair_column
+from tests.conftest import make_db
+
+TABLES = {
+    "singer": ["Singer_ID", "Name", "Country", "Age"],
+    "concert": ["concert_ID", "concert_Name", "Theme", "Stadium_ID", "Year"],
+    "singer_in_concert": ["concert_ID", "Singer_ID"],
+    "Pets": ["PetID", "PetType", "pet_age", "weight"],
+    "people": ["People_ID", "Name", "Height"],
+    "entrepreneur": ["Entrepreneur_ID", "People_ID", "Company"],
+}
+LINKS = [("singer_in_concert", "Singer_ID", "singer", "Singer_ID"), ("singer_in_concert", "concert_ID", "concert", "concert_ID"),
+         ("entrepreneur", "People_ID", "people", "People_ID")]
+
+# (query, SQLite's message, the repaired query or None where no single rewrite exists)
+CASES = [
+    # the alias points at a table without the column; exactly one other table of the FROM has it
+    ("SELECT T2.Name FROM singer AS T1 JOIN singer_in_concert AS T2 ON T1.Singer_ID = T2.Singer_ID",
+     "no such column: T2.Name",
+     "SELECT T1.Name FROM singer AS T1 JOIN singer_in_concert AS T2 ON T1.Singer_ID = T2.Singer_ID"),
+    # the name up to case and separators
+    ("SELECT pet_type, MAX(weight) FROM Pets GROUP BY pet_type", "no such column: pet_type",
+     "SELECT PetType, MAX(weight) FROM Pets GROUP BY PetType"),
+    # one close spelling
+    ("SELECT concert_Nme FROM concert", "no such column: concert_Nme", "SELECT concert_Name FROM concert"),
+    # qualified, misspelt, and the other table lacks it too: its own table's close spelling
+    ("SELECT T1.Countri FROM singer AS T1 JOIN concert AS T2 ON T1.Singer_ID = T2.Stadium_ID",
+     "no such column: T1.Countri",
+     "SELECT T1.Country FROM singer AS T1 JOIN concert AS T2 ON T1.Singer_ID = T2.Stadium_ID"),
+    # only the column the error names is touched
+    ("SELECT pet_type, unknown_thing FROM Pets", "no such column: pet_type", "SELECT PetType, unknown_thing FROM Pets"),
+    # two tables of the FROM have the column: no single rewrite
+    ("SELECT T3.concert_ID FROM singer AS T1 JOIN concert AS T2 JOIN singer_in_concert AS T3 ON 1 = 1",
+     "no such column: T3.Year", None),
+    # nothing close to the name
+    ("SELECT salary FROM singer", "no such column: salary", None),
+    # the column is a subquery's: its columns are not known here
+    ("SELECT sub.nme FROM (SELECT Name AS n FROM singer) AS sub", "no such column: sub.nme", None),
+    # not SQL sqlglot reads
+    ("SELEC Name FRM", "no such column: Name", None),
+    # a column of a table the query does not read, linked by one foreign key: joined, bare columns kept the
+    # first table's
+    ("SELECT Name FROM entrepreneur ORDER BY Company", "no such column: Name",
+     "SELECT J1.Name FROM entrepreneur JOIN people AS J1 ON entrepreneur.People_ID = J1.People_ID "
+     "ORDER BY entrepreneur.Company"),
+    ("SELECT T1.Height FROM entrepreneur AS T1 WHERE T1.Company = 'x'", "no such column: T1.Height",
+     "SELECT J1.Height FROM entrepreneur AS T1 JOIN people AS J1 ON T1.People_ID = J1.People_ID "
+     "WHERE T1.Company = 'x'"),
+    # the one table with the column has no foreign key to the table read: no join
+    ("SELECT Height FROM singer", "no such column: Height", None),
+]
+
+
+@pytest.mark.parametrize(("sql", "message", "expected"), CASES)
+def test_repair_rewrites_only_the_named_column_where_one_rewrite_exists(sql, message, expected):
+    assert repair_column(sql, missing_column(message), TABLES, LINKS) == expected
+
+
+def test_missing_column_reads_sqlites_message():
+    assert missing_column("no such column: T2.Name") == ("T2", "Name")
+    assert missing_column("no such column: pet_type") == (None, "pet_type")
+    assert missing_column("no such table: pets") is None
+
+
+SQL = """
+CREATE TABLE singer (Singer_ID INTEGER PRIMARY KEY, Name TEXT, Country TEXT);
+CREATE TABLE singer_in_concert (concert_ID INTEGER, Singer_ID INTEGER);
+INSERT INTO singer VALUES (1, 'Ada', 'UK'), (2, 'Bo', 'NL');
+INSERT INTO singer_in_concert VALUES (10, 1), (11, 1), (12, 2);
+"""
+
+
+def test_repairs_run_in_rounds_and_stand_only_where_the_query_runs(tmp_path):
+    db = str(make_db(tmp_path / "s.sqlite", SQL))
+    tables = {"singer": ["Singer_ID", "Name", "Country"], "singer_in_concert": ["concert_ID", "Singer_ID"]}
+    failed = {
+        # two wrong references: two rounds
+        0: (db, "SELECT T2.Name, T2.Country FROM singer AS T1 JOIN singer_in_concert AS T2 "
+                "ON T1.Singer_ID = T2.Singer_ID", "no such column: T2.Name"),
+        # rewritten, but the rewrite still fails on something else (no such table): no repair
+        1: (db, "SELECT countri FROM singer JOIN nosuch", "no such column: countri"),
+        # not a missing column
+        2: (db, "SELECT COUNT(*, *) FROM singer", "wrong number of arguments to function COUNT()"),
+    }
+    with SqlRunner(workers=1) as runner:
+        repaired = repair_answers(failed, lambda _key: (tables, []), runner.execute_many)
+        assert repaired == {0: "SELECT T1.Name, T1.Country FROM singer AS T1 JOIN singer_in_concert AS T2 "
+                               "ON T1.Singer_ID = T2.Singer_ID"}
+        assert runner.execute_many([(db, repaired[0])])[0].rows == (("Ada", "UK"), ("Ada", "UK"), ("Bo", "NL"))
+
+
+def test_scoring_keeps_the_models_sql_and_ex_beside_the_repaired(spider_dir, tmp_path):
+    dev = load_split(spider_dir, "dev")
+    records = [{"index": 0, "db_id": "concert_singer", "sql": "SELECT COUNT(singerid) FROM singer"},  # repairable
+               {"index": 1, "db_id": "concert_singer", "sql": "SELECT COUNT(*) FROM singer"},  # right as it is
+               {"index": 2, "db_id": "concert_singer", "sql": "SELECT nosuch FROM singer"}]  # no rewrite
+    with SqlRunner(workers=1) as runner:
+        model_result = evaluate(dev, {r["index"]: r["sql"] for r in records}, runner)
+        result = repair_and_score(dev, records, model_result, runner, tmp_path)
+    assert [v.ex for v in model_result.examples] == [0, 1, 0]
+    assert [v.ex for v in result.examples] == [1, 1, 0]
+    assert records[0] == {"index": 0, "db_id": "concert_singer", "sql": "SELECT COUNT(Singer_ID) FROM singer",
+                          "model_sql": "SELECT COUNT(singerid) FROM singer"}
+    assert "model_sql" not in records[1] and "model_sql" not in records[2]
+    summary = json.loads((tmp_path / "repair.json").read_text())
+    assert summary["failed"] == 2 and summary["repaired"] == 1
+    assert (summary["model_ex"], summary["ex"]) == (pytest.approx(100 / 3, abs=1e-3), pytest.approx(200 / 3, abs=1e-3))
+    assert (summary["repaired_vs_model"]["gained"], summary["repaired_vs_model"]["lost"]) == (1, 0)
