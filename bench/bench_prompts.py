@@ -85,7 +85,7 @@ def main() -> None:
     model_path = resolve_model(DEFAULT_MODEL)
     generator = None
     tokenizer = load_tokenizer(model_path)
-    generation = GenerationConfig(max_new_tokens=args.max_new_tokens)
+    generation = GenerationConfig(max_new_tokens=args.max_new_tokens, repair_columns=False)  # the prompts alone
     out_root = ROOT / "runs" / "bench-prompts" / f"dev{size}"
     results_path = ROOT / "bench" / "results" / f"prompts_{size}.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {"arms": {}}

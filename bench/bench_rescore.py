@@ -41,6 +41,7 @@ def main() -> None:
     config = saved_config(run.config())
     recorded = json.loads((run.scored_dir(args.stage, "eval") / "generation.json").read_text())
     settings = {**recorded["config"]}  # as the stage was scored (keys it predates take their defaults)
+    settings.setdefault("repair_columns", False)  # scored before answers were repaired: compare generation alone
     for override in args.overrides:
         key, _, value = override.partition("=")
         settings[key] = None if value == "null" else json.loads(value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -184,6 +185,23 @@ def test_a_saved_config_keeps_the_defaults_it_ran_with():
     assert saved_config({}).generation.repair_columns is False
     assert RunConfig.model_validate({}).generation.repair_columns is True
     assert saved_config({"generation": {"repair_columns": True}}).generation.repair_columns is True
+
+
+def test_a_run_scored_before_repair_resumes_without_it(tmp_path):
+    """An old run resumed with its YAML goes on scoring as its finished stages were scored (no repair), rather
+    than being refused for a setting it predates; a run that chose repair, or a config that sets it, keeps it."""
+    from exspin.pipeline import Run
+
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "manifest.json").write_text('{"stages": {}}')
+    saved = RunConfig(run_dir=old).model_dump(mode="json")
+    del saved["generation"]["repair_columns"]
+    (old / "config.json").write_text(json.dumps(saved))
+    assert Run(RunConfig(run_dir=old), resume=True).config.generation.repair_columns is False
+    assert json.loads((old / "config.json").read_text())["generation"]["repair_columns"] is False
+    with pytest.raises(UserError, match="generation"):  # asked for repair explicitly: the settings differ
+        Run(RunConfig.model_validate({"run_dir": str(old), "generation": {"repair_columns": True}}), resume=True)
 
 
 def test_a_run_folders_config_json_reads_back_as_saved(tmp_path):

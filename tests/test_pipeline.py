@@ -52,7 +52,8 @@ def test_full_run_then_kill_and_resume(tiny_run, tmp_path):
             repair = json.loads((run.stage_dir(stage) / f"eval_{which}" / "repair.json").read_text())
             assert summary["stages"][stage]["model_ex"][which] == repair["model_ex"] <= repair["ex"]
             assert repair["ex"] == summary["stages"][stage][f"{which}_ex"]
-    assert "| sft | " in report.split("The model's own SQL:")[1]
+    model_ex = summary["stages"]["sft"]["model_ex"]
+    assert f"| sft | {model_ex['validation']:.2f} | {model_ex['eval']:.2f} |\n" in report
 
     def trained_from(name: str) -> str:
         opponent = model_path_in(whole, stages[name]["opponent"])

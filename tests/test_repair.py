@@ -42,9 +42,26 @@ CASES = [
      "SELECT T1.Country FROM singer AS T1 JOIN concert AS T2 ON T1.Singer_ID = T2.Stadium_ID"),
     # only the column the error names is touched
     ("SELECT pet_type, unknown_thing FROM Pets", "no such column: pet_type", "SELECT PetType, unknown_thing FROM Pets"),
+    # the qualifier's table lacks it and exactly one other table of the FROM has it
+    ("SELECT T3.Year FROM singer AS T1 JOIN concert AS T2 JOIN singer_in_concert AS T3 ON 1 = 1",
+     "no such column: T3.Year",
+     "SELECT T2.Year FROM singer AS T1 JOIN concert AS T2 ON TRUE JOIN singer_in_concert AS T3 ON 1 = 1"),
     # two tables of the FROM have the column: no single rewrite
-    ("SELECT T3.concert_ID FROM singer AS T1 JOIN concert AS T2 JOIN singer_in_concert AS T3 ON 1 = 1",
-     "no such column: T3.Year", None),
+    ("SELECT T1.concert_ID FROM singer AS T1 JOIN concert AS T2 JOIN singer_in_concert AS T3 ON 1 = 1",
+     "no such column: T1.concert_ID", None),
+    # a bare name an enclosing query's table has (a correlated subquery): not this scope's to repair
+    ("SELECT Name FROM singer WHERE EXISTS (SELECT 1 FROM singer_in_concert WHERE Name = 'x') AND nme = 1",
+     "no such column: Name", None),
+    # backticks render as double quotes, which SQLite reads as a string where no column has the name
+    ("SELECT `nme`, `Countri` FROM singer", "no such column: nme", None),
+    ("SELECT `nme`, `Country` FROM singer", "no such column: nme", 'SELECT Name, "Country" FROM singer'),
+    # the new join's alias shadows no alias of the query, in any scope
+    ("SELECT J1.Company FROM entrepreneur AS J1 WHERE EXISTS (SELECT 1 FROM entrepreneur AS T2 WHERE T2.Height > 1)",
+     "no such column: T2.Height",
+     "SELECT J1.Company FROM entrepreneur AS J1 WHERE EXISTS(SELECT 1 FROM entrepreneur AS T2 JOIN people AS J2 "
+     "ON T2.People_ID = J2.People_ID WHERE J2.Height > 1)"),
+    # nested deeper than sqlglot reads: left as it is, never an exception
+    ("SELECT " + "(" * 300 + "nme" + ")" * 300 + " FROM singer", "no such column: nme", None),
     # nothing close to the name
     ("SELECT salary FROM singer", "no such column: salary", None),
     # the column is a subquery's: its columns are not known here
@@ -73,6 +90,7 @@ def test_missing_column_reads_sqlites_message():
     assert missing_column("no such column: T2.Name") == ("T2", "Name")
     assert missing_column("no such column: pet_type") == (None, "pet_type")
     assert missing_column("no such table: pets") is None
+    assert missing_column("no such column: T1.Home Town") == ("T1", "Home Town")  # BIRD's names hold spaces
 
 
 SQL = """
@@ -90,8 +108,8 @@ def test_repairs_run_in_rounds_and_stand_only_where_the_query_runs(tmp_path):
         # two wrong references: two rounds
         0: (db, "SELECT T2.Name, T2.Country FROM singer AS T1 JOIN singer_in_concert AS T2 "
                 "ON T1.Singer_ID = T2.Singer_ID", "no such column: T2.Name"),
-        # rewritten, but the rewrite still fails on something else (no such table): no repair
-        1: (db, "SELECT countri FROM singer JOIN nosuch", "no such column: countri"),
+        # rewritten, but the rewrite still fails on something else (no such function): no repair
+        1: (db, "SELECT countri FROM singer WHERE Name = nosuchfn(1)", "no such column: countri"),
         # not a missing column
         2: (db, "SELECT COUNT(*, *) FROM singer", "wrong number of arguments to function COUNT()"),
     }

@@ -83,6 +83,12 @@ class Run:
         saved_path = self.dir / "config.json"
         if resume and saved_path.is_file():
             saved = json.loads(saved_path.read_text())
+            if "repair_columns" not in (saved.get("generation") or {}) and \
+                    "repair_columns" not in config.generation.model_fields_set:
+                # A run scored before answers were repaired goes on without, so its stages compare.
+                config = config.model_copy(update={"generation": config.generation.model_copy(
+                    update={"repair_columns": False})})
+                self.config, resolved = config, config.model_dump(mode="json")
             # Settings added since the run started take their defaults (if it no longer validates,
             # every differing section is reported below).
             with contextlib.suppress(ValueError):
@@ -645,6 +651,7 @@ def run_pipeline(config: RunConfig, resume: bool = False, log=print) -> RunSumma
     from exspin.models import resolve_model
 
     run = Run(config, resume, log)
+    config = run.config  # as the run goes on with it (an old run keeps scoring as it did)
     try:
         run.stage(DATA, lambda folder: _data_stage(run, folder))
         run.stage(PROMPTS, lambda folder: _prompts_stage(run, folder))

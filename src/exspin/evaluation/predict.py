@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from exspin.artifacts import read_jsonl, write_json, write_jsonl
@@ -128,10 +128,11 @@ def _score(model_path: str, prompt_set: PromptSet, completions: Sequence[Sequenc
     else:
         records = [{"index": e.index, "db_id": e.db_id, "question": e.question, "sql": extract_sql(c[0]),
                     "completion": c[0]} for e, c in zip(examples, completions, strict=True)]
+        write_jsonl(out_dir / "predictions.jsonl", records)  # on disk before anything else can go wrong
         result = evaluate(prompt_set.split, {r["index"]: r["sql"] for r in records}, runner)
         if generation_config.repair_columns:
             result = repair_and_score(prompt_set.split, records, result, runner, out_dir)
-        write_jsonl(out_dir / "predictions.jsonl", records)
+            write_jsonl(out_dir / "predictions.jsonl", records)
         write_results(result, out_dir)
     seconds, tokens = timing["seconds"], timing["tokens"]
     # Generated with other sets in one call: its time and tokens are the call's, not this set's.
@@ -148,10 +149,10 @@ def _score(model_path: str, prompt_set: PromptSet, completions: Sequence[Sequenc
 
 
 def repair_and_score(split: Split, records: list[dict], model_result: EvalResult, runner: SqlRunner,
-              out_dir: Path) -> EvalResult:
-    """Repair the answers SQLite refused for a missing column (execution/repair.py) and score again. Each
-    repaired record keeps the model's SQL as `model_sql`; repair.json holds the model's EX, the repaired EX and
-    the change between them with an exact sign test."""
+                     out_dir: Path) -> EvalResult:
+    """Repair the answers SQLite refused for a missing column (execution/repair.py) and judge the repaired ones
+    (every other verdict stands). Each repaired record keeps the model's SQL as `model_sql`; repair.json holds
+    the model's EX, the repaired EX and the change between them with an exact sign test."""
     failed = {v.index: (str(split.db_path(v.db_id)), v.pred, v.message) for v in model_result.examples
               if v.outcome == "runtime_error"}
     schemas, db_of = SchemaBook(split, n_values=0), {v.index: v.db_id for v in model_result.examples}
@@ -159,7 +160,8 @@ def repair_and_score(split: Split, records: list[dict], model_result: EvalResult
     for record in records:
         if record["index"] in repaired:
             record["model_sql"], record["sql"] = record["sql"], repaired[record["index"]]
-    result = evaluate(split, {r["index"]: r["sql"] for r in records}, runner) if repaired else model_result
+    judged = {v.index: v for v in evaluate(split, repaired, runner).examples} if repaired else {}
+    result = replace(model_result, examples=[judged.get(v.index, v) for v in model_result.examples])
     change = paired_change(model_result.examples, result.examples)
     write_json(out_dir / "repair.json", {"model_ex": round(model_result.ex, 4), "ex": round(result.ex, 4),
                                          "failed": len(failed), "repaired": len(repaired),

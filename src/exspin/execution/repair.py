@@ -26,7 +26,7 @@ from exspin.records import Execution
 
 REPAIR_SIMILARITY = 85  # rapidfuzz ratio of squashed names; 85 lets one letter in seven differ
 REPAIR_ROUNDS = 3  # a query naming several wrong columns is repaired one error a round
-MISSING_COLUMN = re.compile(r"no such column: (?:(?P<table>[^.\s]+)\.)?(?P<column>\S+)", re.IGNORECASE)
+MISSING_COLUMN = re.compile(r"no such column: (?P<name>.+?)\s*$", re.IGNORECASE | re.MULTILINE)
 
 Tables = Mapping[str, Sequence[str]]  # a database's tables, each with its column names
 Link = tuple[str, str, str, str]  # a foreign key: table, column, the table it references, the column there
@@ -35,7 +35,10 @@ Link = tuple[str, str, str, str]  # a foreign key: table, column, the table it r
 def missing_column(message: str) -> tuple[str | None, str] | None:
     """The (qualifier, column) a "no such column" error names, else None."""
     found = MISSING_COLUMN.search(message)
-    return (found["table"], found["column"]) if found else None
+    if not found:
+        return None
+    qualifier, dot, column = found["name"].partition(".")  # a column's name may hold spaces (BIRD's do)
+    return (qualifier, column) if dot else (None, qualifier)
 
 
 def _squash(name: str) -> str:
@@ -57,18 +60,24 @@ def repair_column(sql: str, missing: tuple[str | None, str], tables: Tables, lin
                   ) -> str | None:
     """`sql` with the references to the missing (qualifier, column) rewritten against the tables its FROM
     reads, or joined to the one table that has the column (module docstring); None where there is nothing to
-    rewrite or no single way to."""
+    rewrite or no single way to. Never raises: any SQL a model writes gets an answer."""
     try:
-        tree = sqlglot.parse_one(sql, read="sqlite")
-    except SqlglotError:
-        return None
+        return _repair_column(sql, missing, tables, links)
+    except (SqlglotError, RecursionError, ValueError, KeyError, AttributeError, TypeError):
+        return None  # SQL sqlglot cannot read, or nests too deep for it: left as the model wrote it
+
+
+def _repair_column(sql: str, missing: tuple[str | None, str], tables: Tables, links: Sequence[Link]) -> str | None:
+    tree = sqlglot.parse_one(sql, read="sqlite")
     if tree is None:
         return None
     columns_of = {table.lower(): list(columns) for table, columns in tables.items()}
     table_names = {table.lower(): table for table in tables}
     qualifier, name = missing[0] and missing[0].lower(), missing[1]
+    scopes = traverse_scope(tree)
+    taken = {alias.lower() for scope in scopes for alias in scope.sources}  # a new alias shadows none of these
     changed = False
-    for scope in traverse_scope(tree):
+    for scope in scopes:
         # alias -> the table it reads, for the scope's tables in the schema (not subqueries, not CTEs)
         read = {alias.lower(): source.name.lower() for alias, source in scope.sources.items()
                 if isinstance(source, exp.Table) and source.name.lower() in columns_of}
@@ -76,11 +85,13 @@ def repair_column(sql: str, missing: tuple[str | None, str], tables: Tables, lin
         known = len(read) == len(scope.sources)  # else a subquery's or CTE's columns, not known here
         references = [c for c in scope.columns
                       if c.name.lower() == name.lower() and c.table.lower() == (qualifier or "")]
-        if not references or (qualifier and qualifier not in read):
+        if not references or (qualifier and qualifier not in read) or _outer_has(scope, name, qualifier, columns_of):
             continue
+        if not qualifier and any(_has(columns_of[table], name) for table in read.values()):
+            continue  # this scope's bare references resolve: the error was another scope's
         fix = _within(name, qualifier, read, columns_of, known)
         if fix is None and known:
-            fix = _joined(scope, name, qualifier, read, spelt, table_names, columns_of, links)
+            fix = _joined(scope, name, qualifier, read, spelt, table_names, columns_of, links, taken)
         if fix is None:
             continue
         alias, column_name = fix
@@ -89,7 +100,34 @@ def repair_column(sql: str, missing: tuple[str | None, str], tables: Tables, lin
             if alias is not None:
                 reference.set("table", exp.to_identifier(spelt.get(alias, alias)))
         changed = True
-    return tree.sql(dialect="sqlite") if changed else None
+    if not changed:
+        return None
+    repaired = tree.sql(dialect="sqlite")
+    if ("`" in sql or "[" in sql) and not _quoted_names_exist(sqlglot.parse_one(repaired, read="sqlite"), columns_of):
+        return None
+    return repaired
+
+
+def _outer_has(scope, name: str, qualifier: str | None, columns_of: dict[str, list[str]]) -> bool:
+    """Whether a bare reference may be an enclosing query's column (a correlated subquery): left alone."""
+    if qualifier:
+        return False
+    outer = scope.parent
+    while outer is not None:
+        for source in outer.sources.values():
+            if isinstance(source, exp.Table) and _has(columns_of.get(source.name.lower(), []), name):
+                return True
+        outer = outer.parent
+    return False
+
+
+def _quoted_names_exist(tree: exp.Expression, columns_of: dict[str, list[str]]) -> bool:
+    """Whether every quoted column name in the rendered query is a column or an output name. sqlglot renders
+    `name` and [name] as "name", which SQLite reads as a string where no column has that name: the model's
+    query would run as another query. (A name the model itself wrote in double quotes stays as it was.)"""
+    names = {c.lower() for columns in columns_of.values() for c in columns}
+    names |= {a.alias.lower() for a in tree.find_all(exp.Alias)}
+    return all(c.name.lower() in names for c in tree.find_all(exp.Column) if c.this.args.get("quoted"))
 
 
 def _has(columns: Sequence[str], name: str) -> bool:
@@ -120,7 +158,7 @@ def _within(name: str, qualifier: str | None, read: dict[str, str], columns_of: 
 
 
 def _joined(scope, name: str, qualifier: str | None, read: dict[str, str], spelt: dict[str, str],
-            table_names: dict[str, str], columns_of: dict[str, list[str]], links: Sequence[Link]) -> tuple[str, str] | None:
+            table_names: dict[str, str], columns_of: dict[str, list[str]], links: Sequence[Link], taken: set[str]) -> tuple[str, str] | None:
     """Join the table that has the column where exactly one foreign key links such a table to the table the
     reference starts from (its qualifier's, or any the scope reads); (its alias, the column), else None."""
     select = scope.expression
@@ -135,7 +173,8 @@ def _joined(scope, name: str, qualifier: str | None, read: dict[str, str], spelt
     alias, target, (table, column, ref_table, ref_column) = found[0]
     here, there = (column, ref_column) if table.lower() == read[alias] and ref_table.lower() == target \
         else (ref_column, column)
-    new_alias = next(f"J{i}" for i in range(1, 100) if f"j{i}" not in spelt)
+    new_alias = next(f"J{i}" for i in range(1, 1000) if f"j{i}" not in taken)
+    taken.add(new_alias.lower())
     if len(read) == 1 and not qualifier:  # the columns written bare were the one table's: keep them its
         for other in scope.columns:
             if not other.table and _has(columns_of[read[alias]], other.name):
