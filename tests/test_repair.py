@@ -11,7 +11,7 @@ from exspin.data import load_split
 from exspin.evaluation import evaluate
 from exspin.evaluation.predict import repair_and_score
 from exspin.execution.pool import SqlRunner
-from exspin.execution.repair import missing_column, repair_answers, repair_column
+from exspin.execution.repair import missing_column, repair, repair_answers
 from tests.conftest import make_db
 
 TABLES = {
@@ -60,6 +60,18 @@ CASES = [
      "no such column: T2.Height",
      "SELECT J1.Company FROM entrepreneur AS J1 WHERE EXISTS(SELECT 1 FROM entrepreneur AS T2 JOIN people AS J2 "
      "ON T2.People_ID = J2.People_ID WHERE J2.Height > 1)"),
+    # a table's name up to case and separators; a column qualified with the missing name follows it
+    ("SELECT T2.Name FROM Singers AS T2", "no such table: Singers", "SELECT T2.Name FROM singer AS T2"),
+    ("SELECT singers.Name FROM singers", "no such table: singers", "SELECT singer.Name FROM singer"),
+    ("SELECT x FROM zzz", "no such table: zzz", None),
+    # a bare column the query equates across two tables: the first side's, which holds the same value
+    ("SELECT Singer_ID FROM singer AS T1 JOIN singer_in_concert AS T2 ON T1.Singer_ID = T2.Singer_ID",
+     "ambiguous column name: Singer_ID",
+     "SELECT T1.Singer_ID FROM singer AS T1 JOIN singer_in_concert AS T2 ON T1.Singer_ID = T2.Singer_ID"),
+    ("SELECT Singer_ID FROM singer AS T1 JOIN singer_in_concert AS T2 ON 1 = 1", "ambiguous column name: Singer_ID",
+     None),
+    # an error no rule rewrites
+    ("SELECT COUNT(*, *) FROM singer", "wrong number of arguments to function COUNT()", None),
     # nested deeper than sqlglot reads: left as it is, never an exception
     ("SELECT " + "(" * 300 + "nme" + ")" * 300 + " FROM singer", "no such column: nme", None),
     # nothing close to the name
@@ -82,8 +94,8 @@ CASES = [
 
 
 @pytest.mark.parametrize(("sql", "message", "expected"), CASES)
-def test_repair_rewrites_only_the_named_column_where_one_rewrite_exists(sql, message, expected):
-    assert repair_column(sql, missing_column(message), TABLES, LINKS) == expected
+def test_repair_rewrites_only_the_name_the_error_gives_where_one_rewrite_exists(sql, message, expected):
+    assert repair(sql, message, TABLES, LINKS) == expected
 
 
 def test_missing_column_reads_sqlites_message():

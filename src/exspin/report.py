@@ -143,7 +143,7 @@ def write_report(run_dir: Path, summary: RunSummary) -> Path:
         lines.append("")
     repaired = {n: s for n, s in summary.stages.items() if s.model_ex}
     if repaired:
-        lines += ["EX above is of the answers after repair: a query SQLite refused for a missing column, rewritten "
+        lines += ["EX above is of the answers after repair: a query SQLite refused for a name, rewritten "
                   "against the schema where that made it run (generation.repair_columns). The model's own SQL:", "",
                   "| stage | model's validation EX % | model's eval EX % |", "|---|---:|---:|"]
         lines += [f"| {n} | {s.model_ex.get('validation', 0):.2f} | {s.model_ex.get('eval', 0):.2f} |"

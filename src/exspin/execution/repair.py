@@ -1,13 +1,15 @@
-"""Answers repaired by execution: where SQLite refuses a model's query with "no such column", the column it
-names is looked up in the schema, and the reference is rewritten:
+"""Answers repaired by execution: where SQLite refuses a model's query for a name, the name is looked up in the
+schema and the query rewritten where exactly one rewrite exists. "no such column":
 - a qualified column that its table lacks but exactly one other table of the same FROM has: that table's
   alias (`T2.name` where `name` is T1's);
 - a column whose name is one of those tables' columns up to case and separators (`pet_type` for `PetType`),
   or, failing that, its one close spelling (rapidfuzz ratio >= REPAIR_SIMILARITY);
-- a column of a table the query does not read, the only table that has it, linked by exactly one foreign key
-  to the table the reference starts from: that table joined on the key (`SELECT name FROM entrepreneur`
-  where `name` is people's).
-Only the column the error names is touched, one error at a time (a query may need a few rounds), and a repair
+- a column of a table the query does not read, linked by exactly one foreign key to the table the reference
+  starts from: that table joined on the key (`SELECT name FROM entrepreneur` where `name` is people's).
+"no such table": the one table of that name up to case and separators, or its one close spelling
+(`Customers_Address_History` for `Customer_Address_History`). "ambiguous column name": a bare column that the
+query equates across two tables (`ON T1.id = T2.id`), qualified with the first.
+Only the name the error gives is touched, one error at a time (a query may need a few rounds), and a repair
 stands only where the repaired query runs. It never sees the gold: it uses the query's own error, as a user's
 query meets it. The model's SQL is kept beside the answer (predictions.jsonl `model_sql`)."""
 
@@ -27,6 +29,8 @@ from exspin.records import Execution
 REPAIR_SIMILARITY = 85  # rapidfuzz ratio of squashed names; 85 lets one letter in seven differ
 REPAIR_ROUNDS = 3  # a query naming several wrong columns is repaired one error a round
 MISSING_COLUMN = re.compile(r"no such column: (?P<name>.+?)\s*$", re.IGNORECASE | re.MULTILINE)
+MISSING_TABLE = re.compile(r"no such table: (?P<name>.+?)\s*$", re.IGNORECASE | re.MULTILINE)
+AMBIGUOUS_COLUMN = re.compile(r"ambiguous column name: (?P<name>.+?)\s*$", re.IGNORECASE | re.MULTILINE)
 
 Tables = Mapping[str, Sequence[str]]  # a database's tables, each with its column names
 Link = tuple[str, str, str, str]  # a foreign key: table, column, the table it references, the column there
@@ -41,11 +45,77 @@ def missing_column(message: str) -> tuple[str | None, str] | None:
     return (qualifier, column) if dot else (None, qualifier)
 
 
+def repair(sql: str, message: str, tables: Tables, links: Sequence[Link] = ()) -> str | None:
+    """`sql` rewritten for the error SQLite gave it (a missing column, a missing table, an ambiguous join key),
+    or None where the error is none of these or there is no single rewrite."""
+    if (column := missing_column(message)) is not None:
+        return repair_column(sql, column, tables, links)
+    if (table := MISSING_TABLE.search(message)) is not None:
+        return _never_raising(_repair_table, sql, table["name"], tables)
+    if (key := AMBIGUOUS_COLUMN.search(message)) is not None:
+        return _never_raising(_qualify_join_key, sql, key["name"], tables)
+    return None
+
+
+def _never_raising(rewrite: Callable[..., str | None], sql: str, *args) -> str | None:
+    try:
+        return rewrite(sql, *args)
+    except (SqlglotError, RecursionError, ValueError, KeyError, AttributeError, TypeError):
+        return None  # SQL sqlglot cannot read, or nests too deep for it: left as the model wrote it
+
+
+def _rendered(tree: exp.Expression, sql: str, tables: Tables) -> str | None:
+    """The rewritten tree as SQLite text, unless rendering changed what a quoted name means (_quoted_names_exist)."""
+    repaired = tree.sql(dialect="sqlite")
+    columns_of = {table.lower(): list(columns) for table, columns in tables.items()}
+    if ("`" in sql or "[" in sql) and not _quoted_names_exist(sqlglot.parse_one(repaired, read="sqlite"), columns_of):
+        return None
+    return repaired
+
+
+def _repair_table(sql: str, missing: str, tables: Tables) -> str | None:
+    """The table the error names, renamed to the one table of that name up to case and separators, or its one
+    close spelling; a column qualified with the missing name (no alias) follows it."""
+    found = closest_name(missing, list(tables))
+    if found is None:
+        return None
+    tree = sqlglot.parse_one(sql, read="sqlite")
+    renamed = [t for t in tree.find_all(exp.Table) if t.name.lower() == missing.lower() and not t.args.get("db")]
+    if not renamed:
+        return None
+    aliases = {t.alias.lower() for t in tree.find_all(exp.Table) if t.alias}
+    for table in renamed:
+        table.set("this", exp.to_identifier(found))
+    if missing.lower() not in aliases:
+        for column in tree.find_all(exp.Column):
+            if column.table.lower() == missing.lower():
+                column.set("table", exp.to_identifier(found))
+    return _rendered(tree, sql, tables)
+
+
+def _qualify_join_key(sql: str, name: str, tables: Tables) -> str | None:
+    """A bare column two joined tables both have, where the query equates the two (`ON T1.id = T2.id`): the
+    first side's, which holds the same value."""
+    tree = sqlglot.parse_one(sql, read="sqlite")
+    changed = False
+    for scope in traverse_scope(tree):
+        bare = [c for c in scope.columns if not c.table and c.name.lower() == name.lower()]
+        keys = [eq for eq in scope.expression.find_all(exp.EQ) if eq.parent_select is scope.expression
+                and all(isinstance(side, exp.Column) and side.name.lower() == name.lower() and side.table
+                        for side in (eq.left, eq.right)) and eq.left.table.lower() != eq.right.table.lower()]
+        if not bare or not keys:
+            continue
+        for column in bare:
+            column.set("table", exp.to_identifier(keys[0].left.table))
+        changed = True
+    return _rendered(tree, sql, tables) if changed else None
+
+
 def _squash(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
-def closest_column(name: str, columns: Sequence[str]) -> str | None:
+def closest_name(name: str, columns: Sequence[str]) -> str | None:
     """The one column that is `name` up to case and separators, else its one close spelling, else None."""
     same = {c for c in columns if _squash(c) == _squash(name)}
     if same:
@@ -61,10 +131,7 @@ def repair_column(sql: str, missing: tuple[str | None, str], tables: Tables, lin
     """`sql` with the references to the missing (qualifier, column) rewritten against the tables its FROM
     reads, or joined to the one table that has the column (module docstring); None where there is nothing to
     rewrite or no single way to. Never raises: any SQL a model writes gets an answer."""
-    try:
-        return _repair_column(sql, missing, tables, links)
-    except (SqlglotError, RecursionError, ValueError, KeyError, AttributeError, TypeError):
-        return None  # SQL sqlglot cannot read, or nests too deep for it: left as the model wrote it
+    return _never_raising(_repair_column, sql, missing, tables, links)
 
 
 def _repair_column(sql: str, missing: tuple[str | None, str], tables: Tables, links: Sequence[Link]) -> str | None:
@@ -100,12 +167,7 @@ def _repair_column(sql: str, missing: tuple[str | None, str], tables: Tables, li
             if alias is not None:
                 reference.set("table", exp.to_identifier(spelt.get(alias, alias)))
         changed = True
-    if not changed:
-        return None
-    repaired = tree.sql(dialect="sqlite")
-    if ("`" in sql or "[" in sql) and not _quoted_names_exist(sqlglot.parse_one(repaired, read="sqlite"), columns_of):
-        return None
-    return repaired
+    return _rendered(tree, sql, tables) if changed else None
 
 
 def _outer_has(scope, name: str, qualifier: str | None, columns_of: dict[str, list[str]]) -> bool:
@@ -142,7 +204,7 @@ def _within(name: str, qualifier: str | None, read: dict[str, str], columns_of: 
         holders = [alias for alias, table in read.items() if _has(columns_of[table], name)]
         if len(holders) == 1:
             return holders[0], name
-        own = closest_column(name, columns_of[read[qualifier]])
+        own = closest_name(name, columns_of[read[qualifier]])
         if own is not None:
             return qualifier, own
     if not known:
@@ -151,7 +213,7 @@ def _within(name: str, qualifier: str | None, read: dict[str, str], columns_of: 
     for alias, table in read.items():
         for column in columns_of[table]:
             owners.setdefault(column, []).append(alias)
-    found = closest_column(name, list(owners))
+    found = closest_name(name, list(owners))
     if found is None or len(owners[found]) > 1:
         return None
     return (owners[found][0] if qualifier else None), found
@@ -188,16 +250,15 @@ def _joined(scope, name: str, qualifier: str | None, read: dict[str, str], spelt
 def repair_answers(failed: Mapping[int, tuple[str, str, str]],
                    layout_of: Callable[[int], tuple[Tables, Sequence[Link]]],
                    execute_many: Callable[[list[tuple[str, str]]], Sequence[Execution]]) -> dict[int, str]:
-    """Repaired SQL for the answers that failed with "no such column" and run once repaired. `failed`: an answer's
-    key -> (database path, SQL, its error message); `layout_of`: the key's database tables and foreign keys;
-    `execute_many`: runs (database path, SQL) pairs in the sandbox (SqlRunner.execute_many)."""
+    """Repaired SQL for the answers that failed with an error `repair` rewrites and that run once repaired.
+    `failed`: an answer's key -> (database path, SQL, its error message); `layout_of`: the key's database tables
+    and foreign keys; `execute_many`: runs (database path, SQL) pairs in the sandbox (SqlRunner.execute_many)."""
     pending = dict(failed)
     repaired: dict[int, str] = {}
     for _ in range(REPAIR_ROUNDS):
         attempts = {}
         for key, (db_path, sql, message) in pending.items():
-            missing = missing_column(message)
-            fixed = repair_column(sql, missing, *layout_of(key)) if missing else None
+            fixed = repair(sql, message, *layout_of(key))
             if fixed is not None and fixed != sql:
                 attempts[key] = (db_path, fixed)
         if not attempts:

@@ -212,7 +212,7 @@ class Asker:
         return Answer(model, prompt, chosen.completion, chosen.sql, self.run_sql(database, chosen.sql), vote, previews)
 
     def _repaired(self, database: Database, sql: str, message: str) -> str | None:
-        """The answer repaired against the schema where SQLite refused it for a missing column, as scoring
+        """The answer repaired against the schema where SQLite refused it for a name, as scoring
         repairs it; None where no rewrite runs."""
         def execute_many(queries: list[tuple[str, str]]) -> list[Execution]:
             with self._sql_lock:
