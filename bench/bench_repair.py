@@ -67,7 +67,7 @@ def main() -> None:
     args.out.with_suffix(".json").write_text(json.dumps({"run": str(args.run), "rows": rows, "versus": versus},
                                                         indent=1) + "\n")
     lines = [f"# Answers repaired by execution: `{args.run.name}`", "",
-             "Each stage's own greedy SQL, judged, then the answers SQLite refused for a missing column repaired "
+             "Each stage's own greedy SQL, judged, then the answers SQLite refused for a name repaired "
              f"against the schema (`bench/bench_repair.py --run {args.run}`). Changes: questions gained/lost, exact "
              "two-sided sign test.", "",
              "| stage | set | questions | model's EX | repaired EX | change | p | failed to run | repaired |",

@@ -150,7 +150,7 @@ def _score(model_path: str, prompt_set: PromptSet, completions: Sequence[Sequenc
 
 def repair_and_score(split: Split, records: list[dict], model_result: EvalResult, runner: SqlRunner,
                      out_dir: Path) -> EvalResult:
-    """Repair the answers SQLite refused for a missing column (execution/repair.py) and judge the repaired ones
+    """Repair the answers SQLite refused for a name (execution/repair.py) and judge the repaired ones
     (every other verdict stands). Each repaired record keeps the model's SQL as `model_sql`; repair.json holds
     the model's EX, the repaired EX and the change between them with an exact sign test."""
     failed = {v.index: (str(split.db_path(v.db_id)), v.pred, v.message) for v in model_result.examples
