@@ -228,3 +228,33 @@ def test_grouping_equals_the_judge_on_the_conformance_pairs(spider_dir):
     assert differ == []
     assert all(verdicts[i] for i in pred_orders_alone if together[i])  # ordered agreement implies the judge's
     assert sum(together.values()) >= 450  # most pairs were compared, not failed: 507 are right
+
+
+def test_a_failing_candidate_is_repaired_and_votes_as_repaired(spider_dir, tmp_path):
+    """With answers repaired (generation.repair_columns), a sample SQLite refuses for a misspelt column is
+    repaired and joins its result's group, which then outvotes greedy; without, greedy wins the tie."""
+    from exspin.data import load_split
+    from exspin.evaluation.predict import score_votes
+    from exspin.execution.pool import SqlRunner
+    from exspin.generation import GenerationConfig
+
+    dev = load_split(spider_dir, "dev")  # question 0: "How many singers do we have?"
+    options = [_candidate("greedy", "SELECT COUNT(*) FROM singer WHERE Age > 30", logprob=-0.1),
+               _candidate("sample", "SELECT COUNT(singerid) FROM singer", logprob=-3.0),
+               _candidate("sample", "SELECT COUNT(Singer_ID) FROM singer", logprob=-2.0)]
+    found = {}
+    for repair in (True, False):
+        out = tmp_path / str(repair)
+        with SqlRunner(workers=1) as runner:
+            result = score_votes(dev, [dev.examples[0]], [options], runner, out,
+                                 GenerationConfig(repair_columns=repair))
+        vote, [prediction] = json.loads((out / "vote.json").read_text()), _read(out / "predictions.jsonl")
+        found[repair] = (result.ex, vote["repaired_candidates"], prediction["candidates"][1])
+    assert found[True][:2] == (100.0, 1) and found[False][:2] == (0.0, 0)
+    assert found[True][2]["sql"] == "SELECT COUNT(Singer_ID) FROM singer"
+    assert found[True][2]["model_sql"] == "SELECT COUNT(singerid) FROM singer" and found[True][2]["group"] == 1
+    assert found[False][2]["model_sql"] is None and found[False][2]["outcome"] == "runtime_error"
+
+
+def _read(path):
+    return [json.loads(line) for line in path.open()]

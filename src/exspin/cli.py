@@ -214,8 +214,9 @@ def predict_command(
     samples: Annotated[int, typer.Option(help="Vote by execution over greedy's answer and this many samples "
                                          "(0: greedy alone).")] = 0,
     temperature: Annotated[float, typer.Option(help="Sampling temperature of the vote's samples.")] = 0.8,
-    repair: Annotated[bool, typer.Option(help="Repair greedy answers that SQLite refuses for a missing column or "
-                                         "table, where a rewrite against the schema makes them run.")] = True,
+    repair: Annotated[bool, typer.Option(help="Repair answers (and vote candidates) that SQLite refuses for a "
+                                         "missing column or table, where a rewrite against the schema makes them "
+                                         "run.")] = True,
     timeout: Timeout = 30.0,
     workers: Workers = 0,
 ) -> None:

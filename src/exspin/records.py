@@ -113,6 +113,7 @@ class Candidate(BaseModel):
     tokens: int = 0  # its tokens, as the tokenizer encodes the completion
     outcome: Outcome | Literal["no_sql"] | None = None  # what it did in the sandbox; None before it ran
     group: int | None = None  # the result group it joined; None when it failed (out of the vote)
+    model_sql: str | None = None  # the model's own SQL, where `sql` is its repair (execution/repair.py)
 
     @property
     def mean_logprob(self) -> float:

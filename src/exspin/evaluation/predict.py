@@ -178,7 +178,9 @@ def score_votes(split: Split, examples: Sequence[Example], candidates: Sequence[
     vote.json (greedy, vote and pass@k EX, and the vote against greedy with an exact sign test)."""
     if not examples:
         raise UserError("no questions to vote on")
-    votes = vote_many(split, examples, candidates, runner)
+    repair = generation_config is not None and generation_config.repair_columns
+    schemas = SchemaBook(split, n_values=0)
+    votes = vote_many(split, examples, candidates, runner, layout_of=(lambda db: schemas[db].layout()) if repair else None)
     records = [{"index": e.index, "db_id": e.db_id, "question": e.question, "sql": v.sql,
                 "completion": v.candidates[v.chosen].completion, "chosen": v.chosen, "groups": v.groups(),
                 "candidates": [c.model_dump() for c in v.candidates]}
@@ -205,6 +207,7 @@ def score_votes(split: Split, examples: Sequence[Example], candidates: Sequence[
                "vote_ex": round(result.ex, 4),
                "pass_at_k": round(100.0 * sum(any(v.ex for v in judged[i].values()) for i in scored)
                                   / max(len(scored), 1), 4),
+               "repaired_candidates": sum(c.model_sql is not None for v in votes for c in v.candidates),
                "vote_vs_greedy": change.to_json(), **(timing or {})}
     write_json(out_dir / "vote.json", summary)
     return result

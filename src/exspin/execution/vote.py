@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from exspin.data import Split
 from exspin.execution.compare import Semantics, bird_results_match, normalize, spider_results_match
 from exspin.execution.pool import SqlRunner
+from exspin.execution.repair import Link, Tables, repair_answers
 from exspin.generation import extract_sql
 from exspin.records import Candidate, Example, Execution
 
@@ -105,9 +106,12 @@ def tally(candidates: Sequence[Candidate], executions: Sequence[Execution | None
 
 
 def vote_many(split: Split, examples: Sequence[Example], candidates: Sequence[Sequence[Candidate]], runner: SqlRunner,
-              progress: Callable[[int], None] | None = None) -> list[Vote]:
+              progress: Callable[[int], None] | None = None,
+              layout_of: Callable[[str], tuple[Tables, Sequence[Link]]] | None = None) -> list[Vote]:
     """Each question's vote: every candidate with SQL runs in the sandbox (as the judge runs it), then tally.
-    A question whose database is missing keeps greedy's answer (the judge skips it anyway)."""
+    A question whose database is missing keeps greedy's answer (the judge skips it anyway). With `layout_of`
+    (a database id's tables and foreign keys), a candidate that fails for a name SQLite cannot resolve is
+    repaired (execution/repair.py) where that makes it run, and votes as repaired (`model_sql` keeps its own)."""
     semantics = split.dataset
     queries, where = [], []
     executions: list[list[Execution | None]] = [[None] * len(options) for options in candidates]
@@ -128,4 +132,33 @@ def vote_many(split: Split, examples: Sequence[Example], candidates: Sequence[Se
     results = runner.execute_many(queries, progress)
     for (q, c), execution in zip(where, results, strict=True):
         executions[q][c] = execution
+    if layout_of is not None:
+        candidates = _repaired(split, examples, candidates, executions, texts, runner, layout_of)
     return [tally(options, runs, semantics, ran) for options, runs, ran in zip(candidates, executions, texts, strict=True)]
+
+
+def _repaired(split: Split, examples: Sequence[Example], candidates: Sequence[Sequence[Candidate]],
+              executions: list[list[Execution | None]], texts: list[list[str | None]], runner: SqlRunner,
+              layout_of: Callable[[str], tuple[Tables, Sequence[Link]]]) -> list[list[Candidate]]:
+    """The candidates with those that failed to run repaired where a repair runs; their executions and texts are
+    replaced in place by the repaired ones' (as the judge runs them)."""
+    failed, where = {}, []
+    for q, (example, options) in enumerate(zip(examples, candidates, strict=True)):
+        for c, execution in enumerate(executions[q]):
+            if execution is not None and execution.outcome == "runtime_error":
+                failed[len(where)] = (str(split.db_path(example.db_id)), options[c].sql, execution.message)
+                where.append((q, c))
+    fixed = repair_answers(failed, lambda key: layout_of(examples[where[key][0]].db_id), runner.execute_many)
+    out = [list(options) for options in candidates]
+    rerun = []  # (question, candidate, database path, the repaired text as the judge runs it)
+    for key, sql in fixed.items():
+        q, c = where[key]
+        try:
+            rerun.append((q, c, failed[key][0], normalize(sql, split.dataset)))
+        except Exception:  # noqa: BLE001 - a repair the judge cannot normalise is left out; the candidate stays failed
+            continue
+        out[q][c] = out[q][c].model_copy(update={"sql": sql, "model_sql": out[q][c].sql})
+    executed = runner.execute_many([(db_path, text) for _q, _c, db_path, text in rerun])
+    for (q, c, _db_path, text), execution in zip(rerun, executed, strict=True):
+        texts[q][c], executions[q][c] = text, execution
+    return out

@@ -48,8 +48,8 @@ class GenerationConfig(BaseModel):
     # Apart from num_samples and temperature, which self-play's answering sets.
     vote_samples: int = Field(0, ge=0)
     vote_temperature: float = Field(0.8, gt=0.0)
-    # Greedy's answers that SQLite refuses for a name (a missing column or table, an ambiguous join key) are
-    # repaired against the schema where one rewrite makes them run (execution/repair.py); the model's own SQL
+    # Answers (and vote candidates) that SQLite refuses for a name (a missing column or table, an ambiguous join
+    # key) are repaired against the schema where one rewrite makes them run (execution/repair.py); the model's own SQL
     # and its EX are kept beside. The full-scale SFT's dev EX went from 56.17 to 66.77
     # (bench/results/repair_full_top12_b8.md). False: the model's SQL as it is.
     repair_columns: bool = True
