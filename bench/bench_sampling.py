@@ -3,7 +3,7 @@ worktree) against today's, side by side in one run.
 
     .venv/bin/python bench/bench_sampling.py [--prompts 32] [--samples 8] [--temperature 1.0]
                                              [--baseline 2b16034 | none] [--batch-sizes 64 128]
-                                             [--repeats 2] [--profile]
+                                             [--repeats 2] [--profile] [--no-greedy]
 
 Every arm samples the same prompts (the default prompt; the first N executable Spider train questions, in
 prompt order, so a few databases' questions in a row, as a self-play piece meets them) with the default model
@@ -50,9 +50,11 @@ def worker(args) -> None:
     sampled = greedy.model_copy(update={"num_samples": args.samples, "temperature": args.temperature,
                                         **({"batch_size": args.batch_size} if args.batch_size else {})})
     generator.generate(prompts[:2], greedy.model_copy(update={"max_new_tokens": 2}))  # warm-up
-    start = time.perf_counter()
-    generator.generate(prompts, greedy)
-    greedy_seconds = time.perf_counter() - start
+    greedy_seconds = None
+    if not args.no_greedy:
+        start = time.perf_counter()
+        generator.generate(prompts, greedy)
+        greedy_seconds = time.perf_counter() - start
     before = generator.stats.tokens
     start = time.perf_counter()
     if args.profile:
@@ -72,7 +74,8 @@ def run_arm(source: Path, args, batch_size: int = 0, profile: bool = False) -> d
     command = [sys.executable, __file__, "--worker", "--data", str(args.data), "--prompts", str(args.prompts),
                "--batch-size", str(batch_size),
                "--samples", str(args.samples), "--temperature", str(args.temperature),
-               "--max-new-tokens", str(args.max_new_tokens), *(["--profile"] if profile else [])]
+               "--max-new-tokens", str(args.max_new_tokens), *(["--profile"] if profile else []),
+               *(["--no-greedy"] if args.no_greedy else [])]
     env = {**os.environ, "PYTHONPATH": str(source / "src")}
     result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -97,6 +100,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--profile", action="store_true",
                         help="one more pass of every arm under torch.profiler, its table in the report")
+    parser.add_argument("--no-greedy", action="store_true",
+                        help="do not time greedy on the same prompts (a long run: the sampled time alone)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -110,9 +115,10 @@ def main() -> None:
         for name, (source, batch_size) in arms.items():
             arm = run_arm(source, args, batch_size)
             runs[name].append(arm)
-            print(f"{name}, pass {repeat + 1}: {args.prompts / arm['seconds']:.3f} prompts/s sampled, "
-                  f"{arm['tokens'] / arm['seconds']:.1f} tokens/s, {arm['seconds'] / arm['greedy_seconds']:.2f}x "
-                  "greedy's time", flush=True)
+            versus = f", {arm['seconds'] / arm['greedy_seconds']:.2f}x greedy's time" if arm["greedy_seconds"] else ""
+            print(f"{name}, pass {repeat + 1}: {args.prompts / arm['seconds']:.3f} prompts/s sampled "
+                  f"({args.prompts * args.samples / arm['seconds']:.2f} samples/s, {arm['seconds'] / 60:.1f} min), "
+                  f"{arm['tokens'] / arm['seconds']:.1f} tokens/s{versus}", flush=True)
     reference = next(iter(runs))  # the baseline where there is one
     first = runs[reference][0]
 
@@ -132,7 +138,7 @@ def main() -> None:
     reference_median = statistics.median(args.prompts / arm["seconds"] for arm in runs[reference])
     for name, passes in runs.items():
         rates = [args.prompts / arm["seconds"] for arm in passes]
-        ratios = [arm["seconds"] / arm["greedy_seconds"] for arm in passes]
+        ratios = [arm["seconds"] / arm["greedy_seconds"] for arm in passes if arm["greedy_seconds"]]
         compared = passes[1] if name == reference and len(passes) > 1 else passes[0] if name != reference else None
         same = close = None
         if compared is not None:
@@ -143,13 +149,13 @@ def main() -> None:
         total = len(flat(first, "texts"))
         median = statistics.median(rates)
         token_rates = [arm["tokens"] / arm["seconds"] for arm in passes]
-        results["arms"][name] = {"prompts_per_s": rates, "median_prompts_per_s": median, "tokens_per_s": token_rates,
+        results["arms"][name] = {"seconds": [arm["seconds"] for arm in passes], "prompts_per_s": rates, "median_prompts_per_s": median, "tokens_per_s": token_rates,
                                  "sampled_over_greedy": ratios, "tokens": [arm["tokens"] for arm in passes],
                                  "same_samples": same, "their_logprobs_within_1e-3": close, "samples_total": total}
         lines.append(f"| {name} | {len(passes)} | {', '.join(f'{r:.3f}' for r in rates)} | {median:.3f} | "
                      f"{median / reference_median:.2f} | "
                      f"{', '.join(f'{r:.1f}' for r in token_rates)} | "
-                     f"{', '.join(f'{r:.2f}' for r in ratios)} | "
+                     f"{', '.join(f'{r:.2f}' for r in ratios) or '-'} | "
                      f"{'-' if same is None else f'{same}/{total}'} | {'-' if close is None else f'{close}/{same}'} |")
     if args.profile:  # one more pass of every arm under torch.profiler
         for name, (source, batch_size) in arms.items():
