@@ -205,6 +205,16 @@ class Asker:
             texts = [normalize(c.sql, semantics) if c.sql.strip() else None for c in candidates]
             runs = [execute(database.path, text, self.timeout_s, self.config.execution.max_rows, self.max_bytes)
                     if text is not None else None for text in texts]
+        if self.config.generation.repair_columns:  # a failing candidate votes as repaired, as scoring does
+            for i, run in enumerate(runs):
+                repaired = (self._repaired(database, candidates[i].sql, run.message)
+                            if run is not None and run.outcome == "runtime_error" else None)
+                if repaired is not None:
+                    candidates[i] = candidates[i].model_copy(update={"sql": repaired, "model_sql": candidates[i].sql})
+                    texts[i] = normalize(repaired, semantics)
+                    with self._sql_lock:
+                        runs[i] = execute(database.path, texts[i], self.timeout_s, self.config.execution.max_rows,
+                                          self.max_bytes)
         vote = tally(candidates, runs, semantics, texts)
         previews = tuple("no SQL" if run is None else str(run.rows[0]) if run.ok and run.rows else
                          "no rows" if run.ok else run.outcome for run in runs)
