@@ -21,6 +21,7 @@ TABLES = {
     "Pets": ["PetID", "PetType", "pet_age", "weight"],
     "people": ["People_ID", "Name", "Height"],
     "entrepreneur": ["Entrepreneur_ID", "People_ID", "Company"],
+    "Orders": ["Order", "Quantity"],
 }
 LINKS = [("singer_in_concert", "Singer_ID", "singer", "Singer_ID"), ("singer_in_concert", "concert_ID", "concert", "concert_ID"),
          ("entrepreneur", "People_ID", "people", "People_ID")]
@@ -70,6 +71,21 @@ CASES = [
      "SELECT T1.Singer_ID FROM singer AS T1 JOIN singer_in_concert AS T2 ON T1.Singer_ID = T2.Singer_ID"),
     ("SELECT Singer_ID FROM singer AS T1 JOIN singer_in_concert AS T2 ON 1 = 1", "ambiguous column name: Singer_ID",
      None),
+    # ... not where an outer join makes one side NULL, the equality is one of an OR, or a third table has it too
+    ("SELECT Singer_ID FROM singer AS T1 LEFT JOIN singer_in_concert AS T2 ON T2.Singer_ID = T1.Singer_ID",
+     "ambiguous column name: Singer_ID", None),
+    ("SELECT Singer_ID FROM singer AS T1 JOIN singer_in_concert AS T2 ON T1.Singer_ID = T2.Singer_ID OR 1 = 1",
+     "ambiguous column name: Singer_ID", None),
+    ("SELECT concert_ID FROM concert AS T1 JOIN singer_in_concert AS T2 ON T1.concert_ID = T2.concert_ID "
+     "JOIN concert AS T3 ON T3.Year = 1", "ambiguous column name: concert_ID", None),
+    # a subquery's alias with the missing table's name is not the table
+    ("SELECT singers.n FROM (SELECT Name AS n FROM singers) AS singers", "no such table: singers",
+     "SELECT singers.n FROM (SELECT Name AS n FROM singer) AS singers"),
+    # a name that is a keyword is written quoted
+    ("SELECT ordr FROM Orders", "no such column: ordr", 'SELECT "Order" FROM Orders'),
+    # a query sqlglot would render with another value (CAST to a date type, MOD) is not repaired
+    ("SELECT CAST(Year AS DATE), concert_Nme FROM concert", "no such column: concert_Nme", None),
+    ("SELECT MOD(Year, 7), concert_Nme FROM concert", "no such column: concert_Nme", None),
     # an error no rule rewrites
     ("SELECT COUNT(*, *) FROM singer", "wrong number of arguments to function COUNT()", None),
     # nested deeper than sqlglot reads: left as it is, never an exception
@@ -130,6 +146,15 @@ def test_repairs_run_in_rounds_and_stand_only_where_the_query_runs(tmp_path):
         assert repaired == {0: "SELECT T1.Name, T1.Country FROM singer AS T1 JOIN singer_in_concert AS T2 "
                                "ON T1.Singer_ID = T2.Singer_ID"}
         assert runner.execute_many([(db, repaired[0])])[0].rows == (("Ada", "UK"), ("Ada", "UK"), ("Bo", "NL"))
+
+
+def test_a_database_whose_schema_cannot_be_read_keeps_its_answers(tmp_path):
+    def unreadable(_key):
+        raise ValueError("file is not a database")
+
+    failed = {0: ("x.sqlite", "SELECT nme FROM singer", "no such column: nme")}
+    with SqlRunner(workers=1) as runner:
+        assert repair_answers(failed, unreadable, runner.execute_many) == {}
 
 
 def test_scoring_keeps_the_models_sql_and_ex_beside_the_repaired(spider_dir, tmp_path):

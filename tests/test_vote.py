@@ -254,6 +254,12 @@ def test_a_failing_candidate_is_repaired_and_votes_as_repaired(spider_dir, tmp_p
     assert found[True][2]["sql"] == "SELECT COUNT(Singer_ID) FROM singer"
     assert found[True][2]["model_sql"] == "SELECT COUNT(singerid) FROM singer" and found[True][2]["group"] == 1
     assert found[False][2]["model_sql"] is None and found[False][2]["outcome"] == "runtime_error"
+    # Candidates count as they voted: a repaired sample alone right is in pass@k; greedy's own SQL beside.
+    options = options[:2]
+    with SqlRunner(workers=1) as runner:
+        score_votes(dev, [dev.examples[0]], [options], runner, tmp_path / "alone", GenerationConfig())
+    vote = json.loads((tmp_path / "alone" / "vote.json").read_text())
+    assert (vote["vote_ex"], vote["pass_at_k"], vote["greedy_ex"], vote["greedy_model_ex"]) == (0.0, 100.0, 0.0, 0.0)
 
 
 def _read(path):

@@ -175,7 +175,8 @@ def score_votes(split: Split, examples: Sequence[Example], candidates: Sequence[
     """Vote over each question's candidates and score the answers; also greedy's EX and pass@k (some candidate
     is right: the ceiling of any vote). Writes predictions.jsonl (every candidate, its outcome, log-prob,
     tokens and group; the groups and the winner), results.json and report.md (the vote's answers), and
-    vote.json (greedy, vote and pass@k EX, and the vote against greedy with an exact sign test)."""
+    vote.json (greedy, vote and pass@k EX, and the vote against greedy with an exact sign test). Candidates that
+    were repaired (generation.repair_columns) count as repaired throughout; greedy_model_ex is greedy's own SQL's."""
     if not examples:
         raise UserError("no questions to vote on")
     repair = generation_config is not None and generation_config.repair_columns
@@ -188,7 +189,9 @@ def score_votes(split: Split, examples: Sequence[Example], candidates: Sequence[
     write_jsonl(out_dir / "predictions.jsonl", records)
     result = evaluate(split, {e.index: v.sql for e, v in zip(examples, votes, strict=True)}, runner)
     write_results(result, out_dir)
-    # Every candidate judged once, position by position: greedy's EX (greedy found by its source), and pass@k
+    # Every candidate judged once, position by position, as it voted (repaired where it was): greedy's EX (greedy
+    # found by its source), and pass@k; and greedy's own SQL where it was repaired
+    candidates = [v.candidates for v in votes]
     width = max(len(options) for options in candidates)
     judged: dict[int, dict[int, Verdict]] = {}  # question index -> candidate position -> verdict
     for position in range(width):
@@ -199,6 +202,10 @@ def score_votes(split: Split, examples: Sequence[Example], candidates: Sequence[
     greedy_position = {e.index: next((i for i, c in enumerate(options) if c.source == "greedy"), 0)
                        for e, options in zip(examples, candidates, strict=True)}
     greedy = [verdicts[greedy_position[index]] for index, verdicts in judged.items()]
+    own = {e.index: options[greedy_position[e.index]].model_sql for e, options in zip(examples, candidates, strict=True)}
+    own = {index: sql for index, sql in own.items() if sql is not None}
+    own_verdicts = {v.index: v for v in evaluate(split, own, runner).examples} if own else {}
+    greedy_model = [own_verdicts.get(v.index, v) for v in greedy]
     scored = {v.index for v in result.examples} & judged.keys()
     change = paired_change(greedy, result.examples)
     summary = {"candidates": width, "samples": width - 1,
@@ -207,7 +214,9 @@ def score_votes(split: Split, examples: Sequence[Example], candidates: Sequence[
                "vote_ex": round(result.ex, 4),
                "pass_at_k": round(100.0 * sum(any(v.ex for v in judged[i].values()) for i in scored)
                                   / max(len(scored), 1), 4),
-               "repaired_candidates": sum(c.model_sql is not None for v in votes for c in v.candidates),
+               "greedy_model_ex": round(100.0 * sum(v.ex for v in greedy_model) / max(len(greedy_model), 1), 4),
+               "repaired_candidates": sum(c.model_sql is not None and c.group is not None
+                                          for v in votes for c in v.candidates),
                "vote_vs_greedy": change.to_json(), **(timing or {})}
     write_json(out_dir / "vote.json", summary)
     return result

@@ -120,7 +120,7 @@ def vote_text(answer: Answer) -> str:
     failed = sum(c.group is None for c in answer.vote.candidates)
     if failed:
         lines += ["", f"{failed} candidates failed (no SQL, an error, a timeout) and did not vote."]
-    repaired = sum(c.model_sql is not None for c in answer.vote.candidates)
+    repaired = sum(c.model_sql is not None and c.group is not None for c in answer.vote.candidates)
     if repaired:
         lines += ["", f"{repaired} candidates failed to run and voted as repaired against the schema."]
     return "\n".join(lines)

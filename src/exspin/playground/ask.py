@@ -219,7 +219,8 @@ class Asker:
         previews = tuple("no SQL" if run is None else str(run.rows[0]) if run.ok and run.rows else
                          "no rows" if run.ok else run.outcome for run in runs)
         chosen = vote.candidates[vote.chosen]
-        return Answer(model, prompt, chosen.completion, chosen.sql, self.run_sql(database, chosen.sql), vote, previews)
+        return Answer(model, prompt, chosen.completion, chosen.sql, self.run_sql(database, chosen.sql), vote, previews,
+                      model_sql=chosen.model_sql)
 
     def _repaired(self, database: Database, sql: str, message: str) -> str | None:
         """The answer repaired against the schema where SQLite refused it for a name, as scoring
