@@ -174,3 +174,26 @@ def test_scoring_keeps_the_models_sql_and_ex_beside_the_repaired(spider_dir, tmp
     assert summary["failed"] == 2 and summary["repaired"] == 1
     assert (summary["model_ex"], summary["ex"]) == (pytest.approx(100 / 3, abs=1e-3), pytest.approx(200 / 3, abs=1e-3))
     assert (summary["repaired_vs_model"]["gained"], summary["repaired_vs_model"]["lost"]) == (1, 0)
+
+
+def test_eval_repairs_a_prediction_file_on_request(spider_dir, tmp_path):
+    """`exspin eval --repair` judges a prediction file as `predict` would answer it: repaired where SQLite refused a
+    name, with both EX reported; without the flag, the file is judged as written."""
+    from tests.test_cli import run_cli
+
+    predictions = tmp_path / "pred.jsonl"
+    predictions.write_text("\n".join(json.dumps(r) for r in [
+        {"index": 0, "sql": "SELECT COUNT(singerid) FROM singer"}, {"index": 1, "sql": "SELECT COUNT(*) FROM singer"}]))
+    printed = {}
+    for repairing, ex in ((True, 100.0), (False, 50.0)):
+        out = tmp_path / str(repairing)
+        result = run_cli("eval", "--data", spider_dir, "--pred", predictions, "--out", out,
+                         *(["--repair"] if repairing else []))
+        assert result.returncode == 0, result.stderr
+        assert json.loads((out / "results.json").read_text())["ex"] == ex
+        assert (out / "repair.json").is_file() == repairing
+        printed[repairing] = " ".join(result.stdout.split())
+    assert "repaired 1 of the 1 answers that failed to run" in printed[True]
+    assert "repaired" not in printed[False]
+    records = [json.loads(line) for line in (tmp_path / "True" / "predictions.jsonl").open()]
+    assert records[0]["model_sql"] == "SELECT COUNT(singerid) FROM singer"

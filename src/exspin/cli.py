@@ -90,6 +90,8 @@ def eval_command(
     gold_as_pred: Annotated[bool, typer.Option(help="Judge the gold queries themselves (a sanity check).")] = False,
     candidates: Annotated[Path | None, typer.Option(help="predictions.jsonl of a voted prediction: vote again over "
                                                     "its stored candidates, without generating.")] = None,
+    repair: Annotated[bool, typer.Option(help="Repair the predictions SQLite refuses for a missing column or "
+                                         "table, as `predict` does, and report both EX (repair.json).")] = False,
     timeout: Timeout = 30.0,
     workers: Workers = 0,
     max_rows: MaxRows = 100_000,
@@ -121,9 +123,19 @@ def eval_command(
     with _runner(timeout, workers, max_rows, cache) as runner, \
             progress_bar(len(predictions), f"judging {loaded.dataset} {split}", "queries") as advance:
         result = evaluate(loaded, predictions, runner, advance)
+        if repair:
+            from exspin.artifacts import write_jsonl
+            from exspin.evaluation.predict import repair_and_score
+
+            records = [{"index": index, "db_id": loaded.examples[index].db_id, "sql": sql}
+                       for index, sql in sorted(predictions.items())]
+            result = repair_and_score(loaded, records, result, runner, out)
+            write_jsonl(out / "predictions.jsonl", records)
     results_path, report_path = write_results(result, out)
     console.print(f"EX [bold]{result.ex:.2f}%[/bold] on {result.n} questions "
                   f"({len(result.skipped)} skipped: {result.to_json()['skipped']['by_reason'] or 'none'})")
+    if repair:
+        _print_repair(out)
     console.print(f"wrote {results_path} and {report_path}")
 
 
