@@ -195,5 +195,5 @@ def test_eval_repairs_a_prediction_file_on_request(spider_dir, tmp_path):
         printed[repairing] = " ".join(result.stdout.split())
     assert "repaired 1 of the 1 answers that failed to run" in printed[True]
     assert "repaired" not in printed[False]
-    records = [json.loads(line) for line in (tmp_path / "True" / "predictions.jsonl").open()]
+    records = [json.loads(line) for line in (tmp_path / "True" / "repaired_predictions.jsonl").open()]
     assert records[0]["model_sql"] == "SELECT COUNT(singerid) FROM singer"

@@ -130,7 +130,7 @@ def eval_command(
             records = [{"index": index, "db_id": loaded.examples[index].db_id, "sql": sql}
                        for index, sql in sorted(predictions.items())]
             result = repair_and_score(loaded, records, result, runner, out)
-            write_jsonl(out / "predictions.jsonl", records)
+            write_jsonl(out / "repaired_predictions.jsonl", records)  # never over the --pred file
     results_path, report_path = write_results(result, out)
     console.print(f"EX [bold]{result.ex:.2f}%[/bold] on {result.n} questions "
                   f"({len(result.skipped)} skipped: {result.to_json()['skipped']['by_reason'] or 'none'})")
