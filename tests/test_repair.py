@@ -197,3 +197,33 @@ def test_eval_repairs_a_prediction_file_on_request(spider_dir, tmp_path):
     assert "repaired" not in printed[False]
     records = [json.loads(line) for line in (tmp_path / "True" / "repaired_predictions.jsonl").open()]
     assert records[0]["model_sql"] == "SELECT COUNT(singerid) FROM singer"
+
+
+def test_eval_repairs_stored_candidates_before_they_vote(spider_dir, tmp_path):
+    """`eval --candidates --repair` votes as `predict --samples` does: a failing candidate votes as repaired, so two
+    samples whose column is misspelt outvote a wrong greedy answer; without --repair they cannot vote."""
+    from tests.test_cli import run_cli
+
+    misspelt = {"source": "sample", "sql": "SELECT COUNT(singerid) FROM singer", "completion": "", "logprob": -1.0,
+                "tokens": 4}
+    stored = tmp_path / "candidates.jsonl"
+    stored.write_text(json.dumps({"index": 0, "candidates": [
+        {"source": "greedy", "sql": "SELECT name FROM singer", "completion": "", "logprob": -1.0, "tokens": 4},
+        misspelt, misspelt]}) + "\n")
+    for repairing, ex in ((True, 100.0), (False, 0.0)):
+        out = tmp_path / str(repairing)
+        result = run_cli("eval", "--data", spider_dir, "--candidates", stored, "--out", out,
+                         *(["--repair"] if repairing else []))
+        assert result.returncode == 0, result.stderr
+        vote = json.loads((out / "vote.json").read_text())
+        assert (vote["vote_ex"], vote["repaired_candidates"]) == (ex, 2 if repairing else 0)
+
+
+def test_eval_repair_refuses_to_write_over_its_prediction_file(spider_dir, tmp_path):
+    from tests.test_cli import assert_one_line_error, run_cli
+
+    predictions = tmp_path / "repaired_predictions.jsonl"
+    predictions.write_text(json.dumps({"index": 0, "sql": "SELECT COUNT(singerid) FROM singer"}) + "\n")
+    assert_one_line_error(run_cli("eval", "--data", spider_dir, "--pred", predictions, "--out", tmp_path, "--repair"),
+                          "which is the --pred file")
+    assert json.loads(predictions.read_text())["sql"] == "SELECT COUNT(singerid) FROM singer"

@@ -81,6 +81,9 @@ def data_check(
     Console(width=max(console.width, 110)).print(table)  # one line per stage, even in a log
 
 
+REPAIRED_PREDICTIONS = "repaired_predictions.jsonl"  # what `eval --repair` writes beside results.json
+
+
 @app.command("eval")
 def eval_command(
     data: DataDir,
@@ -108,14 +111,18 @@ def eval_command(
     if candidates is not None:
         from exspin.evaluation.predict import score_votes
         from exspin.evaluation.prediction_files import read_candidates
+        from exspin.generation.generator import GenerationConfig
 
         examples, options = read_candidates(candidates, loaded)
         with _runner(timeout, workers, max_rows, cache) as runner:
-            result = score_votes(loaded, examples, options, runner, out)
+            result = score_votes(loaded, examples, options, runner, out, GenerationConfig(repair_columns=repair))
         console.print(f"EX [bold]{result.ex:.2f}%[/bold] on {result.n} questions")
         _print_vote(out)
         console.print(f"wrote {out}")
         return
+    if repair and pred is not None and pred.resolve() == (out / REPAIRED_PREDICTIONS).resolve():
+        raise UserError(f"--repair writes {REPAIRED_PREDICTIONS} in --out, which is the --pred file: "
+                        "choose another --out")
     if gold_as_pred:
         predictions = {e.index: e.gold_sql for e in loaded.examples}
     else:
@@ -130,7 +137,7 @@ def eval_command(
             records = [{"index": index, "db_id": loaded.examples[index].db_id, "sql": sql}
                        for index, sql in sorted(predictions.items())]
             result = repair_and_score(loaded, records, result, runner, out)
-            write_jsonl(out / "repaired_predictions.jsonl", records)  # never over the --pred file
+            write_jsonl(out / REPAIRED_PREDICTIONS, records)
     results_path, report_path = write_results(result, out)
     console.print(f"EX [bold]{result.ex:.2f}%[/bold] on {result.n} questions "
                   f"({len(result.skipped)} skipped: {result.to_json()['skipped']['by_reason'] or 'none'})")
