@@ -280,6 +280,26 @@ def merge_lora(base_model: str | Path, adapter: str | Path):
 TRAINING_RECORD = "exspin_training.json"  # beside the weights: what trained them
 
 
+def merge_like(base_model: str | Path, adapter: str | Path, like: str | Path, out_dir: str | Path,
+               training: dict | None = None) -> Path:
+    """Merge a LoRA adapter into base_model and save it in out_dir as the merged model in `like` was saved: its
+    token ids and cache setting as trl left them, its generation config, dtype and tokenizer. `like` needs only
+    its configuration files (out_dir may be `like` itself, its weights gone). `training` defaults to like's."""
+    import torch
+    from transformers import AutoConfig, GenerationConfig
+
+    like = Path(like)
+    saved = AutoConfig.from_pretrained(like)
+    merged = merge_lora(base_model, adapter)
+    for key in ("pad_token_id", "eos_token_id", "bos_token_id", "use_cache"):
+        setattr(merged.config, key, getattr(saved, key, None))
+    merged.generation_config = GenerationConfig.from_pretrained(like)
+    dtype = saved.dtype if isinstance(saved.dtype, torch.dtype) else getattr(torch, str(saved.dtype or "float32"))
+    if training is None and (like / TRAINING_RECORD).is_file():
+        training = json.loads((like / TRAINING_RECORD).read_text())
+    return save_model(merged.to(dtype), load_tokenizer(str(like)), out_dir, training)
+
+
 def save_model(model, tokenizer, output_dir: str | Path, training: dict | None = None) -> Path:
     """Save weights (or an adapter) and tokenizer atomically into output_dir, with `training` (the stage,
     base model, settings and library versions that made them) as exspin_training.json."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from exspin.models import TRAINING_RECORD, load_tokenizer, merge_lora, save_model
+from exspin.models import TRAINING_RECORD, merge_like, save_model
 from exspin.records import SFTExample
 from exspin.training.common import (
     CheckpointLargeBatches,
@@ -40,22 +40,13 @@ class EpochSnapshots(TrainerCallback):
 def epoch_models(folder: Path, base_model: str) -> dict[int, Path]:
     """The merged model of each epoch snapshot in a trained SFT stage's folder (merged once, into
     epochs/<n>/model), by epoch; the configuration the final model was saved with applies to each."""
-    import torch
-    from transformers import AutoConfig, GenerationConfig
-
     final = folder / "model"
     models = {}
     for adapter in sorted((folder / "epochs").glob("*/adapter"), key=lambda p: int(p.parent.name)):
         epoch, merged_path = int(adapter.parent.name), adapter.parent / "model"
         if not (merged_path / "config.json").is_file():
-            merged = merge_lora(base_model, adapter)
-            saved = AutoConfig.from_pretrained(final)  # token ids as trl set them, the cache back on
-            for key in ("pad_token_id", "eos_token_id", "bos_token_id", "use_cache"):
-                setattr(merged.config, key, getattr(saved, key, None))
-            merged.generation_config = GenerationConfig.from_pretrained(final)
-            dtype = saved.dtype if isinstance(saved.dtype, torch.dtype) else getattr(torch, str(saved.dtype or "float32"))
             record = json.loads((final / TRAINING_RECORD).read_text())
-            save_model(merged.to(dtype), load_tokenizer(str(final)), merged_path, {**record, "epoch": epoch})
+            merge_like(base_model, adapter, final, merged_path, {**record, "epoch": epoch})
         models[epoch] = merged_path
     return models
 

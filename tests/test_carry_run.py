@@ -1,0 +1,57 @@
+"""bench/carry_run.py: a run carried to a new machine as its adapters, merged again into the same weights."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "carry_run.py"
+
+
+def _carry():
+    spec = importlib.util.spec_from_file_location("carry_run", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("tiny_run")
+def test_a_packed_run_unpacks_to_the_same_weights_and_resumes_without_training(tiny_run, tmp_path):
+    from safetensors.torch import load_file
+
+    config, whole = tiny_run
+    carry, archive, moved = _carry(), tmp_path / "run.tar.gz", tmp_path / "moved"
+    carry.pack(whole, archive)
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert "run/03_sft/adapter/adapter_model.safetensors" in names and "run/03_sft/model/config.json" in names
+    assert not [n for n in names if "/trainer/" in n or ("/model/" in n and n.endswith(".safetensors"))]
+
+    carry.unpack(archive, moved)
+    # Iteration 2's adapter was trained on iteration 1's merged model (or SFT's), inside the run folder: merged
+    # in order, each into the weights its stage saved.
+    for stage in ("03_sft", "04_iter1", "05_iter2"):
+        [saved] = (whole / stage / "model").glob("*.safetensors")
+        [merged] = (moved / stage / "model").glob("*.safetensors")
+        before, after = load_file(saved), load_file(merged)
+        assert before.keys() == after.keys()
+        assert all(before[k].dtype == after[k].dtype and before[k].equal(after[k]) for k in before), stage
+    with pytest.raises(SystemExit, match="not empty"):
+        carry.unpack(archive, moved)
+
+    untouched = {path: path.stat().st_mtime_ns for path in [*moved.glob("*/done.json"), *moved.glob("*/model/*")]}
+    result = subprocess.run([sys.executable, "-m", "exspin.cli", "run", str(config), f"run_dir={moved}", "--resume"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {path: path.stat().st_mtime_ns for path in untouched} == untouched  # no stage ran again
+    metrics = json.loads((moved / "report" / "metrics.json").read_text())
+    original = json.loads((whole / "report" / "metrics.json").read_text())
+    assert {k: v["eval_ex"] for k, v in metrics["stages"].items()} == {
+        k: v["eval_ex"] for k, v in original["stages"].items()}
