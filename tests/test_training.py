@@ -749,6 +749,43 @@ def test_bf16_is_decided_once_for_loader_and_trainer(tiny_model_dir, tmp_path):
     assert not trainer.args.bf16 and {p.dtype for p in trainer.model.parameters()} == {torch.float32}
 
 
+def test_repaired_samples_are_chosen_against_their_own_failing_text(concert):
+    """repaired_chosen: a sample that failed for a misspelt column and runs right once repaired is a right answer
+    after the question's own; paired with its failing original, and the only chosen side of a question the model
+    never answered right. Off, nothing changes; a repair that runs but answers wrongly is never chosen."""
+    from exspin.feedback import repair_samples
+
+    split, (first, second) = concert
+    samples = [["SELECT count(*) FROM stadium", "SELECT count(singerid) FROM singer", "SELECT count(*) FROM singer"],
+               ["SELECT count(singerid) FROM singer", "SELECT count(*) FROM stadium", "SELECT max(agee) FROM singer"]]
+    with SqlRunner(workers=1) as runner:
+        labelled = label_samples(split, [first, second], samples, runner)
+        repaired = repair_samples(split, labelled, runner)
+        assert repair_samples(split, repaired, runner) == repaired  # repaired once
+    assert [(a.label, a.repaired_label) for a in repaired] == [
+        ("wrong_result", None), ("runtime_error", "correct"), ("correct", None),
+        ("runtime_error", "correct"), ("wrong_result", None), ("runtime_error", "wrong_result")]
+    assert repaired[1].repaired_sql == "SELECT COUNT(Singer_ID) FROM singer"
+    prompts = {first.index: "P0", second.index: "P1"}
+    fixed, own = normal_form("SELECT COUNT(Singer_ID) FROM singer"), normal_form("SELECT count(*) FROM singer")
+
+    def pairs(method="dpo", answers=repaired, **rules):
+        return [(p.index, p.chosen_source, p.chosen, p.rejected) for p in
+                make_pairs(method, [first, second], prompts, answers, PairRules(pairs_per_question=3, **rules))]
+
+    stadium, misspelt = normal_form(samples[0][0]), normal_form(samples[0][1])
+    assert pairs(repaired_chosen=True) == [
+        (first.index, "sample", own, stadium), (first.index, "repaired", fixed, misspelt),
+        (second.index, "repaired", fixed, misspelt), (second.index, "repaired", fixed, stadium),
+        (second.index, "repaired", fixed, normal_form(samples[1][2]))]
+    assert pairs() == pairs(answers=labelled) == [(first.index, "sample", own, stadium),
+                                                  (first.index, "sample", own, misspelt)]
+    assert pairs("rft", repaired_chosen=True) == [(first.index, "sample", own, own), (first.index, "repaired", fixed, fixed),
+                                                  (second.index, "repaired", fixed, fixed)]
+    with pytest.raises(ValueError, match="DPO and RFT rule"):
+        make_pairs("exspin", [first], prompts, repaired, PairRules(repaired_chosen=True))
+
+
 def test_dpo_pairs_per_question_and_the_gold_where_the_model_never_answers_right(concert):
     split, (first, second) = concert
     samples = [["SELECT count(*) FROM stadium", "SELECT count(singer_id) FROM singer", "SELECT nope FROM singer",

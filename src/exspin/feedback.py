@@ -81,6 +81,11 @@ class PairRules(BaseModel):
     # DPO and RFT only: a question the opponent never answered right takes the gold as its chosen side
     # (the paper's signal, where the model has no right answer of its own to prefer).
     gold_when_never_right: bool = False
+    # DPO and RFT only: a sample that failed for a name and that repair (execution/repair.py) makes run to the
+    # gold result is a right answer too, after the question's own: nearly the model's own text, so a chosen
+    # side close to its policy where it had none, and each such failing sample is paired with its own repair
+    # (the pair differs in that name). The failing sample stays a wrong answer.
+    repaired_chosen: bool = False
     # RFT only: every question's gold SQL is a row too, beside its distinct right answers (not counted in
     # pairs_per_question, and an answer in the gold's normal form is not repeated): issue 27's
     # rejection-sampling control, SFT on the gold plus the model's own right answers.
@@ -110,7 +115,7 @@ class PairRules(BaseModel):
     def own_answers_only(self) -> list[str]:
         """The rules switched on that only the methods choosing among the opponent's right answers (DPO, RFT)
         may use."""
-        return self._switched_on("pairs_per_question", "gold_when_never_right")
+        return self._switched_on("pairs_per_question", "gold_when_never_right", "repaired_chosen")
 
     def rft_only(self) -> list[str]:
         """The rules switched on that only RFT may use."""
@@ -167,6 +172,26 @@ def label_samples(split: Split, examples: Sequence[Example], completions: Sequen
     return records
 
 
+def repair_samples(split: Split, labelled: Sequence[Generation], runner: SqlRunner) -> list[Generation]:
+    """The labelled answers, each that failed for a name repaired where repair makes it run
+    (execution/repair.py), and the repaired SQL judged against the gold (repaired_sql, repaired_label).
+    Answers repaired before (read back from a file) are kept as they are."""
+    from exspin.execution.repair import repair_answers
+    from exspin.hints.schema import SchemaBook
+
+    examples = {e.index: e for e in split.examples}
+    schemas = SchemaBook(split, n_values=0)
+    failed = {number: (str(split.db_path(a.db_id)), a.sql, a.message) for number, a in enumerate(labelled)
+              if a.label == "runtime_error" and a.repaired_sql is None and split.db_path(a.db_id) is not None}
+    repaired = repair_answers(failed, lambda number: schemas[labelled[number].db_id].layout(), runner.execute_many)
+    numbers = sorted(repaired)
+    tasks = [JudgeTask(failed[n][0], examples[labelled[n].index].gold_sql, repaired[n], split.dataset) for n in numbers]
+    judged = dict(zip(numbers, runner.judge_many(tasks), strict=True))
+    return [a.model_copy(update={"repaired_sql": repaired[n],
+                                 "repaired_label": "correct" if judged[n].match else "wrong_result"})
+            if n in judged else a for n, a in enumerate(labelled)]
+
+
 def _rejected_text(answer: Generation) -> str:
     """The opponent's answer in normal form; its completion as written when it held no SQL at all."""
     return normal_form(answer.sql) if answer.sql.strip() else answer.completion
@@ -188,12 +213,16 @@ def make_pairs(method: PairMethod, examples: Sequence[Example], prompts: dict[in
             if text not in unique or rules.hardest_negative and _logprob(answer) > _logprob(unique[text]):
                 unique[text] = answer
         correct = [text for text, a in unique.items() if a.label == "correct"]
+        # repaired_chosen: each failing sample repair makes right -> its repair, in normal form
+        repairs = {text: normal_form(a.repaired_sql) for text, a in unique.items()
+                   if rules.repaired_chosen and a.label != "correct" and a.repaired_label == "correct"}
         gold = normal_form(example.gold_sql)
         # No method rejects the gold's own form, even where it was judged wrong (say a timeout): against
         # a sampled chosen side nothing else would keep it out, and it would use up the hardest negative.
         if method in OWN_ANSWERS:
-            chosen = ([("sample", text) for text in correct] if correct
-                      else [("gold", gold)] if rules.gold_when_never_right else [])
+            own = [("sample", text) for text in correct]
+            own += [("repaired", text) for text in dict.fromkeys(repairs.values()) if text not in correct]
+            chosen = own if own else [("gold", gold)] if rules.gold_when_never_right else []
             if method == "rft":  # no rejected side: both sides the answer trained towards
                 if rules.with_gold:  # the gold first, then up to pairs_per_question answers in other forms
                     own = [(source, text) for source, text in chosen if text != gold]
@@ -217,6 +246,8 @@ def make_pairs(method: PairMethod, examples: Sequence[Example], prompts: dict[in
         if method == "dpo":  # up to pairs_per_question: each wrong answer against the right ones in turn
             for number, (text, answer) in enumerate(rejected[: rules.pairs_per_question]):
                 source, chosen_text = chosen[number % len(chosen)] if chosen else (None, None)
+                if text in repairs:  # against its own repair: the pair differs in the name repaired
+                    source, chosen_text = "repaired", repairs[text]
                 if chosen_text is not None:
                     pairs.append(Pair(index=example.index, db_id=example.db_id, prompt=prompts[example.index],
                                       chosen=chosen_text, rejected=text, rejected_label=answer.label,

@@ -31,6 +31,7 @@ from exspin.feedback import (
     label_samples,
     make_pairs,
     no_pairs_reason,
+    repair_samples,
     replay_rows,
 )
 from exspin.generation import GenerationConfig, load_generator
@@ -344,6 +345,7 @@ def _iteration_stage(run: Run, iteration: int, opponent: str, folder: Path, prev
                # RFT's rows have no rejected side to count by label
                "pairs_by_label": None if settings.method == "rft" else count_pair_labels(preferences),
                "chosen_from_samples": sum(p.chosen_source == "sample" for p in preferences),
+               "chosen_repaired": sum(p.chosen_source == "repaired" for p in preferences),
                "replay_rows": len(pairs) - len(preferences),
                "training_rows": sum(p.weight for p in pairs), "warnings": [], "part_seconds": seconds}
     trained_before = trained_in(folder)  # a cut after training: it is not redone
@@ -530,6 +532,8 @@ def _pair(run: Run, iteration: int, labelled: list[Generation], folder: Path, pr
     iteration's own; train_pairs.jsonl: with the previous iteration's where mixed). Cheap: no model.
     Replay rows are drawn from all the training questions, answered this iteration or not."""
     settings = run.config.selfplay
+    if settings.feedback.repaired_chosen:
+        labelled = repair_samples(run.source_split("train"), labelled, run.runner)
     pairs = make_pairs(settings.method, _iteration_examples(run, iteration), run.prompts("train"), labelled,
                        settings.feedback)
     # exclude_unset: a pair read back from an older run's file is written and trained on as it was.

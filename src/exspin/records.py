@@ -134,6 +134,10 @@ class Generation(BaseModel):
     label: Label
     message: str = ""  # the sandbox's message for a failed or wrong answer
     logprob: float | None = None  # the completion's log-prob under the model that wrote it, where asked
+    # Where its SQL failed for a name and repair (execution/repair.py) made it run: the repaired SQL and its
+    # label against the gold (selfplay.feedback.repaired_chosen)
+    repaired_sql: str | None = None
+    repaired_label: Label | None = None
 
 
 class SFTExample(BaseModel):
@@ -167,7 +171,7 @@ class Pair(BaseModel):
     chosen: str  # in SQL normal form: the gold, or a sample that executes to the gold result
     rejected: str  # the opponent's answer, in SQL normal form
     rejected_label: Label
-    chosen_source: Literal["gold", "sample"] = "gold"
+    chosen_source: Literal["gold", "sample", "repaired"] = "gold"  # repaired: a failing sample, repaired
     weight: int = 1  # how many times per epoch training repeats the pair (graded negatives)
     replay: bool = False  # an NLL-only row (both sides the gold): feedback.replay_rows
 

@@ -64,6 +64,7 @@ class StageSummary(BaseModel):
     pairs: int | None = None
     pairs_by_label: dict[str, int] | None = None
     chosen_from_samples: int | None = None
+    chosen_repaired: int | None = None  # chosen sides that are failing samples repaired (feedback.repaired_chosen)
     replay_rows: int | None = None  # NLL-only rows on gold SQL trained beside the pairs
     part_seconds: dict[str, float] | None = None  # answering, labelling, training, scoring
     # this stage's training and scoring, estimated once its pairs were known, at the machine's calibration
