@@ -24,10 +24,11 @@ WEIGHTS = (".safetensors", ".bin", ".pt", ".pth")
 
 
 def _left_out(relative: Path, run: Path) -> bool:
-    """Whether a file of the run stays behind: merged weights that an adapter beside them rebuilds, and trainer/."""
+    """Whether a file of the run stays behind: merged weights that an adapter beside them rebuilds (a stage's
+    model/, an epoch snapshot's epochs/<n>/model/), training state (trainer/), and hidden staging folders."""
     parts = relative.parts
-    if "trainer" in parts or (len(parts) >= 4 and parts[-4] == "epochs" and parts[-2] == "model"):
-        return True  # an epoch snapshot's merged model is merged again from its adapter when its stage needs it
+    if "trainer" in parts or any(part.startswith(".") for part in parts):
+        return True
     if relative.name.endswith(WEIGHTS) and len(parts) >= 2 and parts[-2] == "model":
         return (run / Path(*parts[:-2]) / "adapter").is_dir()
     return False
@@ -50,43 +51,76 @@ def pack(run: Path, archive: Path) -> None:
             tar.add(path, arcname=str(Path(run.name) / relative), recursive=False)
     print(f"packed {kept / 2**20:.1f} MiB of {run} into {archive} ({archive.stat().st_size / 2**20:.1f} MiB), "
           f"leaving {left / 2**20:.0f} MiB of merged weights and training state")
+    for stage in sorted(run.glob("*/trainer")):
+        if not (stage.parent / "done.json").is_file() and any(stage.glob("checkpoint-*")):
+            print(f"  {stage.parent.name} is unfinished: its training checkpoints stay behind, so it trains again")
 
 
-def _base_of(stage_model: Path, run: Path, configured: str) -> str:
-    """The model an adapter was trained on: the start model, or the run stage it was recorded as."""
+def _base_of(model: Path, run: Path, configured: str) -> str:
+    """The model an adapter was trained on: a model of this run (merged before it), or the start model."""
     from exspin.models import TRAINING_RECORD, resolve_model
-    from exspin.run_folder import model_path_in
+    from exspin.run_folder import in_a_run, model_path_in
 
-    recorded = json.loads((stage_model / TRAINING_RECORD).read_text())["base_model"]
-    here = model_path_in(run, recorded)
-    return here if here != recorded or Path(recorded).is_dir() else resolve_model(configured)
+    recorded = json.loads((model / TRAINING_RECORD).read_text())["base_model"]
+    if in_a_run(recorded):
+        here = Path(model_path_in(run, recorded))
+        if run not in here.parents or not any(p.name.endswith(WEIGHTS) for p in here.iterdir()):
+            raise SystemExit(f"{model} was trained from {recorded}, which the archive does not rebuild")
+        return str(here)
+    return recorded if Path(recorded).is_dir() else resolve_model(configured)
 
 
-def unpack(archive: Path, run: Path) -> None:
+def _members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
+    """The archive's files and hard links, renamed from <run name>/... to ..., each checked to stay inside."""
+    top = {Path(member.name).parts[0] for member in tar.getmembers()}
+    if len(top) != 1:
+        raise SystemExit(f"{tar.name} holds more than one run: {sorted(top)}")
+    (name,) = top
+    members = []
+    for member in tar.getmembers():
+        if member.isdir():
+            continue
+        if not (member.isfile() or member.islnk()):
+            raise SystemExit(f"{tar.name} holds {member.name}, neither a file nor a hard link")
+        for attribute in ("name", "linkname") if member.islnk() else ("name",):
+            path = Path(getattr(member, attribute))
+            if path.is_absolute() or ".." in path.parts or path.parts[0] != name:
+                raise SystemExit(f"{tar.name} holds {path}, outside its run")
+            setattr(member, attribute, str(path.relative_to(name)))
+        members.append(member)
+    return members
+
+
+def unpack(archive: Path, run: Path) -> list[tuple[Path, str]]:
+    """Extract and merge into a hidden folder beside RUN, renamed to RUN when whole; (adapter, base) merged."""
+    import shutil
+
     from exspin.models import merge_like
 
-    if run.exists() and any(run.iterdir()):
-        raise SystemExit(f"{run} exists and is not empty: unpack into a new folder")
-    run.mkdir(parents=True, exist_ok=True)
+    if run.exists():
+        raise SystemExit(f"{run} exists: unpack into a new folder")
+    partial = run.parent / f".{run.name}.unpacking"
+    shutil.rmtree(partial, ignore_errors=True)  # an unpack cut short before
+    partial.mkdir(parents=True)
     with tarfile.open(archive, "r:gz") as tar:
-        top = {Path(member.name).parts[0] for member in tar.getmembers()}
-        if len(top) != 1:
-            raise SystemExit(f"{archive} holds more than one run: {sorted(top)}")
-        (name,) = top
-        for member in tar.getmembers():
-            if not member.isfile():
-                continue
-            member.name = str(Path(member.name).relative_to(name))
-            tar.extract(member, run, filter="data")
-    configured = json.loads((run / "config.json").read_text())["model"]
-    # Stage folders sort in the order they ran (02_start, 03_sft, 04_iter1, ...): each base exists before it is used.
-    for adapter in sorted(run.glob("*/adapter")):
-        model = adapter.parent / "model"
-        if (model / "config.json").is_file() and not any(p.name.endswith(WEIGHTS) for p in model.iterdir()):
-            base = _base_of(model, run, configured)
-            merge_like(base, adapter, model, model)
-            print(f"merged {adapter} into {base}")
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        tar.extractall(partial, members=_members(tar), **safe)
+    configured = json.loads((partial / "config.json").read_text())["model"]
+    merged = []
+    # Stage folders sort in the order they ran (02_start, 03_sft, 04_iter1, ...), and a stage's epoch snapshots
+    # come before its own model: each base is merged before a stage uses it.
+    for stage in sorted(p for p in partial.iterdir() if p.is_dir()):
+        for adapter in [*sorted(stage.glob("epochs/*/adapter"), key=lambda a: int(a.parent.name)), stage / "adapter"]:
+            model = adapter.parent / "model"
+            if adapter.is_dir() and (model / "config.json").is_file() and \
+                    not any(p.name.endswith(WEIGHTS) for p in model.iterdir()):
+                base = _base_of(model, partial, configured)
+                merge_like(base, adapter, model, model)
+                merged.append((run / adapter.relative_to(partial), base.replace(str(partial), str(run))))
+                print(f"merged {adapter.relative_to(partial)} into {base}")
+    partial.rename(run)
     print(f"unpacked {archive} into {run}")
+    return merged
 
 
 def main() -> None:

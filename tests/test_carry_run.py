@@ -34,7 +34,13 @@ def test_a_packed_run_unpacks_to_the_same_weights_and_resumes_without_training(t
     assert "run/03_sft/adapter/adapter_model.safetensors" in names and "run/03_sft/model/config.json" in names
     assert not [n for n in names if "/trainer/" in n or ("/model/" in n and n.endswith(".safetensors"))]
 
-    carry.unpack(archive, moved)
+    merged = carry.unpack(archive, moved)
+    assert not (tmp_path / ".moved.unpacking").exists()
+    # Each adapter merged into the start model or into a stage of the moved run, never the original run's.
+    assert [str(adapter.relative_to(moved)) for adapter, _ in merged] == [
+        "03_sft/adapter", "04_iter1/adapter", "05_iter2/adapter"]
+    starts = json.loads((whole / "03_sft" / "model" / "exspin_training.json").read_text())["base_model"]
+    assert all(base == starts or Path(base).is_relative_to(moved) for _, base in merged)
     # Iteration 2's adapter was trained on iteration 1's merged model (or SFT's), inside the run folder: merged
     # in order, each into the weights its stage saved.
     for stage in ("03_sft", "04_iter1", "05_iter2"):
@@ -43,8 +49,14 @@ def test_a_packed_run_unpacks_to_the_same_weights_and_resumes_without_training(t
         before, after = load_file(saved), load_file(merged)
         assert before.keys() == after.keys()
         assert all(before[k].dtype == after[k].dtype and before[k].equal(after[k]) for k in before), stage
-    with pytest.raises(SystemExit, match="not empty"):
-        carry.unpack(archive, moved)
+    with pytest.raises(SystemExit, match="exists"):
+        merged = carry.unpack(archive, moved)
+    assert not (tmp_path / ".moved.unpacking").exists()
+    # Each adapter merged into the start model or into a stage of the moved run, never the original run's.
+    assert [str(adapter.relative_to(moved)) for adapter, _ in merged] == [
+        "03_sft/adapter", "04_iter1/adapter", "05_iter2/adapter"]
+    starts = json.loads((whole / "03_sft" / "model" / "exspin_training.json").read_text())["base_model"]
+    assert all(base == starts or Path(base).is_relative_to(moved) for _, base in merged)
 
     untouched = {path: path.stat().st_mtime_ns for path in [*moved.glob("*/done.json"), *moved.glob("*/model/*")]}
     result = subprocess.run([sys.executable, "-m", "exspin.cli", "run", str(config), f"run_dir={moved}", "--resume"],

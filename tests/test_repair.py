@@ -219,7 +219,7 @@ def test_eval_repairs_stored_candidates_before_they_vote(spider_dir, tmp_path):
         assert (vote["vote_ex"], vote["repaired_candidates"]) == (ex, 2 if repairing else 0)
 
 
-def test_eval_repair_refuses_to_write_over_its_prediction_file(spider_dir, tmp_path):
+def test_eval_refuses_to_write_over_its_input_file(spider_dir, tmp_path):
     from tests.test_cli import assert_one_line_error, run_cli
 
     predictions = tmp_path / "repaired_predictions.jsonl"
@@ -227,3 +227,11 @@ def test_eval_repair_refuses_to_write_over_its_prediction_file(spider_dir, tmp_p
     assert_one_line_error(run_cli("eval", "--data", spider_dir, "--pred", predictions, "--out", tmp_path, "--repair"),
                           "which is the --pred file")
     assert json.loads(predictions.read_text())["sql"] == "SELECT COUNT(singerid) FROM singer"
+    # The same for a vote again over stored candidates, whose predictions.jsonl it writes in --out.
+    stored = tmp_path / "predictions.jsonl"
+    stored.write_text(json.dumps({"index": 0, "candidates": [
+        {"source": "greedy", "sql": "SELECT COUNT(singerid) FROM singer", "completion": ""}]}) + "\n")
+    before = stored.read_text()
+    assert_one_line_error(run_cli("eval", "--data", spider_dir, "--candidates", stored, "--out", tmp_path, "--repair"),
+                          "which is the --candidates file")
+    assert stored.read_text() == before

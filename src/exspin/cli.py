@@ -113,6 +113,9 @@ def eval_command(
         from exspin.evaluation.prediction_files import read_candidates
         from exspin.generation.generator import GenerationConfig
 
+        if candidates.resolve() == (out / "predictions.jsonl").resolve():
+            raise UserError("voting again writes predictions.jsonl in --out, which is the --candidates file: "
+                            "choose another --out")
         examples, options = read_candidates(candidates, loaded)
         with _runner(timeout, workers, max_rows, cache) as runner:
             result = score_votes(loaded, examples, options, runner, out, GenerationConfig(repair_columns=repair))

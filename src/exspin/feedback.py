@@ -83,8 +83,8 @@ class PairRules(BaseModel):
     gold_when_never_right: bool = False
     # DPO and RFT only: a sample that failed for a name and that repair (execution/repair.py) makes run to the
     # gold result is a right answer too, after the question's own: nearly the model's own text, so a chosen
-    # side close to its policy where it had none, and each such failing sample is paired with its own repair
-    # (the pair differs in that name). The failing sample stays a wrong answer.
+    # side close to its policy where it had none; such a failing sample, among the pairs a question keeps, is
+    # paired with its own repair (the pair differs in that name). The failing sample stays a wrong answer.
     repaired_chosen: bool = False
     # RFT only: every question's gold SQL is a row too, beside its distinct right answers (not counted in
     # pairs_per_question, and an answer in the gold's normal form is not repeated): issue 27's
@@ -159,14 +159,9 @@ def label_samples(split: Split, examples: Sequence[Example], completions: Sequen
             continue
         if not sql.strip():
             label, message = "syntax_error", "no SQL in the completion"
-        elif judgement.match:
-            label, message = "correct", ""
-        elif judgement.pred.ok:
-            label, message = "wrong_result", judgement.pred.message
-        elif judgement.pred.crashed:  # failed its execution worker: wrong, like any query that fails to run
-            label, message = "runtime_error", judgement.pred.message
         else:
-            label, message = judgement.pred.outcome, judgement.pred.message
+            label = _label(judgement)
+            message = "" if label == "correct" else judgement.pred.message
         records.append(Generation(index=example.index, db_id=example.db_id, sample=number, sql=sql,
                                   completion=completion, label=label, message=message, logprob=logprob))
     return records
@@ -187,9 +182,19 @@ def repair_samples(split: Split, labelled: Sequence[Generation], runner: SqlRunn
     numbers = sorted(repaired)
     tasks = [JudgeTask(failed[n][0], examples[labelled[n].index].gold_sql, repaired[n], split.dataset) for n in numbers]
     judged = dict(zip(numbers, runner.judge_many(tasks), strict=True))
-    return [a.model_copy(update={"repaired_sql": repaired[n],
-                                 "repaired_label": "correct" if judged[n].match else "wrong_result"})
+    return [a.model_copy(update={"repaired_sql": repaired[n], "repaired_label": _label(judged[n])})
             if n in judged else a for n, a in enumerate(labelled)]
+
+
+def _label(judgement) -> Label:
+    """An answer's feedback label from its judgement against the gold (whose own run succeeded)."""
+    if judgement.match:
+        return "correct"
+    if judgement.pred.ok:
+        return "wrong_result"
+    if judgement.pred.crashed:  # failed its execution worker: wrong, like any query that fails to run
+        return "runtime_error"
+    return judgement.pred.outcome
 
 
 def _rejected_text(answer: Generation) -> str:
@@ -233,7 +238,9 @@ def make_pairs(method: PairMethod, examples: Sequence[Example], prompts: dict[in
                                chosen=text, rejected=text, rejected_label="correct", chosen_source=source)
                           for source, text in rows]
                 continue
-            rejected = [(text, a) for text, a in unique.items() if text != gold and a.label != "correct"]
+            # nor an answer that is another's repair, chosen there
+            rejected = [(text, a) for text, a in unique.items()
+                        if text != gold and a.label != "correct" and text not in repairs.values()]
         else:
             chosen = [("sample", correct[0])] if rules.own_chosen and correct else [("gold", gold)]
             if rules.equivalent_positives:
@@ -248,7 +255,7 @@ def make_pairs(method: PairMethod, examples: Sequence[Example], prompts: dict[in
                 source, chosen_text = chosen[number % len(chosen)] if chosen else (None, None)
                 if text in repairs:  # against its own repair: the pair differs in the name repaired
                     source, chosen_text = "repaired", repairs[text]
-                if chosen_text is not None:
+                if chosen_text is not None and chosen_text != text:
                     pairs.append(Pair(index=example.index, db_id=example.db_id, prompt=prompts[example.index],
                                       chosen=chosen_text, rejected=text, rejected_label=answer.label,
                                       chosen_source=source, weight=rules.negatives.of(answer.label)))

@@ -532,8 +532,13 @@ def _pair(run: Run, iteration: int, labelled: list[Generation], folder: Path, pr
     iteration's own; train_pairs.jsonl: with the previous iteration's where mixed). Cheap: no model.
     Replay rows are drawn from all the training questions, answered this iteration or not."""
     settings = run.config.selfplay
-    if settings.feedback.repaired_chosen:
-        labelled = repair_samples(run.source_split("train"), labelled, run.runner)
+    if settings.feedback.repaired_chosen:  # repaired once, kept: a resumed stage makes the same pairs
+        repaired = folder / "repaired_generations.jsonl"
+        if repaired.is_file():
+            labelled = [Generation.model_validate(r) for r in read_jsonl(repaired)]
+        else:
+            labelled = repair_samples(run.source_split("train"), labelled, run.runner)
+            write_jsonl(repaired, [a.model_dump(exclude_none=True) for a in labelled])
     pairs = make_pairs(settings.method, _iteration_examples(run, iteration), run.prompts("train"), labelled,
                        settings.feedback)
     # exclude_unset: a pair read back from an older run's file is written and trained on as it was.

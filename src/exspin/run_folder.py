@@ -138,6 +138,11 @@ def model_path_in(run_dir: Path, recorded: str) -> str:
     return recorded
 
 
+def in_a_run(recorded: str) -> bool:
+    """Whether a recorded model path is a model inside a run folder (<stage folder>/model, or an SFT epoch's)."""
+    return any(_MODEL_STAGE.match(part) for part in Path(recorded).parts[:-1])
+
+
 def stage_folder_name(number: int, stage: str) -> str:
     """The folder of a model stage: ("start", 2) -> 02_start; ("exspin-1", 4) -> 04_iter1."""
     if stage in ("start", "sft", "control"):

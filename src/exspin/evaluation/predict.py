@@ -209,7 +209,9 @@ def score_votes(split: Split, examples: Sequence[Example], candidates: Sequence[
     scored = {v.index for v in result.examples} & judged.keys()
     change = paired_change(greedy, result.examples)
     summary = {"candidates": width, "samples": width - 1,
-               "temperature": generation_config.vote_temperature if generation_config else None,
+               # the samples' temperature where this config drew them (not where stored candidates are voted again)
+               "temperature": generation_config.vote_temperature if generation_config and generation_config.vote_samples
+               else None,
                "n": len(scored), "greedy_ex": round(100.0 * sum(v.ex for v in greedy) / max(len(greedy), 1), 4),
                "vote_ex": round(result.ex, 4),
                "pass_at_k": round(100.0 * sum(any(v.ex for v in judged[i].values()) for i in scored)

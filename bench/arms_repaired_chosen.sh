@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Issue 27: one DPO iteration (the default recipe: 8 samples at T 1.0, 2 pairs a question, lr 2e-5) and the same
+# with selfplay.feedback.repaired_chosen, from one SFT base, on the very same samples; then the table.
+#
+#     bash bench/arms_repaired_chosen.sh [BASE_ARCHIVE]    (RUNS=runs/arms by default; resumable: run it again)
+#
+# The base is a run carried as its adapters (bench/carry_run.py): configs/spider_cpu_tuned.yaml with
+# selfplay.iterations=0 sft.train.epoch_snapshots=false, seed 0 (3 epochs of SFT on 1,000 questions, lr 1e-4).
+# About 90 minutes for the DPO arm and 60 for the second on 2 cores without AMX. Each arm is packed when it
+# finishes (RUNS/<arm>.tar.gz), so a new machine can pick up where this one stopped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+archive="${1:-bench/carried/spider_cpu_tuned_seed0_e3.tar.gz}"
+runs="${RUNS:-runs/arms}"
+python=.venv/bin/python
+config=configs/spider_cpu_tuned.yaml
+same=(sft.train.epoch_snapshots=false selfplay.iterations=1 control.patience=3)
+base="$runs/base"
+
+[ -f "$base/03_sft/done.json" ] || $python bench/carry_run.py unpack "$archive" "$base"
+
+branch() {  # branch NAME: a run sharing the base's data, prompts, start and SFT stages (hard links)
+    $python -c "import sys; from exspin.run_folder import branch_run; branch_run(sys.argv[1], sys.argv[2])" \
+        "$base" "$runs/$1"
+}
+
+arm() {  # arm NAME OVERRIDES...: one self-play iteration in the branch NAME, then packed
+    local name="$1"; shift
+    [ -f "$runs/$name/report/metrics.json" ] && return 0
+    branch "$name"
+    .venv/bin/exspin run "$config" "run_dir=$runs/$name" "${same[@]}" "$@" --resume
+    $python bench/carry_run.py pack "$runs/$name" "$runs/$name.tar.gz"
+}
+
+arm dpo1
+# The same samples, pairs made again with repaired failing samples as chosen sides (generations.jsonl linked).
+if [ ! -f "$runs/dpo1_repaired/04_iter1/generations.jsonl" ]; then
+    branch dpo1_repaired
+    mkdir -p "$runs/dpo1_repaired/04_iter1"
+    ln "$runs/dpo1/04_iter1/generations.jsonl" "$runs/dpo1_repaired/04_iter1/generations.jsonl"
+fi
+arm dpo1_repaired selfplay.feedback.repaired_chosen=true
+
+$python bench/bench_arms.py --base "$base" "$runs/dpo1" "$runs/dpo1_repaired" --out bench/results/arms_repaired_chosen
