@@ -12,10 +12,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 archive="${1:-bench/carried/spider_cpu_tuned_seed0_e3.tar.gz}"
 runs="${RUNS:-runs/arms}"
-python=.venv/bin/python
+python="${PYTHON:-.venv/bin/python}"  # from a worktree: PYTHON=<main>/.venv/bin/python PYTHONPATH=<worktree>/src
 config=configs/spider_cpu_tuned.yaml
 same=(sft.train.epoch_snapshots=false selfplay.iterations=1 control.patience=3)
-base="$runs/base"
+base="${BASE_RUN:-$runs/base}"  # BASE_RUN: a finished base run on this machine, instead of the archive
 
 [ -f "$base/03_sft/done.json" ] || $python bench/carry_run.py unpack "$archive" "$base"
 
@@ -28,7 +28,7 @@ arm() {  # arm NAME OVERRIDES...: one self-play iteration in the branch NAME, th
     local name="$1"; shift
     [ -f "$runs/$name/report/metrics.json" ] && return 0
     branch "$name"
-    .venv/bin/exspin run "$config" "run_dir=$runs/$name" "${same[@]}" "$@" --resume
+    $python -m exspin.cli run "$config" "run_dir=$runs/$name" "${same[@]}" "$@" --resume
     $python bench/carry_run.py pack "$runs/$name" "$runs/$name.tar.gz"
 }
 
