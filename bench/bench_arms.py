@@ -64,6 +64,8 @@ def arm_rows(base: RunFolder, arm: RunFolder) -> list[dict]:
             "validation_vs_sft": paired_change(base.verdicts("sft", "validation"),
                                                arm.verdicts(stage, "validation")).to_json(),
             "labels": summary.labels, "pairs": summary.pairs, "pairs_by_label": summary.pairs_by_label,
+            "chosen_from_samples": summary.chosen_from_samples, "chosen_repaired": summary.chosen_repaired,
+            "model_ex": summary.model_ex,
             "training_rows": summary.training_rows, "part_seconds": summary.part_seconds,
             "seconds": summary.seconds, "warnings": summary.warnings, **reward_trend(arm.train_log(stage))})
     return rows
@@ -131,7 +133,10 @@ def markdown(base: RunFolder, rows: list[dict], controls: list[dict], versus: li
     for r in rows:
         parts = ", ".join(f"{k} {v:.0f}" for k, v in (r["part_seconds"] or {}).items())
         lines.append(f"- {r['arm']} {r['stage']}: {', '.join(f'`{s}`' for s in r['settings']) or 'none'}; "
-                     f"labels {r['labels']}; pairs by label {r['pairs_by_label']}; {parts or 'no timing'}"
+                     f"labels {r['labels']}; pairs by label {r['pairs_by_label']}"
+                     + (f"; chosen repaired {r['chosen_repaired']}" if r.get("chosen_repaired") else "")
+                     + (f"; the model's own SQL's EX {r['model_ex']}" if r.get("model_ex") else "")
+                     + f"; {parts or 'no timing'}"
                      + (f"; warnings: {'; '.join(r['warnings'])}" if r["warnings"] else ""))
     return "\n".join(lines) + "\n"
 

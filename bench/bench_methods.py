@@ -153,6 +153,7 @@ def row(name: str, run: RunFolder, stage: str, base: RunFolder, targets: list[st
     out = {"arm": name, "stage": str(run.stage_dir(stage)), "dev_ex": summary.eval_ex,
            "validation_ex": summary.validation_ex, "pairs": summary.pairs, "pairs_by_label": summary.pairs_by_label or {},
            "training_rows": summary.training_rows, "chosen_from_samples": summary.chosen_from_samples,
+           "chosen_repaired": summary.chosen_repaired,
            "seconds": summary.seconds}
     dev = run.verdicts(stage, "eval")
     # Which questions flipped, and which way (indices in the JSON; counts in the table).
@@ -320,6 +321,8 @@ def markdown(rows: list[dict], sft: dict, start: dict, overrides: list[str], plo
         labels = ", ".join(f"{k} {v}" for k, v in r["pairs_by_label"].items() if v) or "-"
         if r.get("chosen_from_samples"):
             labels += f"; chosen from samples {r['chosen_from_samples']}"
+        if r.get("chosen_repaired"):
+            labels += f"; chosen repaired {r['chosen_repaired']}"
         minutes = f"{r['seconds'] / 60:.0f}" if r["seconds"] else "-"
         margin = (f"{r['margins_first_quarter']:.2f} -> {r['margins_last_quarter']:.2f}"
                   if "margins_first_quarter" in r else "-")
