@@ -32,6 +32,13 @@ arm() {  # arm NAME OVERRIDES...: one self-play iteration in the branch NAME, th
     $python bench/carry_run.py pack "$runs/$name" "$runs/$name.tar.gz"
 }
 
+# Answers of DPO-1's opponent carried from a session that stopped while answering or training (tar of 04_iter1's
+# answer_pieces/ or generations.jsonl): the run goes on from them.
+answers="${archive%.tar.gz}_dpo1_answers.tar.gz"
+if [ -f "$answers" ] && [ ! -e "$runs/dpo1/04_iter1" ]; then
+    branch dpo1
+    tar -xzf "$answers" -C "$runs/dpo1"
+fi
 arm dpo1
 # The same samples, pairs made again with repaired failing samples as chosen sides (generations.jsonl linked).
 if [ ! -f "$runs/dpo1_repaired/04_iter1/generations.jsonl" ]; then
