@@ -7,7 +7,7 @@
 # The base is a run carried as its adapters (bench/carry_run.py): configs/spider_cpu_tuned.yaml with
 # selfplay.iterations=0 sft.train.epoch_snapshots=false, seed 0 (3 epochs of SFT on 1,000 questions, lr 1e-4).
 # About 90 minutes for the DPO arm and 60 for the second on 2 cores without AMX. Each arm is packed when it
-# finishes (RUNS/<arm>.tar.gz), so a new machine can pick up where this one stopped.
+# finishes (RUNS/<arm>.tar.gz; on a new machine, `bench/carry_run.py unpack` it into RUNS/<arm> before running this).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 archive="${1:-bench/carried/spider_cpu_tuned_seed0_e3.tar.gz}"

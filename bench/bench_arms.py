@@ -135,7 +135,8 @@ def markdown(base: RunFolder, rows: list[dict], controls: list[dict], versus: li
         lines.append(f"- {r['arm']} {r['stage']}: {', '.join(f'`{s}`' for s in r['settings']) or 'none'}; "
                      f"labels {r['labels']}; pairs by label {r['pairs_by_label']}"
                      + (f"; chosen repaired {r['chosen_repaired']}" if r.get("chosen_repaired") else "")
-                     + (f"; the model's own SQL's EX {r['model_ex']}" if r.get("model_ex") else "")
+                     + ("; the model's own SQL's EX " + ", ".join(f"{k} {v:.2f}" for k, v in r["model_ex"].items())
+                        if r.get("model_ex") else "")
                      + f"; {parts or 'no timing'}"
                      + (f"; warnings: {'; '.join(r['warnings'])}" if r["warnings"] else ""))
     return "\n".join(lines) + "\n"

@@ -62,7 +62,7 @@ def _base_of(model: Path, run: Path, configured: str) -> str:
     from exspin.run_folder import in_a_run, model_path_in
 
     recorded = json.loads((model / TRAINING_RECORD).read_text())["base_model"]
-    if in_a_run(recorded):
+    if in_a_run(recorded) and recorded != configured:  # (a start model may be another run's stage)
         here = Path(model_path_in(run, recorded))
         if run not in here.parents or not any(p.name.endswith(WEIGHTS) for p in here.iterdir()):
             raise SystemExit(f"{model} was trained from {recorded}, which the archive does not rebuild")
@@ -73,6 +73,8 @@ def _base_of(model: Path, run: Path, configured: str) -> str:
 def _members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
     """The archive's files and hard links, renamed from <run name>/... to ..., each checked to stay inside."""
     top = {Path(member.name).parts[0] for member in tar.getmembers()}
+    if not top:
+        raise SystemExit(f"{tar.name} is empty")
     if len(top) != 1:
         raise SystemExit(f"{tar.name} holds more than one run: {sorted(top)}")
     (name,) = top
@@ -102,22 +104,26 @@ def unpack(archive: Path, run: Path) -> list[tuple[Path, str]]:
     partial = run.parent / f".{run.name}.unpacking"
     shutil.rmtree(partial, ignore_errors=True)  # an unpack cut short before
     partial.mkdir(parents=True)
-    with tarfile.open(archive, "r:gz") as tar:
-        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-        tar.extractall(partial, members=_members(tar), **safe)
-    configured = json.loads((partial / "config.json").read_text())["model"]
-    merged = []
-    # Stage folders sort in the order they ran (02_start, 03_sft, 04_iter1, ...), and a stage's epoch snapshots
-    # come before its own model: each base is merged before a stage uses it.
-    for stage in sorted(p for p in partial.iterdir() if p.is_dir()):
-        for adapter in [*sorted(stage.glob("epochs/*/adapter"), key=lambda a: int(a.parent.name)), stage / "adapter"]:
-            model = adapter.parent / "model"
-            if adapter.is_dir() and (model / "config.json").is_file() and \
-                    not any(p.name.endswith(WEIGHTS) for p in model.iterdir()):
-                base = _base_of(model, partial, configured)
-                merge_like(base, adapter, model, model)
-                merged.append((run / adapter.relative_to(partial), base.replace(str(partial), str(run))))
-                print(f"merged {adapter.relative_to(partial)} into {base}")
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(partial, members=_members(tar), **safe)
+        configured = json.loads((partial / "config.json").read_text())["model"]
+        merged = []
+        # Stage folders sort in the order they ran (02_start, 03_sft, 04_iter1, ...), and a stage's epoch snapshots
+        # come before its own model: each base is merged before a stage uses it.
+        for stage in sorted(p for p in partial.iterdir() if p.is_dir()):
+            for adapter in [*sorted(stage.glob("epochs/*/adapter"), key=lambda a: int(a.parent.name)), stage / "adapter"]:
+                model = adapter.parent / "model"
+                if adapter.is_dir() and (model / "config.json").is_file() and \
+                        not any(p.name.endswith(WEIGHTS) for p in model.iterdir()):
+                    base = _base_of(model, partial, configured)
+                    merge_like(base, adapter, model, model)
+                    merged.append((run / adapter.relative_to(partial), base.replace(str(partial), str(run))))
+                    print(f"merged {adapter.relative_to(partial)} into {base}")
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # nothing half-made is left behind
+        raise
     partial.rename(run)
     print(f"unpacked {archive} into {run}")
     return merged

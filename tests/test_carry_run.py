@@ -61,3 +61,17 @@ def test_a_packed_run_unpacks_to_the_same_weights_and_resumes_without_training(t
     original = json.loads((whole / "report" / "metrics.json").read_text())
     assert {k: v["eval_ex"] for k, v in metrics["stages"].items()} == {
         k: v["eval_ex"] for k, v in original["stages"].items()}
+
+
+def test_archives_that_would_write_outside_their_run_are_refused(tmp_path):
+    carry = _carry()
+    for names, fragment in ((["run/config.json", "run/../../evil"], "outside its run"),
+                            (["run/config.json", "other/config.json"], "more than one run"), ([], "is empty")):
+        archive = tmp_path / "bad.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            for name in names:
+                (tmp_path / "file").write_text("{}")
+                tar.add(tmp_path / "file", arcname=name)
+        with pytest.raises(SystemExit, match=fragment):
+            carry.unpack(archive, tmp_path / "moved")
+        assert not (tmp_path / "moved").exists() and not (tmp_path / ".moved.unpacking").exists()

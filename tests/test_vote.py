@@ -94,6 +94,7 @@ def test_eval_votes_again_over_stored_candidates_on_real_databases(spider_dir, t
     vote = json.loads((out / "vote.json").read_text())
     assert (vote["greedy_ex"], vote["vote_ex"], vote["pass_at_k"]) == (50.0, 100.0, 100.0)
     assert vote["vote_vs_greedy"]["gained_indices"] == [0] and vote["samples"] == 3
+    assert vote["temperature"] is None  # stored candidates: no temperature known here
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").open()]
     assert predictions[0]["sql"] == right[1]  # the winning group's likeliest member (mean -0.5 against -0.75)
     assert [c["outcome"] for c in predictions[0]["candidates"]] == ["ok", "ok", "ok", "runtime_error"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -84,6 +85,13 @@ def data_check(
 REPAIRED_PREDICTIONS = "repaired_predictions.jsonl"  # what `eval --repair` writes beside results.json
 
 
+def _same_file(given: Path, written: Path) -> bool:
+    """Whether writing `written` would overwrite the input file `given` (the same path, or a link to it)."""
+    if given.exists() and written.exists():
+        return os.path.samefile(given, written)
+    return given.resolve() == written.resolve()
+
+
 @app.command("eval")
 def eval_command(
     data: DataDir,
@@ -113,7 +121,7 @@ def eval_command(
         from exspin.evaluation.prediction_files import read_candidates
         from exspin.generation.generator import GenerationConfig
 
-        if candidates.resolve() == (out / "predictions.jsonl").resolve():
+        if _same_file(candidates, out / "predictions.jsonl"):
             raise UserError("voting again writes predictions.jsonl in --out, which is the --candidates file: "
                             "choose another --out")
         examples, options = read_candidates(candidates, loaded)
@@ -123,7 +131,7 @@ def eval_command(
         _print_vote(out)
         console.print(f"wrote {out}")
         return
-    if repair and pred is not None and pred.resolve() == (out / REPAIRED_PREDICTIONS).resolve():
+    if repair and pred is not None and _same_file(pred, out / REPAIRED_PREDICTIONS):
         raise UserError(f"--repair writes {REPAIRED_PREDICTIONS} in --out, which is the --pred file: "
                         "choose another --out")
     if gold_as_pred:

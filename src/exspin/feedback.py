@@ -255,7 +255,7 @@ def make_pairs(method: PairMethod, examples: Sequence[Example], prompts: dict[in
                 source, chosen_text = chosen[number % len(chosen)] if chosen else (None, None)
                 if text in repairs:  # against its own repair: the pair differs in the name repaired
                     source, chosen_text = "repaired", repairs[text]
-                if chosen_text is not None and chosen_text != text:
+                if chosen_text is not None:
                     pairs.append(Pair(index=example.index, db_id=example.db_id, prompt=prompts[example.index],
                                       chosen=chosen_text, rejected=text, rejected_label=answer.label,
                                       chosen_source=source, weight=rules.negatives.of(answer.label)))

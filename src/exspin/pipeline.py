@@ -534,9 +534,10 @@ def _pair(run: Run, iteration: int, labelled: list[Generation], folder: Path, pr
     settings = run.config.selfplay
     if settings.feedback.repaired_chosen:  # repaired once, kept: a resumed stage makes the same pairs
         repaired = folder / "repaired_generations.jsonl"
-        if repaired.is_file():
-            labelled = [Generation.model_validate(r) for r in read_jsonl(repaired)]
-        else:
+        cached = [Generation.model_validate(r) for r in read_jsonl(repaired)] if repaired.is_file() else []
+        if [(a.index, a.sample, a.sql) for a in cached] == [(a.index, a.sample, a.sql) for a in labelled]:
+            labelled = cached
+        else:  # none yet, or made from other answers
             labelled = repair_samples(run.source_split("train"), labelled, run.runner)
             write_jsonl(repaired, [a.model_dump(exclude_none=True) for a in labelled])
     pairs = make_pairs(settings.method, _iteration_examples(run, iteration), run.prompts("train"), labelled,
