@@ -6,8 +6,9 @@
 #
 # The base is a run carried as its adapters (bench/carry_run.py): configs/spider_cpu_tuned.yaml with
 # selfplay.iterations=0 sft.train.epoch_snapshots=false, seed 0 (3 epochs of SFT on 1,000 questions, lr 1e-4).
-# About 90 minutes for the DPO arm and 60 for the second on 2 cores without AMX. Each arm is packed when it
-# finishes (RUNS/<arm>.tar.gz; on a new machine, `bench/carry_run.py unpack` it into RUNS/<arm> before running this).
+# About 90 minutes for the DPO arm and 60 for the second on 2 cores without AMX. Each arm is packed without
+# the base's files when it finishes (RUNS/<arm>.tar.gz); an arm carried so, finished or cut short (say while
+# training: its answers kept), goes on from BASE_ARCHIVE's name with _<arm> before .tar.gz.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 archive="${1:-bench/carried/spider_cpu_tuned_seed0_e3.tar.gz}"
@@ -27,21 +28,19 @@ branch() {  # branch NAME: a run sharing the base's data, prompts, start and SFT
 arm() {  # arm NAME OVERRIDES...: one self-play iteration in the branch NAME, then packed
     local name="$1"; shift
     [ -f "$runs/$name/report/metrics.json" ] && return 0
+    local carried="${archive%.tar.gz}_$name.tar.gz"
+    if [ -f "$carried" ] && [ ! -e "$runs/$name" ]; then
+        $python bench/carry_run.py unpack "$carried" "$runs/$name" --base "$base"
+    fi
     branch "$name"
     $python -m exspin.cli run "$config" "run_dir=$runs/$name" "${same[@]}" "$@" --resume
-    $python bench/carry_run.py pack "$runs/$name" "$runs/$name.tar.gz"
+    $python bench/carry_run.py pack "$runs/$name" "$runs/$name.tar.gz" --base "$base"
 }
 
-# Answers of DPO-1's opponent carried from a session that stopped while answering or training (tar of 04_iter1's
-# answer_pieces/ or generations.jsonl): the run goes on from them.
-answers="${archive%.tar.gz}_dpo1_answers.tar.gz"
-if [ -f "$answers" ] && [ ! -e "$runs/dpo1/04_iter1" ]; then
-    branch dpo1
-    tar -xzf "$answers" -C "$runs/dpo1"
-fi
 arm dpo1
 # The same samples, pairs made again with repaired failing samples as chosen sides (generations.jsonl linked).
-if [ ! -f "$runs/dpo1_repaired/04_iter1/generations.jsonl" ]; then
+carried="${archive%.tar.gz}_dpo1_repaired.tar.gz"
+if [ ! -f "$runs/dpo1_repaired/04_iter1/generations.jsonl" ] && [ ! -f "$carried" ]; then
     branch dpo1_repaired
     mkdir -p "$runs/dpo1_repaired/04_iter1"
     ln "$runs/dpo1/04_iter1/generations.jsonl" "$runs/dpo1_repaired/04_iter1/generations.jsonl"

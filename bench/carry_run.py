@@ -1,7 +1,7 @@
 """Carry a run to another machine without its merged weights: what a new machine would lack, small.
 
-    .venv/bin/python bench/carry_run.py pack RUN ARCHIVE.tar.gz
-    .venv/bin/python bench/carry_run.py unpack ARCHIVE.tar.gz RUN
+    .venv/bin/python bench/carry_run.py pack RUN ARCHIVE.tar.gz [--base BASE_RUN]
+    .venv/bin/python bench/carry_run.py unpack ARCHIVE.tar.gz RUN [--base BASE_RUN]
 
 A model stage trained with LoRA keeps two copies of what it learnt: adapter/ (tens of MB) and model/, the
 adapter merged into its base (about 1 GB). `pack` writes everything of the run but the merged weights, the
@@ -11,12 +11,17 @@ stage travels as its adapter, scores and records, and a stage cut short while an
 iteration's base is the stage before it), saving the model as it was saved where it ran: `exspin run ...
 --resume` then goes on after the finished stages. Merging again in float32 and rounding to the saved dtype
 gives the weights training saved, up to the order of float additions.
+
+A run branched from another (run_folder.branch_run: its data, prompts, start and SFT stages hard links to the
+base's files) packs with `--base BASE_RUN` without the files it shares with the base, and unpacks with `--base`
+onto a branch of the base (carried before, and unpacked, on its own).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -34,7 +39,12 @@ def _left_out(relative: Path, run: Path) -> bool:
     return False
 
 
-def pack(run: Path, archive: Path) -> None:
+def _shared(path: Path, relative: Path, base: Path | None) -> bool:
+    """Whether a file of a branched run is the base run's own file (a hard link to it)."""
+    return base is not None and (base / relative).is_file() and os.path.samefile(path, base / relative)
+
+
+def pack(run: Path, archive: Path, base: Path | None = None) -> None:
     if not (run / "config.json").is_file():
         raise SystemExit(f"{run} is not a run folder (no config.json)")
     kept = left = 0
@@ -44,13 +54,13 @@ def pack(run: Path, archive: Path) -> None:
             relative = path.relative_to(run)
             if not path.is_file() or path.is_symlink():
                 continue
-            if _left_out(relative, run):
+            if _left_out(relative, run) or _shared(path, relative, base):
                 left += path.stat().st_size
                 continue
             kept += path.stat().st_size
             tar.add(path, arcname=str(Path(run.name) / relative), recursive=False)
     print(f"packed {kept / 2**20:.1f} MiB of {run} into {archive} ({archive.stat().st_size / 2**20:.1f} MiB), "
-          f"leaving {left / 2**20:.0f} MiB of merged weights and training state")
+          f"leaving {left / 2**20:.0f} MiB of merged weights, training state" + (" and the base's files" if base else ""))
     for stage in sorted(run.glob("*/trainer")):
         if not (stage.parent / "done.json").is_file() and any(stage.glob("checkpoint-*")):
             print(f"  {stage.parent.name} is unfinished: its training checkpoints stay behind, so it trains again")
@@ -93,8 +103,9 @@ def _members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
     return members
 
 
-def unpack(archive: Path, run: Path) -> list[tuple[Path, str]]:
-    """Extract and merge into a hidden folder beside RUN, renamed to RUN when whole; (adapter, base) merged."""
+def unpack(archive: Path, run: Path, base_run: Path | None = None) -> list[tuple[Path, str]]:
+    """Extract (onto a branch of base_run, where given) and merge into a hidden folder beside RUN, renamed to RUN
+    when whole; (adapter, base) merged."""
     import shutil
 
     from exspin.models import merge_like
@@ -106,8 +117,16 @@ def unpack(archive: Path, run: Path) -> list[tuple[Path, str]]:
     partial.mkdir(parents=True)
     try:
         with tarfile.open(archive, "r:gz") as tar:
+            members = _members(tar)
+            if base_run is not None:  # the base's stages that the archive does not hold a folder of
+                from exspin.run_folder import RunFolder, branch_run
+
+                held, base = {Path(m.name).parts[0] for m in members}, RunFolder(base_run)
+                branch_run(base_run, partial, tuple(s for s in base.stage_names() if base.stage_dir(s).name not in held))
             safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            tar.extractall(partial, members=_members(tar), **safe)
+            for member in members:
+                (partial / member.name).unlink(missing_ok=True)  # never write through a link to the base's file
+                tar.extract(member, partial, **safe)
         configured = json.loads((partial / "config.json").read_text())["model"]
         merged = []
         # Stage folders sort in the order they ran (02_start, 03_sft, 04_iter1, ...), and a stage's epoch snapshots
@@ -135,14 +154,16 @@ def main() -> None:
     packing = commands.add_parser("pack", help="RUN -> ARCHIVE.tar.gz, without merged weights or checkpoints")
     packing.add_argument("run", type=Path)
     packing.add_argument("archive", type=Path)
+    packing.add_argument("--base", type=Path, help="the run RUN branched from: its files are left out")
     unpacking = commands.add_parser("unpack", help="ARCHIVE.tar.gz -> RUN, each adapter merged again")
     unpacking.add_argument("archive", type=Path)
     unpacking.add_argument("run", type=Path)
+    unpacking.add_argument("--base", type=Path, help="the run the packed run branched from, unpacked here before")
     args = parser.parse_args()
     if args.command == "pack":
-        pack(args.run, args.archive)
+        pack(args.run, args.archive, args.base)
     else:
-        unpack(args.archive, args.run)
+        unpack(args.archive, args.run, args.base)
 
 
 if __name__ == "__main__":

@@ -75,3 +75,37 @@ def test_archives_that_would_write_outside_their_run_are_refused(tmp_path):
         with pytest.raises(SystemExit, match=fragment):
             carry.unpack(archive, tmp_path / "moved")
         assert not (tmp_path / "moved").exists() and not (tmp_path / ".moved.unpacking").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("tiny_run")
+def test_a_branch_packs_without_its_base_and_unpacks_onto_it(tiny_run, tmp_path):
+    """A branch (hard links to the base's data, prompts, start and SFT) packs only what is its own; unpacked
+    with --base, its stage is merged onto the base's SFT model as it was, and the base's files stay as they were."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from exspin.run_folder import branch_run
+
+    _, whole = tiny_run
+    carry, branch, archive = _carry(), tmp_path / "branch", tmp_path / "branch.tar.gz"
+    branch_run(whole, branch, ("start", "sft"))
+    shutil.copytree(whole / "04_iter1", branch / "04_iter1")  # the branch's own stage (a copy: not the base's)
+    shutil.copy(whole / "config.json", branch / "config.json")
+    carry.pack(branch, archive, base=whole)
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert "branch/04_iter1/adapter/adapter_model.safetensors" in names
+    assert not [n for n in names if n.startswith(("branch/00_data", "branch/01_prompts", "branch/03_sft"))]
+    base_files = {p: p.read_bytes() for p in (whole / "03_sft").rglob("*.json")}
+
+    moved = tmp_path / "moved"
+    [(adapter, base)] = carry.unpack(archive, moved, base_run=whole)
+    assert adapter == moved / "04_iter1" / "adapter"
+    [saved] = (whole / "04_iter1" / "model").glob("*.safetensors")
+    [rebuilt] = (moved / "04_iter1" / "model").glob("*.safetensors")
+    before, after = load_file(saved), load_file(rebuilt)
+    assert all(before[k].equal(after[k]) for k in before)
+    assert (moved / "03_sft" / "done.json").is_file() and (moved / "00_data").is_dir()
+    assert {p: p.read_bytes() for p in base_files} == base_files
