@@ -7,8 +7,8 @@
 # The base is a run carried as its adapters (bench/carry_run.py): configs/spider_cpu_tuned.yaml with
 # selfplay.iterations=0 sft.train.epoch_snapshots=false, seed 0 (3 epochs of SFT on 1,000 questions, lr 1e-4).
 # About 90 minutes for the DPO arm and 60 for the second on 2 cores without AMX. Each arm is packed without
-# the base's files when it finishes (RUNS/<arm>.tar.gz); an arm carried so, finished or cut short (say while
-# training: its answers kept), goes on from BASE_ARCHIVE's name with _<arm> before .tar.gz.
+# the base's files when it finishes, beside BASE_ARCHIVE with _<arm> before .tar.gz (to commit); an arm carried
+# so, finished or cut short (packed by hand: `bench/carry_run.py pack RUNS/<arm> ARCHIVE --base RUNS/base`), goes on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 archive="${1:-bench/carried/spider_cpu_tuned_seed0_e3.tar.gz}"
@@ -34,7 +34,7 @@ arm() {  # arm NAME OVERRIDES...: one self-play iteration in the branch NAME, th
     fi
     branch "$name"
     $python -m exspin.cli run "$config" "run_dir=$runs/$name" "${same[@]}" "$@" --resume
-    $python bench/carry_run.py pack "$runs/$name" "$runs/$name.tar.gz" --base "$base"
+    $python bench/carry_run.py pack "$runs/$name" "$carried" --base "$base"
 }
 
 arm dpo1

@@ -20,12 +20,14 @@ onto a branch of the base (carried before, and unpacked, on its own).
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import tarfile
 from pathlib import Path
 
 WEIGHTS = (".safetensors", ".bin", ".pt", ".pth")
+SHARED = "carried_base.json"  # in an archive packed with --base: the base's folders it shares, and their done.json
 
 
 def _left_out(relative: Path, run: Path) -> bool:
@@ -48,17 +50,28 @@ def pack(run: Path, archive: Path, base: Path | None = None) -> None:
     if not (run / "config.json").is_file():
         raise SystemExit(f"{run} is not a run folder (no config.json)")
     kept = left = 0
+    shared: dict[str, str] = {}  # folder -> its done.json in the base ("" for data and prompts' own)
     archive.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(archive, "w:gz") as tar:
         for path in sorted(run.rglob("*")):
             relative = path.relative_to(run)
             if not path.is_file() or path.is_symlink():
                 continue
-            if _left_out(relative, run) or _shared(path, relative, base):
+            if _shared(path, relative, base):
+                done = base / relative.parts[0] / "done.json"
+                shared[relative.parts[0]] = done.read_text() if done.is_file() else ""
+                left += path.stat().st_size
+                continue
+            if _left_out(relative, run):
                 left += path.stat().st_size
                 continue
             kept += path.stat().st_size
             tar.add(path, arcname=str(Path(run.name) / relative), recursive=False)
+        if base is not None:
+            record = json.dumps({"folders": shared}).encode()
+            info = tarfile.TarInfo(str(Path(run.name) / SHARED))
+            info.size = len(record)
+            tar.addfile(info, io.BytesIO(record))
     print(f"packed {kept / 2**20:.1f} MiB of {run} into {archive} ({archive.stat().st_size / 2**20:.1f} MiB), "
           f"leaving {left / 2**20:.0f} MiB of merged weights, training state" + (" and the base's files" if base else ""))
     for stage in sorted(run.glob("*/trainer")):
@@ -103,6 +116,23 @@ def _members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
     return members
 
 
+def _link_base(tar: tarfile.TarFile, members: list[tarfile.TarInfo], base_run: Path, partial: Path) -> None:
+    """Hard-link into partial the base's folders the packed run shared (as its archive records), each checked to
+    be the same finished stage (its done.json), before the archive's own files are extracted over them."""
+    import shutil
+
+    record = next((m for m in members if m.name == SHARED), None)
+    if record is None:
+        raise SystemExit(f"{tar.name} was packed without --base: unpack it without --base")
+    for folder, done in json.loads(tar.extractfile(record).read())["folders"].items():
+        source = base_run / folder
+        here = (source / "done.json").read_text() if (source / "done.json").is_file() else ""
+        if not source.is_dir() or here != done:
+            raise SystemExit(f"{base_run} is not the run {tar.name} was packed against ({folder} differs)")
+        shutil.copytree(source, partial / folder, copy_function=os.link, dirs_exist_ok=True)
+    members.remove(record)
+
+
 def unpack(archive: Path, run: Path, base_run: Path | None = None) -> list[tuple[Path, str]]:
     """Extract (onto a branch of base_run, where given) and merge into a hidden folder beside RUN, renamed to RUN
     when whole; (adapter, base) merged."""
@@ -118,12 +148,9 @@ def unpack(archive: Path, run: Path, base_run: Path | None = None) -> list[tuple
     try:
         with tarfile.open(archive, "r:gz") as tar:
             members = _members(tar)
-            if base_run is not None:  # the base's stages that the archive does not hold a folder of
-                from exspin.run_folder import RunFolder, branch_run
-
-                held, base = {Path(m.name).parts[0] for m in members}, RunFolder(base_run)
-                branch_run(base_run, partial, tuple(s for s in base.stage_names() if base.stage_dir(s).name not in held))
             safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            if base_run is not None:
+                _link_base(tar, members, base_run, partial)
             for member in members:
                 (partial / member.name).unlink(missing_ok=True)  # never write through a link to the base's file
                 tar.extract(member, partial, **safe)

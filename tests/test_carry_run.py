@@ -100,6 +100,11 @@ def test_a_branch_packs_without_its_base_and_unpacks_onto_it(tiny_run, tmp_path)
     assert not [n for n in names if n.startswith(("branch/00_data", "branch/01_prompts", "branch/03_sft"))]
     base_files = {p: p.read_bytes() for p in (whole / "03_sft").rglob("*.json")}
 
+    other = tmp_path / "other"  # a run without the SFT stage the branch shared: not its base
+    branch_run(whole, other, ("start",))
+    with pytest.raises(SystemExit, match="not the run"):
+        carry.unpack(archive, tmp_path / "wrong", base_run=other)
+    assert not (tmp_path / "wrong").exists() and not (tmp_path / ".wrong.unpacking").exists()
     moved = tmp_path / "moved"
     [(adapter, base)] = carry.unpack(archive, moved, base_run=whole)
     assert adapter == moved / "04_iter1" / "adapter"
