@@ -114,3 +114,13 @@ def tiny_run(spider_dir, tiny_model_dir, tmp_path_factory) -> tuple[Path, Path]:
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     return config, run_dir
+
+
+def load_bench(name: str):
+    """A script of bench/ (not a package) imported as a module, for tests of its functions."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_results.py"
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_results", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_bench
 
 
 def _stage(folder: Path, dev: list[int], validation: list[int], done: dict | None = None) -> Path:
@@ -29,7 +21,7 @@ def _stage(folder: Path, dev: list[int], validation: list[int], done: dict | Non
 
 
 def test_the_results_table_is_computed_from_the_folders_and_spliced_between_the_markers(tmp_path):
-    bench = _bench()
+    bench = load_bench("bench_results")
     sft = _stage(tmp_path / "sft", dev=list(range(10)), validation=list(range(5)))
     arm = _stage(tmp_path / "arm", dev=list(range(1, 19)), validation=list(range(6)),
                  done={"pairs": 40, "part_seconds": {"training": 600, "scoring": 120}})
@@ -54,7 +46,7 @@ def test_the_results_table_is_computed_from_the_folders_and_spliced_between_the_
 
 
 def test_a_vote_row_is_read_only_from_a_vote_with_the_bases_sft_model(tmp_path):
-    bench = _bench()
+    bench = load_bench("bench_results")
     sft = _stage(tmp_path / "sft", dev=list(range(10)), validation=[0])
     vote = {"model": str(sft / "model"), "n": 20,
             "rows": [{"k": 8, "greedy_ex": 50.0, "vote_ex": 60.0, "pass_at_k": 75.0,
@@ -72,7 +64,7 @@ def test_a_vote_row_is_read_only_from_a_vote_with_the_bases_sft_model(tmp_path):
 
 
 def test_a_row_scored_on_other_questions_than_its_sft_is_refused(tmp_path):
-    bench = _bench()
+    bench = load_bench("bench_results")
     sft = _stage(tmp_path / "sft", dev=[0], validation=[0])
     other = tmp_path / "other"
     _stage(other, dev=[0], validation=[0])

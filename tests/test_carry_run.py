@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,14 +10,7 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "carry_run.py"
-
-
-def _carry():
-    spec = importlib.util.spec_from_file_location("carry_run", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_bench
 
 
 @pytest.mark.slow
@@ -27,7 +19,7 @@ def test_a_packed_run_unpacks_to_the_same_weights_and_resumes_without_training(t
     from safetensors.torch import load_file
 
     config, whole = tiny_run
-    carry, archive, moved = _carry(), tmp_path / "run.tar.gz", tmp_path / "moved"
+    carry, archive, moved = load_bench("carry_run"), tmp_path / "run.tar.gz", tmp_path / "moved"
     carry.pack(whole, archive)
     with tarfile.open(archive) as tar:
         names = tar.getnames()
@@ -64,7 +56,7 @@ def test_a_packed_run_unpacks_to_the_same_weights_and_resumes_without_training(t
 
 
 def test_archives_that_would_write_outside_their_run_are_refused(tmp_path):
-    carry = _carry()
+    carry = load_bench("carry_run")
     for names, fragment in ((["run/config.json", "run/../../evil"], "outside its run"),
                             (["run/config.json", "other/config.json"], "more than one run"), ([], "is empty")):
         archive = tmp_path / "bad.tar.gz"
@@ -89,7 +81,7 @@ def test_a_branch_packs_without_its_base_and_unpacks_onto_it(tiny_run, tmp_path)
     from exspin.run_folder import branch_run
 
     _, whole = tiny_run
-    carry, branch, archive = _carry(), tmp_path / "branch", tmp_path / "branch.tar.gz"
+    carry, branch, archive = load_bench("carry_run"), tmp_path / "branch", tmp_path / "branch.tar.gz"
     branch_run(whole, branch, ("start", "sft"))
     shutil.copytree(whole / "04_iter1", branch / "04_iter1")  # the branch's own stage (a copy: not the base's)
     shutil.copy(whole / "config.json", branch / "config.json")
