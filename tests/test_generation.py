@@ -20,7 +20,7 @@ from exspin.generation.hf import (
     prefix_lengths,
     shared_prefix_length,
 )
-from exspin.models import assemble_parts, load_model, merge_adapter, save_model
+from exspin.models import assemble_parts, default_dtype, load_model, merge_adapter, save_model
 
 EXTRACTION_CASES = [
     ("```sql\nSELECT a FROM t;\n```\nThis selects a.", "SELECT a FROM t"),
@@ -439,7 +439,18 @@ def test_predict_end_to_end_with_tiny_model(spider_dir, tiny_model_dir, tmp_path
     assert results["n"] == 6 and 0 <= results["ex"] <= 100
     prompts = [json.loads(line)["prompt"] for line in (out / "prompts.jsonl").open()]
     assert "Question: How many singers do we have?" in prompts[0]
-    assert json.loads((out / "generation.json").read_text())["tokens"] > 0
+    generation = json.loads((out / "generation.json").read_text())
+    assert generation["tokens"] > 0
+    assert generation["dtype"] == str(default_dtype()).removeprefix("torch.")  # generation.dtype auto
+
+
+def test_generation_dtype_pins_the_weights_dtype(tiny_model_dir):
+    from exspin.generation.load import load_in_process
+
+    for dtype in ("bfloat16", "float32"):
+        generator = load_in_process(tiny_model_dir, GenerationConfig(dtype=dtype))
+        assert generator.model.dtype == getattr(torch, dtype)
+        assert generator.dtype_for(GenerationConfig()) == dtype  # what a scored set records
 
 
 @pytest.mark.model

@@ -202,6 +202,33 @@ def test_resume_accepts_a_run_saved_before_a_setting_existed(tmp_path):
     Run(RunConfig(run_dir=run_dir), resume=True).runner.close()
 
 
+def test_a_run_resumed_where_generation_runs_in_another_dtype_says_so(tmp_path):
+    import torch
+
+    from exspin.config import RunConfig
+    from exspin.models import default_dtype
+    from exspin.pipeline import Run, _warn_of_another_dtype
+
+    run_dir = tmp_path / "run"
+    Run(RunConfig(run_dir=run_dir), resume=False).runner.close()
+    other = "float32" if default_dtype() == torch.bfloat16 else "bfloat16"
+    (run_dir / "02_start" / "eval_eval").mkdir(parents=True)
+    (run_dir / "02_start" / "eval_eval" / "generation.json").write_text(json.dumps({"dtype": other}))
+    (run_dir / "02_start" / "done.json").write_text("{}")
+
+    def warnings(config: RunConfig) -> list[str]:
+        logged = []
+        run = Run(config, resume=True, log=logged.append)
+        _warn_of_another_dtype(run)
+        run.runner.close()
+        return logged
+
+    [warning] = warnings(RunConfig(run_dir=run_dir))
+    assert f"start in {other}" in warning and f"generation.dtype={other}" in warning
+    # Pinned to the recorded dtype on resuming: accepted (not a changed setting), and nothing to warn of.
+    assert warnings(RunConfig.model_validate({"run_dir": str(run_dir), "generation": {"dtype": other}})) == []
+
+
 def test_hint_options_matter_on_resume_only_while_hints_are_on(tmp_path):
     from exspin.config import RunConfig
     from exspin.errors import UserError

@@ -130,6 +130,13 @@ def default_dtype():
     return torch.bfloat16 if _cpu_bf16_is_faster() else torch.float32
 
 
+def resolve_dtype(name: str):
+    """A dtype setting ("auto", "bfloat16", "float16", "float32") as the torch dtype this machine uses."""
+    import torch
+
+    return default_dtype() if name == "auto" else getattr(torch, name)
+
+
 @functools.cache
 def _cpu_bf16_is_faster() -> bool:
     import torch

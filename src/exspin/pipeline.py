@@ -59,10 +59,12 @@ def _compared(config: dict) -> dict:
     """The settings a resumed run must share with its start. Hint options change nothing while hints are off.
     How many iterations to run and when to stop (selfplay.iterations, control) change no finished stage, so a
     run may be resumed to go on further, e.g. a finished one-iteration run with selfplay.iterations=2. They
-    apply to the stages not yet finished: finished ones are kept as they were made."""
+    and generation.dtype apply to the stages not yet finished: finished ones are kept as they were made."""
     hints = config.get("hints") or {}
     selfplay = {k: v for k, v in (config.get("selfplay") or {}).items() if k != "iterations"}
-    compared = {k: v for k, v in config.items() if k != "control"} | {"selfplay": selfplay}
+    # The dtype may be pinned on resuming, so that a run carried to another machine scores as it did.
+    generation = {k: v for k, v in (config.get("generation") or {}).items() if k != "dtype"}
+    compared = {k: v for k, v in config.items() if k != "control"} | {"selfplay": selfplay, "generation": generation}
     return compared | {"hints": {"enabled": False}} if hints.get("enabled") is False else compared
 
 
@@ -656,12 +658,31 @@ def plan(config: RunConfig, with_prompt_sizes: bool = False) -> dict:
             "eval": n_eval, "stages": stages, "prompt_sizes": sizes}
 
 
+def _warn_of_another_dtype(run: Run) -> None:
+    """A run resumed where generation computes in another dtype than its finished stages were scored in says
+    so (generation.dtype auto picks per machine: bf16 only where it is fast). Greedy answers differ a little
+    between dtypes, so its stages would then compare across them."""
+    recorded = run.folder.scored_dtypes()
+    if not recorded:
+        return
+    from exspin.models import resolve_dtype
+
+    now = str(resolve_dtype(run.config.generation.dtype)).removeprefix("torch.")
+    other = {stage: dtype for stage, dtype in recorded.items() if dtype != now}
+    if other:
+        scored = ", ".join(f"{stage} in {dtype}" for stage, dtype in other.items())
+        run.log(f"warning: this run's stages were scored with other weights' dtypes ({scored}) than this machine "
+                f"generates in ({now}), so stages compare across dtypes; generation.dtype="
+                f"{next(iter(other.values()))} matches them (slower where this machine lacks fast bf16)")
+
+
 def run_pipeline(config: RunConfig, resume: bool = False, log=print) -> RunSummary:
     """Run (or resume) every stage and write the report; returns the final summary."""
     from exspin.models import resolve_model
 
     run = Run(config, resume, log)
     config = run.config  # as the run goes on with it (an old run keeps scoring as it did)
+    _warn_of_another_dtype(run)
     try:
         run.stage(DATA, lambda folder: _data_stage(run, folder))
         run.stage(PROMPTS, lambda folder: _prompts_stage(run, folder))

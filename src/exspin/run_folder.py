@@ -242,6 +242,17 @@ class RunFolder:
             raise UserError(f"a stage is scored on {' and '.join(SCORED)}, not {which!r}")
         return self.stage_dir(stage) / f"eval_{which}"
 
+    def scored_dtypes(self) -> dict[str, str]:
+        """The dtype each finished stage generated in when it was scored, where its generation.json says
+        (runs scored since 2026-12-08; a worker process's "auto" says nothing and is left out)."""
+        dtypes = {}
+        for stage in self.stage_names():
+            path = self.scored_dir(stage, "eval") / "generation.json"
+            dtype = json.loads(path.read_text()).get("dtype") if path.is_file() else None
+            if dtype and dtype != "auto":
+                dtypes[stage] = dtype
+        return dtypes
+
     def verdicts(self, stage: str, which: str = "eval") -> list[Verdict]:
         """A stage's verdict on each question of one scored set."""
         return read_verdicts(self.scored_dir(stage, which))

@@ -294,6 +294,7 @@ class TransformersGenerator(Generator):
     def __init__(self, model, tokenizer, model_path: str | None = None):
         super().__init__(tokenizer, model_path if model_path is not None else getattr(model, "name_or_path", ""))
         self.model = model
+        self.dtype = str(model.dtype).removeprefix("torch.")
         self._last_prefix: tuple[list[int], object] | None = None  # the previous batch's prefix and its KV cache
 
     def _batch_cache(self, rows: Sequence[Sequence[int]], shared: Sequence[int]):

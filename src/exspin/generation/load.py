@@ -18,7 +18,7 @@ def load_generator(model_path: str, config: GenerationConfig) -> Generator:
 
 def load_in_process(model_path: str, config: GenerationConfig) -> Generator:
     """A Generator in this process: vLLM where `config` picks it, else transformers."""
-    from exspin.models import load_model, load_tokenizer
+    from exspin.models import load_model, load_tokenizer, resolve_dtype
 
     if use_vllm(config):
         from exspin.generation.vllm_engine import VLLMGenerator
@@ -26,4 +26,4 @@ def load_in_process(model_path: str, config: GenerationConfig) -> Generator:
         return VLLMGenerator(load_tokenizer(model_path), model_path)
     from exspin.generation.hf import TransformersGenerator
 
-    return TransformersGenerator(*load_model(model_path), model_path=model_path)
+    return TransformersGenerator(*load_model(model_path, resolve_dtype(config.dtype)), model_path=model_path)

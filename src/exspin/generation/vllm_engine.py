@@ -19,7 +19,7 @@ class VLLMGenerator(Generator):
 
         llm = LLM(model=self.model_path, seed=config.seed, enable_prefix_caching=config.reuse_prefix,
                   gpu_memory_utilization=config.gpu_memory_utilization,
-                  tensor_parallel_size=config.tensor_parallel_size)
+                  tensor_parallel_size=config.tensor_parallel_size, dtype=config.dtype)
         # logprobs=0: only the sampled token's, which vLLM reports from the raw distribution by default.
         params = SamplingParams(n=config.num_samples, temperature=config.temperature, top_p=config.top_p,
                                 max_tokens=config.max_new_tokens, seed=config.seed,
