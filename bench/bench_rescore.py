@@ -42,6 +42,8 @@ def main() -> None:
     recorded = json.loads((run.scored_dir(args.stage, "eval") / "generation.json").read_text())
     settings = {**recorded["config"]}  # as the stage was scored (keys it predates take their defaults)
     settings.setdefault("repair_columns", False)  # scored before answers were repaired: compare generation alone
+    if settings.get("dtype", "auto") == "auto" and recorded.get("dtype", "auto") != "auto":
+        settings["dtype"] = recorded["dtype"]  # in the dtype it was scored in, wherever this runs (--set dtype="auto")
     for override in args.overrides:
         key, _, value = override.partition("=")
         settings[key] = None if value == "null" else json.loads(value)

@@ -20,7 +20,7 @@ from exspin.generation.hf import (
     prefix_lengths,
     shared_prefix_length,
 )
-from exspin.models import assemble_parts, default_dtype, load_model, merge_adapter, save_model
+from exspin.models import assemble_parts, default_dtype, dtype_name, load_model, merge_adapter, save_model
 
 EXTRACTION_CASES = [
     ("```sql\nSELECT a FROM t;\n```\nThis selects a.", "SELECT a FROM t"),
@@ -430,7 +430,7 @@ def test_predict_end_to_end_with_tiny_model(spider_dir, tiny_model_dir, tmp_path
 
     out = tmp_path / "pred"
     result = run_cli("predict", "--model", tiny_model_dir, "--data", spider_dir, "--limit", "6",
-                     "--max-new-tokens", "8", "--hints", "on", "--out", out)
+                     "--max-new-tokens", "8", "--hints", "on", "--dtype", "bfloat16", "--out", out)
     assert result.returncode == 0, result.stderr
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").open()]
     assert [p["index"] for p in predictions] == list(range(6))
@@ -441,16 +441,23 @@ def test_predict_end_to_end_with_tiny_model(spider_dir, tiny_model_dir, tmp_path
     assert "Question: How many singers do we have?" in prompts[0]
     generation = json.loads((out / "generation.json").read_text())
     assert generation["tokens"] > 0
-    assert generation["dtype"] == str(default_dtype()).removeprefix("torch.")  # generation.dtype auto
+    assert generation["dtype"] == "bfloat16"  # as asked, whatever this machine would pick
 
 
 def test_generation_dtype_pins_the_weights_dtype(tiny_model_dir):
     from exspin.generation.load import load_in_process
 
     for dtype in ("bfloat16", "float32"):
-        generator = load_in_process(tiny_model_dir, GenerationConfig(dtype=dtype))
+        config = GenerationConfig(dtype=dtype, backend="hf", max_new_tokens=4)
+        generator = load_in_process(str(tiny_model_dir), config)
         assert generator.model.dtype == getattr(torch, dtype)
-        assert generator.dtype_for(GenerationConfig()) == dtype  # what a scored set records
+        assert generator.dtype_for(config) == dtype  # what a scored set records
+    # In a child process: its dtype is reported back once it has generated.
+    apart = GenerationConfig(dtype="bfloat16", backend="hf", max_new_tokens=4, separate_process=True)
+    worker = load_generator(str(tiny_model_dir), apart)
+    assert worker.dtype_for(apart) == "bfloat16" and worker.dtype is None
+    worker.generate(PROMPTS[:1], apart.model_copy(update={"dtype": "auto"}))
+    assert worker.dtype == dtype_name(default_dtype())
 
 
 @pytest.mark.model

@@ -206,27 +206,29 @@ def test_a_run_resumed_where_generation_runs_in_another_dtype_says_so(tmp_path):
     import torch
 
     from exspin.config import RunConfig
+    from exspin.errors import UserError
     from exspin.models import default_dtype
-    from exspin.pipeline import Run, _warn_of_another_dtype
+    from exspin.pipeline import run_pipeline
 
-    run_dir = tmp_path / "run"
-    Run(RunConfig(run_dir=run_dir), resume=False).runner.close()
+    run_dir, absent = tmp_path / "run", tmp_path / "no-data"
     other = "float32" if default_dtype() == torch.bfloat16 else "bfloat16"
-    (run_dir / "02_start" / "eval_eval").mkdir(parents=True)
-    (run_dir / "02_start" / "eval_eval" / "generation.json").write_text(json.dumps({"dtype": other}))
-    (run_dir / "02_start" / "done.json").write_text("{}")
+    for stage, dtype in (("02_start", other), ("03_sft", "auto")):  # "auto" (a worker's, before it said) tells nothing
+        (run_dir / stage / "eval_eval").mkdir(parents=True)
+        (run_dir / stage / "eval_eval" / "generation.json").write_text(json.dumps({"dtype": dtype}))
+        (run_dir / stage / "done.json").write_text("{}")
 
-    def warnings(config: RunConfig) -> list[str]:
+    def warnings(generation: dict) -> list[str]:
         logged = []
-        run = Run(config, resume=True, log=logged.append)
-        _warn_of_another_dtype(run)
-        run.runner.close()
-        return logged
+        config = RunConfig.model_validate({"run_dir": str(run_dir), "data": {"path": str(absent)},
+                                           "generation": generation})
+        with pytest.raises(UserError):  # the run goes on to its data stage, which finds no data
+            run_pipeline(config, resume=True, log=logged.append)
+        return [line for line in logged if "dtype" in line]
 
-    [warning] = warnings(RunConfig(run_dir=run_dir))
-    assert f"start in {other}" in warning and f"generation.dtype={other}" in warning
+    [warning] = warnings({})
+    assert f"start in {other}" in warning and "sft" not in warning and f"generation.dtype={other}" in warning
     # Pinned to the recorded dtype on resuming: accepted (not a changed setting), and nothing to warn of.
-    assert warnings(RunConfig.model_validate({"run_dir": str(run_dir), "generation": {"dtype": other}})) == []
+    assert warnings({"dtype": other}) == []
 
 
 def test_hint_options_matter_on_resume_only_while_hints_are_on(tmp_path):

@@ -98,7 +98,8 @@ def machine() -> str:
 def calibration_path(config) -> Path:
     """Where this machine's calibration with the config's model and the settings the rates depend on is kept."""
     timed = {"model": config.model, "machine": machine(), "prompt": config.prompt.model_dump(mode="json"),
-             "generation": config.generation.model_dump(mode="json"),
+             "generation": config.generation.model_dump(mode="json", exclude={"dtype"} if config.generation.dtype == "auto"
+                                                        else None),
              "sft": config.sft.train.model_dump(mode="json"), "selfplay": config.selfplay.train.model_dump(mode="json"),
              "samples": [config.selfplay.samples_per_question, config.selfplay.temperature]}
     key = hashlib.sha256(json.dumps(timed, sort_keys=True).encode()).hexdigest()[:16]

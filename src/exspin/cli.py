@@ -241,6 +241,8 @@ def predict_command(
     batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 32,
     max_new_tokens: Annotated[int, typer.Option(help="Longest completion in tokens.")] = 256,
     backend: Annotated[str, typer.Option(help="auto, hf or vllm.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="The weights' dtype while generating: auto (bf16 where this machine "
+                                       "computes it fast, else float32), bfloat16, float16 or float32.")] = "auto",
     samples: Annotated[int, typer.Option(help="Vote by execution over greedy's answer and this many samples "
                                          "(0: greedy alone).")] = 0,
     temperature: Annotated[float, typer.Option(help="Sampling temperature of the vote's samples.")] = 0.8,
@@ -264,7 +266,7 @@ def predict_command(
     loaded = load_split(data, split)
     examples = loaded.executable[:limit]
     try:
-        config = GenerationConfig(backend=backend, batch_size=batch_size, max_new_tokens=max_new_tokens,
+        config = GenerationConfig(backend=backend, batch_size=batch_size, max_new_tokens=max_new_tokens, dtype=dtype,
                                   vote_samples=samples, vote_temperature=temperature, repair_columns=repair)
     except ValueError as error:
         raise UserError(f"invalid generation option: {error.errors()[0]['msg']}") from None

@@ -137,6 +137,11 @@ def resolve_dtype(name: str):
     return default_dtype() if name == "auto" else getattr(torch, name)
 
 
+def dtype_name(dtype) -> str:
+    """A torch dtype as settings and records name it: torch.bfloat16 -> "bfloat16"."""
+    return str(dtype).removeprefix("torch.")
+
+
 @functools.cache
 def _cpu_bf16_is_faster() -> bool:
     import torch

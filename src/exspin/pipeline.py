@@ -35,6 +35,7 @@ from exspin.feedback import (
     replay_rows,
 )
 from exspin.generation import GenerationConfig, load_generator
+from exspin.generation.generator import use_vllm
 from exspin.guards import chosen_logp_warning, control, length_drift_warning, reference_logps
 from exspin.hints.schema import SchemaBook
 from exspin.progress import progress_bar
@@ -663,17 +664,17 @@ def _warn_of_another_dtype(run: Run) -> None:
     so (generation.dtype auto picks per machine: bf16 only where it is fast). Greedy answers differ a little
     between dtypes, so its stages would then compare across them."""
     recorded = run.folder.scored_dtypes()
-    if not recorded:
+    if not recorded or use_vllm(run.config.generation):  # vLLM's auto is the checkpoint's dtype, known once loaded
         return
-    from exspin.models import resolve_dtype
+    from exspin.models import dtype_name, resolve_dtype
 
-    now = str(resolve_dtype(run.config.generation.dtype)).removeprefix("torch.")
+    now = dtype_name(resolve_dtype(run.config.generation.dtype))
     other = {stage: dtype for stage, dtype in recorded.items() if dtype != now}
     if other:
         scored = ", ".join(f"{stage} in {dtype}" for stage, dtype in other.items())
-        run.log(f"warning: this run's stages were scored with other weights' dtypes ({scored}) than this machine "
-                f"generates in ({now}), so stages compare across dtypes; generation.dtype="
-                f"{next(iter(other.values()))} matches them (slower where this machine lacks fast bf16)")
+        run.log(f"warning: finished stages were scored in another dtype ({scored}) than the next ones will be "
+                f"({now}), so they compare across dtypes; generation.dtype={next(iter(other.values()))} keeps "
+                "theirs (bf16 is slower on a CPU without AMX or AVX512-BF16)")
 
 
 def run_pipeline(config: RunConfig, resume: bool = False, log=print) -> RunSummary:

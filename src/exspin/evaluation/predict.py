@@ -86,8 +86,8 @@ def predict_sets(sets: Sequence[PromptSet], runner: SqlRunner, generator: Genera
         for prompt_set in call:
             part = slice(offset, offset + len(prompt_set.prompts))
             offset += len(prompt_set.prompts)
-            results.append(_score(generator.model_path, prompt_set, completions[part], runner, generation_config,
-                                  {**timing, "dtype": generator.dtype_for(generation_config)},
+            results.append(_score(generator.model_path, generator.dtype_for(generation_config), prompt_set,
+                                  completions[part], runner, generation_config, timing,
                                   candidates[part] if candidates is not None else None))
     return results
 
@@ -115,7 +115,7 @@ def _candidates(prompts: Sequence[str], generator: Generator, config: Generation
     return candidates, {"greedy_seconds": middle - start, "sample_seconds": end - middle}
 
 
-def _score(model_path: str, prompt_set: PromptSet, completions: Sequence[Sequence[str]], runner: SqlRunner,
+def _score(model_path: str, dtype: str, prompt_set: PromptSet, completions: Sequence[Sequence[str]], runner: SqlRunner,
            generation_config: GenerationConfig, timing: dict,
            candidates: Sequence[Sequence[Candidate]] | None = None) -> EvalResult:
     """Extract and score one set's first completions (or, given candidates, the vote's answers); write
@@ -139,7 +139,7 @@ def _score(model_path: str, prompt_set: PromptSet, completions: Sequence[Sequenc
     # Generated with other sets in one call: its time and tokens are the call's, not this set's.
     shared = timing["prompts_in_call"] > len(examples)
     write_json(out_dir / "generation.json", {
-        "model": model_path, "examples": len(examples), "dtype": timing["dtype"],
+        "model": model_path, "examples": len(examples), "dtype": dtype,
         **({"call_seconds": seconds, "call_tokens": tokens, "prompts_in_call": timing["prompts_in_call"]}
            if shared else {"seconds": seconds, "tokens": tokens}),
         **{k: timing[k] for k in ("greedy_seconds", "sample_seconds") if k in timing},

@@ -53,9 +53,10 @@ class GenerationConfig(BaseModel):
     # and its EX are kept beside. The full-scale SFT's dev EX went from 56.17 to 66.77
     # (bench/results/repair_full_top12_b8.md). False: the model's SQL as it is.
     repair_columns: bool = True
-    # The weights' dtype while generating. auto: bf16 where this machine computes it fast, else float32
-    # (models.default_dtype, measured per machine). Greedy answers differ a little between the two, so an
-    # experiment carried between machines pins it; each scored set records the dtype it ran in.
+    # The weights' dtype while generating. auto: with transformers, bf16 where this machine computes it fast,
+    # else float32 (models.default_dtype, measured per machine); with vLLM, the checkpoint's. Greedy answers
+    # differ a little between dtypes, so an experiment carried between machines pins it; each scored set
+    # records the dtype it ran in.
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
 
 
@@ -86,7 +87,7 @@ class Generator(ABC):
         self.tokenizer = tokenizer
         self.model_path = model_path
         self.stats = GenerationStats()
-        self.dtype: str | None = None  # the weights' dtype, where this process holds them
+        self.dtype: str | None = None  # the weights' dtype, once known (loaded here, or reported by a child)
 
     def dtype_for(self, config: GenerationConfig) -> str:
         """The dtype a call with `config` generates in: the loaded weights', else the one `config` asks for."""

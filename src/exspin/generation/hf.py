@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 from exspin.generation.extract import statement_complete
 from exspin.generation.generator import Completions, GenerationConfig, Generator, LogProbs, Progress
+from exspin.models import dtype_name
 
 MIN_SHARED_PREFIX = 16  # shorter shared prefixes are not worth a separate forward pass
 # A batch prefills its rows' own parts (after their shared prefixes) together, each padded to the longest.
@@ -294,7 +295,7 @@ class TransformersGenerator(Generator):
     def __init__(self, model, tokenizer, model_path: str | None = None):
         super().__init__(tokenizer, model_path if model_path is not None else getattr(model, "name_or_path", ""))
         self.model = model
-        self.dtype = str(model.dtype).removeprefix("torch.")
+        self.dtype = dtype_name(model.dtype)
         self._last_prefix: tuple[list[int], object] | None = None  # the previous batch's prefix and its KV cache
 
     def _batch_cache(self, rows: Sequence[Sequence[int]], shared: Sequence[int]):

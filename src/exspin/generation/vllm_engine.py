@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from exspin.generation.generator import Completions, GenerationConfig, Generator, LogProbs, Progress
+from exspin.models import dtype_name
 
 
 class VLLMGenerator(Generator):
@@ -20,6 +21,9 @@ class VLLMGenerator(Generator):
         llm = LLM(model=self.model_path, seed=config.seed, enable_prefix_caching=config.reuse_prefix,
                   gpu_memory_utilization=config.gpu_memory_utilization,
                   tensor_parallel_size=config.tensor_parallel_size, dtype=config.dtype)
+        model_config = getattr(llm.llm_engine, "model_config", None)  # what "auto" became: the checkpoint's dtype
+        if getattr(model_config, "dtype", None) is not None:
+            self.dtype = dtype_name(model_config.dtype)
         # logprobs=0: only the sampled token's, which vLLM reports from the raw distribution by default.
         params = SamplingParams(n=config.num_samples, temperature=config.temperature, top_p=config.top_p,
                                 max_tokens=config.max_new_tokens, seed=config.seed,

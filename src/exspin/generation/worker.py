@@ -61,6 +61,7 @@ class WorkerGenerator(Generator):
             answer = json.loads(result.read_text())
         if "error" in answer:
             raise UserError(answer["error"])
+        self.dtype = answer.get("dtype", self.dtype)
         return answer["completions"], answer["logprobs"]
 
 
@@ -90,7 +91,8 @@ def answer_request(load: Callable[[str, GenerationConfig], Generator], request_p
                 completions, logprobs = generator.sample(request["prompts"], config, progress)
             else:
                 completions, logprobs = generator.generate(request["prompts"], config, progress), None
-            answer = {"completions": completions, "logprobs": logprobs, "seconds": time.perf_counter() - start}
+            answer = {"completions": completions, "logprobs": logprobs, "seconds": time.perf_counter() - start,
+                      "dtype": generator.dtype_for(config)}
         except UserError as error:  # a missing model and the like: the parent reports it in one line
             answer = {"error": str(error)}
         Path(result_path).write_text(json.dumps(answer))
