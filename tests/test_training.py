@@ -784,6 +784,13 @@ def test_repaired_samples_are_chosen_against_their_own_failing_text(concert):
                                                   (second.index, "repaired", fixed, fixed)]
     with pytest.raises(ValueError, match="DPO and RFT rule"):
         make_pairs("exspin", [first], prompts, repaired, PairRules(repaired_chosen=True))
+    # rejected_after_repair: the misspelt sample scores right once repaired, so it is nobody's rejected side;
+    # the one whose repair answers wrongly stays rejected. Without repaired labels nothing changes.
+    assert pairs(rejected_after_repair=True) == [(first.index, "sample", own, stadium)]
+    assert pairs(rejected_after_repair=True, repaired_chosen=True) == [
+        (first.index, "sample", own, stadium), (second.index, "repaired", fixed, stadium),
+        (second.index, "repaired", fixed, normal_form(samples[1][2]))]
+    assert pairs(answers=labelled, rejected_after_repair=True) == pairs(answers=labelled)
 
 
 def test_dpo_pairs_per_question_and_the_gold_where_the_model_never_answers_right(concert):
