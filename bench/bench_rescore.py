@@ -43,7 +43,7 @@ def main() -> None:
     settings = {**recorded["config"]}  # as the stage was scored (keys it predates take their defaults)
     settings.setdefault("repair_columns", False)  # scored before answers were repaired: compare generation alone
     if settings.get("dtype", "auto") == "auto" and recorded.get("dtype", "auto") != "auto":
-        settings["dtype"] = recorded["dtype"]  # in the dtype it was scored in, wherever this runs (--set dtype="auto")
+        settings["dtype"] = recorded["dtype"]  # in the dtype it was scored in, wherever this runs (--set 'dtype="auto"')
     for override in args.overrides:
         key, _, value = override.partition("=")
         settings[key] = None if value == "null" else json.loads(value)

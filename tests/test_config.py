@@ -152,6 +152,9 @@ def test_rft_refuses_the_rules_of_a_rejected_side(tmp_path):
         load_config(path, ["selfplay.feedback.negatives.timeout=0"])
     with pytest.raises(UserError, match="feedback.rejected_after_repair is for pairs"):
         load_config(path, ["selfplay.feedback.rejected_after_repair=true"])
+    with pytest.raises(UserError, match="generation.repair_columns is off"):
+        load_config(path, ["selfplay.method=dpo", "selfplay.feedback.rejected_after_repair=true",
+                           "generation.repair_columns=false"])
     with pytest.raises(UserError, match="replay_ratio is for pairs"):
         load_config(path, ["selfplay.replay_ratio=0.5"])
 

@@ -791,6 +791,12 @@ def test_repaired_samples_are_chosen_against_their_own_failing_text(concert):
         (first.index, "sample", own, stadium), (second.index, "repaired", fixed, stadium),
         (second.index, "repaired", fixed, normal_form(samples[1][2]))]
     assert pairs(answers=labelled, rejected_after_repair=True) == pairs(answers=labelled)
+    # ExSPIN (gold chosen): the misspelt sample and the second question's are spared; the wrong repair is not.
+    gold = normal_form(first.gold_sql), normal_form(second.gold_sql)
+    exspin = make_pairs("exspin", [first, second], prompts, repaired, PairRules(rejected_after_repair=True))
+    assert [(p.index, p.chosen_source, p.chosen, p.rejected) for p in exspin] == [
+        (first.index, "gold", gold[0], stadium), (second.index, "gold", gold[1], stadium),
+        (second.index, "gold", gold[1], normal_form(samples[1][2]))]
 
 
 def test_dpo_pairs_per_question_and_the_gold_where_the_model_never_answers_right(concert):

@@ -241,8 +241,8 @@ def predict_command(
     batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 32,
     max_new_tokens: Annotated[int, typer.Option(help="Longest completion in tokens.")] = 256,
     backend: Annotated[str, typer.Option(help="auto, hf or vllm.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="The weights' dtype while generating: auto (bf16 where this machine "
-                                       "computes it fast, else float32), bfloat16, float16 or float32.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="The weights' dtype while generating: auto (on a CPU, bf16 where this "
+                                       "machine computes it fast, else float32), bfloat16, float16 or float32.")] = "auto",
     samples: Annotated[int, typer.Option(help="Vote by execution over greedy's answer and this many samples "
                                          "(0: greedy alone).")] = 0,
     temperature: Annotated[float, typer.Option(help="Sampling temperature of the vote's samples.")] = 0.8,

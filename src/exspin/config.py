@@ -167,6 +167,9 @@ class RunConfig(_Section):
         elif self.selfplay.replay_ratio > 0 and self.selfplay.train.loss in LOSSES_ACTING_ON_EQUAL_SIDES:
             raise ValueError(f"selfplay.replay_ratio trains replay rows through the NLL term alone, but "
                              f"selfplay.train.loss {self.selfplay.train.loss} trains them too: choose another loss")
+        if rules.rejected_after_repair and not self.generation.repair_columns:
+            raise ValueError("selfplay.feedback.rejected_after_repair spares the samples that scoring's repair makes "
+                             "right, but generation.repair_columns is off: scoring counts them wrong")
         if not any(rules.negatives.model_dump().values()):
             raise ValueError("selfplay.feedback.negatives: every outcome has weight 0, so no pair would be made")
         if rules.choosing_among_samples() and self.selfplay.iterations and self.selfplay.samples_per_question < 2:

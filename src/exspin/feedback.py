@@ -86,10 +86,12 @@ class PairRules(BaseModel):
     # side close to its policy where it had none; such a failing sample, among the pairs a question keeps, is
     # paired with its own repair (the pair differs in that name). The failing sample stays a wrong answer.
     repaired_chosen: bool = False
-    # A failing sample that repair makes run to the gold result is not a rejected answer: scoring repairs
-    # answers (generation.repair_columns), so that sample already scores right, and the pairs go to the errors
-    # repair leaves wrong. Of DPO-1's pairs from the rebuilt base, 511 of 743 rejected a runtime error, and
-    # DPO-1 gained on the models' own SQL (+62/-48) but not once repaired (+46/-49; bench/results/README.md).
+    # Methods with a rejected side (not RFT): a failing sample that repair makes run to the gold result is not a
+    # rejected answer. Scoring repairs answers (generation.repair_columns), so that sample already scores right,
+    # and the pairs go to the errors repair leaves wrong. With repaired_chosen too, repairs are chosen sides only
+    # (against other wrong answers): their failing originals are no longer rejected. Of DPO-1's pairs from the
+    # rebuilt base, 511 of 743 rejected a runtime error; DPO-1 was ahead of SFT on the models' own SQL (+62/-48,
+    # p = 0.21) and level once answers were repaired (+46/-49; bench/results/README.md).
     rejected_after_repair: bool = False
     # RFT only: every question's gold SQL is a row too, beside its distinct right answers (not counted in
     # pairs_per_question, and an answer in the gold's normal form is not repeated): issue 27's

@@ -662,10 +662,10 @@ def plan(config: RunConfig, with_prompt_sizes: bool = False) -> dict:
 
 def _warn_of_another_dtype(run: Run) -> None:
     """A run resumed where generation computes in another dtype than its finished stages were scored in says
-    so (generation.dtype auto picks per machine: bf16 only where it is fast). Greedy answers differ a little
+    so (generation.dtype auto picks per machine: on a CPU, bf16 only where it is fast). Greedy answers differ a little
     between dtypes, so its stages would then compare across them."""
     recorded = run.folder.scored_dtypes()
-    if not recorded or use_vllm(run.config.generation):  # vLLM's auto is the checkpoint's dtype, known once loaded
+    if not recorded or use_vllm(run.config.generation):  # vLLM's auto is vLLM's choice, known once it has loaded
         return
     from exspin.models import dtype_name, resolve_dtype
 
@@ -673,9 +673,11 @@ def _warn_of_another_dtype(run: Run) -> None:
     other = {stage: dtype for stage, dtype in recorded.items() if dtype != now}
     if other:
         scored = ", ".join(f"{stage} in {dtype}" for stage, dtype in other.items())
+        latest = list(recorded.values())[-1]  # the stage the next one is compared with first
+        keep = f"generation.dtype={latest} keeps the latest stage's" if latest != now else "pin generation.dtype"
         run.log(f"warning: finished stages were scored in another dtype ({scored}) than the next ones will be "
-                f"({now}), so they compare across dtypes; generation.dtype={next(iter(other.values()))} keeps "
-                "theirs (bf16 is slower on a CPU without AMX or AVX512-BF16)")
+                f"({now}), so they compare across dtypes; {keep} (bf16 is slower on a CPU without AMX or "
+                "AVX512-BF16)")
 
 
 def run_pipeline(config: RunConfig, resume: bool = False, log=print) -> RunSummary:

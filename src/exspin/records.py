@@ -135,7 +135,8 @@ class Generation(BaseModel):
     message: str = ""  # the sandbox's message for a failed or wrong answer
     logprob: float | None = None  # the completion's log-prob under the model that wrote it, where asked
     # Where its SQL failed for a name and repair (execution/repair.py) made it run: the repaired SQL and its
-    # label against the gold, judged as any answer (correct, wrong_result, or a timeout...; feedback.repaired_chosen)
+    # label against the gold, judged as any answer (correct, wrong_result, or a timeout...); used by
+    # feedback.repaired_chosen and rejected_after_repair
     repaired_sql: str | None = None
     repaired_label: Label | None = None
 

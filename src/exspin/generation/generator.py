@@ -53,8 +53,8 @@ class GenerationConfig(BaseModel):
     # and its EX are kept beside. The full-scale SFT's dev EX went from 56.17 to 66.77
     # (bench/results/repair_full_top12_b8.md). False: the model's SQL as it is.
     repair_columns: bool = True
-    # The weights' dtype while generating. auto: with transformers, bf16 where this machine computes it fast,
-    # else float32 (models.default_dtype, measured per machine); with vLLM, the checkpoint's. Greedy answers
+    # The weights' dtype while generating. auto: with transformers, models.default_dtype (on a CPU bf16 where
+    # this machine computes it fast, else float32, measured per machine); with vLLM, vLLM's own choice. Greedy answers
     # differ a little between dtypes, so an experiment carried between machines pins it; each scored set
     # records the dtype it ran in.
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
