@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Issue 27: one DPO iteration (the default recipe: 8 samples at T 1.0, 2 pairs a question, lr 2e-5) and the same
-# with selfplay.feedback.repaired_chosen, from one SFT base, on the very same samples; then the table.
+# Issue 27: one DPO iteration (the default recipe: 8 samples at T 1.0, 2 pairs a question, lr 2e-5), then the same
+# with selfplay.feedback.rejected_after_repair and with repaired_chosen, from one SFT base, on the very same
+# samples; then the table.
 #
 #     bash bench/arms_repaired_chosen.sh [BASE_ARCHIVE]    (RUNS=runs/arms by default; resumable: run it again)
 #
 # The base is a run carried as its adapters (bench/carry_run.py): configs/spider_cpu_tuned.yaml with
 # selfplay.iterations=0 sft.train.epoch_snapshots=false, seed 0 (3 epochs of SFT on 1,000 questions, lr 1e-4).
-# About 90 minutes for the DPO arm and 60 for the second on 2 cores without AMX. Each arm is packed without
+# About 90 minutes for the DPO arm and 60 for each other on a 2-core AMD EPYC in bf16; on a 2-core Xeon without
+# AMX or AVX512-BF16 (float32) an arm of 581 pairs took about 17 minutes of reference log-probs, 22-30 s a step
+# and 26 minutes of scoring. Each arm is packed without
 # the base's files when it finishes, beside BASE_ARCHIVE with _<arm> before .tar.gz (to commit); an arm carried
 # so, finished or cut short (packed by hand: `bench/carry_run.py pack RUNS/<arm> ARCHIVE --base RUNS/base`), goes on.
 set -euo pipefail
@@ -38,13 +41,20 @@ arm() {  # arm NAME OVERRIDES...: one self-play iteration in the branch NAME, th
 }
 
 arm dpo1
-# The same samples, pairs made again with repaired failing samples as chosen sides (generations.jsonl linked).
-carried="${archive%.tar.gz}_dpo1_repaired.tar.gz"
-if [ ! -f "$runs/dpo1_repaired/04_iter1/generations.jsonl" ] && [ ! -f "$carried" ]; then
-    branch dpo1_repaired
-    mkdir -p "$runs/dpo1_repaired/04_iter1"
-    ln "$runs/dpo1/04_iter1/generations.jsonl" "$runs/dpo1_repaired/04_iter1/generations.jsonl"
-fi
-arm dpo1_repaired selfplay.feedback.repaired_chosen=true
 
-$python bench/bench_arms.py --base "$base" "$runs/dpo1" "$runs/dpo1_repaired" --out bench/results/arms_repaired_chosen
+same_samples() {  # same_samples NAME OVERRIDES...: an arm on DPO-1's very samples (generations.jsonl linked)
+    local name="$1"; shift
+    if [ ! -f "$runs/$name/04_iter1/generations.jsonl" ] && [ ! -f "${archive%.tar.gz}_$name.tar.gz" ]; then
+        branch "$name"
+        mkdir -p "$runs/$name/04_iter1"
+        ln "$runs/dpo1/04_iter1/generations.jsonl" "$runs/$name/04_iter1/generations.jsonl"
+    fi
+    arm "$name" "$@"
+}
+# Pairs that reject only samples repair leaves wrong (scoring repairs answers), then repaired failing samples as
+# chosen sides.
+same_samples dpo1_rar selfplay.feedback.rejected_after_repair=true
+same_samples dpo1_repaired selfplay.feedback.repaired_chosen=true
+
+$python bench/bench_arms.py --base "$base" "$runs/dpo1" "$runs/dpo1_rar" "$runs/dpo1_repaired" \
+    --out bench/results/arms_repaired_chosen
