@@ -28,23 +28,28 @@ branch() {  # branch NAME: a run sharing the base's data, prompts, start and SFT
         "$base" "$runs/$1"
 }
 
+carried() {  # carried NAME: where the arm NAME is carried, beside the base's archive
+    echo "${archive%.tar.gz}_$1.tar.gz"
+}
+
 arm() {  # arm NAME OVERRIDES...: one self-play iteration in the branch NAME, then packed
     local name="$1"; shift
     [ -f "$runs/$name/report/metrics.json" ] && return 0
-    local carried="${archive%.tar.gz}_$name.tar.gz"
-    if [ -f "$carried" ] && [ ! -e "$runs/$name" ]; then
-        $python bench/carry_run.py unpack "$carried" "$runs/$name" --base "$base"
+    local archived
+    archived="$(carried "$name")"
+    if [ -f "$archived" ] && [ ! -e "$runs/$name" ]; then
+        $python bench/carry_run.py unpack "$archived" "$runs/$name" --base "$base"
     fi
     branch "$name"
     $python -m exspin.cli run "$config" "run_dir=$runs/$name" "${same[@]}" "$@" --resume
-    $python bench/carry_run.py pack "$runs/$name" "$carried" --base "$base"
+    $python bench/carry_run.py pack "$runs/$name" "$archived" --base "$base"
 }
 
 arm dpo1
 
 same_samples() {  # same_samples NAME OVERRIDES...: an arm on DPO-1's very samples (generations.jsonl linked)
     local name="$1"; shift
-    if [ ! -f "$runs/$name/04_iter1/generations.jsonl" ] && [ ! -f "${archive%.tar.gz}_$name.tar.gz" ]; then
+    if [ ! -f "$runs/$name/04_iter1/generations.jsonl" ] && [ ! -f "$(carried "$name")" ]; then
         branch "$name"
         mkdir -p "$runs/$name/04_iter1"
         ln "$runs/dpo1/04_iter1/generations.jsonl" "$runs/$name/04_iter1/generations.jsonl"

@@ -791,6 +791,8 @@ def test_repaired_samples_are_chosen_against_their_own_failing_text(concert):
         (first.index, "sample", own, stadium), (second.index, "repaired", fixed, stadium),
         (second.index, "repaired", fixed, normal_form(samples[1][2]))]
     assert pairs(answers=labelled, rejected_after_repair=True) == pairs(answers=labelled)
+    assert [PairRules(**rule).uses_repaired_labels() for rule in ({}, {"repaired_chosen": True},
+                                                                {"rejected_after_repair": True})] == [False, True, True]
     # ExSPIN (gold chosen): the misspelt sample and the second question's are spared; the wrong repair is not.
     gold = normal_form(first.gold_sql), normal_form(second.gold_sql)
     exspin = make_pairs("exspin", [first, second], prompts, repaired, PairRules(rejected_after_repair=True))

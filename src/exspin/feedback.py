@@ -115,6 +115,10 @@ class PairRules(BaseModel):
         """The rules switched on that weigh or pick the rejected answers (nothing for RFT, which has none)."""
         return self._switched_on("negatives", "hardest_negative", "rejected_after_repair")
 
+    def uses_repaired_labels(self) -> bool:
+        """Whether pairs read each failing sample's repair (Generation.repaired_label), which repair_samples adds."""
+        return bool(self._switched_on("repaired_chosen", "rejected_after_repair"))
+
     def exspin_only(self) -> list[str]:
         """The rules switched on that only ExSPIN may use (they put right samples on the chosen side)."""
         return self._switched_on("equivalent_positives", "own_chosen")

@@ -535,8 +535,7 @@ def _pair(run: Run, iteration: int, labelled: list[Generation], folder: Path, pr
     iteration's own; train_pairs.jsonl: with the previous iteration's where mixed). Cheap: no model.
     Replay rows are drawn from all the training questions, answered this iteration or not."""
     settings = run.config.selfplay
-    if settings.feedback.repaired_chosen or settings.feedback.rejected_after_repair:  # repaired once, kept: a
-        # resumed stage makes the same pairs
+    if settings.feedback.uses_repaired_labels():  # repaired once, kept: a resumed stage makes the same pairs
         repaired = folder / "repaired_generations.jsonl"
         cached = [Generation.model_validate(r) for r in read_jsonl(repaired)] if repaired.is_file() else []
         if [(a.index, a.sample, a.sql) for a in cached] == [(a.index, a.sample, a.sql) for a in labelled]:

@@ -21,7 +21,7 @@ class VLLMGenerator(Generator):
         llm = LLM(model=self.model_path, seed=config.seed, enable_prefix_caching=config.reuse_prefix,
                   gpu_memory_utilization=config.gpu_memory_utilization,
                   tensor_parallel_size=config.tensor_parallel_size, dtype=config.dtype)
-        model_config = getattr(llm.llm_engine, "model_config", None)  # what "auto" became: the checkpoint's dtype
+        model_config = getattr(llm.llm_engine, "model_config", None)  # what "auto" became: vLLM's choice
         if getattr(model_config, "dtype", None) is not None:
             self.dtype = dtype_name(model_config.dtype)
         # logprobs=0: only the sampled token's, which vLLM reports from the raw distribution by default.
