@@ -229,13 +229,15 @@ def test_a_parent_configs_method_recipe_gives_way_to_the_childs_method():
 
 def test_the_dry_run_guesses_pairs_a_question_as_measured_runs_made_them(spider_dir):
     """plan()'s self-play pairs: PAIRS_PER_QUESTION by method, per pair allowed for DPO, per sample for ExSPIN,
-    and the measured rate for ExSPIN's hardest negative."""
+    and the measured rates for ExSPIN's hardest negative and for the rules that spare or add repaired samples."""
     import math
 
     from exspin.config import RunConfig
     from exspin.pipeline import (
         HARDEST_NEGATIVE_PAIRS_PER_QUESTION,
         PAIRS_PER_QUESTION,
+        REJECTED_AFTER_REPAIR_SHARE,
+        REPAIRED_CHOSEN_SHARE,
         RFT_OWN_ROWS_BESIDE_GOLD,
         plan,
     )
@@ -253,6 +255,10 @@ def test_the_dry_run_guesses_pairs_a_question_as_measured_runs_made_them(spider_
         RunConfig(data={"path": spider_dir}, selfplay={"method": "dpo", "feedback": {"with_gold": True}})
     hardest = pairs(method="exspin", samples_per_question=4, feedback={"hardest_negative": True})[1]
     assert hardest == math.ceil(train * HARDEST_NEGATIVE_PAIRS_PER_QUESTION) < dpo
+    spared = pairs(method="dpo", feedback={"pairs_per_question": 3, "rejected_after_repair": True})[1]
+    assert spared == math.ceil(train * PAIRS_PER_QUESTION["dpo"] * 3 * REJECTED_AFTER_REPAIR_SHARE) < dpo
+    repaired = pairs(method="dpo", feedback={"pairs_per_question": 3, "repaired_chosen": True})[1]
+    assert repaired == math.ceil(train * PAIRS_PER_QUESTION["dpo"] * 3 * REPAIRED_CHOSEN_SHARE) > dpo
 
 
 def test_the_dry_run_counts_the_eval_rescore_when_validation_may_keep_an_earlier_sft_epoch(spider_dir):
