@@ -1,15 +1,25 @@
 #!/usr/bin/env bash
-# Issue 27: one DPO iteration (the default recipe: 8 samples at T 1.0, 2 pairs a question, lr 2e-5), then the same
-# with selfplay.feedback.rejected_after_repair and with repaired_chosen, from one SFT base, on the very same
-# samples; then the table.
+# Issue 27: one DPO iteration (the default recipe: 8 samples at T 1.0, 2 pairs a question, lr 2e-5) from one SFT
+# base, then other arms on its very samples; then the table.
 #
-#     bash bench/arms_repaired_chosen.sh [BASE_ARCHIVE]    (RUNS=runs/arms by default; resumable: run it again)
+#     bash bench/arms_dpo1_samples.sh [BASE_ARCHIVE]    (resumable: run it again)
+#
+# The arms, in this order (ARMS="dpo1 rft" runs those alone; dpo1 is needed by the others):
+#   dpo1            the default recipe
+#   dpo1_rar        selfplay.feedback.rejected_after_repair: pairs reject only samples repair leaves wrong
+#   rft             issue 27's rejection-sampling control: SFT from the SFT model on each question's gold plus up
+#                   to 2 distinct own right answers (selfplay.method=rft, feedback.with_gold)
+#   dpo1_gold       selfplay.feedback.gold_when_never_right: the gold is chosen where no sample was right
+#   dpo1_repaired   selfplay.feedback.repaired_chosen: repaired failing samples as chosen sides
+# Env: RUNS (runs/arms), PYTHON (.venv/bin/python), BASE_RUN (a finished base run here, instead of the archive),
+# SCORED_BASE (the run whose SFT scores the table compares with; BASE_RUN by default: a base scored again in this
+# machine's dtype keeps the table in one dtype, bench/results/README.md "DPO-1 from the rebuilt base").
 #
 # The base is a run carried as its adapters (bench/carry_run.py): configs/spider_cpu_tuned.yaml with
 # selfplay.iterations=0 sft.train.epoch_snapshots=false, seed 0 (3 epochs of SFT on 1,000 questions, lr 1e-4).
 # About 90 minutes for the DPO arm and 60 for each other on a 2-core AMD EPYC in bf16; on a 2-core Xeon without
 # AMX or AVX512-BF16 (float32) an arm of 581 pairs took about 17 minutes of reference log-probs, 22-30 s a step
-# and 26 minutes of scoring. Each arm is packed without
+# and 26 minutes of scoring, and RFT's 2,011 rows 10-11 s a step of 4. Each arm is packed without
 # the base's files when it finishes, beside BASE_ARCHIVE with _<arm> before .tar.gz (to commit); an arm carried
 # so, finished or cut short (packed by hand: `bench/carry_run.py pack RUNS/<arm> ARCHIVE --base RUNS/base`), goes on.
 set -euo pipefail
@@ -19,7 +29,13 @@ runs="${RUNS:-runs/arms}"
 python="${PYTHON:-.venv/bin/python}"  # from a worktree: PYTHON=<main>/.venv/bin/python PYTHONPATH=<worktree>/src
 config=configs/spider_cpu_tuned.yaml
 same=(sft.train.epoch_snapshots=false selfplay.iterations=1 control.patience=3)
-base="${BASE_RUN:-$runs/base}"  # BASE_RUN: a finished base run on this machine, instead of the archive
+base="${BASE_RUN:-$runs/base}"
+scored_base="${SCORED_BASE:-$base}"
+known="dpo1 dpo1_rar rft dpo1_gold dpo1_repaired"
+arms="${ARMS:-$known}"
+for name in $arms; do
+    [[ " $known " == *" $name "* ]] || { echo "unknown arm: $name (ARMS: $known)" >&2; exit 2; }
+done
 
 [ -f "$base/03_sft/done.json" ] || $python bench/carry_run.py unpack "$archive" "$base"
 
@@ -45,8 +61,6 @@ arm() {  # arm NAME OVERRIDES...: one self-play iteration in the branch NAME, th
     $python bench/carry_run.py pack "$runs/$name" "$archived" --base "$base"
 }
 
-arm dpo1
-
 same_samples() {  # same_samples NAME OVERRIDES...: an arm on DPO-1's very samples (generations.jsonl linked)
     local name="$1"; shift
     if [ ! -f "$runs/$name/04_iter1/generations.jsonl" ] && [ ! -f "$(carried "$name")" ]; then
@@ -56,10 +70,18 @@ same_samples() {  # same_samples NAME OVERRIDES...: an arm on DPO-1's very sampl
     fi
     arm "$name" "$@"
 }
-# Pairs that reject only samples repair leaves wrong (scoring repairs answers), then repaired failing samples as
-# chosen sides.
-same_samples dpo1_rar selfplay.feedback.rejected_after_repair=true
-same_samples dpo1_repaired selfplay.feedback.repaired_chosen=true
 
-$python bench/bench_arms.py --base "$base" "$runs/dpo1" "$runs/dpo1_rar" "$runs/dpo1_repaired" \
-    --out bench/results/arms_repaired_chosen
+finished=()
+for name in $arms; do
+    case "$name" in
+        dpo1) arm dpo1 ;;
+        dpo1_rar) same_samples dpo1_rar selfplay.feedback.rejected_after_repair=true ;;
+        rft) same_samples rft selfplay.method=rft selfplay.feedback.pairs_per_question=2 \
+                 selfplay.feedback.with_gold=true ;;
+        dpo1_gold) same_samples dpo1_gold selfplay.feedback.gold_when_never_right=true ;;
+        dpo1_repaired) same_samples dpo1_repaired selfplay.feedback.repaired_chosen=true ;;
+    esac
+    finished+=("$runs/$name")
+done
+
+$python bench/bench_arms.py --base "$scored_base" "${finished[@]}" --out bench/results/arms_dpo1_samples
