@@ -4,7 +4,8 @@
 #
 #     bash bench/arms_dpo1_samples.sh [BASE_ARCHIVE]    (resumable: run it again)
 #
-# The arms, in this order (ARMS="dpo1 rft" runs those alone; dpo1 is needed by the others):
+# The arms, always in this order (ARMS="dpo1_rar rft" runs those alone; the others need dpo1's samples, which are
+# unpacked from dpo1's archive where only that is here):
 #   dpo1            the default recipe
 #   dpo1_rar        selfplay.feedback.rejected_after_repair: pairs reject only samples repair leaves wrong
 #   rft             issue 27's rejection-sampling control: SFT from the SFT model on each question's gold plus up
@@ -12,6 +13,7 @@
 #   dpo1_gold       selfplay.feedback.gold_when_never_right: the gold is chosen where no sample was right
 #   dpo1_repaired   selfplay.feedback.repaired_chosen: repaired failing samples as chosen sides
 # Env: RUNS (runs/arms), PYTHON (.venv/bin/python), BASE_RUN (a finished base run here, instead of the archive),
+# OUT (the table's path without .md: bench/results/arms_dpo1_samples, with the arms' names where ARMS is given),
 # SCORED_BASE (the run whose SFT scores the table compares with; BASE_RUN by default: a base scored again in this
 # machine's dtype keeps the table in one dtype, bench/results/README.md "DPO-1 from the rebuilt base").
 #
@@ -36,6 +38,10 @@ arms="${ARMS:-$known}"
 for name in $arms; do
     [[ " $known " == *" $name "* ]] || { echo "unknown arm: $name (ARMS: $known)" >&2; exit 2; }
 done
+[ -n "${arms//[[:space:]]/}" ] || { echo "ARMS is empty (ARMS: $known)" >&2; exit 2; }
+default_out=bench/results/arms_dpo1_samples
+[ -z "${ARMS:-}" ] || default_out+="_$(echo $arms | tr ' ' '_')"
+out="${OUT:-$default_out}"
 
 [ -f "$base/03_sft/done.json" ] || $python bench/carry_run.py unpack "$archive" "$base"
 
@@ -64,6 +70,10 @@ arm() {  # arm NAME OVERRIDES...: one self-play iteration in the branch NAME, th
 same_samples() {  # same_samples NAME OVERRIDES...: an arm on DPO-1's very samples (generations.jsonl linked)
     local name="$1"; shift
     if [ ! -f "$runs/$name/04_iter1/generations.jsonl" ] && [ ! -f "$(carried "$name")" ]; then
+        if [ ! -f "$runs/dpo1/04_iter1/generations.jsonl" ]; then  # dpo1 not here: its carried samples
+            [ -f "$(carried dpo1)" ] || { echo "no DPO-1 samples: run the dpo1 arm first" >&2; exit 2; }
+            [ -e "$runs/dpo1" ] || $python bench/carry_run.py unpack "$(carried dpo1)" "$runs/dpo1" --base "$base"
+        fi
         branch "$name"
         mkdir -p "$runs/$name/04_iter1"
         ln "$runs/dpo1/04_iter1/generations.jsonl" "$runs/$name/04_iter1/generations.jsonl"
@@ -72,7 +82,8 @@ same_samples() {  # same_samples NAME OVERRIDES...: an arm on DPO-1's very sampl
 }
 
 finished=()
-for name in $arms; do
+for name in $known; do
+    [[ " $arms " == *" $name "* ]] || continue
     case "$name" in
         dpo1) arm dpo1 ;;
         dpo1_rar) same_samples dpo1_rar selfplay.feedback.rejected_after_repair=true ;;
@@ -84,4 +95,4 @@ for name in $arms; do
     finished+=("$runs/$name")
 done
 
-$python bench/bench_arms.py --base "$scored_base" "${finished[@]}" --out bench/results/arms_dpo1_samples
+$python bench/bench_arms.py --base "$scored_base" "${finished[@]}" --out "$out"

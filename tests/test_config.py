@@ -234,6 +234,7 @@ def test_the_dry_run_guesses_pairs_a_question_as_measured_runs_made_them(spider_
 
     from exspin.config import RunConfig
     from exspin.pipeline import (
+        GOLD_WHEN_NEVER_RIGHT_SHARE,
         HARDEST_NEGATIVE_PAIRS_PER_QUESTION,
         PAIRS_PER_QUESTION,
         REJECTED_AFTER_REPAIR_SHARE,
@@ -259,6 +260,12 @@ def test_the_dry_run_guesses_pairs_a_question_as_measured_runs_made_them(spider_
     assert spared == math.ceil(train * PAIRS_PER_QUESTION["dpo"] * 3 * REJECTED_AFTER_REPAIR_SHARE) < dpo
     repaired = pairs(method="dpo", feedback={"pairs_per_question": 3, "repaired_chosen": True})[1]
     assert repaired == math.ceil(train * PAIRS_PER_QUESTION["dpo"] * 3 * REPAIRED_CHOSEN_SHARE) > dpo
+    both = pairs(method="dpo", feedback={"pairs_per_question": 3, "rejected_after_repair": True,
+                                         "repaired_chosen": True})[1]
+    assert both == spared  # the two together are unmeasured: the spared samples' share alone
+    gold = pairs(method="dpo", feedback={"pairs_per_question": 3, "gold_when_never_right": True})[1]
+    assert gold == math.ceil(train * PAIRS_PER_QUESTION["dpo"] * 3 * GOLD_WHEN_NEVER_RIGHT_SHARE) > dpo
+    assert pairs(method="rft", feedback={"pairs_per_question": 2, "with_gold": True, "repaired_chosen": True})[1] == rft
 
 
 def test_the_dry_run_counts_the_eval_rescore_when_validation_may_keep_an_earlier_sft_epoch(spider_dir):

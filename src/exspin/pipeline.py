@@ -591,11 +591,14 @@ def _train_iteration(run: Run, iteration: int, opponent: str, pairs: list[Pair],
 PAIRS_PER_QUESTION = {"exspin": 0.39, "spin": 0.68, "dpo": 0.36, "rft": 0.8}  # dpo and rft: per pair allowed
 RFT_OWN_ROWS_BESIDE_GOLD = 0.51  # per row allowed: own right answers in another form than the gold's
 HARDEST_NEGATIVE_PAIRS_PER_QUESTION = 0.73
-# Rules that change a method's pairs, as measured on DPO-1's 8,000 samples from the rebuilt base (743 pairs):
-# rejected_after_repair spares the samples repair makes right (581 pairs), repaired_chosen adds repairs as
-# chosen sides (767). Applied to every method with a rejected side, though measured for DPO only.
+# DPO's rules that change its pairs, as measured on DPO-1's 8,000 samples from the rebuilt base (743 pairs):
+# rejected_after_repair spares the samples repair makes right (581 pairs), repaired_chosen adds repairs as chosen
+# sides (767); gold_when_never_right adds the gold against up to 2 distinct wrong answers on each of the 31
+# questions no sample got right (62 pairs, counted from those samples). Other methods' shares are unmeasured:
+# rejected_after_repair's is applied to ExSPIN and SPIN too, the others to DPO alone.
 REJECTED_AFTER_REPAIR_SHARE = 581 / 743
 REPAIRED_CHOSEN_SHARE = 767 / 743
+GOLD_WHEN_NEVER_RIGHT_SHARE = (743 + 62) / 743
 
 
 def plan(config: RunConfig, with_prompt_sizes: bool = False) -> dict:
@@ -646,10 +649,13 @@ def plan(config: RunConfig, with_prompt_sizes: bool = False) -> dict:
         per_question = HARDEST_NEGATIVE_PAIRS_PER_QUESTION
     else:  # a pair per wrong answer
         per_question *= selfplay.samples_per_question
-    if selfplay.feedback.rejected_after_repair:
+    rules = selfplay.feedback
+    if rules.rejected_after_repair:
         per_question *= REJECTED_AFTER_REPAIR_SHARE
-    if selfplay.feedback.repaired_chosen and not selfplay.feedback.rejected_after_repair:  # together: unmeasured
+    if selfplay.method == "dpo" and rules.repaired_chosen and not rules.rejected_after_repair:  # both: unmeasured
         per_question *= REPAIRED_CHOSEN_SHARE
+    if selfplay.method == "dpo" and rules.gold_when_never_right:
+        per_question *= GOLD_WHEN_NEVER_RIGHT_SHARE
     pairs = math.ceil(answered * per_question)
     sides = 1 if selfplay.method == "rft" else 2  # a pair trains two answers, an RFT row one
     for iteration in range(1, selfplay.iterations + 1):
