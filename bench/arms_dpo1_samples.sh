@@ -34,13 +34,13 @@ same=(sft.train.epoch_snapshots=false selfplay.iterations=1 control.patience=3)
 base="${BASE_RUN:-$runs/base}"
 scored_base="${SCORED_BASE:-$base}"
 known="dpo1 dpo1_rar rft dpo1_gold dpo1_repaired"
-arms="${ARMS:-$known}"
+arms="$(echo ${ARMS:-$known})"  # one space between names, whatever ARMS held
 for name in $arms; do
     [[ " $known " == *" $name "* ]] || { echo "unknown arm: $name (ARMS: $known)" >&2; exit 2; }
 done
-[ -n "${arms//[[:space:]]/}" ] || { echo "ARMS is empty (ARMS: $known)" >&2; exit 2; }
+[ -n "$arms" ] || { echo "ARMS is empty (ARMS: $known)" >&2; exit 2; }
 default_out=bench/results/arms_dpo1_samples
-[ -z "${ARMS:-}" ] || default_out+="_$(echo $arms | tr ' ' '_')"
+[ -z "${ARMS:-}" ] || default_out+="_${arms// /_}"
 out="${OUT:-$default_out}"
 
 [ -f "$base/03_sft/done.json" ] || $python bench/carry_run.py unpack "$archive" "$base"

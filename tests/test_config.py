@@ -229,7 +229,7 @@ def test_a_parent_configs_method_recipe_gives_way_to_the_childs_method():
 
 def test_the_dry_run_guesses_pairs_a_question_as_measured_runs_made_them(spider_dir):
     """plan()'s self-play pairs: PAIRS_PER_QUESTION by method, per pair allowed for DPO, per sample for ExSPIN,
-    and the measured rates for ExSPIN's hardest negative and for the rules that spare or add repaired samples."""
+    and the measured rates for ExSPIN's hardest negative and for the DPO rules that spare or add pairs."""
     import math
 
     from exspin.config import RunConfig
